@@ -1,0 +1,44 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch is enough here; on a CUDA machine set TORCH_SPEC="torch>=2.4".
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test test-deps test-fast lint bench bench-quick clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+
+demo: install
+	$(VENV)/bin/scalelab demo
+
+# pdflatex is needed by the report test: installed from Debian when missing and apt is usable.
+test-deps:
+	@command -v pdflatex >/dev/null || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   texlive-latex-recommended texlive-latex-extra >/dev/null) || echo "warning: pdflatex unavailable; its test will be skipped"; }
+
+test: install test-deps
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
+
+bench: install
+	$(PY) benchmarks/run.py
+
+bench-quick: install
+	$(PY) benchmarks/run.py --quick
+
+clean:
+	rm -rf experiments .pytest_cache .ruff_cache

@@ -1,0 +1,176 @@
+"""Read run folders (config.yaml, metrics.csv, summary.json) written by the trainer.
+
+The analysis layer only reads files from disk: it never imports torch or the trainer, so
+reports can be produced on a laptop from folders copied off a cluster.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.csv"
+CONFIG_FILE = "config.yaml"
+REQUIRED_FILES = (SUMMARY_FILE, METRICS_FILE)
+
+
+class AnalysisError(ValueError):
+    """A user-facing problem with the analysed inputs; the message is one line."""
+
+
+@dataclass
+class Run:
+    """One training run: its resolved config, per-epoch metrics and end-of-run summary."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+    timing: dict[str, Any] = field(init=False)
+    comm: dict[str, Any] = field(init=False)
+    system: dict[str, Any] = field(init=False)
+    data: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Older or partial summaries may lack a section; empty dicts keep every reader simple.
+        self.timing = self.summary.get("timing") or {}
+        self.comm = self.summary.get("comm") or {}
+        self.system = self.summary.get("system") or {}
+        self.data = self.summary.get("data") or {}
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("run_name") or self.path.name)
+
+    @property
+    def preset(self) -> str:
+        return str(self.summary.get("preset") or self.config.get("name") or "custom")
+
+    @property
+    def world_size(self) -> int:
+        return int(self.summary.get("world_size") or 1)
+
+    @property
+    def epoch_time_s(self) -> float | None:
+        """Mean epoch time (the trainer already excludes the first epoch when there are more)."""
+        value = self.summary.get("mean_epoch_time_s")
+        if value is None and self.metrics:
+            times = [r["epoch_time_s"] for r in self.metrics if r.get("epoch_time_s") is not None]
+            value = sum(times) / len(times) if times else None
+        return None if value is None else float(value)
+
+    def phase(self, key: str) -> float | None:
+        """A per-step timing (ms) from summary.timing, e.g. 'data_ms'; None when absent."""
+        value = self.timing.get(key)
+        return None if value is None else float(value)
+
+    def comm_value(self, key: str) -> float | None:
+        value = self.comm.get(key)
+        return None if value is None else float(value)
+
+
+def _number(text: str) -> int | float | str | None:
+    """CSV cell -> int/float where it parses (empty -> None); other text stays a string."""
+    text = text.strip()
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return None if math.isnan(value) else value
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="") as fh:
+        return [{k: _number(v or "") for k, v in row.items() if k} for row in csv.DictReader(fh)]
+
+
+def _missing(folder: Path) -> list[str]:
+    return [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+
+
+def load_run(path: str | Path) -> Run:
+    """Load one run folder; raise AnalysisError naming the folder and what is missing."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise AnalysisError(f"{folder}: not a run folder (does not exist or is not a directory)")
+    missing = _missing(folder)
+    if missing:
+        raise AnalysisError(f"{folder}: not a complete run folder, missing {', '.join(missing)}")
+    try:
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AnalysisError(f"{folder / SUMMARY_FILE}: unreadable JSON ({exc})") from None
+    if not isinstance(summary, dict):
+        raise AnalysisError(f"{folder / SUMMARY_FILE}: expected a JSON object")
+    try:
+        metrics = _read_metrics(folder / METRICS_FILE)
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise AnalysisError(f"{folder / METRICS_FILE}: unreadable CSV ({exc})") from None
+    config: dict[str, Any] = {}
+    config_path = folder / CONFIG_FILE
+    if config_path.is_file():
+        try:
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise AnalysisError(
+                f"{config_path}: unreadable YAML ({str(exc).splitlines()[0]})"
+            ) from None
+    return Run(path=folder, config=config, metrics=metrics, summary=summary)
+
+
+def _looks_like_run(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in (*REQUIRED_FILES, CONFIG_FILE))
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Load run folders and sweep folders (folders whose sub-folders are runs).
+
+    In a sweep folder, incomplete sub-folders (e.g. a run that crashed) are skipped with a
+    warning so one failure does not block the report; a folder named explicitly must be complete.
+    """
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        folder = Path(raw)
+        if not folder.is_dir():
+            raise AnalysisError(
+                f"{folder}: not a run folder (does not exist or is not a directory)"
+            )
+        if _looks_like_run(folder):
+            candidates = [folder]
+        else:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and _looks_like_run(p))
+            candidates = []
+            for child in children:
+                missing = _missing(child)
+                if missing:
+                    warnings.warn(f"skipping {child}: missing {', '.join(missing)}", stacklevel=2)
+                else:
+                    candidates.append(child)
+            if not candidates:
+                raise AnalysisError(
+                    f"{folder}: no run folders found (need {' and '.join(REQUIRED_FILES)})"
+                )
+        for candidate in candidates:
+            key = candidate.resolve()
+            if key not in seen:
+                seen.add(key)
+                runs.append(load_run(candidate))
+    if not runs:
+        raise AnalysisError("no run folders given")
+    return runs

@@ -1,0 +1,491 @@
+"""Rules that turn measurements into findings: what limits scaling and what to change.
+
+Each rule fires on one symptom, quotes the measurement it rests on (numbers with units) and
+stays silent on a healthy run. Thresholds are module constants so they can be tuned in one place.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scalelab.analysis.collect import Run
+from scalelab.analysis.predict import Prediction, compare
+from scalelab.analysis.scaling import ScalingGroup, ScalingPoint, analyse
+
+# Parallel efficiency below 70 % means 30 % of the bought hardware is idle: worth explaining.
+EFFICIENCY_MIN = 0.7
+# The loader delivering a batch should be a small part of a step; a quarter means the ranks
+# spend a large share of every step waiting for input, which more ranks cannot fix.
+DATA_SHARE_MAX = 0.25
+# Exposed all-reduce above 30 % of a step caps efficiency at about 0.7 by itself.
+COMM_SHARE_MAX = 0.30
+# Above half the step, the phase dominates: escalate input/comm findings to critical.
+CRITICAL_SHARE = 0.5
+# If exposed comm explains less than a quarter of the step-time excess over ideal, the slowdown
+# has another cause and tuning communication would be wasted effort.
+COMM_SHARE_OF_EXCESS_MAX = 0.25
+# Below ~8 samples per rank, kernels are too small to fill a GPU: launch overhead dominates.
+SMALL_PER_RANK_BATCH = 8
+# Halving the per-rank batch should nearly halve the forward time; achieving less than 40 % of
+# the ideal reduction means a fixed per-step cost (kernel launches, Python) dominates compute.
+FORWARD_SHRINK_MIN_FRACTION = 0.4
+# The optimizer step does not shrink with more ranks; at 20 % of a step it caps scaling early.
+OPTIMIZER_SHARE_MAX = 0.20
+# The slowest rank sets the pace of every all-reduce; 20 % above the mean is a real imbalance
+# rather than timer noise.
+STRAGGLER_RATIO = 1.2
+# Two percentage points of accuracy exceeds run-to-run seed noise on AG News/IMDB test sets.
+ACCURACY_DELTA_PP = 2.0
+# A cost model within 25 % is useful for planning; beyond that a term is mis-modelled.
+PREDICTION_ERROR_PCT = 25.0
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+PHASE_KEYS = ("data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
+PHASE_LABELS = {
+    "data_ms": "data wait",
+    "h2d_ms": "host-to-device copy",
+    "forward_ms": "forward",
+    "backward_ms": "backward compute",
+    "optimizer_ms": "optimizer",
+    "other_ms": "other (un-timed host work)",
+    "exposed_comm_ms": "exposed communication",
+}
+
+
+@dataclass
+class Finding:
+    severity: str
+    """'critical', 'warning' or 'info'."""
+    title: str
+    evidence: str
+    """The measurement the finding rests on, with numbers and units."""
+    recommendation: str
+    rule: str
+    """Identifier of the rule that fired (stable, for tests and filtering)."""
+    subject: str = ""
+    """The run name or group the finding is about."""
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3g} ms" if abs(x) < 100 else f"{x:.0f} ms"
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _sum_phases(run: Run) -> float:
+    return sum(run.phase(k) or 0.0 for k in PHASE_KEYS)
+
+
+def _excess_breakdown(
+    group: ScalingGroup, point: ScalingPoint
+) -> dict[str, tuple[float, float]] | None:
+    """Per phase: (measured at n, ideal = baseline x n0/n, i.e. perfect linear scaling).
+
+    Exposed communication is split out of backward (its ideal is 0), so the phase that keeps
+    the step from shrinking linearly (data wait, optimizer, comm, ...) can be named.
+    """
+    base = group.baseline_runs()
+    runs = [point.run, *base]
+    if any(r.phase("step_ms") is None for r in runs):
+        return None
+    scale = group.baseline_world_size / point.world_size
+
+    def split(run: Run) -> dict[str, float]:
+        exposed = run.comm_value("exposed_comm_ms") or 0.0
+        phases = {k: run.phase(k) or 0.0 for k in PHASE_KEYS}
+        phases["backward_ms"] -= exposed
+        phases["other_ms"] = max(0.0, run.phase("step_ms") - _sum_phases(run))
+        phases["exposed_comm_ms"] = exposed
+        return phases
+
+    measured = split(point.run)
+    base_split = [split(b) for b in base]
+    ideal = {k: _mean([b[k] for b in base_split]) * scale for k in measured}
+    ideal["exposed_comm_ms"] = 0.0
+    return {k: (measured[k], ideal[k]) for k in measured}
+
+
+def _largest_growth(breakdown: dict[str, tuple[float, float]]) -> str:
+    key = max(breakdown, key=lambda k: breakdown[k][0] - breakdown[k][1])
+    measured, ideal = breakdown[key]
+    return f"the largest excess is {PHASE_LABELS[key]}: {_ms(measured)} vs ideal {_ms(ideal)}"
+
+
+def _scaling_rules(group: ScalingGroup) -> list[Finding]:
+    findings = []
+    n0 = group.baseline_world_size
+    for point in group.points:
+        if point.world_size == n0:
+            continue
+        run = point.run
+        n = point.world_size
+        head = (
+            f"epoch time {point.epoch_time_s:.3g} s at {n} ranks vs "
+            f"{group.baseline_epoch_time_s:.3g} s at {n0} rank{'s' if n0 > 1 else ''}: "
+            f"speedup {point.speedup:.2f}x (ideal {point.ideal_speedup:.3g}x), "
+            f"efficiency {point.efficiency:.0%}"
+        )
+        breakdown = _excess_breakdown(group, point)
+        cause = f"; {_largest_growth(breakdown)} per step" if breakdown else ""
+        if point.speedup < 1:
+            findings.append(
+                Finding(
+                    "critical",
+                    f"Negative scaling: {n} ranks are slower than {n0}",
+                    head + cause,
+                    f"Do not run this workload on {n} ranks until the cause is fixed; the "
+                    "bottleneck findings for this run say what dominates the step.",
+                    "negative_scaling",
+                    run.name,
+                )
+            )
+        elif point.efficiency < EFFICIENCY_MIN:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"Sub-linear scaling at {n} ranks (efficiency {point.efficiency:.0%})",
+                    head + cause,
+                    "Part of the added hardware is idle; address the dominant excess phase "
+                    "(see the other findings) or use fewer ranks for this workload.",
+                    "sublinear_scaling",
+                    run.name,
+                )
+            )
+        else:
+            continue
+        exposed = run.comm_value("exposed_comm_ms")
+        if breakdown is None or exposed is None:
+            continue
+        step = run.phase("step_ms")
+        ideal_step = sum(ideal for _, ideal in breakdown.values())
+        excess = step - ideal_step
+        if excess > 0 and exposed < COMM_SHARE_OF_EXCESS_MAX * excess:
+            data = run.phase("data_ms") or 0.0
+            findings.append(
+                Finding(
+                    "info",
+                    f"Communication is NOT the bottleneck at {n} ranks",
+                    f"exposed communication is {_ms(exposed)} of a {_ms(step)} step "
+                    f"(ideal step {_ms(ideal_step)}, excess {_ms(excess)}); data wait is "
+                    f"{_ms(data)}; {_largest_growth(breakdown)}",
+                    "Faster interconnects, comm hooks or bucket tuning will not help here; "
+                    "work on the phase that grew instead.",
+                    "comm_not_bottleneck",
+                    run.name,
+                )
+            )
+    return findings
+
+
+def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
+    """Launch-bound symptom: forward time barely drops when the per-rank batch is cut."""
+    by_n: dict[int, list[Run]] = defaultdict(list)
+    for run in group.runs:
+        if run.phase("forward_ms"):
+            by_n[run.world_size].append(run)
+    sizes = sorted(by_n)
+    findings = []
+    for small, large in zip(sizes, sizes[1:], strict=False):
+        f_small = _mean([r.phase("forward_ms") for r in by_n[small]])
+        f_large = _mean([r.phase("forward_ms") for r in by_n[large]])
+        achieved = (1 - f_large / f_small) / (1 - small / large)
+        run = by_n[large][0]
+        per_rank = run.summary.get("per_rank_batch")
+        if achieved >= FORWARD_SHRINK_MIN_FRACTION or (
+            per_rank is not None and per_rank <= SMALL_PER_RANK_BATCH
+        ):
+            continue  # healthy, or already reported by the small-batch rule
+        findings.append(
+            Finding(
+                "warning",
+                f"Compute does not shrink with the per-rank batch ({small} -> {large} ranks)",
+                f"forward time {_ms(f_small)} at {small} ranks -> {_ms(f_large)} at {large} "
+                f"ranks (ideal {_ms(f_small * small / large)}); per-rank batch {per_rank}",
+                "Fixed per-step overhead (kernel launches, Python) dominates: raise the global "
+                "batch, use gradient accumulation or torch.compile / CUDA graphs.",
+                "launch_bound",
+                run.name,
+            )
+        )
+    return findings
+
+
+def _run_rules(run: Run) -> list[Finding]:
+    findings = []
+    name, n = run.name, run.world_size
+    step = run.phase("step_ms")
+    if step:
+        data = max(run.phase("data_ms") or 0.0, run.phase("data_ms_max") or 0.0)
+        if data >= DATA_SHARE_MAX * step:
+            delay = float(run.data.get("delay_per_batch_s") or 0.0)
+            note = (
+                f"; data.delay_per_batch_s = {delay:g} s is set (a simulated slow loader)"
+                if delay > 0
+                else ""
+            )
+            findings.append(
+                Finding(
+                    "critical" if data >= CRITICAL_SHARE * step else "warning",
+                    "Input-bound: the input pipeline is the bottleneck, not the network",
+                    f"data wait {_ms(data)} of a {_ms(step)} step ({data / step:.0%}) at "
+                    f"{n} rank{'s' if n > 1 else ''}{note}",
+                    "Speed up the loader: more loader workers, pinned memory, pre-tokenised "
+                    "cached data kept on the device (data.on_device), prefetching"
+                    + ("; remove data.delay_per_batch_s" if delay > 0 else "")
+                    + ". More ranks will not help while every step waits for input.",
+                    "input_bound",
+                    name,
+                )
+            )
+        exposed = run.comm_value("exposed_comm_ms")
+        if n > 1 and exposed is not None and exposed >= COMM_SHARE_MAX * step:
+            overlap = run.comm_value("overlap_fraction")
+            hook = run.comm.get("comm_hook") or "none"
+            ratio = run.comm_value("compute_to_comm_ratio")
+            extra = f", overlap {overlap:.0%}" if overlap is not None else ""
+            extra += f", R = compute/comm = {ratio:.2g}" if ratio is not None else ""
+            grad_mb = (run.comm.get("grad_bytes") or 0) / 1e6
+            tips = []
+            if hook == "none":
+                tips.append("a bf16/fp16 comm hook (distributed.comm_hook) halves the bytes sent")
+            tips.append(
+                f"a larger distributed.bucket_cap_mb (now {run.comm.get('bucket_cap_mb')}) "
+                "means fewer, more efficient all-reduces"
+            )
+            tips.append(
+                "gradient accumulation (train.grad_accum_steps) all-reduces once per k micro-batches"
+            )
+            tips.append("a bigger global batch gives more compute per all-reduce")
+            findings.append(
+                Finding(
+                    "critical" if exposed >= CRITICAL_SHARE * step else "warning",
+                    f"Communication-bound at {n} ranks",
+                    f"exposed all-reduce {_ms(exposed)} of a {_ms(step)} step ({exposed / step:.0%}); "
+                    f"{grad_mb:.3g} MB of gradients per step{extra}",
+                    "Try " + "; ".join(tips) + ".",
+                    "comm_bound",
+                    name,
+                )
+            )
+        optimizer = run.phase("optimizer_ms")
+        if optimizer is not None and optimizer >= OPTIMIZER_SHARE_MAX * step:
+            findings.append(
+                Finding(
+                    "warning",
+                    "Optimizer step is a large, non-shrinking share of the step",
+                    f"optimizer {_ms(optimizer)} of a {_ms(step)} step ({optimizer / step:.0%}) at {n} rank{'s' if n > 1 else ''}",
+                    "Every rank updates all parameters, so this time does not shrink with more "
+                    "ranks: use a fused/foreach AdamW, or a bigger batch per optimizer step.",
+                    "optimizer_share",
+                    name,
+                )
+            )
+        step_max = run.phase("step_ms_max")
+        if n > 1 and step_max is not None and step_max > STRAGGLER_RATIO * step:
+            findings.append(
+                Finding(
+                    "warning",
+                    "Straggler: ranks are imbalanced",
+                    f"slowest rank {_ms(step_max)} per step vs mean {_ms(step)} "
+                    f"({step_max / step:.2f}x) at {n} ranks",
+                    "Every all-reduce waits for the slowest rank: check for uneven data "
+                    "(sequence lengths per rank), shared or throttled devices, other processes.",
+                    "straggler",
+                    name,
+                )
+            )
+    per_rank = run.summary.get("per_rank_batch")
+    if per_rank is not None and per_rank <= SMALL_PER_RANK_BATCH:
+        findings.append(
+            Finding(
+                "warning",
+                "Small per-rank batch: launch/overhead-bound",
+                f"per-rank batch {per_rank} samples (global {run.summary.get('global_batch')} "
+                f"over {n} rank{'s' if n > 1 else ''})",
+                "Kernels this small cannot fill the device and fixed per-step costs dominate: "
+                "raise the global batch (scale the LR with it) or use gradient accumulation.",
+                "small_batch",
+                name,
+            )
+        )
+    findings.extend(_config_rules(run))
+    return findings
+
+
+def _config_rules(run: Run) -> list[Finding]:
+    findings = []
+    name, n, system = run.name, run.world_size, run.system
+    if n > 1 and system.get("ranks_share_device"):
+        findings.append(
+            Finding(
+                "warning",
+                "Ranks share one device",
+                f"{n} ranks run on {run.summary.get('device_count')} "
+                f"{run.summary.get('device_type')} device(s) ({run.summary.get('device_name')})",
+                "The ranks compete for the same compute, so this measures scheduling, not "
+                "parallel hardware: run one rank per GPU to measure real scaling.",
+                "shared_device",
+                name,
+            )
+        )
+    num_cpus = system.get("num_cpus")
+    if num_cpus:
+        local = int(run.summary.get("local_world_size") or n)
+        threads = max(1, int(system.get("num_threads_per_rank") or 0))
+        workers = int(system.get("num_loader_workers") or 0)
+        demand = local * threads * (1 + workers)
+        if demand > num_cpus:
+            findings.append(
+                Finding(
+                    "critical",
+                    "CPU oversubscription",
+                    f"{local} local ranks x {threads} threads x (1 + {workers} loader workers) "
+                    f"= {demand} busy threads on {num_cpus} CPUs",
+                    "Threads time-slice and every phase slows down: set train.num_threads so "
+                    "that ranks x threads x (1 + workers) <= CPUs, or use fewer loader workers.",
+                    "cpu_oversubscription",
+                    name,
+                )
+            )
+    find_unused = system.get(
+        "find_unused_parameters",
+        (run.config.get("distributed") or {}).get("find_unused_parameters"),
+    )
+    if n > 1 and find_unused:
+        findings.append(
+            Finding(
+                "warning",
+                "find_unused_parameters is on",
+                f"distributed.find_unused_parameters = true at {n} ranks (step "
+                f"{_ms(run.phase('step_ms') or 0.0)}, exposed all-reduce "
+                f"{_ms(run.comm_value('exposed_comm_ms') or 0.0)}): DDP traverses the autograd "
+                "graph every step and cannot start bucket all-reduces early",
+                "Turn it off unless the model really has unused parameters "
+                "(or set distributed.static_graph = true).",
+                "find_unused_parameters",
+                name,
+            )
+        )
+    pad = run.data.get("pad_to_max_len", (run.config.get("data") or {}).get("pad_to_max_len"))
+    if pad:
+        max_len = (run.config.get("model") or {}).get("max_seq_len")
+        mean_tokens = run.summary.get("mean_tokens_per_sample")
+        if max_len and mean_tokens:
+            waste = f"mean {mean_tokens:.3g} tokens per sample padded to {max_len} ({1 - mean_tokens / max_len:.0%} of computed tokens are padding)"
+        else:
+            waste = "every batch is padded to model.max_seq_len"
+        findings.append(
+            Finding(
+                "info",
+                "Padding waste",
+                f"data.pad_to_max_len = true: {waste}",
+                "Set data.pad_to_max_len = false (dynamic padding with length bucketing) to "
+                "stop computing on padding tokens.",
+                "padding_waste",
+                name,
+            )
+        )
+    return findings
+
+
+def _accuracy_rule(runs: Sequence[Run]) -> list[Finding]:
+    """Accuracy should not depend on the world size when preset and epochs are the same."""
+    grouped: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.summary.get("final_val_acc") is not None:
+            key = (run.preset, run.summary.get("dataset"), run.summary.get("num_epochs"))
+            grouped[key].append(run)
+    findings = []
+    for (preset, _, epochs), members in grouped.items():
+        by_n: dict[int, list[float]] = defaultdict(list)
+        for run in members:
+            by_n[run.world_size].append(float(run.summary["final_val_acc"]))
+        if len(by_n) < 2:
+            continue
+        accs = {n: _mean(v) for n, v in sorted(by_n.items())}
+        # Accuracy is stored as a fraction; tolerate percentages from other writers.
+        to_pp = 1.0 if max(accs.values()) > 1.0 else 100.0
+        lo, hi = min(accs, key=accs.get), max(accs, key=accs.get)
+        delta = (accs[hi] - accs[lo]) * to_pp
+        if delta <= ACCURACY_DELTA_PP:
+            continue
+        batches = sorted({r.summary.get("global_batch") for r in members}, key=str)
+        findings.append(
+            Finding(
+                "warning",
+                "Accuracy changed with the world size",
+                f"{preset}, {epochs} epochs: val acc {accs[lo] * to_pp:.1f}% at {lo} ranks vs "
+                f"{accs[hi] * to_pp:.1f}% at {hi} ranks ({delta:.1f} pp); global batch {batches}",
+                "Same preset and epochs should give the same accuracy: check that the global "
+                "batch is really fixed, the LR is scaled with it, and each rank sees a distinct shard.",
+                "accuracy_change",
+                str(preset),
+            )
+        )
+    return findings
+
+
+_TERM_HINTS = {
+    "data_ms": "the input pipeline does not scale with the per-rank batch (a fixed per-batch cost such as delay_per_batch_s or loader latency)",
+    "h2d_ms": "host-to-device copies have a fixed per-batch cost",
+    "forward_ms": "compute does not shrink as 1/n (launch overhead or ranks sharing a device)",
+    "backward_ms": "backward incl. exposed all-reduce: bandwidth/latency (busbw, alpha) or the overlap assumption",
+    "optimizer_ms": "the optimizer time changed with the world size (threads per rank, shared device)",
+    "other_ms": "un-timed host overhead changed",
+}
+
+
+def _prediction_rule(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Finding]:
+    findings = []
+    for cmp in compare(predictions, runs):
+        if abs(cmp.error_pct) <= PREDICTION_ERROR_PCT:
+            continue
+        run, pred = cmp.run, cmp.prediction
+        measured = {k: run.phase(k) or 0.0 for k in PHASE_KEYS}
+        measured["other_ms"] = max(0.0, cmp.measured_step_ms - _sum_phases(run))
+        predicted = {
+            "data_ms": pred.data_ms,
+            "h2d_ms": pred.h2d_ms,
+            "forward_ms": pred.forward_ms,
+            "backward_ms": pred.backward_ms + pred.exposed_comm_ms,
+            "optimizer_ms": pred.optimizer_ms,
+            "other_ms": pred.other_ms,
+        }
+        term = max(measured, key=lambda k: abs(measured[k] - predicted[k]))
+        findings.append(
+            Finding(
+                "warning",
+                f"Prediction off by {cmp.error_pct:+.0f}% at {cmp.world_size} ranks",
+                f"predicted step {_ms(cmp.predicted_step_ms)} vs measured {_ms(cmp.measured_step_ms)}; "
+                f"largest gap in {term.removesuffix('_ms')}: predicted {_ms(predicted[term])}, "
+                f"measured {_ms(measured[term])}",
+                f"The likely mis-modelled term: {_TERM_HINTS[term]}."
+                + (
+                    " Re-run commbench on this hardware or pass a measured overlap fraction."
+                    if term == "backward_ms"
+                    else ""
+                ),
+                "prediction_error",
+                run.name,
+            )
+        )
+    return findings
+
+
+def diagnose(runs: Sequence[Run], predictions: Sequence[Prediction] | None = None) -> list[Finding]:
+    """All findings for the runs (and predictions, if given), most severe first."""
+    findings: list[Finding] = []
+    for group in analyse(runs):
+        findings.extend(_scaling_rules(group))
+        findings.extend(_forward_shrink_rule(group))
+    for run in runs:
+        findings.extend(_run_rules(run))
+    findings.extend(_accuracy_rule(runs))
+    if predictions:
+        findings.extend(_prediction_rule(predictions, runs))
+    return sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])

@@ -1,0 +1,245 @@
+"""Predict DDP step time at other world sizes from a 1-rank run and a ring all-reduce model.
+
+Cost model (global batch FIXED, so the per-rank batch shrinks as 1/n and every world size runs
+the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
+
+* data_n = data_1/n, h2d_n = h2d_1/n, forward_n = forward_1/n, backward_n = backward_1/n
+  (work proportional to the per-rank batch);
+* optimizer_n = optimizer_1 (every rank updates ALL parameters, this never shrinks);
+* other = step_1 - (data+h2d+forward+backward+optimizer)_1, kept constant (host overheads);
+* all-reduce (ring, nccl-tests bus-bandwidth convention, GB = 1e9 bytes):
+  T_ar(n) = sum over buckets b of [alpha + 2(n-1)/n * bytes_b / busbw];
+* exposed (non-overlapped) communication: with a measured overlap fraction o,
+  exposed = (1-o) * T_ar; otherwise DDP's bucketed overlap is modelled: the last bucket
+  (the first layers, whose gradients are ready last) is always exposed, the other buckets
+  overlap with the backward of the remaining layers:
+  exposed = t_last + max(0, (T_ar - t_last) - backward_n/k * (1 - 1/num_buckets)),
+  where k = grad_accum_steps (only the last micro-batch's backward runs alongside the sync);
+* step_n = data_n + h2d_n + forward_n + backward_n + optimizer + other + exposed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalelab.analysis.collect import AnalysisError, Run
+from scalelab.analysis.scaling import group_key
+
+PHASES = ("data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
+
+
+def ring_factor(world_size: int) -> float:
+    """Bytes each rank sends per byte of buffer in a ring all-reduce: 2(n-1)/n."""
+    return 2.0 * (world_size - 1) / world_size
+
+
+def allreduce_ms(nbytes: float, world_size: int, *, busbw_gbps: float, alpha_ms: float) -> float:
+    """Time of one ring all-reduce of `nbytes`; 0 on one rank (nothing to synchronise)."""
+    if world_size <= 1:
+        return 0.0
+    # bytes / (GB/s * 1e9) s = bytes / (busbw * 1e6) ms.
+    return alpha_ms + ring_factor(world_size) * nbytes / (busbw_gbps * 1e6)
+
+
+@dataclass
+class Prediction:
+    world_size: int
+    step_ms: float
+    compute_ms: float
+    """forward + backward per step (without exposed communication)."""
+    comm_ms: float
+    """T_ar: all-reduce time of all buckets back to back."""
+    exposed_comm_ms: float
+    speedup: float
+    efficiency: float
+    data_ms: float = 0.0
+    h2d_ms: float = 0.0
+    forward_ms: float = 0.0
+    backward_ms: float = 0.0
+    optimizer_ms: float = 0.0
+    other_ms: float = 0.0
+    base_run: str = ""
+    group: tuple[Any, ...] = ()
+    """scaling.group_key of the base run: predictions are only compared with that group."""
+
+
+def _bucket_bytes(summary: dict[str, Any]) -> list[int]:
+    comm = summary.get("comm") or {}
+    buckets = [int(b) for b in comm.get("bucket_bytes") or [] if b]
+    if not buckets and comm.get("grad_bytes"):
+        # No bucket layout recorded: treat all gradients as one bucket.
+        buckets = [int(comm["grad_bytes"])]
+    if not buckets:
+        raise AnalysisError(
+            f"run {summary.get('run_name')}: summary.json has no comm.bucket_bytes/grad_bytes"
+        )
+    return buckets
+
+
+def predict_scaling(
+    summary_1rank: dict[str, Any],
+    world_sizes: Sequence[int],
+    *,
+    busbw_gbps: float,
+    alpha_ms: float,
+    overlap: float | None = None,
+) -> list[Prediction]:
+    """Predict per-step time, communication and speedup at each world size (see module doc)."""
+    name = summary_1rank.get("run_name")
+    if int(summary_1rank.get("world_size") or 1) != 1:
+        raise AnalysisError(f"run {name}: prediction needs a 1-rank run as its base")
+    if busbw_gbps <= 0:
+        raise AnalysisError(f"bus bandwidth must be > 0 GB/s, got {busbw_gbps}")
+    if overlap is not None and not 0.0 <= overlap <= 1.0:
+        raise AnalysisError(f"overlap must be in [0, 1], got {overlap}")
+    timing = summary_1rank.get("timing") or {}
+    missing = [k for k in (*PHASES, "step_ms") if timing.get(k) is None]
+    if missing:
+        raise AnalysisError(f"run {name}: summary.json timing lacks {', '.join(missing)}")
+    base = {k: float(timing[k]) for k in PHASES}
+    step_1 = float(timing["step_ms"])
+    # Host work outside the timed phases; clipped at 0 so timer jitter cannot make it a credit.
+    other = max(0.0, step_1 - sum(base.values()))
+    buckets = _bucket_bytes(summary_1rank)
+    accum = max(1, int(summary_1rank.get("grad_accum_steps") or 1))
+    alpha = max(0.0, alpha_ms)
+    out = []
+    for n in world_sizes:
+        if n < 1:
+            raise AnalysisError(f"world size must be >= 1, got {n}")
+        data, h2d, fwd, bwd = (
+            base[k] / n for k in ("data_ms", "h2d_ms", "forward_ms", "backward_ms")
+        )
+        opt = base["optimizer_ms"]
+        times = [allreduce_ms(b, n, busbw_gbps=busbw_gbps, alpha_ms=alpha) for b in buckets]
+        t_ar = sum(times)
+        if overlap is not None:
+            exposed = (1.0 - overlap) * t_ar
+        else:
+            t_last = times[-1]
+            hidden_window = bwd / accum * (1.0 - 1.0 / len(buckets))
+            exposed = t_last + max(0.0, (t_ar - t_last) - hidden_window)
+        step = data + h2d + fwd + bwd + opt + other + exposed
+        speedup = step_1 / step
+        out.append(
+            Prediction(
+                world_size=n,
+                step_ms=step,
+                compute_ms=fwd + bwd,
+                comm_ms=t_ar,
+                exposed_comm_ms=exposed,
+                speedup=speedup,
+                efficiency=speedup / n,
+                data_ms=data,
+                h2d_ms=h2d,
+                forward_ms=fwd,
+                backward_ms=bwd,
+                optimizer_ms=opt,
+                other_ms=other,
+                base_run=str(name or ""),
+                group=group_key(summary_1rank),
+            )
+        )
+    return out
+
+
+@dataclass
+class Comparison:
+    world_size: int
+    run_name: str
+    measured_step_ms: float
+    predicted_step_ms: float
+    error_pct: float
+    """(predicted - measured) / measured * 100: negative = the model is optimistic."""
+    prediction: Prediction
+    run: Run
+
+
+def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comparison]:
+    """Measured vs predicted step_ms for every run whose world size was predicted.
+
+    Predictions carrying a group key are only matched with runs of that group (same work).
+    """
+    out = []
+    for pred in predictions:
+        for run in runs:
+            if run.world_size != pred.world_size or run.phase("step_ms") is None:
+                continue
+            if pred.group and group_key(run.summary) != pred.group:
+                continue
+            measured = run.phase("step_ms")
+            out.append(
+                Comparison(
+                    world_size=pred.world_size,
+                    run_name=run.name,
+                    measured_step_ms=measured,
+                    predicted_step_ms=pred.step_ms,
+                    error_pct=(pred.step_ms - measured) / measured * 100.0,
+                    prediction=pred,
+                    run=run,
+                )
+            )
+    return out
+
+
+def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int) -> tuple[float, float]:
+    """Least-squares (alpha_ms, busbw_gbps) of t = alpha + 2(n-1)/n * bytes / busbw.
+
+    `results` are commbench rows with 'bytes' and 'time_ms'. A negative intercept (noise at small
+    sizes) is clipped to 0 and the slope refitted through the origin.
+    """
+    if world_size < 2:
+        raise AnalysisError("an all-reduce bandwidth fit needs world_size >= 2")
+    rows = [(float(r["bytes"]), float(r["time_ms"])) for r in results]
+    if len(rows) < 2:
+        raise AnalysisError("an all-reduce bandwidth fit needs at least 2 message sizes")
+    x = np.array([b for b, _ in rows]) * ring_factor(world_size)
+    t = np.array([ms for _, ms in rows])
+    slope, alpha = np.polyfit(x, t, 1)
+    if alpha < 0:
+        alpha = 0.0
+        slope = float((x * t).sum() / (x * x).sum())
+    if slope <= 0:
+        raise AnalysisError("all-reduce time does not grow with message size; cannot fit bandwidth")
+    return float(alpha), float(1.0 / (slope * 1e6))
+
+
+def load_commbench(path: str | Path) -> tuple[float, float, int]:
+    """(alpha_ms, busbw_gbps, world_size) from a `scalelab commbench` JSON file."""
+    path = Path(path)
+    try:
+        bench = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AnalysisError(f"{path}: cannot read commbench JSON ({exc})") from None
+    if not isinstance(bench, dict) or "world_size" not in bench:
+        raise AnalysisError(f"{path}: not a commbench result (no world_size)")
+    world_size = int(bench["world_size"])
+    fit = bench.get("fit") or {}
+    if fit.get("busbw_gbps"):
+        return max(0.0, float(fit.get("alpha_ms") or 0.0)), float(fit["busbw_gbps"]), world_size
+    if not bench.get("results"):
+        raise AnalysisError(f"{path}: commbench file has neither a fit nor results")
+    alpha, busbw = fit_alpha_beta(bench["results"], world_size)
+    return alpha, busbw, world_size
+
+
+def bandwidth_from_run(run: Run) -> tuple[float, float] | None:
+    """(alpha_ms=0, busbw_gbps) implied by a multi-rank run's measured bucket all-reduce time.
+
+    Fallback when no commbench file or user bandwidth is given: the trainer times all buckets
+    back to back, so busbw = sum(2(n-1)/n * bytes_b) / allreduce_ms with alpha folded in.
+    """
+    measured = run.comm_value("allreduce_ms")
+    if run.world_size < 2 or not measured:
+        return None
+    try:
+        total = sum(_bucket_bytes(run.summary))
+    except AnalysisError:
+        return None
+    return 0.0, ring_factor(run.world_size) * total / (measured * 1e6)

@@ -1,0 +1,912 @@
+"""Write the performance report: CSV, LaTeX table, Markdown, text, self-contained HTML, LaTeX.
+
+The report is built once as a list of blocks (headings, paragraphs, tables, figures, findings)
+and rendered to each format, so every format says the same thing with the same numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scalelab.analysis.collect import AnalysisError, Run, load_runs
+from scalelab.analysis.diagnose import Finding, diagnose
+from scalelab.analysis.predict import (
+    Comparison,
+    Prediction,
+    bandwidth_from_run,
+    compare,
+    load_commbench,
+    predict_scaling,
+)
+from scalelab.analysis.scaling import ScalingGroup, analyse, find_point
+
+CSV_COLUMNS = [
+    "run_name",
+    "preset",
+    "dataset",
+    "world_size",
+    "num_nodes",
+    "global_batch",
+    "per_rank_batch",
+    "epoch_time_s",
+    "samples_per_s",
+    "speedup",
+    "efficiency",
+    "karp_flatt",
+    "final_val_acc",
+    "data_ms",
+    "h2d_ms",
+    "forward_ms",
+    "backward_ms",
+    "optimizer_ms",
+    "step_ms",
+    "exposed_comm_ms",
+    "allreduce_ms",
+    "compute_to_comm_ratio",
+    "predicted_step_ms",
+    "prediction_error_pct",
+]
+
+COST_MODEL_TEXT = """\
+T_ar(n)    = sum_b [ alpha + 2(n-1)/n * bytes_b / busbw ]              (ring all-reduce, per bucket b)
+exposed(n) = t_last + max(0, T_ar - t_last - bwd(n)/k * (1 - 1/N_b))     (DDP bucket overlap)
+step(n)    = (data + h2d + fwd + bwd)_1 / n + opt_1 + other_1 + exposed(n)
+speedup(n) = step(1) / step(n),  efficiency(n) = speedup(n) / n"""
+
+COST_MODEL_LATEX = r"""\begin{align*}
+T_{\mathrm{ar}}(n) &= \sum_{b=1}^{N_b} \Big[\alpha + \frac{2(n-1)}{n}\,\frac{B_b}{\beta_{\mathrm{bus}}}\Big] \\
+t_{\mathrm{exp}}(n) &= t_{\mathrm{last}} + \max\Big(0,\; T_{\mathrm{ar}}(n) - t_{\mathrm{last}} - \frac{t_{\mathrm{bwd}}(n)}{k}\Big(1 - \frac{1}{N_b}\Big)\Big) \\
+t_{\mathrm{step}}(n) &= \frac{t_{\mathrm{data}} + t_{\mathrm{h2d}} + t_{\mathrm{fwd}} + t_{\mathrm{bwd}}}{n} + t_{\mathrm{opt}} + t_{\mathrm{other}} + t_{\mathrm{exp}}(n) \\
+S(n) &= t_{\mathrm{step}}(1) / t_{\mathrm{step}}(n), \qquad E(n) = S(n)/n
+\end{align*}"""
+
+FIGURE_CAPTIONS = {
+    "epoch_time": "Mean epoch time vs world size.",
+    "speedup": "Speedup vs world size with the ideal line, the Amdahl fit and the negative-scaling region.",
+    "efficiency": "Parallel efficiency vs world size.",
+    "throughput": "Training throughput vs world size.",
+    "accuracy": "Validation accuracy per epoch for every run.",
+    "time_breakdown": "Where the time of one optimizer step goes, per run.",
+    "predicted_vs_measured": "Speedup predicted by the cost model vs measured.",
+}
+
+
+# ----------------------------------------------------------------------------- document model
+@dataclass
+class Heading:
+    text: str
+    level: int = 1
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Table:
+    caption: str
+    headers: list[str]
+    rows: list[list[str]]
+    label: str
+
+
+@dataclass
+class Figure:
+    key: str
+    path: Path
+    caption: str
+
+
+@dataclass
+class Formula:
+    text: str
+    latex: str
+
+
+@dataclass
+class Findings:
+    items: list[Finding] = field(default_factory=list)
+
+
+Block = Heading | Para | Table | Figure | Formula | Findings
+
+
+# ----------------------------------------------------------------------------- formatting
+def _f(value: Any, digits: int = 3) -> str:
+    """Number with `digits` significant digits; '-' for missing values."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _acc(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}%" if value > 1 else f"{100 * value:.1f}%"
+
+
+# ----------------------------------------------------------------------------- analysis bundle
+@dataclass
+class Analysis:
+    runs: list[Run]
+    groups: list[ScalingGroup]
+    predictions: dict[str, list[Prediction]]
+    comparisons: list[Comparison]
+    findings: list[Finding]
+    bandwidth_notes: list[str]
+
+
+def _prediction_sizes(group: ScalingGroup) -> list[int]:
+    """Measured world sizes plus powers of two up to twice the largest (extrapolation)."""
+    top = max(8, 2 * max(group.world_sizes))
+    powers = {2**k for k in range(top.bit_length()) if 2**k <= top}
+    return sorted(set(group.world_sizes) | powers)
+
+
+def _bandwidth(
+    group: ScalingGroup,
+    commbench: str | Path | None,
+    busbw_gbps: float | None,
+    alpha_ms: float | None,
+) -> tuple[float, float, str] | None:
+    """(alpha_ms, busbw_gbps, source): user value > commbench file > the group's own measurement."""
+    if busbw_gbps is not None:
+        return max(0.0, alpha_ms or 0.0), busbw_gbps, "given by the user"
+    if commbench is not None:
+        alpha, busbw, n = load_commbench(commbench)
+        return alpha, busbw, f"commbench fit ({Path(commbench).name}, {n} ranks)"
+    for run in sorted(group.runs, key=lambda r: r.world_size):
+        measured = bandwidth_from_run(run)
+        if measured is not None:
+            return (
+                *measured,
+                f"implied by the measured bucket all-reduce time of run {run.name} "
+                f"({run.world_size} ranks; alpha folded into the bandwidth)",
+            )
+    return None
+
+
+def analyse_runs(
+    runs: Sequence[Run],
+    *,
+    commbench: str | Path | None = None,
+    busbw_gbps: float | None = None,
+    alpha_ms: float | None = None,
+) -> Analysis:
+    """Scaling groups, predictions (where a 1-rank run and a bandwidth exist) and findings."""
+    groups = analyse(runs)
+    predictions: dict[str, list[Prediction]] = {}
+    notes = []
+    for group in groups:
+        if not group.has_single_rank_baseline:
+            notes.append(f"{group.label}: no prediction (the cost model needs a 1-rank run).")
+            continue
+        bandwidth = _bandwidth(group, commbench, busbw_gbps, alpha_ms)
+        if bandwidth is None:
+            notes.append(
+                f"{group.label}: no prediction (no commbench file, no --busbw-gbps and no "
+                "multi-rank run with a measured all-reduce time)."
+            )
+            continue
+        alpha, busbw, source = bandwidth
+        try:
+            predictions[group.label] = predict_scaling(
+                group.baseline_runs()[0].summary,
+                _prediction_sizes(group),
+                busbw_gbps=busbw,
+                alpha_ms=alpha,
+            )
+        except AnalysisError as exc:
+            notes.append(f"{group.label}: no prediction ({exc}).")
+            continue
+        notes.append(
+            f"{group.label}: bus bandwidth {busbw:.3g} GB/s, alpha {alpha:.3g} ms, {source}."
+        )
+    all_predictions = [p for preds in predictions.values() for p in preds]
+    return Analysis(
+        runs=list(runs),
+        groups=groups,
+        predictions=predictions,
+        comparisons=compare(all_predictions, runs),
+        findings=diagnose(runs, all_predictions),
+        bandwidth_notes=notes,
+    )
+
+
+# ----------------------------------------------------------------------------- tables
+def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
+    """One row per run with the columns of comprehensive_summary.csv."""
+    by_run = {c.run_name: c for c in analysis.comparisons}
+    rows = []
+    for run in analysis.runs:
+        point = find_point(analysis.groups, run)
+        cmp = by_run.get(run.name)
+        s = run.summary
+        rows.append(
+            {
+                "run_name": run.name,
+                "preset": run.preset,
+                "dataset": s.get("dataset"),
+                "world_size": run.world_size,
+                "num_nodes": s.get("num_nodes"),
+                "global_batch": s.get("global_batch"),
+                "per_rank_batch": s.get("per_rank_batch"),
+                "epoch_time_s": run.epoch_time_s,
+                "samples_per_s": s.get("samples_per_s"),
+                "speedup": point.speedup if point else None,
+                "efficiency": point.efficiency if point else None,
+                "karp_flatt": point.karp_flatt if point else None,
+                "final_val_acc": s.get("final_val_acc"),
+                **{
+                    k: run.phase(k)
+                    for k in (
+                        "data_ms",
+                        "h2d_ms",
+                        "forward_ms",
+                        "backward_ms",
+                        "optimizer_ms",
+                        "step_ms",
+                    )
+                },
+                "exposed_comm_ms": run.comm_value("exposed_comm_ms"),
+                "allreduce_ms": run.comm_value("allreduce_ms"),
+                "compute_to_comm_ratio": point.compute_to_comm_ratio if point else None,
+                "predicted_step_ms": cmp.predicted_step_ms if cmp else None,
+                "prediction_error_pct": cmp.error_pct if cmp else None,
+            }
+        )
+    return rows
+
+
+def _summary_table(analysis: Analysis) -> Table:
+    rows = []
+    for row in csv_rows(analysis):
+        rows.append(
+            [
+                row["run_name"],
+                str(row["world_size"]),
+                _f(row["epoch_time_s"]),
+                _f(row["samples_per_s"]),
+                _f(row["speedup"]),
+                _pct(row["efficiency"]),
+                _acc(row["final_val_acc"]),
+                _f(row["step_ms"]),
+                _f(row["exposed_comm_ms"]),
+            ]
+        )
+    return Table(
+        "Summary of all runs (times per optimizer step in ms).",
+        [
+            "run",
+            "ranks",
+            "epoch (s)",
+            "samples/s",
+            "speedup",
+            "efficiency",
+            "val acc",
+            "step (ms)",
+            "exposed comm (ms)",
+        ],
+        rows,
+        "tab:summary",
+    )
+
+
+def _setup_table(runs: Sequence[Run]) -> Table:
+    rows = []
+    for r in sorted(runs, key=lambda r: (r.preset, r.world_size, r.name)):
+        s = r.summary
+        rows.append(
+            [
+                r.name,
+                r.preset,
+                str(s.get("dataset")),
+                str(s.get("model_arch")),
+                _f(s.get("num_params")),
+                str(r.world_size),
+                str(s.get("num_nodes", "-")),
+                f"{s.get('device_type')} ({s.get('backend')})",
+                f"{s.get('global_batch')} / {s.get('per_rank_batch')}",
+                str(s.get("precision")),
+                str(s.get("num_epochs")),
+            ]
+        )
+    return Table(
+        "Runs analysed.",
+        [
+            "run",
+            "preset",
+            "dataset",
+            "model",
+            "params",
+            "ranks",
+            "nodes",
+            "device (backend)",
+            "batch global / rank",
+            "precision",
+            "epochs",
+        ],
+        rows,
+        "tab:runs",
+    )
+
+
+def _scaling_table(group: ScalingGroup, index: int) -> Table:
+    rows = [
+        [
+            str(p.world_size),
+            p.run.name,
+            _f(p.epoch_time_s),
+            _f(p.run.summary.get("samples_per_s")),
+            f"{p.speedup:.2f}",
+            _f(p.ideal_speedup),
+            _pct(p.efficiency),
+            _f(p.karp_flatt),
+            _f(p.compute_to_comm_ratio),
+            _acc(p.run.summary.get("final_val_acc")),
+        ]
+        for p in group.points
+    ]
+    return Table(
+        f"Scaling of {group.label}: speedup and efficiency per world size.",
+        [
+            "ranks",
+            "run",
+            "epoch (s)",
+            "samples/s",
+            "speedup",
+            "ideal",
+            "efficiency",
+            "Karp-Flatt e",
+            "R = compute/comm",
+            "val acc",
+        ],
+        rows,
+        f"tab:scaling{index}",
+    )
+
+
+def _breakdown_table(runs: Sequence[Run]) -> Table:
+    rows = []
+    for r in sorted(runs, key=lambda r: (r.preset, r.world_size, r.name)):
+        phases = [
+            r.phase(k) for k in ("data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
+        ]
+        step = r.phase("step_ms")
+        other = None if step is None else max(0.0, step - sum(p or 0.0 for p in phases))
+        rows.append(
+            [
+                r.name,
+                str(r.world_size),
+                *(_f(p) for p in phases),
+                _f(other),
+                _f(step),
+                _f(r.phase("step_ms_max")),
+                _f(r.comm_value("exposed_comm_ms")),
+                _f(r.comm_value("allreduce_ms")),
+                _pct(r.comm_value("overlap_fraction")),
+            ]
+        )
+    return Table(
+        "Where the time goes: mean time per optimizer step (ms); backward includes the exposed all-reduce.",
+        [
+            "run",
+            "ranks",
+            "data",
+            "h2d",
+            "forward",
+            "backward",
+            "optimizer",
+            "other",
+            "step",
+            "step max",
+            "exposed comm",
+            "all-reduce",
+            "overlap",
+        ],
+        rows,
+        "tab:breakdown",
+    )
+
+
+def _prediction_table(
+    label: str, preds: Sequence[Prediction], comparisons: Sequence[Comparison], index: int
+) -> Table:
+    measured = {c.world_size: c for c in comparisons if c.prediction in preds}
+    rows = []
+    for p in preds:
+        c = measured.get(p.world_size)
+        rows.append(
+            [
+                str(p.world_size),
+                _f(p.step_ms),
+                _f(c.measured_step_ms) if c else "-",
+                f"{c.error_pct:+.1f}%" if c else "-",
+                _f(p.compute_ms),
+                _f(p.comm_ms),
+                _f(p.exposed_comm_ms),
+                f"{p.speedup:.2f}",
+                _pct(p.efficiency),
+            ]
+        )
+    return Table(
+        f"Predicted vs measured step time for {label} (ms per optimizer step).",
+        [
+            "ranks",
+            "predicted step",
+            "measured step",
+            "error",
+            "compute",
+            "all-reduce T_ar",
+            "exposed",
+            "pred. speedup",
+            "pred. efficiency",
+        ],
+        rows,
+        f"tab:prediction{index}",
+    )
+
+
+def format_predictions(predictions: Sequence[Prediction]) -> str:
+    """Plain-text table for `scalelab predict`."""
+    table = Table(
+        "",
+        ["world size", "step (ms)", "comm T_ar (ms)", "exposed (ms)", "speedup", "efficiency"],
+        [
+            [
+                str(p.world_size),
+                f"{p.step_ms:.2f}",
+                f"{p.comm_ms:.2f}",
+                f"{p.exposed_comm_ms:.2f}",
+                f"{p.speedup:.2f}",
+                f"{100 * p.efficiency:.1f}%",
+            ]
+            for p in predictions
+        ],
+        "",
+    )
+    return _text_table(table)
+
+
+# ----------------------------------------------------------------------------- document
+def _unique(runs: Sequence[Run], getter: Any) -> str:
+    values = sorted({str(getter(r)) for r in runs if getter(r) not in (None, "")})
+    return ", ".join(values) if values else "unknown"
+
+
+def _method_text(runs: Sequence[Run]) -> str:
+    warmup = _unique(runs, lambda r: r.timing.get("warmup_steps"))
+    methods = _unique(runs, lambda r: r.comm.get("method") if r.world_size > 1 else None)
+    return (
+        "Every rank times each optimizer step with phase timers (data wait, host-to-device copy, "
+        "forward, backward, optimizer; synchronised with the device on CUDA) and excludes the first "
+        f"{warmup} steps as warm-up. A phase time is the mean over steps, then over ranks; the _max "
+        "columns keep the slowest rank. Under DDP the backward time includes the part of the gradient "
+        "all-reduce that is not hidden behind computation. After training, communication is "
+        "calibrated: steps are timed with gradient synchronisation and under no_sync, and the "
+        "difference is the exposed communication; every gradient bucket is all-reduced once, back to "
+        "back, to measure the total all-reduce time T_ar (overlap = 1 - exposed / T_ar, "
+        f"R = compute / T_ar; method recorded by the runs: {methods}). Speedup is the baseline's mean "
+        "epoch time (first epoch excluded when there are several) divided by the run's mean epoch "
+        "time. The global batch is fixed across world sizes (strong scaling), so every run performs "
+        "the same number of optimizer steps per epoch."
+    )
+
+
+def _setup_text(runs: Sequence[Run]) -> str:
+    return (
+        f"Device: {_unique(runs, lambda r: r.summary.get('device_name'))} "
+        f"({_unique(runs, lambda r: r.summary.get('device_type'))}, "
+        f"{_unique(runs, lambda r: r.summary.get('device_count'))} per node); "
+        f"hosts: {_unique(runs, lambda r: r.system.get('hostname'))} with "
+        f"{_unique(runs, lambda r: r.system.get('num_cpus'))} CPUs; "
+        f"PyTorch {_unique(runs, lambda r: r.summary.get('torch_version'))}; "
+        f"backends: {_unique(runs, lambda r: r.summary.get('backend'))}; "
+        f"git commit: {_unique(runs, lambda r: r.summary.get('git_commit'))}."
+    )
+
+
+def _amdahl_text(group: ScalingGroup) -> str:
+    if group.amdahl is None:
+        return "Amdahl fit: needs at least two world sizes."
+    a = group.amdahl
+    kf = ", ".join(
+        f"{p.world_size} ranks: {p.karp_flatt:.3f}"
+        for p in group.points
+        if p.karp_flatt is not None
+    )
+    limit = (
+        f"an upper bound on speedup of {1 / a.serial_fraction:.3g}x"
+        if a.serial_fraction > 0
+        else "no speedup limit"
+    )
+    note = f" Note: {a.note}." if a.note else ""
+    return (
+        f"Amdahl fit: serial fraction s = {a.serial_fraction:.4f} (RMS error {a.rmse:.3f}), i.e. {limit}."
+        f"{note} Karp-Flatt serial fraction e(n) = (1/S - 1/n)/(1 - 1/n): {kf}. An e(n) that grows "
+        "with n means overhead that grows with the number of ranks (communication, synchronisation), "
+        "a constant e(n) means a fixed serial part."
+    )
+
+
+def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
+    """The report as format-independent blocks."""
+    runs, groups = analysis.runs, analysis.groups
+    presets = sorted({r.preset for r in runs})
+    sizes = sorted({r.world_size for r in runs})
+    doc: list[Block] = [
+        Para(
+            f"{len(runs)} run(s) of preset(s) {', '.join(presets)} at world size(s) "
+            f"{', '.join(map(str, sizes))}, in {len(groups)} scaling group(s) (runs doing the same work: "
+            "same preset, dataset, model, global batch, precision and training set)."
+        ),
+        Heading("Setup"),
+        Para(_setup_text(runs)),
+        _setup_table(runs),
+        Heading("Method of measurement"),
+        Para(_method_text(runs)),
+        Heading("Results"),
+        _summary_table(analysis),
+    ]
+    for i, group in enumerate(groups):
+        doc += [
+            Heading(f"Scaling: {group.label}", 2),
+            Para(group.baseline_statement()),
+            _scaling_table(group, i),
+            Para(_amdahl_text(group)),
+        ]
+    doc += [Heading("Where the time goes", 2), _breakdown_table(runs)]
+    doc += [
+        Figure(k, figures[k], FIGURE_CAPTIONS[k]) for k in figures if k != "predicted_vs_measured"
+    ]
+    doc += [Heading("Diagnosis"), Findings(analysis.findings)]
+    doc += [
+        Heading("Cost model for prediction"),
+        Para(
+            "The global batch is fixed, so the per-rank batch shrinks as 1/n: data, host-to-device, "
+            "forward and backward time of the 1-rank run are divided by n; the optimizer step does not "
+            "shrink (every rank updates all parameters) and the remaining un-timed host time is kept "
+            "constant. The gradient buckets are all-reduced with a ring (alpha-beta model, nccl-tests "
+            "bus bandwidth, GB = 1e9 bytes); DDP overlaps every bucket but the last with the backward of "
+            "the remaining layers (k = gradient accumulation steps, N_b = number of buckets). Speedup "
+            "is step(1)/step(n) because every world size runs the same number of steps per epoch."
+        ),
+        Formula(COST_MODEL_TEXT, COST_MODEL_LATEX),
+        *[Para(note) for note in analysis.bandwidth_notes],
+    ]
+    for i, (label, preds) in enumerate(analysis.predictions.items()):
+        doc.append(_prediction_table(label, preds, analysis.comparisons, i))
+    if "predicted_vs_measured" in figures:
+        doc.append(
+            Figure(
+                "predicted_vs_measured",
+                figures["predicted_vs_measured"],
+                FIGURE_CAPTIONS["predicted_vs_measured"],
+            )
+        )
+    return doc
+
+
+# ----------------------------------------------------------------------------- renderers
+def _text_table(table: Table) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in table.rows)) if table.rows else len(h)
+        for i, h in enumerate(table.headers)
+    ]
+    line = "  ".join(h.ljust(w) for h, w in zip(table.headers, widths, strict=True))
+    out = [line, "-" * len(line)]
+    out += [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table.rows
+    ]
+    return "\n".join(out)
+
+
+def _finding_lines(f: Finding) -> tuple[str, str, str]:
+    subject = f" ({f.subject})" if f.subject else ""
+    return (
+        f"[{f.severity.upper()}] {f.title}{subject}",
+        f"Evidence: {f.evidence}",
+        f"Recommendation: {f.recommendation}",
+    )
+
+
+def render_text(doc: Sequence[Block], title: str) -> str:
+    out = [title, "=" * len(title), ""]
+    for block in doc:
+        if isinstance(block, Heading):
+            out += [block.text, ("=" if block.level == 1 else "-") * len(block.text), ""]
+        elif isinstance(block, Para):
+            out += [block.text, ""]
+        elif isinstance(block, Table):
+            out += [block.caption, _text_table(block), ""]
+        elif isinstance(block, Figure):
+            out += [f"Figure: {block.path.name} - {block.caption}", ""]
+        elif isinstance(block, Formula):
+            out += [block.text, ""]
+        elif isinstance(block, Findings):
+            if not block.items:
+                out += ["No problems detected: no diagnosis rule fired.", ""]
+            for f in block.items:
+                head, evidence, rec = _finding_lines(f)
+                out += [head, "  " + evidence, "  " + rec, ""]
+    return "\n".join(out)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("_", "\\_")
+
+
+def render_markdown(doc: Sequence[Block], title: str) -> str:
+    out = [f"# {title}", ""]
+    for block in doc:
+        if isinstance(block, Heading):
+            out += [f"{'#' * (block.level + 1)} {block.text}", ""]
+        elif isinstance(block, Para):
+            out += [block.text, ""]
+        elif isinstance(block, Table):
+            out += [
+                f"*{block.caption}*",
+                "",
+                "| " + " | ".join(block.headers) + " |",
+                "|" + "|".join("---" for _ in block.headers) + "|",
+            ]
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows] + [""]
+        elif isinstance(block, Figure):
+            out += [f"![{block.caption}]({block.path.name})", ""]
+        elif isinstance(block, Formula):
+            out += ["```", block.text, "```", ""]
+        elif isinstance(block, Findings):
+            if not block.items:
+                out += ["No problems detected: no diagnosis rule fired.", ""]
+            for f in block.items:
+                head, evidence, rec = _finding_lines(f)
+                out += [f"- **{head}**", f"  - {evidence}", f"  - {rec}"]
+            out.append("")
+    return "\n".join(out)
+
+
+HTML_STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #333}h2{border-bottom:1px solid #ccc;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}
+caption{caption-side:top;text-align:left;font-style:italic;padding-bottom:.3em}
+th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
+figure{margin:1em 0}figure img{max-width:100%}figcaption{font-style:italic;font-size:.9em}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto}
+.finding{border-left:5px solid #999;padding:.4em .8em;margin:.6em 0;background:#fafafa}
+.critical{border-color:#c62828}.warning{border-color:#ef6c00}.info{border-color:#1565c0}
+.sev{font-weight:bold;text-transform:uppercase;font-size:.8em}
+"""
+
+
+def render_html(doc: Sequence[Block], title: str) -> str:
+    """One self-contained page: inline CSS, figures as base64 data URIs, no external references."""
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>{HTML_STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
+    for block in doc:
+        if isinstance(block, Heading):
+            out.append(f"<h{block.level + 1}>{e(block.text)}</h{block.level + 1}>")
+        elif isinstance(block, Para):
+            out.append(f"<p>{e(block.text)}</p>")
+        elif isinstance(block, Table):
+            out.append(
+                f"<table><caption>{e(block.caption)}</caption><tr>"
+                + "".join(f"<th>{e(h)}</th>" for h in block.headers)
+                + "</tr>"
+            )
+            out += [
+                "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block.rows
+            ]
+            out.append("</table>")
+        elif isinstance(block, Figure):
+            data = base64.b64encode(block.path.read_bytes()).decode("ascii")
+            out.append(
+                f'<figure><img alt="{e(block.caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{e(block.caption)}</figcaption></figure>"
+            )
+        elif isinstance(block, Formula):
+            out.append(f"<pre>{e(block.text)}</pre>")
+        elif isinstance(block, Findings):
+            if not block.items:
+                out.append("<p>No problems detected: no diagnosis rule fired.</p>")
+            for f in block.items:
+                subject = f" <small>({e(f.subject)})</small>" if f.subject else ""
+                out.append(
+                    f'<div class="finding {e(f.severity)}"><span class="sev">{e(f.severity)}</span> '
+                    f"<strong>{e(f.title)}</strong>{subject}<br><em>Evidence:</em> {e(f.evidence)}"
+                    f"<br><em>Recommendation:</em> {e(f.recommendation)}</div>"
+                )
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+_TEX_SPECIAL = {
+    # Math-mode forms avoid TS1 (textcomp) glyphs, which pdflatex would render as bitmap fonts
+    # generated on the fly (slow, and fails on read-only TeX installations).
+    "\\": r"$\backslash$",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"$\$$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\~{}",
+    "^": r"\^{}",
+    "<": r"$<$",
+    ">": r"$>$",
+    "|": r"$|$",
+    "–": "--",
+    "—": "---",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "→": r"$\rightarrow$",
+}
+_TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIAL))
+
+
+def tex_escape(text: str) -> str:
+    """Escape user strings for LaTeX; other non-ASCII is transliterated (pdflatex, OT1 fonts)."""
+    escaped = _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group()], str(text))
+    return unicodedata.normalize("NFKD", escaped).encode("ascii", "ignore").decode("ascii")
+
+
+def latex_table(table: Table, *, standalone: bool = False) -> str:
+    """A booktabs table float, shrunk to the text width when it is wide (adjustbox, float [H]).
+
+    standalone=True gives a paste-ready table that needs only booktabs (no adjustbox/float).
+    """
+    spec = "l" + "r" * (len(table.headers) - 1)
+    tabular = [
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(tex_escape(h) for h in table.headers) + r" \\",
+        r"\midrule",
+    ]
+    tabular += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in table.rows]
+    tabular += [r"\bottomrule", r"\end{tabular}"]
+    if standalone:
+        head, body = [r"% requires \usepackage{booktabs}", r"\begin{table}[htbp]"], tabular
+    else:
+        head = [r"\begin{table}[H]"]
+        body = [r"\begin{adjustbox}{max width=\textwidth}", *tabular, r"\end{adjustbox}"]
+    caption = [
+        r"\centering",
+        rf"\caption{{{tex_escape(table.caption)}}}",
+        rf"\label{{{table.label}}}",
+    ]
+    return "\n".join([*head, *caption, *body, r"\end{table}"])
+
+
+def render_latex(doc: Sequence[Block], title: str) -> str:
+    out = [
+        r"\documentclass[11pt]{article}",
+        r"\usepackage[margin=2cm]{geometry}",
+        r"\usepackage{booktabs,graphicx,float,amsmath,adjustbox}",
+        r"\usepackage[hidelinks]{hyperref}",
+        rf"\title{{{tex_escape(title)}}}",
+        r"\date{}",
+        r"\begin{document}",
+        r"\maketitle",
+    ]
+    for block in doc:
+        if isinstance(block, Heading):
+            out.append(
+                ("\\section" if block.level == 1 else "\\subsection")
+                + f"{{{tex_escape(block.text)}}}"
+            )
+        elif isinstance(block, Para):
+            out += [tex_escape(block.text), ""]
+        elif isinstance(block, Table):
+            out.append(latex_table(block))
+        elif isinstance(block, Figure):
+            out += [
+                r"\begin{figure}[H]",
+                r"\centering",
+                rf"\includegraphics[width=0.75\textwidth]{{{block.path.name}}}",
+                rf"\caption{{{tex_escape(block.caption)}}}",
+                rf"\label{{fig:{block.key}}}",
+                r"\end{figure}",
+            ]
+        elif isinstance(block, Formula):
+            out.append(block.latex)
+        elif isinstance(block, Findings):
+            if not block.items:
+                out.append("No problems detected: no diagnosis rule fired.")
+                continue
+            # enumerate, not itemize: the itemize bullet is a TS1 glyph (see _TEX_SPECIAL).
+            out.append(r"\begin{enumerate}")
+            for f in block.items:
+                head, evidence, rec = (tex_escape(x) for x in _finding_lines(f))
+                out.append(rf"\item \textbf{{{head}}}\\ {evidence}\\ {rec}")
+            out.append(r"\end{enumerate}")
+    out.append(r"\end{document}")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- entry point
+def write_report(
+    runs_or_paths: Sequence[Run | str | Path],
+    out_dir: str | Path,
+    *,
+    commbench: str | Path | None = None,
+    busbw_gbps: float | None = None,
+    alpha_ms: float | None = None,
+) -> dict[str, Path]:
+    """Write every report file into out_dir and return them by name.
+
+    Bandwidth for the prediction: busbw_gbps/alpha_ms if given, else the commbench file, else the
+    bucket all-reduce time measured by the group's smallest multi-rank run.
+    """
+    from scalelab.analysis.plots import plot_all  # matplotlib is only needed for a full report
+
+    items = list(runs_or_paths)
+    paths = [p for p in items if not isinstance(p, Run)]
+    runs = [r for r in items if isinstance(r, Run)] + (load_runs(paths) if paths else [])
+    if not runs:
+        raise AnalysisError("no runs to report on")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    analysis = analyse_runs(runs, commbench=commbench, busbw_gbps=busbw_gbps, alpha_ms=alpha_ms)
+    figures = plot_all(analysis.groups, runs, analysis.predictions, out)
+    files: dict[str, Path] = {f"plot_{k}": v for k, v in figures.items()}
+
+    files["csv"] = out / "comprehensive_summary.csv"
+    with files["csv"].open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(csv_rows(analysis))
+
+    files["summary_table"] = out / "summary_table.tex"
+    files["summary_table"].write_text(latex_table(_summary_table(analysis), standalone=True) + "\n")
+
+    title = "scalelab performance report"
+    doc = build_document(analysis, figures)
+    for key, name, text in (
+        ("markdown", "performance_report.md", render_markdown(doc, title)),
+        ("text", "performance_report.txt", render_text(doc, title)),
+        ("html", "report.html", render_html(doc, title)),
+        ("latex", "report.tex", render_latex(doc, title)),
+    ):
+        files[key] = out / name
+        files[key].write_text(text, encoding="utf-8")
+    return files
+
+
+__all__ = [
+    "Analysis",
+    "analyse_runs",
+    "build_document",
+    "csv_rows",
+    "format_predictions",
+    "latex_table",
+    "tex_escape",
+    "write_report",
+]

@@ -1,0 +1,197 @@
+"""Strong-scaling metrics: speedup, efficiency, Amdahl serial fraction, Karp–Flatt, R.
+
+Runs are grouped so that only runs doing the same work are compared (same preset, data, model,
+GLOBAL batch and precision). Within a group the baseline is the 1-rank run; without one it is
+the smallest world size n0 and every number is relative to it (ideal speedup = n/n0).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scalelab.analysis.collect import Run
+
+# Grid resolution of the Amdahl fit: 1e-4 in s is far below the run-to-run noise of timings.
+AMDAHL_GRID_POINTS = 10_001
+
+
+def group_key(summary: dict[str, Any]) -> tuple[Any, ...]:
+    """Runs with the same key did the same work per epoch and may be compared for scaling."""
+    return (
+        summary.get("preset"),
+        summary.get("dataset"),
+        summary.get("model_arch"),
+        summary.get("global_batch"),
+        summary.get("precision"),
+        summary.get("num_train_samples"),
+    )
+
+
+def group_label(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary.get('preset')} ({summary.get('dataset')}, global batch "
+        f"{summary.get('global_batch')}, {summary.get('precision')})"
+    )
+
+
+def karp_flatt(speedup: float, n: float) -> float | None:
+    """Experimentally determined serial fraction e = (1/S - 1/n) / (1 - 1/n); None for n <= 1."""
+    if n <= 1 or speedup <= 0:
+        return None
+    return (1.0 / speedup - 1.0 / n) / (1.0 - 1.0 / n)
+
+
+def amdahl_speedup(s: float, n: float, n0: float = 1.0) -> float:
+    """Amdahl speedup of n ranks relative to n0 ranks: T(n0)/T(n) with T(n) ∝ s + (1-s)/n."""
+    return (s + (1.0 - s) / n0) / (s + (1.0 - s) / n)
+
+
+@dataclass
+class AmdahlFit:
+    serial_fraction: float
+    rmse: float
+    note: str
+    """Why the value is at a bound (negative or super-linear scaling), or ''."""
+
+
+def fit_amdahl(
+    world_sizes: Sequence[float], speedups: Sequence[float], n0: float = 1.0
+) -> AmdahlFit:
+    """Least-squares serial fraction s in [0, 1] of measured speedups (relative to n0 ranks).
+
+    A dense grid search is used instead of a closed form because s is constrained to [0, 1] and
+    the loss is not quadratic in s; it also makes the clipping at the bounds explicit.
+    """
+    n = np.asarray(world_sizes, dtype=float)
+    measured = np.asarray(speedups, dtype=float)
+    grid = np.linspace(0.0, 1.0, AMDAHL_GRID_POINTS)[:, None]
+    predicted = (grid + (1 - grid) / n0) / (grid + (1 - grid) / n)
+    sse = ((predicted - measured) ** 2).sum(axis=1)
+    best = int(sse.argmin())
+    s = float(grid[best, 0])
+    note = ""
+    if best == AMDAHL_GRID_POINTS - 1 and (measured < 1).any():
+        note = (
+            "measured speedup falls below 1 (negative scaling), which Amdahl's law cannot "
+            "represent; s is clipped to 1"
+        )
+    elif best == 0 and (measured > n / n0).any():
+        note = "super-linear speedup measured; s is clipped to 0"
+    return AmdahlFit(serial_fraction=s, rmse=float(np.sqrt(sse[best] / len(n))), note=note)
+
+
+@dataclass
+class ScalingPoint:
+    run: Run
+    world_size: int
+    epoch_time_s: float
+    speedup: float
+    ideal_speedup: float
+    efficiency: float
+    karp_flatt: float | None
+    compute_to_comm_ratio: float | None
+
+
+@dataclass
+class ScalingGroup:
+    key: tuple[Any, ...]
+    label: str
+    runs: list[Run]
+    baseline_world_size: int
+    baseline_epoch_time_s: float
+    points: list[ScalingPoint]
+    amdahl: AmdahlFit | None
+
+    @property
+    def has_single_rank_baseline(self) -> bool:
+        return self.baseline_world_size == 1
+
+    @property
+    def world_sizes(self) -> list[int]:
+        return sorted({p.world_size for p in self.points})
+
+    def baseline_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.world_size == self.baseline_world_size]
+
+    def baseline_statement(self) -> str:
+        n0 = self.baseline_world_size
+        if n0 == 1:
+            return f"Baseline: the 1-rank run (epoch time {self.baseline_epoch_time_s:.3g} s)."
+        return (
+            f"Baseline: no 1-rank run in this group, so the smallest world size ({n0} ranks, "
+            f"epoch time {self.baseline_epoch_time_s:.3g} s) is the baseline; speedups are "
+            f"relative to it and the ideal speedup is n/{n0}."
+        )
+
+
+def compute_to_comm_ratio(run: Run) -> float | None:
+    """R = compute_ms / allreduce_ms: how many all-reduces' worth of compute a step can hide."""
+    ratio = run.comm_value("compute_to_comm_ratio")
+    if ratio is None:
+        compute, allreduce = run.comm_value("compute_ms"), run.comm_value("allreduce_ms")
+        if compute is not None and allreduce:
+            ratio = compute / allreduce
+    return ratio
+
+
+def analyse_group(runs: Sequence[Run]) -> ScalingGroup | None:
+    """Scaling metrics for runs doing the same work; None if no run has an epoch time."""
+    timed = [r for r in runs if r.epoch_time_s]
+    if not timed:
+        return None
+    n0 = min(r.world_size for r in timed)
+    # Repeated baseline runs are averaged so one noisy repeat does not skew every speedup.
+    base_times = [r.epoch_time_s for r in timed if r.world_size == n0]
+    t0 = sum(base_times) / len(base_times)
+    points = []
+    for run in sorted(timed, key=lambda r: (r.world_size, r.name)):
+        n = run.world_size
+        speedup = t0 / run.epoch_time_s
+        ideal = n / n0
+        points.append(
+            ScalingPoint(
+                run=run,
+                world_size=n,
+                epoch_time_s=run.epoch_time_s,
+                speedup=speedup,
+                ideal_speedup=ideal,
+                efficiency=speedup / ideal,
+                karp_flatt=karp_flatt(speedup, ideal),
+                compute_to_comm_ratio=compute_to_comm_ratio(run),
+            )
+        )
+    amdahl = None
+    if len({p.world_size for p in points}) >= 2:
+        amdahl = fit_amdahl([p.world_size for p in points], [p.speedup for p in points], n0)
+    return ScalingGroup(
+        key=group_key(timed[0].summary),
+        label=group_label(timed[0].summary),
+        runs=list(runs),
+        baseline_world_size=n0,
+        baseline_epoch_time_s=t0,
+        points=points,
+        amdahl=amdahl,
+    )
+
+
+def analyse(runs: Sequence[Run]) -> list[ScalingGroup]:
+    """Group runs by :func:`group_key` and compute scaling metrics for each group."""
+    grouped: dict[tuple[Any, ...], list[Run]] = defaultdict(list)
+    for run in runs:
+        grouped[group_key(run.summary)].append(run)
+    groups = [analyse_group(members) for members in grouped.values()]
+    return [g for g in groups if g is not None]
+
+
+def find_point(groups: Sequence[ScalingGroup], run: Run) -> ScalingPoint | None:
+    """The scaling point of a run, if the run has one."""
+    for group in groups:
+        for point in group.points:
+            if point.run is run:
+                return point
+    return None

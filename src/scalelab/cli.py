@@ -1,0 +1,221 @@
+"""`scalelab train | sweep | demo | report | predict | commbench | data | config`.
+
+User errors (bad config, data, checkpoint, run folder, launch) print one line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from scalelab.checkpoint import CheckpointError
+    from scalelab.config import ConfigError
+    from scalelab.data import DataError
+    from scalelab.distributed import LaunchError
+
+    errors: list[type[BaseException]] = [ConfigError, DataError, CheckpointError, LaunchError]
+    try:
+        from scalelab.analysis import AnalysisError
+
+        errors.append(AnalysisError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def find_config(name: str) -> Path:
+    """A preset name (ag_news_small) or a path to a YAML file."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for base in (Path.cwd() / "configs", PACKAGE_DIR.parents[1] / "configs"):
+        cand = base / f"{name.removesuffix('.yaml')}.yaml"
+        if cand.is_file():
+            return cand
+    from scalelab.config import ConfigError
+
+    raise ConfigError(f"config not found: {name} (give a YAML path or a preset name from configs/)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from scalelab.config import load_config
+    from scalelab.train import fit
+
+    cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
+    fit(cfg)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from scalelab.config import describe, load_config, save_config
+
+    if args.config:
+        cfg = load_config(find_config(args.config), args.overrides)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            save_config(cfg, Path(d) / "c.yaml")
+            print((Path(d) / "c.yaml").read_text(), end="")
+    else:
+        print(describe())
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Prepare (tokenise + cache) the data of a config and print what it holds."""
+    from scalelab.config import load_config
+    from scalelab.data import prepare_data
+
+    cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
+    data = prepare_data(cfg)
+    print(
+        f"{data.description}\n  train {len(data.train):,} examples, test {len(data.test):,}, "
+        f"{data.num_classes} classes, vocab {data.vocab_size:,}\n"
+        f"  mean length {data.train.lengths.mean():.1f} tokens (max_seq_len {cfg.model.max_seq_len})\n"
+        f"  cache {'hit' if data.cache_hit else 'built'}: {data.cache_path} ({data.prep_time_s:.2f} s)"
+    )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from scalelab.launch.local import sweep_main
+
+    return sweep_main(args.rest)
+
+
+def cmd_commbench(args: argparse.Namespace) -> int:
+    from scalelab.commbench import commbench_main
+
+    return commbench_main(args.rest)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from scalelab.analysis.report import write_report
+
+    outputs = write_report(
+        args.runs, Path(args.out), commbench=args.commbench, busbw_gbps=args.busbw_gbps, alpha_ms=args.alpha_ms
+    )
+    print(f"report written to {args.out}/")
+    for name, path in outputs.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from scalelab.analysis.collect import load_run
+    from scalelab.analysis.predict import format_predictions, load_commbench, predict_scaling
+
+    run = load_run(args.run)
+    if args.commbench:
+        alpha_ms, busbw, _ = load_commbench(args.commbench)
+    elif args.busbw_gbps:
+        alpha_ms, busbw = args.alpha_ms or 0.0, args.busbw_gbps
+    else:
+        from scalelab.config import ConfigError
+
+        raise ConfigError("predict needs --commbench FILE or --busbw-gbps (and optionally --alpha-ms)")
+    sizes = [int(x) for x in args.world_sizes.split(",")]
+    preds = predict_scaling(run.summary, sizes, busbw_gbps=busbw, alpha_ms=alpha_ms, overlap=args.overlap)
+    print(format_predictions(preds))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the small preset on the bundled AG News sample with 1 and 2 CPU processes, then report."""
+    from scalelab.launch.local import run_sweep
+
+    out = Path(args.out or f"experiments/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    config = find_config("ag_news_small")
+    overrides = ["data.source=sample", f"train.epochs={args.epochs}", *args.overrides]
+    print(f"scalelab demo: {config.name} on the bundled AG News sample, 1 and 2 processes -> {out}/", flush=True)
+    run_dirs = run_sweep(str(config), [1, 2], overrides, out_dir=str(out), threads_per_rank=1)
+    from scalelab.analysis.report import write_report
+
+    outputs = write_report(run_dirs, out / "report")
+    print("\nruns:")
+    for d in run_dirs:
+        print(f"  {d}")
+    print(f"report: {outputs.get('report.html', out / 'report' / 'report.html')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scalelab", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser, required: bool) -> None:
+        sp.add_argument("--config", "-c", required=required, help="preset name or YAML path")
+        sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=128")
+
+    sp = sub.add_parser("train", help="train one run (one process, or each rank under torchrun)")
+    with_config(sp, required=False)
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("config", help="print the config reference, or a resolved preset")
+    with_config(sp, required=False)
+    sp.set_defaults(fn=cmd_config)
+
+    sp = sub.add_parser("data", help="prepare and cache a config's data; print its statistics")
+    with_config(sp, required=False)
+    sp.set_defaults(fn=cmd_data)
+
+    # Listed for --help only; main() hands their arguments to their own parsers.
+    sub.add_parser("sweep", help="train a preset at several world sizes with torchrun, then report (see sweep --help)")
+    sub.add_parser("commbench", help="all-reduce bandwidth sweep, run under torchrun (see commbench --help)")
+
+    sp = sub.add_parser("report", help="speedup/efficiency tables, plots, diagnosis, HTML and LaTeX")
+    sp.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--commbench", help="commbench.json for predictions")
+    sp.add_argument("--busbw-gbps", type=float, help="link bus bandwidth (GB/s), if no commbench file")
+    sp.add_argument("--alpha-ms", type=float, help="all-reduce latency (ms), with --busbw-gbps")
+    sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("predict", help="predict speedup at N ranks from a 1-rank run + bandwidth")
+    sp.add_argument("run", help="a 1-rank run folder")
+    sp.add_argument("--commbench", help="commbench.json")
+    sp.add_argument("--busbw-gbps", type=float)
+    sp.add_argument("--alpha-ms", type=float)
+    sp.add_argument("--overlap", type=float, help="fraction of all-reduce hidden behind backward (default: modelled)")
+    sp.add_argument("--world-sizes", default="1,2,4,8")
+    sp.set_defaults(fn=cmd_predict)
+
+    sp = sub.add_parser("demo", help="the main job: 1- and 2-process CPU runs of the small preset + report")
+    sp.add_argument("--out", help="output folder (default experiments/demo-<time>)")
+    sp.add_argument("--epochs", type=int, default=3)
+    sp.add_argument("overrides", nargs="*")
+    sp.set_defaults(fn=cmd_demo)
+    return p
+
+
+# Subcommands with their own argparse; everything after the name is theirs.
+PASSTHROUGH = {"sweep": cmd_sweep, "commbench": cmd_commbench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        args = argparse.Namespace(fn=PASSTHROUGH[argv[0]], rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except _user_errors() as exc:
+        from scalelab.distributed import is_main_process
+
+        if is_main_process():
+            print(f"scalelab: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""Typed run configuration: YAML presets + dotted CLI overrides, validated up front.
+
+Every field carries a docstring-like comment; `scalelab train --help-config` prints them.
+User errors raise :class:`ConfigError` (a ValueError) whose message names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A problem with the user's configuration; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "transformer"
+    """'transformer' (the study's encoder classifier) or 'distilbert' (needs the `hf` extra)."""
+    vocab_size: int = 20000
+    """Tokenizer vocabulary size when a WordPiece tokenizer is trained on the training split."""
+    d_model: int = 128
+    """Width of token embeddings and encoder blocks."""
+    num_layers: int = 2
+    """Number of encoder blocks."""
+    num_heads: int = 4
+    """Attention heads per block; must divide d_model."""
+    d_ff: int = 256
+    """Hidden width of each block's feed-forward network."""
+    max_seq_len: int = 128
+    """Longest sequence in tokens (incl. [CLS]/[SEP]); longer texts are truncated."""
+    dropout: float = 0.1
+    """Dropout probability in embeddings, attention output and FFN."""
+    num_classes: int = 0
+    """Number of labels; 0 takes it from the dataset."""
+    pretrained: str = ""
+    """distilbert only: local path of pretrained weights; empty = random initialisation."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ag_news"
+    """'ag_news' or 'imdb'."""
+    source: str = "sample"
+    """'sample' (small stratified sample shipped in the package), 'files' (train_path/test_path) or 'hf' (Hugging Face datasets)."""
+    train_path: str = ""
+    """source=files: AG News CSV ("class","title","description"), IMDB text,label CSV, or an aclImdb/train folder. .gz is fine."""
+    test_path: str = ""
+    """source=files: the matching test split."""
+    vocab_path: str = ""
+    """A WordPiece vocab.txt or a tokenizers tokenizer.json; empty = train WordPiece on the training split."""
+    lowercase: bool = True
+    """Lower-case and strip accents before tokenizing (BERT 'uncased')."""
+    cache_dir: str = ""
+    """Where encoded datasets are cached; empty = $SCALELAB_CACHE or ~/.cache/scalelab."""
+    pad_to_max_len: bool = False
+    """Pad every batch to model.max_seq_len (the study's way) instead of to the longest sequence in the batch."""
+    bucket_multiplier: int = 50
+    """Length bucketing: sort each window of bucket_multiplier x global batch examples by length before batching."""
+    max_train_samples: int = 0
+    """Use only the first N training examples (0 = all)."""
+    max_test_samples: int = 0
+    """Use only the first N test examples (0 = all)."""
+    on_device: bool = True
+    """Keep the encoded dataset on the accelerator so a step does no host work (CUDA only)."""
+    delay_per_batch_s: float = 0.0
+    """Diagnostics knob: sleep this long per batch to simulate a slow input pipeline."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    """Number of passes over the training data."""
+    batch_size: int = 32
+    """GLOBAL batch size per optimizer step; per-rank batch = batch_size / (world_size * grad_accum_steps)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; non-final micro-steps skip the all-reduce (DDP no_sync)."""
+    lr: float = 5e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases, norms, embeddings)."""
+    warmup_ratio: float = 0.1
+    """Fraction of all optimizer steps spent in linear warm-up."""
+    lr_schedule: str = "cosine"
+    """'cosine', 'linear' or 'constant' decay after warm-up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    precision: str = "fp32"
+    """'fp32', 'bf16' (autocast) or 'fp16' (autocast + GradScaler). Mixed precision is CUDA only; 'auto' = bf16 on CUDA, else fp32."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    seed: int = 42
+    """Seed for initialisation, shuffling and dropout."""
+    resume: str = ""
+    """'' = start fresh, 'auto' = continue this run from its last checkpoint if any, or a checkpoint path."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N optimizer steps (0 = only at the end of each epoch)."""
+    save_checkpoint: bool = True
+    """Write checkpoints at all."""
+    log_every_steps: int = 50
+    """Update the progress line every N steps; each update is a host-device sync for the loss."""
+    timing_warmup_steps: int = 5
+    """First optimizer steps of the run excluded from the per-phase timing (warm-up, compile)."""
+    comm_calibration_steps: int = 8
+    """Steps timed with and without gradient all-reduce after training to measure exposed communication (0 = skip)."""
+    num_threads: int = 0
+    """torch intra-op threads per rank on CPU; 0 = cores / local ranks."""
+    max_steps_per_epoch: int = 0
+    """Stop each epoch after N optimizer steps (0 = full epoch). For smoke tests."""
+    stop_after_steps: int = 0
+    """Checkpoint and exit after N optimizer steps of this invocation, as if preempted (0 = never); resume with train.resume=auto."""
+    eval_batch_size: int = 0
+    """Per-rank evaluation batch size; 0 = 2 x per-rank training batch."""
+
+    def per_rank_batch(self, world_size: int) -> int:
+        return self.batch_size // (world_size * self.grad_accum_steps)
+
+
+@dataclass
+class DistributedConfig:
+    backend: str = "auto"
+    """'auto' (nccl on CUDA, gloo on CPU), 'nccl' or 'gloo'."""
+    bucket_cap_mb: float = 25.0
+    """DDP gradient bucket size in MB."""
+    static_graph: bool = False
+    """DDP static_graph=True (the graph is the same every step)."""
+    gradient_as_bucket_view: bool = True
+    """Gradients are views into DDP's buckets (saves a copy and memory)."""
+    find_unused_parameters: bool = False
+    """DDP searches for unused parameters each step (slow; only if the model really has them)."""
+    comm_hook: str = "none"
+    """'none', 'fp16', 'bf16' (compress gradients to 16 bit) or 'powersgd'."""
+    powersgd_rank: int = 4
+    """Rank of the PowerSGD approximation."""
+    timeout_s: int = 600
+    """Collective timeout in seconds."""
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "experiments"
+    """Parent folder of run folders."""
+    run_name: str = ""
+    """Run folder name; empty = '<config name>-ws<world size>-<timestamp>'."""
+    progress: str = "auto"
+    """'auto' (bar on a TTY, plain lines otherwise), 'bar', 'plain' or 'none'."""
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    """Preset name, recorded in outputs and used to group runs in reports."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, world_size: int | None = None) -> Config:
+        """Check values and combinations; raise ConfigError naming the key."""
+        m, d, t, dist, o = self.model, self.data, self.train, self.distributed, self.output
+        _choice("model.arch", m.arch, ("transformer", "distilbert"))
+        _choice("data.dataset", d.dataset, ("ag_news", "imdb"))
+        _choice("data.source", d.source, ("sample", "files", "hf"))
+        _choice("train.precision", t.precision, ("fp32", "bf16", "fp16", "auto"))
+        _choice("train.lr_schedule", t.lr_schedule, ("cosine", "linear", "constant"))
+        _choice("distributed.backend", dist.backend, ("auto", "nccl", "gloo"))
+        _choice("distributed.comm_hook", dist.comm_hook, ("none", "fp16", "bf16", "powersgd"))
+        _choice("output.progress", o.progress, ("auto", "bar", "plain", "none"))
+        for key, value in (
+            ("model.vocab_size", m.vocab_size),
+            ("model.d_model", m.d_model),
+            ("model.num_layers", m.num_layers),
+            ("model.num_heads", m.num_heads),
+            ("model.d_ff", m.d_ff),
+            ("model.max_seq_len", m.max_seq_len),
+            ("data.bucket_multiplier", d.bucket_multiplier),
+            ("train.epochs", t.epochs),
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accum_steps", t.grad_accum_steps),
+            ("train.log_every_steps", t.log_every_steps),
+            ("distributed.powersgd_rank", dist.powersgd_rank),
+            ("distributed.timeout_s", dist.timeout_s),
+        ):
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        for key, value in (
+            ("model.num_classes", m.num_classes),
+            ("data.max_train_samples", d.max_train_samples),
+            ("data.max_test_samples", d.max_test_samples),
+            ("train.checkpoint_every_steps", t.checkpoint_every_steps),
+            ("train.timing_warmup_steps", t.timing_warmup_steps),
+            ("train.comm_calibration_steps", t.comm_calibration_steps),
+            ("train.num_threads", t.num_threads),
+            ("train.max_steps_per_epoch", t.max_steps_per_epoch),
+            ("train.stop_after_steps", t.stop_after_steps),
+            ("train.eval_batch_size", t.eval_batch_size),
+            ("train.max_grad_norm", t.max_grad_norm),
+            ("train.weight_decay", t.weight_decay),
+            ("data.delay_per_batch_s", d.delay_per_batch_s),
+        ):
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        if m.max_seq_len < 3:
+            raise ConfigError(f"model.max_seq_len must be >= 3 ([CLS] text [SEP]), got {m.max_seq_len}")
+        if m.num_classes == 1:
+            raise ConfigError("model.num_classes must be 0 (from the dataset) or >= 2, got 1")
+        if m.d_model % m.num_heads:
+            raise ConfigError(
+                f"model.num_heads={m.num_heads} must divide model.d_model={m.d_model}"
+            )
+        if not 0.0 <= m.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+        if not 0.0 <= t.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+        if t.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+        if d.source == "files" and not (d.train_path and d.test_path):
+            raise ConfigError("data.source=files needs both data.train_path and data.test_path")
+        if m.pretrained and m.arch != "distilbert":
+            raise ConfigError("model.pretrained is only used with model.arch=distilbert")
+        if t.resume not in ("", "auto") and not Path(t.resume).is_file():
+            raise ConfigError(f"train.resume: checkpoint file not found: {t.resume}")
+        if world_size is not None:
+            per_step = world_size * t.grad_accum_steps
+            if t.batch_size % per_step:
+                raise ConfigError(
+                    f"train.batch_size={t.batch_size} is not divisible by world_size x "
+                    f"train.grad_accum_steps = {world_size} x {t.grad_accum_steps} = {per_step}; "
+                    f"use a multiple of {per_step}"
+                )
+        return self
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+_SECTIONS = {f.name: f for f in fields(Config)}
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert a YAML/CLI value to the field's type, or raise naming the key."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    pass
+                else:
+                    if f.is_integer():
+                        return int(f)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise AssertionError(f"unsupported field type {typ} for {key}")
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    hint = difflib.get_close_matches(key, known, n=1)
+    extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+    return ConfigError(f"unknown config key '{key}'{extra}")
+
+
+def all_keys() -> list[str]:
+    keys = ["name"]
+    for sec_name, sec_field in _SECTIONS.items():
+        if sec_name == "name":
+            continue
+        keys += [f"{sec_name}.{f.name}" for f in fields(sec_field.default_factory)]
+    return keys
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set one dotted key (e.g. 'train.batch_size') with type checking."""
+    if key == "name":
+        cfg.name = _coerce(key, value, str)
+        return
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] not in _SECTIONS or parts[0] == "name":
+        raise _unknown(key, all_keys())
+    section = getattr(cfg, parts[0])
+    types = _section_types(type(section))
+    if parts[1] not in types:
+        raise _unknown(key, all_keys())
+    setattr(section, parts[1], _coerce(key, value, types[parts[1]]))
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    cfg = Config()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for sec, body in raw.items():
+        if sec == "name":
+            set_value(cfg, "name", body)
+            continue
+        if sec not in _SECTIONS:
+            raise _unknown(str(sec), all_keys())
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section '{sec}' must be a mapping, got {body!r}")
+        for k, v in body.items():
+            set_value(cfg, f"{sec}.{k}", v)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.batch_size=128' -> ('train.batch_size', 128) with YAML scalar parsing."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, list)):
+        value = raw
+    return key, value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML preset (or defaults), apply dotted overrides, validate (world-size-free checks)."""
+    if path is None:
+        cfg = Config()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{p}: not valid YAML: {first}") from None
+        cfg = from_dict(raw or {}, source=str(p))
+        if cfg.name == "custom":
+            cfg.name = p.stem
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_value(cfg, key, value)
+    return cfg.validate()
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def describe() -> str:
+    """Human-readable reference of every key, default and meaning (from the field docstrings)."""
+    import ast
+    import inspect
+
+    lines = []
+    for sec_name, sec_field in _SECTIONS.items():
+        if sec_name == "name":
+            continue
+        cls = sec_field.default_factory
+        docs: dict[str, str] = {}
+        tree = ast.parse(inspect.getsource(cls))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+                docs[node.target.id] = nxt.value.value  # type: ignore[union-attr]
+        lines.append(f"[{sec_name}]")
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else ""
+            lines.append(f"  {sec_name}.{f.name} = {default!r}\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""WordPiece tokenizers: trained on the training split, or loaded from a vocab.txt / tokenizer.json.
+
+All tokenizers returned here add ``[CLS] ... [SEP]`` and truncate to ``max_seq_len`` tokens
+*including* those two, so ``encode_batch`` output can be used as-is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders
+from tokenizers.models import WordPiece
+from tokenizers.normalizers import BertNormalizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
+from tokenizers.processors import TemplateProcessing
+from tokenizers.trainers import WordPieceTrainer
+
+from scalelab.config import DataConfig
+from scalelab.data.sources import DataError, resolve_path
+
+#: Special tokens of a trained tokenizer, in id order ([PAD] must be 0).
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_PAD_CANDIDATES = ("[PAD]", "<pad>", "<PAD>")
+# ASCII control characters that BertNormalizer(clean_text) deletes (\t \n \r are whitespace).
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def prenormalize(tok: Tokenizer, texts: list[str]) -> tuple[Tokenizer, list[str]]:
+    """(tokenizer without normaliser, normalised texts) giving the same encodings, faster.
+
+    BertNormalizer (NFD accent stripping etc.) is about 40% of the Rust encode/train time, yet
+    on printable ASCII it is exactly ``str.lower()`` (or the identity), which Python does far
+    faster. Other texts go through the real normaliser. Tokenizers with another normaliser
+    are returned unchanged.
+    """
+    norm = tok.normalizer
+    if not isinstance(norm, BertNormalizer):
+        return tok, texts
+    lower = norm.normalize_str("A") == "a"
+    out = [
+        (t.lower() if lower else t)
+        if t.isascii() and not _ASCII_CONTROL.search(t)
+        else norm.normalize_str(t)
+        for t in texts
+    ]
+    bare = Tokenizer.from_str(tok.to_str())
+    bare.normalizer = None
+    return bare, out
+
+
+def vocab_fingerprint(cfg: DataConfig) -> str:
+    """sha256 of the vocab file's content ('' when a tokenizer is trained)."""
+    if not cfg.vocab_path:
+        return ""
+    path = resolve_path(cfg.vocab_path)
+    if not path.is_file():
+        raise DataError(f"{path}: vocab file not found (data.vocab_path)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _normalizer(lowercase: bool) -> BertNormalizer:
+    # strip_accents=None follows `lowercase`, as in BERT's "uncased" setting.
+    return BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
+
+
+def _add_cls_sep(tok: Tokenizer) -> None:
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise DataError("tokenizer has no [CLS]/[SEP] tokens; cannot add them around texts")
+    tok.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    """Id used for padding: the tokenizer's padding id if set, else the [PAD] token."""
+    if tokenizer.padding is not None:
+        return int(tokenizer.padding["pad_id"])
+    for token in _PAD_CANDIDATES:
+        tid = tokenizer.token_to_id(token)
+        if tid is not None:
+            return int(tid)
+    raise DataError("tokenizer has no padding token ([PAD] or <pad>)")
+
+
+def build_tokenizer(
+    cfg: DataConfig,
+    vocab_size: int,
+    train_texts: list[str],
+    max_seq_len: int | None = None,
+) -> Tokenizer:
+    """Tokenizer per ``cfg.vocab_path``: '' trains WordPiece on ``train_texts``.
+
+    A path ending in ``.json`` is loaded with ``Tokenizer.from_file`` (its own normaliser and
+    post-processor are kept; ``[CLS]/[SEP]`` are added only if it has no post-processor);
+    anything else is read as a BERT ``vocab.txt`` (one token per line, id = line number).
+    ``max_seq_len`` enables truncation (counting [CLS] and [SEP]). Padding stays off: the
+    cache pads with numpy, which is faster than padding every encoding.
+    """
+    if not cfg.vocab_path:
+        tok = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+        tok.normalizer = _normalizer(cfg.lowercase)
+        tok.pre_tokenizer = BertPreTokenizer()
+        trainer = WordPieceTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+        bare, normed = prenormalize(tok, train_texts)
+        bare.train_from_iterator(normed, trainer=trainer, length=len(normed))
+        tok.model = _canonical_ids(bare.get_vocab())
+        _add_cls_sep(tok)
+    else:
+        path = resolve_path(cfg.vocab_path)
+        if not path.is_file():
+            raise DataError(f"{path}: vocab file not found (data.vocab_path)")
+        if path.suffix == ".json":
+            try:
+                tok = Tokenizer.from_file(str(path))
+            except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+                raise DataError(f"{path}: not a tokenizers tokenizer.json ({exc})") from None
+            if tok.post_processor is None:
+                _add_cls_sep(tok)
+        else:
+            tok = _from_vocab_txt(path, cfg.lowercase)
+    tok.decoder = tok.decoder or decoders.WordPiece(prefix="##")
+    tok.no_padding()
+    if max_seq_len is not None:
+        tok.enable_truncation(max_length=max_seq_len)
+    return tok
+
+
+def _canonical_ids(vocab: dict[str, int]) -> WordPiece:
+    """WordPiece with specials at 0..4 and the rest in sorted order.
+
+    The trainer's token set is deterministic but its id assignment is not (it varies run to
+    run), which would make a rebuilt cache -- and so a "same seed" run -- differ.
+    """
+    rest = sorted(set(vocab) - set(SPECIAL_TOKENS))
+    ids = {t: i for i, t in enumerate(SPECIAL_TOKENS + rest)}
+    return WordPiece(ids, unk_token="[UNK]", continuing_subword_prefix="##")
+
+
+def _from_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: vocab.txt is not valid UTF-8") from None
+    if not lines:
+        raise DataError(f"{path}: vocab.txt is empty")
+    # Build the dict ourselves rather than WordPiece.from_file so duplicate lines keep the
+    # first id (ids must equal line numbers, as in BERT) and errors name the file.
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(lines):
+        vocab.setdefault(token.rstrip("\r"), i)
+    if "[UNK]" not in vocab:
+        raise DataError(f"{path}: vocab.txt has no [UNK] token")
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer = _normalizer(lowercase)
+    tok.pre_tokenizer = BertPreTokenizer()
+    _add_cls_sep(tok)
+    return tok

@@ -1,0 +1,211 @@
+"""The one place that reads RANK/LOCAL_RANK/WORLD_SIZE/SLURM_*, owns the process group and wraps DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from scalelab.config import DistributedConfig
+
+
+class LaunchError(RuntimeError):
+    """The distributed environment cannot run this job (one clear line for the user)."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    num_nodes: int = 1
+    backend: str = "none"
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return default
+
+
+def init_distributed(cfg: DistributedConfig) -> DistEnv:
+    """Join the process group described by torchrun's (or SLURM's) environment; single process otherwise.
+
+    torchrun sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; under plain `srun` we map the
+    SLURM_* variables instead so one task per GPU works without torchrun.
+    """
+    world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    local_world_size = _env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", default=world_size)
+    num_nodes = max(1, world_size // max(1, local_world_size))
+    use_cuda = torch.cuda.is_available()
+
+    if use_cuda:
+        num_gpus = torch.cuda.device_count()
+        if local_world_size > num_gpus and world_size > 1:
+            raise LaunchError(
+                f"{local_world_size} ranks per node but only {num_gpus} visible GPU(s): two ranks would "
+                f"share one GPU; use --nproc_per_node={num_gpus} or fewer"
+            )
+        device = torch.device("cuda", local_rank % num_gpus)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+
+    if world_size == 1:
+        return DistEnv(device=device)
+
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
+    if backend == "nccl" and not use_cuda:
+        raise LaunchError("distributed.backend=nccl needs CUDA GPUs; use gloo on CPU")
+    if "MASTER_ADDR" not in os.environ:
+        raise LaunchError(
+            "WORLD_SIZE > 1 but MASTER_ADDR is not set: start with torchrun (or srun under scalelab's sbatch)"
+        )
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("WORLD_SIZE", str(world_size))
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=cfg.timeout_s)}
+    if backend == "nccl":
+        kwargs["device_id"] = device  # binds the communicator to our GPU eagerly
+    dist.init_process_group(**kwargs)
+    return DistEnv(rank, local_rank, world_size, local_world_size, num_nodes, backend, device)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.is_distributed:
+        dist.barrier()
+
+
+def ranks_share_device(env: DistEnv) -> bool:
+    """True if two ranks on this node hold the same CUDA device (gathered from all ranks)."""
+    if not env.is_distributed or env.device.type != "cuda":
+        return False
+    mine = f"{socket.gethostname()}:{torch.cuda.get_device_properties(env.device).uuid}"
+    everyone: list[str] = [""] * env.world_size
+    dist.all_gather_object(everyone, mine)
+    return len(set(everyone)) < len(everyone)
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's value on every rank."""
+    if not env.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+    """Sum a few floats across ranks (float64 so counts stay exact)."""
+    if not env.is_distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(env))
+    dist.all_reduce(t)
+    return t.tolist()  # host-device sync (once per call, never per step)
+
+
+def all_reduce_mean_max(values: list[float], env: DistEnv) -> tuple[list[float], list[float]]:
+    """Per-value mean and max across ranks, for straggler-aware timing."""
+    if not env.is_distributed:
+        return list(values), list(values)
+    dev = _collective_device(env)
+    s = torch.tensor(values, dtype=torch.float64, device=dev)
+    m = s.clone()
+    dist.all_reduce(s)
+    dist.all_reduce(m, op=dist.ReduceOp.MAX)
+    return (s / env.world_size).tolist(), m.tolist()
+
+
+def _collective_device(env: DistEnv) -> torch.device:
+    return env.device if env.backend == "nccl" else torch.device("cpu")
+
+
+def wrap_ddp(model: nn.Module, cfg: DistributedConfig, env: DistEnv) -> nn.Module:
+    """Wrap in DDP (multi-rank only) with the configured buckets and communication hook."""
+    if not env.is_distributed:
+        return model
+    ddp = DDP(
+        model,
+        device_ids=[env.device.index] if env.device.type == "cuda" else None,
+        bucket_cap_mb=cfg.bucket_cap_mb,
+        static_graph=cfg.static_graph,
+        gradient_as_bucket_view=cfg.gradient_as_bucket_view,
+        find_unused_parameters=cfg.find_unused_parameters,
+    )
+    register_comm_hook(ddp, cfg)
+    return ddp
+
+
+def register_comm_hook(ddp: DDP, cfg: DistributedConfig) -> None:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+    if cfg.comm_hook == "fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif cfg.comm_hook == "bf16":
+        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    elif cfg.comm_hook == "powersgd":
+        state = powerSGD_hook.PowerSGDState(
+            process_group=None, matrix_approximation_rank=cfg.powersgd_rank, start_powerSGD_iter=2
+        )
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+
+
+def gradient_buckets(model: nn.Module, bucket_cap_mb: float) -> list[int]:
+    """Bytes per gradient bucket as DDP packs them after its first step (for 1-rank predictions).
+
+    DDP rebuilds buckets in gradient-ready order (about reverse parameter order), closing a bucket
+    once it reaches the cap, so a tensor larger than the cap gets a bucket of its own.
+    Multi-rank runs use `ddp_bucket_sizes` instead, DDP's own record.
+    """
+    cap = bucket_cap_mb * 1024 * 1024
+    buckets: list[int] = []
+    current = 0
+    for p in reversed([p for p in model.parameters() if p.requires_grad]):
+        current += p.numel() * p.element_size()
+        if current >= cap:
+            buckets.append(current)
+            current = 0
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def ddp_bucket_sizes(model: nn.Module) -> list[int] | None:
+    """The bucket sizes DDP really uses (after its rebuild on the first step), from its logging data."""
+    if not isinstance(model, DDP):
+        return None
+    data = model._get_ddp_logging_data()
+    raw = data.get("rebuilt_bucket_sizes") or data.get("bucket_sizes")
+    if not raw:
+        return None
+    return [int(x) for x in str(raw).split(",") if x.strip()]
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no launcher); usable before the process group exists, e.g. to print errors once."""
+    return _env_int("RANK", "SLURM_PROCID", default=0) == 0

@@ -1,0 +1,1 @@
+"""Launching scalelab runs: local multi-process sweeps through torchrun (`scalelab.launch.local`)."""

@@ -1,0 +1,194 @@
+"""Local world-size sweeps with the real launcher: one `train` run per world size, via torchrun.
+
+Every multi-rank run goes through ``python -m torch.distributed.run --standalone`` (torchrun), so a
+sweep exercises exactly what a user types by hand; the 1-rank run is a plain process with no process
+group, the baseline that speedups are measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from scalelab.config import ConfigError, load_config
+from scalelab.distributed import LaunchError
+
+# run_sweep sets these itself; a user override would make the returned run folders wrong
+_RESERVED_OVERRIDES = ("output.dir", "output.run_name")
+
+
+class SweepError(LaunchError):
+    """A sweep cannot start or one of its runs failed (one line; the CLI prints it and exits 2)."""
+
+
+def torchrun_argv(
+    nproc: int,
+    module_args: list[str],
+    *,
+    nnodes: int = 1,
+    standalone: bool = True,
+    python: str = sys.executable,
+) -> list[str]:
+    """Command line running ``python -m scalelab <module_args>`` on `nproc` ranks per node.
+
+    One rank on one node is a plain process (no torchrun, no process group): the honest baseline.
+    """
+    if nproc < 1 or nnodes < 1:
+        raise ValueError(f"nproc and nnodes must be >= 1, got nproc={nproc}, nnodes={nnodes}")
+    if nproc == 1 and nnodes == 1:
+        return [python, "-m", "scalelab", *module_args]
+    if standalone and nnodes > 1:
+        raise ValueError(
+            "--standalone rendezvous is single-node; nnodes > 1 needs a rendezvous endpoint"
+        )
+    argv = [python, "-m", "torch.distributed.run"]
+    if standalone:
+        argv.append("--standalone")  # torchrun picks a free port on localhost itself
+    if nnodes > 1:
+        argv.append(f"--nnodes={nnodes}")
+    return [*argv, f"--nproc_per_node={nproc}", "-m", "scalelab", *module_args]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS/Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def rank_threads(world_size: int, threads: int | None = None, cpus: int | None = None) -> int:
+    """OMP threads per rank: the explicit value, else the node's CPUs split evenly (at least 1).
+
+    Oversubscribing (ranks x threads > cores) makes the ranks fight for cores and the measured
+    scaling says more about the OS scheduler than about DDP.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads per rank must be >= 1, got {threads}")
+        return threads
+    return max(1, (cpus if cpus is not None else available_cpus()) // world_size)
+
+
+def _check_sweep(
+    config_path: str | Path, world_sizes: list[int], overrides: list[str]
+) -> tuple[Path, str]:
+    """Validate the whole sweep before the first run starts; return (config file, preset name)."""
+    from scalelab.cli import find_config  # same preset-name lookup as `scalelab train --config`
+
+    if not world_sizes:
+        raise SweepError("no world sizes given")
+    if any(n < 1 for n in world_sizes) or len(set(world_sizes)) != len(world_sizes):
+        raise SweepError(f"world sizes must be distinct and >= 1, got {world_sizes}")
+    for item in overrides:
+        if item.partition("=")[0].strip() in _RESERVED_OVERRIDES:
+            raise SweepError(f"override '{item}' is set by the sweep itself; use --out instead")
+    try:
+        path = find_config(str(config_path))
+        cfg = load_config(path, overrides)
+        # e.g. a batch size that does not divide by 4 fails now, not after the 1- and 2-rank runs
+        for n in world_sizes:
+            cfg.validate(world_size=n)
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from None
+    return path, cfg.name
+
+
+def run_sweep(
+    config_path: str | Path,
+    world_sizes: list[int],
+    overrides: list[str],
+    *,
+    out_dir: str | Path,
+    threads_per_rank: int | None,
+) -> list[Path]:
+    """Train once per world size (sequentially, output streamed); return the run folders.
+
+    `config_path` is a YAML file or a preset name from configs/ (as for `scalelab train`).
+
+    Raises SweepError naming the world size and exit code of the first run that fails.
+    """
+    config_file, preset = _check_sweep(config_path, world_sizes, overrides)
+    runs: list[Path] = []
+    for n in world_sizes:
+        run_name = f"{preset}-ws{n}"
+        module_args = [
+            "train",
+            "--config",
+            str(config_file),
+            f"output.dir={out_dir}",
+            f"output.run_name={run_name}",
+            *overrides,
+        ]
+        argv = torchrun_argv(n, module_args)
+        threads = rank_threads(n, threads_per_rank)
+        # torchrun would force OMP_NUM_THREADS=1 per rank; unbuffered so output streams line by line
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        print(f"[sweep] world size {n} ({threads} thread(s)/rank): {shlex.join(argv)}", flush=True)
+        code = subprocess.run(argv, env=env, check=False).returncode  # inherits stdout/stderr
+        if code != 0:
+            raise SweepError(f"sweep stopped: world size {n} failed with exit code {code}")
+        runs.append(Path(out_dir) / run_name)
+    return runs
+
+
+def _world_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--world-sizes must be comma-separated integers like 1,2,4, got {text!r}"
+        ) from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("--world-sizes is empty")
+    return sizes
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scalelab sweep",
+        description="Train the same config at several world sizes on this machine (torchrun "
+        "--standalone for >1 rank) and write a scaling report.",
+    )
+    p.add_argument("--config", required=True, help="YAML preset, e.g. configs/ag_news_small.yaml")
+    p.add_argument("--world-sizes", type=_world_sizes, default=[1, 2], help="e.g. 1,2,4 (1,2)")
+    p.add_argument("--out", default="experiments/sweep", help="parent folder of the run folders")
+    p.add_argument(
+        "--threads-per-rank", type=int, default=None, help="OMP threads per rank (CPUs / ranks)"
+    )
+    p.add_argument("overrides", nargs="*", help="config overrides like train.epochs=1")
+    return p
+
+
+def sweep_main(argv: list[str]) -> int:
+    """CLI entry point for `scalelab sweep`; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.threads_per_rank is not None and args.threads_per_rank < 1:
+        print(
+            f"sweep: --threads-per-rank must be >= 1, got {args.threads_per_rank}", file=sys.stderr
+        )
+        return 2
+    try:
+        runs = run_sweep(
+            args.config,
+            args.world_sizes,
+            args.overrides,
+            out_dir=args.out,
+            threads_per_rank=args.threads_per_rank,
+        )
+    except SweepError as exc:
+        print(f"sweep: {exc}", file=sys.stderr)
+        return 1
+    print("[sweep] runs: " + ", ".join(str(r) for r in runs))
+    try:
+        from scalelab.analysis.report import write_report
+    except ImportError:
+        return 0  # the report module is optional
+    report_dir = Path(args.out) / "report"
+    outputs = write_report(runs, report_dir)  # {name: path} of what it wrote
+    print(f"[sweep] report: {(outputs or {}).get('report.html', report_dir / 'report.html')}")
+    return 0

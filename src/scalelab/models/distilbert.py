@@ -1,0 +1,37 @@
+"""DistilBERT classifier from Hugging Face `transformers` (the `hf` extra), random init or local weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DistilBertClassifier(nn.Module):
+    """Thin wrapper so DistilBERT takes (input_ids, attention_mask) and returns logits like our model."""
+
+    def __init__(self, vocab_size: int, num_classes: int, max_seq_len: int, dropout: float, pretrained: str = "") -> None:
+        super().__init__()
+        try:
+            from transformers import DistilBertConfig, DistilBertForSequenceClassification
+        except ImportError:
+            raise ValueError(
+                "model.arch=distilbert needs the `transformers` package: pip install 'scalelab[hf]'"
+            ) from None
+        if pretrained:
+            # Local files only: no downloads at run time.
+            self.net = DistilBertForSequenceClassification.from_pretrained(
+                pretrained, num_labels=num_classes, local_files_only=True
+            )
+        else:
+            cfg = DistilBertConfig(
+                vocab_size=vocab_size,
+                max_position_embeddings=max(512, max_seq_len),
+                num_labels=num_classes,
+                dropout=dropout,
+                attention_dropout=dropout,
+                attn_implementation="sdpa",
+            )
+            self.net = DistilBertForSequenceClassification(cfg)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=input_ids, attention_mask=attention_mask).logits

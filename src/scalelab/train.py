@@ -1,0 +1,673 @@
+"""The training loop: one code path for 1 process and for N ranks under torchrun.
+
+Event points, in order (read `fit` top to bottom):
+
+    init process group -> validate config for this world size -> prepare data (rank 0 builds cache)
+    -> build model -> wrap DDP -> optimizer/schedule -> create run folder / resume
+    for epoch:
+        for step:                                   # StepTimer laps: data | h2d | forward | backward | optimizer
+            for micro-step: batch -> forward -> backward (no_sync on all but the last micro-step)
+            clip -> optimizer.step -> scheduler.step
+            [every log_every_steps: read the loss (sync) and update progress]
+            [every checkpoint_every_steps: checkpoint]
+        evaluate (exact under DDP) -> reduce timings across ranks -> metrics.csv row -> checkpoint
+    after the last epoch: measure communication (calibration + bucket all-reduce) -> summary.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import platform
+import random
+import resource
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scalelab import distributed as D
+from scalelab.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from scalelab.config import Config, ConfigError, save_config
+from scalelab.data import EncodedData, TrainBatchSampler, eval_shards, make_batch, prepare_data
+from scalelab.models import build_model, count_parameters
+from scalelab.timing import PHASES, StepTimer, Stopwatch
+
+METRIC_COLUMNS = [
+    "epoch", "world_size", "global_batch", "num_steps", "train_loss", "val_loss", "val_acc",
+    "epoch_time_s", "eval_time_s", "samples_per_s", "tokens_per_s", "peak_mem_mb",
+    "data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms", "step_ms",
+    "step_ms_max", "data_ms_max",
+]  # fmt: skip
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in checkpoints so a resumed run continues exactly."""
+
+    epoch: int = 0  # 0-based epoch to run next
+    step_in_epoch: int = 0  # optimizer steps already done in `epoch`
+    global_step: int = 0
+    epoch_loss_sum: float = 0.0  # loss summed over this rank's steps of the unfinished epoch
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+
+def _resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
+    p = cfg.train.precision
+    if p == "auto":
+        p = "bf16" if device.type == "cuda" else "fp32"
+    if p == "fp32":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"train.precision={p} needs a CUDA device; use fp32 on CPU")
+    return torch.bfloat16 if p == "bf16" else torch.float16
+
+
+def _set_threads(cfg: Config, env: D.DistEnv) -> int:
+    if env.device.type != "cpu":
+        return torch.get_num_threads()
+    n = cfg.train.num_threads or max(1, (os.cpu_count() or 1) // env.local_world_size)
+    torch.set_num_threads(n)
+    return n
+
+
+def _make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    # No weight decay on biases, norms and embeddings (the usual transformer recipe).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "emb" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if device.type == "cuda":
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, foreach=True)
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: Config, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(cfg.train.warmup_ratio * total_steps)
+    kind = cfg.train.lr_schedule
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # CPU: the process's peak resident set (Linux reports KiB).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def _run_dir(cfg: Config, env: D.DistEnv) -> Path:
+    name = cfg.output.run_name
+    if not name:
+        name = f"{cfg.name}-ws{env.world_size}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    name = D.broadcast_object(name, env)  # ranks may start a second apart; rank 0's clock names the run
+    return Path(cfg.output.dir) / name
+
+
+class Progress:
+    """Rank 0 only: a tqdm bar on a TTY, plain lines otherwise."""
+
+    def __init__(self, cfg: Config, env: D.DistEnv, total: int, epoch: int, num_epochs: int) -> None:
+        mode = cfg.output.progress
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "plain"
+        self.mode = mode if env.is_main else "none"
+        self.prefix = f"epoch {epoch + 1}/{num_epochs}"
+        self.total = total
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.prefix, dynamic_ncols=True, leave=True)
+
+    def update(self, step: int, n: int, loss: float, samples_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:,.0f}")
+        elif self.mode == "plain":
+            print(f"{self.prefix} step {step}/{self.total} loss {loss:.4f} {samples_per_s:,.0f} samples/s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def log(env: D.DistEnv, msg: str) -> None:
+    if env.is_main:
+        print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _forward_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], amp: torch.dtype | None, device: torch.device):
+    ids, mask, labels = batch
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        logits = model(ids, mask)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def train_step(
+    model: nn.Module,
+    micro_batches: list[np.ndarray],
+    data: EncodedData,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler | None,
+    timer: StepTimer,
+    cfg: Config,
+    env: D.DistEnv,
+    amp: torch.dtype | None,
+) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches. Returns the mean loss as a device tensor (no sync)."""
+    accum = len(micro_batches)
+    pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
+    loss_sum = torch.zeros((), device=env.device)
+    for i, idx in enumerate(micro_batches):
+        if cfg.data.delay_per_batch_s:
+            time.sleep(cfg.data.delay_per_batch_s)  # simulated slow input pipeline (diagnostics knob)
+        batch = make_batch(data.train, idx, pad_to=pad_to)
+        timer.lap("data")
+        batch = tuple(t.to(env.device, non_blocking=True) for t in batch)
+        timer.lap("h2d")
+        # Only the last micro-step all-reduces: DDP's no_sync skips the others.
+        last = i == accum - 1
+        sync_ctx = model.no_sync() if (env.is_distributed and not last) else contextlib.nullcontext()
+        with sync_ctx:
+            loss = _forward_loss(model, batch, amp, env.device) / accum
+            timer.lap("forward")
+            (scaler.scale(loss) if scaler else loss).backward()
+            timer.lap("backward")
+        loss_sum += loss.detach()
+    if scaler:
+        scaler.unscale_(optimizer)
+    if cfg.train.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    timer.lap("optimizer")
+    return loss_sum
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: EncodedData, cfg: Config, env: D.DistEnv, amp: torch.dtype | None) -> tuple[float, float]:
+    """Exact loss/accuracy under DDP: every test example is counted once, whatever the world size.
+
+    Each rank evaluates a disjoint shard (no padding duplicates) with the unwrapped model, so no
+    collective runs per batch and uneven shard sizes cannot hang; sums are all-reduced at the end.
+    """
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    per_rank = cfg.train.eval_batch_size or 2 * cfg.train.per_rank_batch(env.world_size)
+    pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
+    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+    correct = torch.zeros((), dtype=torch.int64, device=env.device)
+    count = 0
+    for idx in eval_shards(data.test.lengths, env.world_size, env.rank, per_rank):
+        ids, mask, labels = (t.to(env.device, non_blocking=True) for t in make_batch(data.test, idx, pad_to=pad_to))
+        with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
+            logits = net(ids, mask).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(-1) == labels).sum()
+        count += len(idx)
+    net.train(was_training)
+    # host-device sync: once per evaluation
+    total_loss, total_correct, total = D.all_reduce_sum([loss_sum.item(), float(correct.item()), float(count)], env)
+    assert int(total) == len(data.test), "evaluation must see every test example exactly once"
+    return total_loss / total, total_correct / total
+
+
+# ----------------------------------------------------------------------------- communication measurement
+
+
+def measure_communication(
+    model: nn.Module, data: EncodedData, sampler: TrainBatchSampler, cfg: Config, env: D.DistEnv, amp: torch.dtype | None
+) -> dict[str, Any]:
+    """Exposed all-reduce per step (calibration), and total all-reduce time of the real buckets.
+
+    Calibration: the same batches run forward+backward with gradient sync and under no_sync
+    (alternating, so drift affects both equally). The median difference is the communication the
+    backward pass could not hide. No optimizer step runs, so the trained weights are untouched.
+    """
+    from scalelab.commbench import measure_buckets
+
+    buckets = D.ddp_bucket_sizes(model) or D.gradient_buckets(_unwrap(model), cfg.distributed.bucket_cap_mb)
+    comm: dict[str, Any] = {
+        "grad_bytes": int(sum(buckets)),
+        "bucket_bytes": buckets,
+        "num_buckets": len(buckets),
+        "bucket_cap_mb": cfg.distributed.bucket_cap_mb,
+        "comm_hook": cfg.distributed.comm_hook,
+        "allreduce_ms": None,
+        "exposed_comm_ms": None,
+        "compute_ms": None,
+        "compute_to_comm_ratio": None,
+        "overlap_fraction": None,
+        "method": "calibration: median(fwd+bwd with DDP sync) - median(fwd+bwd under no_sync); "
+        "allreduce_ms: gradient buckets all-reduced back to back",
+    }
+    n = cfg.train.comm_calibration_steps
+    if not env.is_distributed or n == 0:
+        return comm
+    model.train()
+    pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
+    sampler.set_epoch(10_000)  # batches the run did not train on; only their timing matters
+    sampler.set_start_step(0)
+    batches = [mb[-1] for _, mb in zip(range(n + 1), sampler)]
+    sync_ms, nosync_ms = [], []
+    watch = Stopwatch(env.device)
+    for i, idx in enumerate(batches):
+        for use_sync in (True, False):
+            batch = tuple(t.to(env.device) for t in make_batch(data.train, idx, pad_to=pad_to))
+            D.barrier(env)  # start aligned, so a late rank's wait is not counted as communication
+            watch.start()
+            ctx = contextlib.nullcontext() if use_sync else model.no_sync()
+            with ctx:
+                _forward_loss(model, batch, amp, env.device).backward()
+            ms = watch.elapsed_s() * 1000.0
+            if i > 0:  # the first pair warms up
+                (sync_ms if use_sync else nosync_ms).append(ms)
+            model.zero_grad(set_to_none=True)
+    t_sync = float(np.median(sync_ms))
+    t_nosync = float(np.median(nosync_ms))
+    (t_sync, t_nosync), _ = D.all_reduce_mean_max([t_sync, t_nosync], env)
+    allreduce_ms = measure_buckets(buckets, env)
+    exposed = max(0.0, t_sync - t_nosync)
+    comm.update(
+        allreduce_ms=allreduce_ms,
+        exposed_comm_ms=exposed,
+        compute_ms=t_nosync,
+        compute_to_comm_ratio=t_nosync / allreduce_ms if allreduce_ms > 0 else None,
+        overlap_fraction=min(1.0, max(0.0, 1.0 - exposed / allreduce_ms)) if allreduce_ms > 0 else None,
+    )
+    return comm
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _mean_excluding_first(rows: list[dict[str, Any]], key: str) -> float:
+    vals = [r[key] for r in rows[1:]] if len(rows) > 1 else [r[key] for r in rows]
+    vals = [v for v in vals if not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def fit(cfg: Config) -> Path:
+    """Train per `cfg` (in this process and any torchrun peers) and return the run folder."""
+    env = D.init_distributed(cfg.distributed)
+    try:
+        return _fit(cfg, env)
+    finally:
+        D.cleanup()
+
+
+def _fit(cfg: Config, env: D.DistEnv) -> Path:
+    cfg.validate(env.world_size)
+    amp = _resolve_precision(cfg, env.device)
+    num_threads = _set_threads(cfg, env)
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+
+    run_dir = _run_dir(cfg, env)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    resume_from: Path | None = None
+    if cfg.train.resume == "auto":
+        resume_from = ckpt_path if ckpt_path.is_file() else None
+    elif cfg.train.resume:
+        resume_from = Path(cfg.train.resume)
+    if resume_from is None and (run_dir / "metrics.csv").exists():
+        raise ConfigError(
+            f"output folder {run_dir} already holds a run; set train.resume=auto to continue it "
+            "or choose another output.run_name"
+        )
+    resume_state = load_checkpoint(resume_from) if resume_from else None
+
+    # Data first: a bad data file must fail before anything is written.
+    data = prepare_data(cfg, is_main=env.is_main, barrier=lambda: D.barrier(env))
+    if cfg.data.on_device and env.device.type == "cuda":
+        data = data.to(env.device)  # whole encoded dataset on the GPU: a step does no host work
+    num_classes = cfg.model.num_classes or data.num_classes
+    if num_classes < data.num_classes:
+        raise ConfigError(f"model.num_classes={num_classes} but the data has {data.num_classes} classes")
+
+    model = build_model(cfg.model, data.vocab_size, num_classes).to(env.device)
+    num_params = count_parameters(model)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    model = D.wrap_ddp(model, cfg.distributed, env)
+    share_device = D.ranks_share_device(env)
+    if share_device:
+        raise D.LaunchError("two ranks share one GPU; give each rank its own device (CUDA_VISIBLE_DEVICES)")
+    # DDP broadcast rank 0's weights; from here each rank needs its own dropout stream.
+    torch.manual_seed(cfg.train.seed + 1 + env.rank)
+
+    sampler = TrainBatchSampler(
+        data.train.lengths,
+        global_batch=cfg.train.batch_size,
+        world_size=env.world_size,
+        rank=env.rank,
+        grad_accum_steps=cfg.train.grad_accum_steps,
+        seed=cfg.train.seed,
+        bucket_multiplier=cfg.data.bucket_multiplier,
+    )
+    steps_per_epoch = len(sampler)
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    optimizer = _make_optimizer(model, cfg, env.device)
+    scheduler = _make_scheduler(optimizer, cfg, total_steps)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    state = TrainState()
+    if resume_state is not None:
+        _unwrap(model).load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if scaler is not None and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        rngs = resume_state["rng"]
+        if len(rngs) != env.world_size:
+            raise CheckpointError(
+                f"{resume_from}: saved with {len(rngs)} ranks, resumed with {env.world_size}; "
+                "resume with the same world size"
+            )
+        set_rng_state(rngs[env.rank])
+        state = TrainState(
+            epoch=resume_state["epoch"],
+            step_in_epoch=resume_state["step_in_epoch"],
+            global_step=resume_state["global_step"],
+            epoch_loss_sum=resume_state.get("epoch_loss_sums", [0.0] * env.world_size)[env.rank],
+            metrics=resume_state.get("metrics", []),
+        )
+        log(env, f"resumed {resume_from} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    log(
+        env,
+        f"run {run_dir} | {cfg.name}: {num_params:,} parameters | world size {env.world_size} "
+        f"({env.backend}, {env.device.type}) | global batch {cfg.train.batch_size} = "
+        f"{env.world_size} ranks x {cfg.train.per_rank_batch(env.world_size)} x {cfg.train.grad_accum_steps} accum | "
+        f"{len(data.train):,} train / {len(data.test):,} test examples",
+    )
+
+    def checkpoint(st: TrainState, loss_sum_dev: torch.Tensor) -> None:
+        if not cfg.train.save_checkpoint:
+            return
+        # host-device sync + collective: only at checkpoint time
+        rngs = [None] * env.world_size
+        sums = [0.0] * env.world_size
+        mine = rng_state()
+        if env.is_distributed:
+            torch.distributed.all_gather_object(rngs, mine)
+            torch.distributed.all_gather_object(sums, float(loss_sum_dev.item()))
+        else:
+            rngs, sums = [mine], [float(loss_sum_dev.item())]
+        if env.is_main:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler else None,
+                    "epoch": st.epoch,
+                    "step_in_epoch": st.step_in_epoch,
+                    "global_step": st.global_step,
+                    "epoch_loss_sums": sums,
+                    "metrics": st.metrics,
+                    "rng": rngs,
+                    "world_size": env.world_size,
+                    "config": cfg.to_dict(),
+                },
+            )
+
+    timer = StepTimer(env.device, warmup_steps=cfg.train.timing_warmup_steps)
+    train_split_lengths = data.train.lengths
+    steps_this_invocation = 0
+    stop_requested = False
+    for epoch in range(state.epoch, cfg.train.epochs):
+        sampler.set_epoch(epoch)
+        sampler.set_start_step(state.step_in_epoch)
+        model.train()
+        progress = Progress(cfg, env, steps_per_epoch, epoch, cfg.train.epochs)
+        loss_sum = torch.tensor(state.epoch_loss_sum, device=env.device)
+        first_step = state.step_in_epoch
+        num_tokens = 0
+        watch = Stopwatch(env.device)
+        watch.start()
+        timer.start_epoch()
+        window_t, window_n = time.perf_counter(), 0
+        for micro_batches in sampler:
+            if state.step_in_epoch >= steps_per_epoch:
+                break
+            loss_sum += train_step(model, micro_batches, data, optimizer, scheduler, scaler, timer, cfg, env, amp)
+            timer.end_step()
+            num_tokens += int(sum(train_split_lengths[mb].sum() for mb in micro_batches))
+            state.step_in_epoch += 1
+            state.global_step += 1
+            steps_this_invocation += 1
+            window_n += 1
+            if state.step_in_epoch % cfg.train.log_every_steps == 0 or state.step_in_epoch == steps_per_epoch:
+                if progress.mode != "none":
+                    # host-device sync: reading the loss; only every log_every_steps
+                    mean_loss = loss_sum.item() / state.step_in_epoch
+                    now = time.perf_counter()
+                    progress.update(state.step_in_epoch, window_n, mean_loss,
+                                    window_n * cfg.train.batch_size / max(now - window_t, 1e-9))
+                    window_t, window_n = now, 0
+            if cfg.train.checkpoint_every_steps and state.global_step % cfg.train.checkpoint_every_steps == 0:
+                checkpoint(state, loss_sum)
+            if cfg.train.stop_after_steps and steps_this_invocation >= cfg.train.stop_after_steps:
+                stop_requested = True
+                if state.step_in_epoch < steps_per_epoch:
+                    break  # mid-epoch: checkpoint below; at an epoch's end, finish the epoch first
+        epoch_time_s = watch.elapsed_s()
+        progress.close()
+        if stop_requested and state.step_in_epoch < steps_per_epoch:
+            checkpoint(state, loss_sum)
+            _log_stopped(env, steps_this_invocation, run_dir)
+            return run_dir
+
+        steps_done = state.step_in_epoch
+        steps_timed = steps_done - first_step
+        (train_loss_sum, tokens_all) = D.all_reduce_sum([float(loss_sum.item()), float(num_tokens)], env)
+        eval_watch = Stopwatch(env.device)
+        eval_watch.start()
+        val_loss, val_acc = evaluate(model, data, cfg, env, amp)
+        eval_time_s = eval_watch.elapsed_s()
+        phase = timer.epoch_summary()
+        keys = [f"{p}_ms" for p in PHASES] + ["step_ms"]
+        means, maxes = D.all_reduce_mean_max([phase[k] for k in keys], env)
+        mean_of = dict(zip(keys, means))
+        max_of = dict(zip(keys, maxes))
+        row = {
+            "epoch": epoch + 1,
+            "world_size": env.world_size,
+            "global_batch": cfg.train.batch_size,
+            "num_steps": steps_done,
+            "train_loss": train_loss_sum / (steps_done * env.world_size),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "epoch_time_s": epoch_time_s,
+            "eval_time_s": eval_time_s,
+            "samples_per_s": steps_timed * cfg.train.batch_size / epoch_time_s,
+            "tokens_per_s": tokens_all / epoch_time_s,
+            "peak_mem_mb": max(D.all_reduce_mean_max([_peak_mem_mb(env.device)], env)[1]),
+            **mean_of,
+            "step_ms_max": max_of["step_ms"],
+            "data_ms_max": max_of["data_ms"],
+        }
+        state.metrics.append(row)
+        log(
+            env,
+            f"epoch {epoch + 1}/{cfg.train.epochs}: train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
+            f"val_acc {val_acc:.4f} | {epoch_time_s:.2f}s, {row['samples_per_s']:,.0f} samples/s | step "
+            f"{mean_of['step_ms']:.2f} ms = data {mean_of['data_ms']:.2f} + h2d {mean_of['h2d_ms']:.2f} + fwd "
+            f"{mean_of['forward_ms']:.2f} + bwd {mean_of['backward_ms']:.2f} + opt {mean_of['optimizer_ms']:.2f}",
+        )
+        state = TrainState(epoch=epoch + 1, step_in_epoch=0, global_step=state.global_step, metrics=state.metrics)
+        if env.is_main:
+            _write_metrics(run_dir / "metrics.csv", state.metrics)
+        checkpoint(state, torch.zeros((), device=env.device))
+        if stop_requested:
+            _log_stopped(env, steps_this_invocation, run_dir)
+            return run_dir
+
+    comm = measure_communication(model, data, sampler, cfg, env, amp)
+    if env.is_main:
+        summary = _summary(cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, share_device)
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        log(env, f"wrote {run_dir}/ (config.yaml, metrics.csv, summary.json{', ' + CHECKPOINT_NAME if cfg.train.save_checkpoint else ''})")
+    D.barrier(env)
+    return run_dir
+
+
+def _log_stopped(env: D.DistEnv, steps: int, run_dir: Path) -> None:
+    log(env, f"stopped after {steps} steps as asked (train.stop_after_steps); "
+             f"continue with train.resume=auto output.dir={run_dir.parent} output.run_name={run_dir.name}")
+
+
+def _summary(
+    cfg: Config,
+    env: D.DistEnv,
+    run_dir: Path,
+    data: EncodedData,
+    state: TrainState,
+    comm: dict[str, Any],
+    num_params: int,
+    num_threads: int,
+    timer: StepTimer,
+    share_device: bool,
+) -> dict[str, Any]:
+    rows = state.metrics
+    last = rows[-1] if rows else {}
+    timing_keys = [f"{p}_ms" for p in PHASES] + ["step_ms", "step_ms_max", "data_ms_max"]
+    cuda = env.device.type == "cuda"
+    return {
+        "run_name": run_dir.name,
+        "preset": cfg.name,
+        "dataset": cfg.data.dataset,
+        "model_arch": cfg.model.arch,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device_type": env.device.type,
+        "device_name": torch.cuda.get_device_name(env.device) if cuda else (platform.processor() or platform.machine()),
+        "device_count": torch.cuda.device_count() if cuda else 1,
+        "backend": env.backend,
+        "world_size": env.world_size,
+        "num_nodes": env.num_nodes,
+        "local_world_size": env.local_world_size,
+        "git_commit": _git_commit(),
+        "num_params": num_params,
+        "global_batch": cfg.train.batch_size,
+        "per_rank_batch": cfg.train.per_rank_batch(env.world_size),
+        "grad_accum_steps": cfg.train.grad_accum_steps,
+        "precision": cfg.train.precision,
+        "num_epochs": len(rows),
+        "num_train_samples": len(data.train),
+        "num_test_samples": len(data.test),
+        "mean_tokens_per_sample": float(data.train.lengths.mean()),
+        "final_val_acc": last.get("val_acc"),
+        "final_val_loss": last.get("val_loss"),
+        "mean_epoch_time_s": _mean_excluding_first(rows, "epoch_time_s"),
+        "samples_per_s": _mean_excluding_first(rows, "samples_per_s"),
+        "tokens_per_s": _mean_excluding_first(rows, "tokens_per_s"),
+        "peak_mem_mb": max((r["peak_mem_mb"] for r in rows), default=None),
+        "timing": {
+            "warmup_steps": min(cfg.train.timing_warmup_steps, timer.steps_seen),
+            "warmup_time_s": timer.warmup_time_s,
+            **{k: _mean_excluding_first(rows, k) for k in timing_keys},
+        },
+        "comm": comm,
+        "system": {
+            "hostname": socket.gethostname(),
+            "num_cpus": os.cpu_count(),
+            "num_threads_per_rank": num_threads,
+            "num_loader_workers": 0,
+            "ranks_share_device": share_device,
+            "find_unused_parameters": cfg.distributed.find_unused_parameters,
+        },
+        "data": {
+            "pad_to_max_len": cfg.data.pad_to_max_len,
+            "delay_per_batch_s": cfg.data.delay_per_batch_s,
+            "cache_hit": data.cache_hit,
+            "prep_time_s": data.prep_time_s,
+            "description": data.description,
+        },
+        "finished_at": datetime.now().isoformat(timespec="seconds"),
+    }

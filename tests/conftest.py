@@ -1,0 +1,40 @@
+"""Shared test helpers: run real processes under the real launcher (torchrun), gloo on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(args: list[str], nproc: int, *, cwd: Path | None = None, timeout: int = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=N <args>`; --standalone picks a free port itself."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def rank_errors(res: subprocess.CompletedProcess) -> str:
+    """The ranks' own tracebacks from torchrun's output (its summary alone says little)."""
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("[rank")]
+    return "\n".join(lines[-60:]) or res.stderr[-3000:]
+
+
+def scalelab(args: list[str], *, cwd: Path | None = None, timeout: int = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh single process, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "scalelab", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One encoded-data cache per test session keeps tests from re-tokenising the sample."""
+    return tmp_path_factory.getbasetemp() / "scalelab_cache"

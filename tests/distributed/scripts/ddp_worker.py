@@ -1,0 +1,75 @@
+"""Worker run under the real launcher (torchrun) by tests/distributed/test_ddp.py.
+
+Uses the trainer's own pieces (data, model, DDP wrapping, train_step, evaluate) and saves what the
+test compares: every rank's parameters after K steps, the number of gradient all-reduces, the
+batches each rank saw, and the evaluation result.
+
+usage: ddp_worker.py OUT_DIR key=value ...   (config overrides)
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+from scalelab import distributed as D
+from scalelab.config import load_config
+from scalelab.data import TrainBatchSampler, prepare_data
+from scalelab.models import build_model
+from scalelab.timing import StepTimer
+from scalelab.train import _make_optimizer, _make_scheduler, evaluate, train_step
+
+
+def counting_allreduce_hook(state: dict, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    # (no `from __future__ import annotations`: DDP checks these annotations at runtime)
+    state["calls"] += 1
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    cfg = load_config(None, sys.argv[2:])
+    env = D.init_distributed(cfg.distributed)
+    try:
+        cfg.validate(env.world_size)
+        torch.manual_seed(cfg.train.seed)
+        data = prepare_data(cfg, is_main=env.is_main, barrier=lambda: D.barrier(env))
+        model = build_model(cfg.model, data.vocab_size, data.num_classes)
+        model = D.wrap_ddp(model, cfg.distributed, env)
+        hook_state = {"calls": 0}
+        if env.is_distributed:
+            model.register_comm_hook(hook_state, counting_allreduce_hook)
+        sampler = TrainBatchSampler(
+            data.train.lengths, cfg.train.batch_size, env.world_size, env.rank, cfg.train.grad_accum_steps,
+            cfg.train.seed, cfg.data.bucket_multiplier,
+        )
+        steps = cfg.train.max_steps_per_epoch
+        opt = _make_optimizer(model, cfg, env.device)
+        sched = _make_scheduler(opt, cfg, steps)
+        timer = StepTimer(env.device)
+        sampler.set_epoch(0)
+        seen = []
+        for _, micro in zip(range(steps), sampler):
+            train_step(model, micro, data, opt, sched, None, timer, cfg, env, None)
+            timer.end_step()
+            seen.append([m.tolist() for m in micro])
+        val_loss, val_acc = evaluate(model, data, cfg, env, None)
+        net = getattr(model, "module", model)
+        result = {
+            "params": {k: v.detach().clone() for k, v in net.state_dict().items()},
+            "allreduce_calls": hook_state["calls"],
+            "batches": seen,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "num_buckets": len(D.ddp_bucket_sizes(model) or D.gradient_buckets(net, cfg.distributed.bucket_cap_mb)),
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(result, out / f"rank{env.rank}.pt")
+    finally:
+        D.cleanup()
+
+
+if __name__ == "__main__":
+    main()

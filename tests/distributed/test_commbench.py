@@ -1,0 +1,127 @@
+"""All-reduce benchmark on 2 real gloo ranks started by torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from scalelab.commbench import (
+    default_iters,
+    format_bytes,
+    measure_allreduce,
+    measure_buckets,
+    parse_bytes,
+    sweep_sizes,
+)
+from scalelab.distributed import DistEnv
+from tests.conftest import REPO, torchrun
+
+RESULT_KEYS = {
+    "backend",
+    "world_size",
+    "num_nodes",
+    "device",
+    "torch_version",
+    "date",
+    "hostname",
+    "command",
+    "results",
+    "fit",
+}
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def test_sizes_and_units() -> None:
+    assert parse_bytes("4K") == 4096
+    assert parse_bytes("256M") == 256 * 1024**2
+    assert parse_bytes("1GiB") == 1024**3
+    assert parse_bytes("4096") == 4096
+    assert format_bytes(4096) == "4K" and format_bytes(256 * 1024**2) == "256M"
+    assert sweep_sizes(4096, 64 * 1024, factor=4) == [4096, 16384, 65536]
+    assert sweep_sizes(4096, 16384) == [4096, 8192, 16384]
+    # small messages are latency-bound and noisy: more repetitions than large ones
+    assert default_iters(4096) > default_iters(256 * 1024**2) >= 1
+
+
+def test_single_process_has_no_communication() -> None:
+    env = DistEnv()
+    assert measure_allreduce(1 << 20, env, iters=3, warmup=1) == 0.0
+    assert measure_buckets([1 << 20, 1 << 10], env) == 0.0
+
+
+@pytest.mark.slow
+def test_commbench_two_gloo_ranks(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = torchrun(
+        ["-m", "scalelab.commbench", "--out", str(out), "--max-bytes", "4M", "--backend", "gloo"],
+        nproc=2,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "commbench.png").stat().st_size > 0
+    result = json.loads((out / "commbench.json").read_text())
+    assert set(result) == RESULT_KEYS
+    assert result["backend"] == "gloo" and result["world_size"] == 2 and result["num_nodes"] == 1
+    rows = result["results"]
+    assert [r["bytes"] for r in rows] == sweep_sizes(4096, 4 * 1024**2)
+    for r in rows:
+        assert set(r) == {"bytes", "time_ms", "algbw_gbps", "busbw_gbps"}
+        assert r["time_ms"] > 0
+        assert r["algbw_gbps"] == pytest.approx(r["bytes"] / (r["time_ms"] * 1e-3) / 1e9)
+        assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * 2 * (2 - 1) / 2)
+    # latency dominates small messages, bandwidth large ones: busbw must rise with size
+    assert rows[-1]["busbw_gbps"] > 4 * rows[0]["busbw_gbps"], rows
+    assert result["fit"]["alpha_ms"] >= 0
+    assert result["fit"]["busbw_gbps"] > 0
+    assert "busbw" in proc.stdout and str(out / "commbench.json") in proc.stdout
+
+
+@pytest.mark.slow
+def test_commbench_needs_two_ranks(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    proc = subprocess.run(
+        [sys.executable, "-m", "scalelab.commbench", "--out", str(tmp_path / "bench")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torchrun --nproc_per_node=N" in lines[0], proc.stderr
+    assert not (tmp_path / "bench").exists()
+
+
+@pytest.mark.slow
+def test_measure_buckets_vs_single_buckets(tmp_path: Path) -> None:
+    script = tmp_path / "buckets.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json
+            from scalelab.commbench import measure_allreduce, measure_buckets
+            from scalelab.config import DistributedConfig
+            from scalelab.distributed import cleanup, init_distributed
+
+            env = init_distributed(DistributedConfig(backend="gloo"))
+            buckets = [1 << 20, 2 << 20, 4 << 20]
+            total = measure_buckets(buckets, env, iters=10, warmup=3)
+            singles = [measure_allreduce(b, env, iters=10, warmup=3) for b in buckets]
+            if env.is_main:
+                print("RESULT " + json.dumps({"total": total, "singles": singles}))
+            cleanup()
+            """
+        )
+    )
+    proc = torchrun([str(script)], nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    data = json.loads(line.removeprefix("RESULT "))
+    assert all(t > 0 for t in data["singles"])
+    assert all(data["total"] >= t for t in data["singles"]), data

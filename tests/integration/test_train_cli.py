@@ -1,0 +1,143 @@
+"""End to end through the CLI, as a user runs it: outputs, resume, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from scalelab.train import METRIC_COLUMNS
+from tests.conftest import rank_errors, scalelab, torchrun
+
+pytestmark = pytest.mark.slow
+TINY = [
+    "data.max_train_samples=600", "data.max_test_samples=203", "model.vocab_size=2000", "model.d_model=32",
+    "model.num_layers=1", "model.num_heads=2", "model.d_ff=64", "model.max_seq_len=64", "train.batch_size=16",
+    "output.progress=plain", "train.log_every_steps=5",
+]  # fmt: skip
+
+
+def common(tmp: Path, cache: Path) -> list[str]:
+    return [*TINY, f"output.dir={tmp / 'exp'}", f"data.cache_dir={cache}"]
+
+
+def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path) -> None:
+    res = torchrun(
+        ["-m", "scalelab", "train", "--config", "configs/ag_news_small.yaml", *common(tmp_path, cache_dir),
+         "train.epochs=2", "output.run_name=e2e"],
+        nproc=2,
+    )  # fmt: skip
+    assert res.returncode == 0, rank_errors(res)
+    run = tmp_path / "exp" / "e2e"
+    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoint.pt"):
+        assert (run / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0].keys()) == METRIC_COLUMNS
+    assert all(r["world_size"] == "2" and r["global_batch"] == "16" for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["backend"] == "gloo" and summary["per_rank_batch"] == 8
+    assert summary["num_params"] > 0 and 0 < summary["final_val_acc"] <= 1
+    assert summary["num_test_samples"] == 203
+    comm = summary["comm"]
+    # a real 2-process run measures non-zero, plausible communication
+    assert comm["grad_bytes"] == 4 * summary["num_params"]
+    assert 0 < comm["allreduce_ms"] < 1000
+    assert comm["exposed_comm_ms"] >= 0 and comm["compute_ms"] > 0
+    assert comm["compute_to_comm_ratio"] == pytest.approx(comm["compute_ms"] / comm["allreduce_ms"])
+    t = summary["timing"]
+    assert t["step_ms"] > 0 and t["forward_ms"] > 0 and t["backward_ms"] > 0
+    assert t["step_ms"] == pytest.approx(
+        t["data_ms"] + t["h2d_ms"] + t["forward_ms"] + t["backward_ms"] + t["optimizer_ms"], rel=1e-3
+    )
+    # only rank 0 prints progress
+    assert res.stdout.count("epoch 2/2:") == 1
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path, cache_dir: Path) -> None:
+    base = ["train", *common(tmp_path, cache_dir), "train.epochs=2", "train.max_steps_per_epoch=6",
+            "train.num_threads=1"]  # fmt: skip
+    assert scalelab([*base, "output.run_name=full"]).returncode == 0
+    # stop mid-epoch 2 (as if preempted), then resume
+    stopped = scalelab([*base, "output.run_name=cut", "train.stop_after_steps=8"])
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped after 8 steps" in stopped.stdout
+    assert not (tmp_path / "exp" / "cut" / "summary.json").exists()
+    resumed = scalelab([*base, "output.run_name=cut", "train.resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    full = torch.load(tmp_path / "exp" / "full" / "checkpoint.pt", weights_only=False)
+    cut = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
+    for k, v in full["model"].items():
+        assert torch.equal(v, cut["model"][k]), k
+    rows_full = list(csv.DictReader((tmp_path / "exp" / "full" / "metrics.csv").open()))
+    rows_cut = list(csv.DictReader((tmp_path / "exp" / "cut" / "metrics.csv").open()))
+    assert [r["train_loss"] for r in rows_full] == [r["train_loss"] for r in rows_cut]
+    assert [r["val_acc"] for r in rows_full] == [r["val_acc"] for r in rows_cut]
+
+
+def _assert_one_line_error(res, fragment: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("scalelab: error:") and fragment in lines[0], lines[0]
+
+
+def test_bad_config_key_is_one_line(tmp_path: Path) -> None:
+    res = scalelab(["train", "train.batchsize=3", f"output.dir={tmp_path}"])
+    _assert_one_line_error(res, "train.batchsize")
+    assert not any(tmp_path.iterdir())
+
+
+def test_indivisible_global_batch_is_refused_before_anything_is_written(tmp_path: Path, cache_dir: Path) -> None:
+    res = torchrun(["-m", "scalelab", "train", *common(tmp_path, cache_dir), "train.batch_size=15"], nproc=2)
+    assert res.returncode != 0
+    assert "train.batch_size=15 is not divisible by world_size" in res.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "fragment"),
+    [
+        ('"1","title only"\n', "row 2"),
+        ('"9","t","d"\n', "row 2"),
+        ('"x","t","d"\n', "row 2"),
+        ('"2","",""\n', "row 2"),
+    ],
+)
+def test_malformed_data_rows_are_one_line_naming_file_and_row(tmp_path: Path, cache_dir: Path, row: str, fragment: str) -> None:
+    bad = tmp_path / "train.csv.gz"
+    with gzip.open(bad, "wt", encoding="utf-8") as f:
+        f.write('"1","Good title","good description"\n' + row)
+    res = scalelab(["train", "data.source=files", f"data.train_path={bad}",
+                    "data.test_path=src/scalelab/data/bundled/ag_news_test.csv.gz", *common(tmp_path, cache_dir)])  # fmt: skip
+    _assert_one_line_error(res, "train.csv.gz")
+    assert fragment in res.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+def test_bad_encoding_and_missing_file(tmp_path: Path, cache_dir: Path) -> None:
+    bad = tmp_path / "latin.csv"
+    bad.write_bytes('"1","caf\xe9","d"\n'.encode("latin-1"))
+    test = "src/scalelab/data/bundled/ag_news_test.csv.gz"
+    res = scalelab(["train", "data.source=files", f"data.train_path={bad}", f"data.test_path={test}", *common(tmp_path, cache_dir)])
+    _assert_one_line_error(res, "latin.csv")
+    res = scalelab(["train", "data.source=files", f"data.train_path={tmp_path}/nope.csv", f"data.test_path={test}", *common(tmp_path, cache_dir)])
+    _assert_one_line_error(res, "nope.csv")
+
+
+def test_existing_run_is_never_overwritten_and_bad_checkpoint_is_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    args = ["train", *common(tmp_path, cache_dir), "train.epochs=1", "train.max_steps_per_epoch=3", "output.run_name=r"]
+    assert scalelab(args).returncode == 0
+    metrics = (tmp_path / "exp" / "r" / "metrics.csv").read_bytes()
+    res = scalelab(args)
+    _assert_one_line_error(res, "already holds a run")
+    assert (tmp_path / "exp" / "r" / "metrics.csv").read_bytes() == metrics
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    res = scalelab([*args[:-1], "output.run_name=r2", f"train.resume={junk}"])
+    _assert_one_line_error(res, "not a readable checkpoint")

@@ -1,0 +1,167 @@
+"""Each diagnosis rule fires on a run crafted with its symptom and stays silent on a healthy sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from scalelab.analysis import load_runs
+from scalelab.analysis.diagnose import Finding, diagnose
+from scalelab.analysis.predict import predict_scaling
+from tests.unit.runfolders import write_run, write_sweep
+
+
+def _slow_data(root: Path) -> None:
+    write_run(root, "ws1", world_size=1)
+    write_run(
+        root,
+        "ws2",
+        world_size=2,
+        timing={"data_ms": 20.0, "step_ms": 73.5},
+        summary={"data": {"delay_per_batch_s": 0.02}},
+    )
+
+
+def _comm_bound(root: Path) -> None:
+    write_run(root, "ws1", world_size=1)
+    write_run(
+        root,
+        "ws2",
+        world_size=2,
+        timing={"backward_ms": 55.0, "step_ms": 78.5},
+        summary={"comm": {"exposed_comm_ms": 25.0, "allreduce_ms": 26.0, "overlap_fraction": 0.04}},
+    )
+
+
+def _comm_not_bottleneck(root: Path) -> None:
+    # The brief's example: 4 ranks, 45 ms step of which 31 ms data wait and 0.6 ms exposed comm.
+    write_run(root, "ws1", world_size=1)
+    write_run(
+        root,
+        "ws4",
+        world_size=4,
+        epoch_time_s=4.5,
+        timing={"data_ms": 31.0, "backward_ms": 15.6, "step_ms": 45.0},
+        summary={"comm": {"exposed_comm_ms": 0.6}},
+    )
+
+
+CASES: dict[str, Callable[[Path], None]] = {
+    "negative_scaling": lambda r: (
+        write_run(r, "ws1"),
+        write_run(r, "ws2", world_size=2, epoch_time_s=15.0),
+    ),
+    "sublinear_scaling": lambda r: (
+        write_run(r, "ws1"),
+        write_run(r, "ws2", world_size=2, epoch_time_s=8.0),
+    ),
+    "input_bound": _slow_data,
+    "comm_bound": _comm_bound,
+    "comm_not_bottleneck": _comm_not_bottleneck,
+    "small_batch": lambda r: write_run(r, "ws8", world_size=8, summary={"per_rank_batch": 4}),
+    "launch_bound": lambda r: (
+        write_run(r, "ws1"),
+        write_run(r, "ws2", world_size=2, timing={"forward_ms": 28.0}),
+    ),
+    "optimizer_share": lambda r: write_run(
+        r, "ws1", timing={"optimizer_ms": 30.0, "step_ms": 125.0}
+    ),
+    "straggler": lambda r: write_run(r, "ws2", world_size=2, timing={"step_ms_max": 80.0}),
+    "shared_device": lambda r: write_run(
+        r, "ws2", world_size=2, summary={"system": {"ranks_share_device": True}}
+    ),
+    "cpu_oversubscription": lambda r: write_run(
+        r,
+        "ws4",
+        world_size=4,
+        summary={"system": {"num_cpus": 8, "num_threads_per_rank": 2, "num_loader_workers": 1}},
+    ),
+    "find_unused_parameters": lambda r: write_run(
+        r, "ws2", world_size=2, summary={"system": {"find_unused_parameters": True}}
+    ),
+    "accuracy_change": lambda r: (
+        write_run(r, "ws1", final_val_acc=0.85),
+        write_run(r, "ws2", world_size=2, final_val_acc=0.80),
+    ),
+    "padding_waste": lambda r: write_run(r, "ws1", summary={"data": {"pad_to_max_len": True}}),
+}
+
+
+def _findings(root: Path) -> list[Finding]:
+    return diagnose(load_runs([root]))
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory: pytest.TempPathFactory) -> list[Finding]:
+    root = tmp_path_factory.mktemp("healthy")
+    write_sweep(root, [1, 2, 4])
+    return _findings(root)
+
+
+def test_healthy_sweep_has_no_findings(healthy):
+    assert healthy == []
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_rule_fires_on_its_symptom(tmp_path, rule, healthy):
+    CASES[rule](tmp_path)
+    fired = [f for f in _findings(tmp_path) if f.rule == rule]
+    assert fired, f"{rule} did not fire"
+    for f in fired:
+        assert f.severity in ("critical", "warning", "info")
+        assert any(ch.isdigit() for ch in f.evidence), "evidence must quote a measurement"
+        assert f.recommendation
+    assert rule not in {f.rule for f in healthy}
+
+
+def test_evidence_quotes_the_numbers(tmp_path):
+    _comm_not_bottleneck(tmp_path)
+    (f,) = [f for f in _findings(tmp_path) if f.rule == "comm_not_bottleneck"]
+    assert "exposed communication is 0.6 ms of a 45 ms step" in f.evidence
+    assert "data wait is 31 ms" in f.evidence
+    assert "data wait" in f.evidence.split("largest excess is")[1]
+
+
+def test_input_bound_mentions_the_delay_knob(tmp_path):
+    _slow_data(tmp_path)
+    (f,) = [f for f in _findings(tmp_path) if f.rule == "input_bound"]
+    assert "delay_per_batch_s = 0.02 s" in f.evidence
+    assert "not the network" in f.title
+
+
+def test_comm_bound_suggests_comm_hook_and_buckets(tmp_path):
+    _comm_bound(tmp_path)
+    (f,) = [f for f in _findings(tmp_path) if f.rule == "comm_bound"]
+    assert f.severity == "warning"  # 25 of 78.5 ms: above 30 %, below half the step
+    for tip in ("comm_hook", "bucket_cap_mb", "grad_accum_steps", "global batch"):
+        assert tip in f.recommendation
+
+
+def test_findings_are_sorted_by_severity(tmp_path):
+    write_run(tmp_path, "ws1")
+    write_run(
+        tmp_path,
+        "ws2",
+        world_size=2,
+        epoch_time_s=15.0,
+        summary={"data": {"pad_to_max_len": True}, "system": {"ranks_share_device": True}},
+    )
+    severities = [f.severity for f in _findings(tmp_path)]
+    order = {"critical": 0, "warning": 1, "info": 2}
+    assert severities == sorted(severities, key=order.get)
+    assert severities[0] == "critical"
+
+
+def test_prediction_error_names_the_mismodelled_term(tmp_path):
+    write_sweep(tmp_path, [1, 2, 4])
+    runs = load_runs([tmp_path])
+    base = next(r for r in runs if r.world_size == 1).summary
+    # A far too slow network makes the predicted all-reduce dominate: the backward term is off.
+    bad = predict_scaling(base, [1, 2, 4], busbw_gbps=0.05, alpha_ms=0.0)
+    fired = [f for f in diagnose(runs, bad) if f.rule == "prediction_error"]
+    assert {f.subject for f in fired} == {"ag_news_small-ws2", "ag_news_small-ws4"}
+    assert all("backward" in f.evidence and "all-reduce" in f.recommendation for f in fired)
+    good = predict_scaling(base, [1, 2, 4], busbw_gbps=10.0, alpha_ms=0.05)
+    assert not [f for f in diagnose(runs, good) if f.rule == "prediction_error"]

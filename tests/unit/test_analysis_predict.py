@@ -1,0 +1,133 @@
+"""Ring all-reduce cost model, comparison with measurements and the alpha-beta fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scalelab.analysis import AnalysisError, load_run, load_runs
+from scalelab.analysis.predict import (
+    allreduce_ms,
+    compare,
+    fit_alpha_beta,
+    load_commbench,
+    predict_scaling,
+)
+from tests.unit.runfolders import write_run, write_sweep
+
+BUSBW, ALPHA = 10.0, 0.05  # GB/s, ms
+
+
+@pytest.fixture
+def base(tmp_path):
+    # 1-rank phases: data 2, h2d 1, fwd 30, bwd 60, opt 5, other 2 -> step 100 ms;
+    # buckets 3 MB, 3 MB, 2 MB.
+    return load_run(write_run(tmp_path, "base", world_size=1)).summary
+
+
+def test_prediction_matches_hand_computation(base):
+    (p,) = predict_scaling(base, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    # Ring factor 2*3/4 = 1.5; bucket times 0.05 + 1.5*3e6/1e7 = 0.5, 0.5 and 0.05 + 0.3 = 0.35.
+    assert p.comm_ms == pytest.approx(1.35)
+    # Last bucket exposed; the other 1.0 ms hides behind 15 ms * (1 - 1/3) of backward.
+    assert p.exposed_comm_ms == pytest.approx(0.35)
+    assert p.compute_ms == pytest.approx(22.5)
+    # 0.5 + 0.25 + 7.5 + 15 + 5 (optimizer, not shrunk) + 2 (other) + 0.35
+    assert p.step_ms == pytest.approx(30.6)
+    assert p.speedup == pytest.approx(100 / 30.6)
+    assert p.efficiency == pytest.approx(100 / 30.6 / 4)
+
+
+def test_comm_that_cannot_hide_is_exposed(base):
+    (p,) = predict_scaling(base, [4], busbw_gbps=0.1, alpha_ms=0.0)
+    t = [1.5 * b / 1e5 for b in (3e6, 3e6, 2e6)]  # 45, 45, 30 ms
+    assert p.comm_ms == pytest.approx(sum(t))
+    assert p.exposed_comm_ms == pytest.approx(t[-1] + (t[0] + t[1]) - 15 * 2 / 3)
+
+
+def test_measured_overlap_fraction(base):
+    (p,) = predict_scaling(base, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA, overlap=0.5)
+    assert p.exposed_comm_ms == pytest.approx(0.675)
+
+
+def test_gradient_accumulation_shrinks_the_overlap_window(base):
+    base = {**base, "grad_accum_steps": 4}
+    (p,) = predict_scaling(base, [4], busbw_gbps=0.5, alpha_ms=0.0)
+    t = [1.5 * b / 5e5 for b in (3e6, 3e6, 2e6)]  # 9, 9, 6 ms
+    assert p.exposed_comm_ms == pytest.approx(t[-1] + (t[0] + t[1]) - 15 / 4 * 2 / 3)
+
+
+def test_one_rank_is_the_measurement(base):
+    (p,) = predict_scaling(base, [1], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    assert p.step_ms == pytest.approx(100.0) and p.comm_ms == 0 and p.speedup == pytest.approx(1.0)
+
+
+def test_allreduce_ms_units():
+    # 1 GB at 100 GB/s on 2 ranks (factor 1): 10 ms + alpha.
+    assert allreduce_ms(1e9, 2, busbw_gbps=100.0, alpha_ms=0.5) == pytest.approx(10.5)
+    assert allreduce_ms(1e9, 1, busbw_gbps=100.0, alpha_ms=0.5) == 0.0
+
+
+def test_prediction_needs_single_rank_base(tmp_path):
+    summary = load_run(write_run(tmp_path, "r2", world_size=2)).summary
+    with pytest.raises(AnalysisError, match="1-rank"):
+        predict_scaling(summary, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+
+
+def test_compare_reports_relative_error(tmp_path):
+    write_sweep(tmp_path, [1, 2, 4])
+    runs = load_runs([tmp_path])
+    base = next(r for r in runs if r.world_size == 1).summary
+    preds = predict_scaling(base, [1, 2, 4, 8], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    rows = {c.world_size: c for c in compare(preds, runs)}
+    assert sorted(rows) == [1, 2, 4]  # 8 was predicted but not measured
+    assert rows[4].measured_step_ms == pytest.approx(31.25)
+    assert rows[4].error_pct == pytest.approx((30.6 - 31.25) / 31.25 * 100)
+
+
+def test_fit_alpha_beta_recovers_parameters():
+    n, alpha, busbw = 4, 0.02, 80.0
+    results = [
+        {"bytes": b, "time_ms": alpha + 1.5 * b / (busbw * 1e6)} for b in (1e4, 1e5, 1e6, 1e7, 1e8)
+    ]
+    got_alpha, got_busbw = fit_alpha_beta(results, n)
+    assert got_alpha == pytest.approx(alpha, rel=1e-6)
+    assert got_busbw == pytest.approx(busbw, rel=1e-6)
+
+
+def test_negative_alpha_is_clipped():
+    results = [
+        {"bytes": 1e6, "time_ms": 0.5},
+        {"bytes": 2e6, "time_ms": 1.2},
+        {"bytes": 4e6, "time_ms": 2.6},
+    ]
+    alpha, busbw = fit_alpha_beta(results, 2)
+    assert alpha == 0.0 and busbw > 0
+
+
+def test_load_commbench(tmp_path):
+    with_fit = tmp_path / "fit.json"
+    with_fit.write_text(
+        json.dumps(
+            {
+                "backend": "nccl",
+                "world_size": 8,
+                "results": [],
+                "fit": {"alpha_ms": -0.01, "busbw_gbps": 150.0},
+            }
+        )
+    )
+    assert load_commbench(with_fit) == (0.0, 150.0, 8)
+    rows = [
+        {"bytes": b, "time_ms": 0.01 + 1.0 * b / 5e7, "algbw_gbps": 0, "busbw_gbps": 0}
+        for b in (1e5, 1e6, 1e7)
+    ]
+    no_fit = tmp_path / "nofit.json"
+    no_fit.write_text(json.dumps({"world_size": 2, "results": rows}))
+    alpha, busbw, n = load_commbench(no_fit)
+    assert (n, busbw) == (2, pytest.approx(50.0)) and alpha == pytest.approx(0.01)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(AnalysisError, match="bad.json"):
+        load_commbench(bad)

@@ -1,0 +1,159 @@
+"""prepare_data: cache keys, hits without re-tokenising, atomic writes, DDP barrier protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scalelab.config import Config, DataConfig
+from scalelab.data import DataError, build_tokenizer, cache, encode_texts, load_raw, prepare_data
+
+WORDS = [
+    "the",
+    "a",
+    "film",
+    "movie",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "plot",
+    "actor",
+    "scene",
+    "story",
+    "boring",
+    "fun",
+]
+
+
+def write_imdb(path, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = ["text,label"]
+    for i in range(n):
+        words = rng.choice(WORDS, size=rng.integers(3, 40))
+        lines.append(f"{' '.join(words)} review {i},{i % 2}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def cfg(tmp_path) -> Config:
+    c = Config()
+    c.data.dataset = "imdb"
+    c.data.source = "files"
+    c.data.train_path = str(write_imdb(tmp_path / "train.csv"))
+    c.data.test_path = str(write_imdb(tmp_path / "test.csv", n=25, seed=1))
+    c.data.cache_dir = str(tmp_path / "cache")
+    c.model.vocab_size = 80
+    c.model.max_seq_len = 16
+    return c
+
+
+def test_cold_then_warm_hit_without_retokenising(cfg, monkeypatch):
+    cold = prepare_data(cfg)
+    assert not cold.cache_hit and cold.cache_path.is_file()
+    assert cold.train.tokens.shape == (60, 16) and cold.test.tokens.dtype == torch.int32
+    assert cold.train.lengths.max() == 16 and cold.num_classes == 2 and cold.pad_id == 0
+    assert cold.train.labels.dtype == torch.int64 and cold.vocab_size <= 80
+
+    def boom(*a, **k):
+        raise AssertionError("re-tokenised on a cache hit")
+
+    monkeypatch.setattr(cache, "build_tokenizer", boom)
+    monkeypatch.setattr(cache, "encode_texts", boom)
+    monkeypatch.setattr(cache, "load_raw", boom)
+    warm = prepare_data(cfg)
+    assert warm.cache_hit and warm.cache_path == cold.cache_path
+    for a, b in ((cold.train, warm.train), (cold.test, warm.test)):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.labels, b.labels)
+        assert np.array_equal(a.lengths, b.lengths)
+    assert warm.tokenizer().encode("good film").ids == cold.tokenizer().encode("good film").ids
+
+
+def test_padding_matches_tokenizer(cfg):
+    data = prepare_data(cfg)
+    tok = data.tokenizer()
+    first = tok.encode(Path(cfg.data.train_path).read_text().splitlines()[1].rsplit(",", 1)[0]).ids
+    n = data.train.lengths[0]
+    assert data.train.tokens[0, :n].tolist() == first and (data.train.tokens[0, n:] == 0).all()
+
+
+def test_key_changes_with_vocab_size_data_and_seq_len(cfg, tmp_path):
+    base = prepare_data(cfg).cache_path
+    cfg.model.vocab_size = 90
+    assert prepare_data(cfg).cache_path != base
+    cfg.model.vocab_size = 80
+    cfg.model.max_seq_len = 20
+    assert prepare_data(cfg).cache_path != base
+    cfg.model.max_seq_len = 16
+    assert prepare_data(cfg).cache_path == base
+    write_imdb(tmp_path / "train.csv", n=61)
+    changed = prepare_data(cfg)
+    assert changed.cache_path != base and not changed.cache_hit and len(changed.train) == 61
+
+
+def test_atomic_write_leaves_nothing_on_failure(cfg, monkeypatch, tmp_path):
+    def partial_then_fail(f, **arrays):
+        f.write(b"PK partial npz")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache.np, "savez", partial_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_data(cfg)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_barrier_called_once_per_rank_and_failure_releases_others(cfg):
+    calls: list[str] = []
+    prepare_data(cfg, is_main=True, barrier=lambda: calls.append("main-cold"))
+    prepare_data(cfg, is_main=True, barrier=lambda: calls.append("main-warm"))
+    other = prepare_data(cfg, is_main=False, barrier=lambda: calls.append("worker"))
+    assert calls == ["main-cold", "main-warm", "worker"] and other.cache_hit
+
+    cfg.model.vocab_size = 70  # new key: nothing cached yet
+    cfg.data.test_path = cfg.data.test_path + ".missing"
+    calls.clear()
+    with pytest.raises(DataError, match="file not found"):
+        prepare_data(cfg, is_main=True, barrier=lambda: calls.append("main"))
+    with pytest.raises(DataError):
+        prepare_data(cfg, is_main=False, barrier=lambda: calls.append("worker"))
+    assert calls == ["main", "worker"]
+
+
+def test_worker_reports_missing_cache(cfg):
+    with pytest.raises(DataError, match="data cache missing"):
+        prepare_data(cfg, is_main=False)
+
+
+TRICKY = [
+    " ".join(["Word"] * 50),
+    "x  " * 40,  # double spaces: a 16-chunk prefix has only ~8 words -> re-encoded in full
+    "short text",
+    "Café NAÏVE résumé " * 30,
+    "tab\tsep\x0bvt ctl\x01x 中文字 Ǆ ﬁne",
+    "",
+]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+@pytest.mark.parametrize("vocab", ["bundled:bert-base-uncased-vocab.txt", ""])
+def test_fast_encoding_equals_plain_encoding(vocab, lowercase):
+    """Prefix cutting + Python pre-normalisation must give exactly the tokenizer's ids."""
+    texts = TRICKY + load_raw(DataConfig(dataset="imdb")).test_texts[:300]
+    dcfg = DataConfig(vocab_path=vocab, lowercase=lowercase)
+    tok = build_tokenizer(dcfg, 300, texts, 16)
+    tokens, lengths = encode_texts(tok, texts, 0)
+    plain = tok.encode_batch(texts)
+    for row, n, enc in zip(tokens, lengths, plain, strict=True):
+        assert row[:n].tolist() == enc.ids and (row[n:] == 0).all()
+    assert tokens.dtype == np.int32 and lengths.tolist()[:2] == [16, 16]
+
+
+def test_trained_ids_are_deterministic():
+    texts = load_raw(DataConfig(dataset="ag_news")).train_texts[:500]
+    a = build_tokenizer(DataConfig(), 500, texts)
+    b = build_tokenizer(DataConfig(), 500, texts)
+    assert a.get_vocab() == b.get_vocab()

@@ -1,0 +1,247 @@
+"""Readers, validation and tokenizers of scalelab.data (fixtures are written per test)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalelab.config import DataConfig
+from scalelab.data import (
+    SPECIAL_TOKENS,
+    DataError,
+    build_tokenizer,
+    bundled_dir,
+    clean_ag_news,
+    clean_imdb,
+    load_raw,
+    pad_id,
+)
+from scalelab.data.sources import read_aclimdb_dir, read_ag_news_csv, read_imdb_csv
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path("/work/shared/data")
+
+AG_ROWS = (
+    '"3","Wall St. Bears (Reuters)","Reuters - Short-sellers, Wall Street #39;s\\band of '
+    'ultra-cynics, are seeing green again. quot;Hi quot; #36;5"\n'
+    '"1","Title two","Desc ""quoted"" two"\n'
+    '"4","T3","D3"\n'
+)
+IMDB_ROWS = 'text,label\r\n"Great, film.<br /><br />Loved it",1\r\nAwful,0\r\n'
+
+
+def write(path: Path, text: str | bytes, gz: bool = False) -> Path:
+    data = text.encode() if isinstance(text, str) else text
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def files_cfg(dataset: str, train: Path, test: Path, **kw) -> DataConfig:
+    return DataConfig(
+        dataset=dataset, source="files", train_path=str(train), test_path=str(test), **kw
+    )
+
+
+# --------------------------------------------------------------------------- readers
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_ag_news_reader_cleans_and_shifts_labels(tmp_path, gz):
+    texts, labels, fp = read_ag_news_csv(write(tmp_path / "ag.csv", AG_ROWS, gz))
+    assert labels.tolist() == [2, 0, 3] and labels.dtype == np.int64
+    assert texts[0] == (
+        "Wall St. Bears (Reuters) Reuters - Short-sellers, Wall Street's band of "
+        'ultra-cynics, are seeing green again. "Hi "$5'
+    )
+    assert texts[1] == 'Title two Desc "quoted" two'
+    assert len(fp) == 64
+
+
+def test_clean_functions():
+    assert (
+        clean_ag_news("a\\b  c quot;d quot; e #39;s &lt;b&gt; A amp;M") == 'a b c "d " e\'s <b> A&M'
+    )
+    assert clean_imdb(" x<br />y<br/>z<BR>w ") == "x y z w"
+
+
+def test_imdb_csv_reader(tmp_path):
+    texts, labels, _ = read_imdb_csv(write(tmp_path / "i.csv.gz", IMDB_ROWS, gz=True))
+    assert texts == ["Great, film.  Loved it", "Awful"]
+    assert labels.tolist() == [1, 0]
+
+
+def test_imdb_csv_reader_any_column_order(tmp_path):
+    texts, labels, _ = read_imdb_csv(write(tmp_path / "i.csv", "label,text\n0,bad\n1,good\n"))
+    assert texts == ["bad", "good"] and labels.tolist() == [0, 1]
+
+
+def make_acl(root: Path) -> Path:
+    for sub, items in (
+        ("pos", {"10_9": "Great!<br />Yes", "2_8": "fine"}),
+        ("neg", {"3_1": "bad"}),
+    ):
+        (root / sub).mkdir(parents=True)
+        for name, text in items.items():
+            (root / sub / f"{name}.txt").write_text(text, encoding="utf-8")
+    return root
+
+
+def test_aclimdb_tree_reader(tmp_path):
+    texts, labels, fp = read_aclimdb_dir(make_acl(tmp_path / "aclImdb" / "train"))
+    assert texts == ["bad", "fine", "Great! Yes"]  # neg first, then numeric id order
+    assert labels.tolist() == [0, 1, 1]
+    assert fp == read_aclimdb_dir(tmp_path / "aclImdb" / "train")[2]
+    test = make_acl(tmp_path / "aclImdb" / "test")
+    raw = load_raw(files_cfg("imdb", tmp_path / "aclImdb" / "train", test))
+    assert raw.num_classes == 2 and len(raw.test_texts) == 3
+
+
+def test_aclimdb_folder_needs_pos_neg(tmp_path):
+    (tmp_path / "x" / "pos").mkdir(parents=True)
+    with pytest.raises(DataError, match="neg"):
+        read_aclimdb_dir(tmp_path / "x")
+
+
+def test_folder_rejected_for_ag_news(tmp_path):
+    make_acl(tmp_path / "t")
+    with pytest.raises(DataError, match="only supported for dataset=imdb"):
+        load_raw(files_cfg("ag_news", tmp_path / "t", tmp_path / "t"))
+
+
+# --------------------------------------------------------------------------- validation
+
+AG_BAD = [
+    ('"1","a","b"\n"2","only two"\n', 2, "expected 3 fields"),
+    ('"1","a","b"\n"x","t","d"\n', 2, "not an integer"),
+    ('"1","a","b"\n"1","a","b"\n"5","t","d"\n', 3, "out of range"),
+    ('"1","a","b"\n"0","t","d"\n', 2, "out of range"),
+    ('"1","a","b"\n"2"," ","\\\\"\n', 2, "empty text"),
+    ('"1","multi\nline","b"\n"2","t"\n', 3, "expected 3 fields"),  # line of the record start
+]
+
+
+@pytest.mark.parametrize(("content", "line", "what"), AG_BAD)
+def test_ag_news_errors_name_file_and_line(tmp_path, content, line, what):
+    path = write(tmp_path / "bad.csv", content)
+    with pytest.raises(DataError) as exc:
+        read_ag_news_csv(path)
+    msg = str(exc.value)
+    assert str(path) in msg and f"line {line}:" in msg and what in msg and "\n" not in msg
+
+
+IMDB_BAD = [
+    ("text,label\ngood,1\nbad,2\n", 3, "out of range"),
+    ("text,label\ngood,1\nbad,neg\n", 3, "not an integer"),
+    ("text,label\ngood,1\nbad,0,extra\n", 3, "expected 2 fields"),
+    ("text,label\ngood,1\n<br />,0\n", 3, "empty text"),
+    ("review,sentiment\ngood,1\n", 1, "header"),
+]
+
+
+@pytest.mark.parametrize(("content", "line", "what"), IMDB_BAD)
+def test_imdb_errors_name_file_and_line(tmp_path, content, line, what):
+    path = write(tmp_path / "bad.csv.gz", content, gz=True)
+    with pytest.raises(DataError) as exc:
+        read_imdb_csv(path)
+    msg = str(exc.value)
+    assert str(path) in msg and f"line {line}:" in msg and what in msg and "\n" not in msg
+
+
+def test_bad_encoding_names_line(tmp_path):
+    path = write(tmp_path / "latin1.csv", '"1","a","b"\n"2","caf\xe9","d"\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.csv: line 2: not valid UTF-8"):
+        read_ag_news_csv(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", gzip.compress(b"")])
+def test_empty_file(tmp_path, content):
+    path = write(tmp_path / "e.csv", content)
+    with pytest.raises(DataError, match=r"e\.csv: file is empty"):
+        read_ag_news_csv(path)
+    with pytest.raises(DataError, match="e.csv"):
+        read_imdb_csv(path)
+
+
+def test_missing_file(tmp_path):
+    good = write(tmp_path / "ok.csv", AG_ROWS)
+    with pytest.raises(DataError, match=r"nope\.csv: file not found"):
+        load_raw(files_cfg("ag_news", good, tmp_path / "nope.csv"))
+
+
+def test_hf_source_without_datasets_is_one_clear_line():
+    if importlib.util.find_spec("datasets") is not None:
+        pytest.skip("datasets is installed; the not-installed message cannot be tested")
+    with pytest.raises(DataError, match=r"pip install 'scalelab\[hf\]'") as exc:
+        load_raw(DataConfig(dataset="imdb", source="hf"))
+    assert "\n" not in str(exc.value)
+
+
+# --------------------------------------------------------------------------- bundled sample
+
+
+@pytest.mark.parametrize(
+    ("dataset", "n_train", "n_test", "k"), [("ag_news", 4000, 1000, 4), ("imdb", 2000, 1000, 2)]
+)
+def test_bundled_sample_is_stratified(dataset, n_train, n_test, k):
+    raw = load_raw(DataConfig(dataset=dataset, source="sample"))
+    assert (len(raw.train_texts), len(raw.test_texts), raw.num_classes) == (n_train, n_test, k)
+    assert np.bincount(raw.train_labels).tolist() == [n_train // k] * k
+    assert np.bincount(raw.test_labels).tolist() == [n_test // k] * k
+    assert all(raw.train_texts)
+    if dataset == "imdb":
+        assert "<br" not in " ".join(raw.train_texts)
+
+
+def test_max_samples_is_seeded_subset_with_both_classes():
+    cfg = DataConfig(dataset="imdb", source="sample", max_train_samples=50, max_test_samples=20)
+    a, b = load_raw(cfg), load_raw(cfg)
+    assert len(a.train_texts) == 50 and len(a.test_texts) == 20
+    assert a.train_texts == b.train_texts and set(a.train_labels.tolist()) == {0, 1}
+    assert a.fingerprint == b.fingerprint == load_raw(DataConfig(dataset="imdb")).fingerprint
+
+
+@pytest.mark.skipif(not (SHARED / "imdb").is_dir(), reason="shared datasets not available")
+def test_make_sample_is_byte_reproducible(tmp_path):
+    subprocess.run(
+        [sys.executable, str(REPO / "tools/make_sample.py"), "--dst", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    for f in sorted(tmp_path.iterdir()):
+        assert f.read_bytes() == (bundled_dir() / f.name).read_bytes(), f.name
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def test_bundled_bert_vocab_gives_bert_ids():
+    tok = build_tokenizer(
+        DataConfig(vocab_path="bundled:bert-base-uncased-vocab.txt"), 0, [], max_seq_len=6
+    )
+    enc = tok.encode("Hello, WORLD café and more words")
+    assert enc.ids == [101, 7592, 1010, 2088, 7668, 102]  # [CLS] hello , world cafe [SEP]
+    assert pad_id(tok) == 0 and tok.token_to_id("[SEP]") == 102 and tok.get_vocab_size() == 30522
+
+
+def test_trained_wordpiece_special_ids_and_truncation(tmp_path):
+    texts = ["the cat sat on the mat", "a dog ran far away", "cats and dogs"] * 20
+    tok = build_tokenizer(DataConfig(), 60, texts, max_seq_len=5)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    enc = tok.encode("The cat sat on the mat")
+    assert len(enc.ids) == 5 and enc.ids[0] == 2 and enc.ids[-1] == 3
+    assert tok.get_vocab_size() <= 60
+    # A saved tokenizer.json loads back with the same behaviour.
+    tok.save(str(tmp_path / "tok.json"))
+    again = build_tokenizer(DataConfig(vocab_path=str(tmp_path / "tok.json")), 0, [], 5)
+    assert again.encode("the cat sat on the mat").ids == enc.ids
+
+
+def test_missing_vocab_file(tmp_path):
+    with pytest.raises(DataError, match="vocab file not found"):
+        build_tokenizer(DataConfig(vocab_path=str(tmp_path / "v.txt")), 0, [])

@@ -1,0 +1,119 @@
+"""Local sweep launcher: command lines, thread split, fail-fast errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scalelab.distributed import LaunchError
+from scalelab.launch import local
+from scalelab.launch.local import SweepError, rank_threads, run_sweep, sweep_main, torchrun_argv
+from tests.conftest import REPO
+
+SMALL = REPO / "configs" / "ag_news_small.yaml"
+
+
+def test_one_rank_is_a_plain_process() -> None:
+    assert torchrun_argv(1, ["train", "--config", "c.yaml"], python="py") == [
+        "py", "-m", "scalelab", "train", "--config", "c.yaml",
+    ]  # fmt: skip
+
+
+def test_multi_rank_goes_through_torchrun() -> None:
+    assert torchrun_argv(4, ["train", "x=1"], python="py") == [
+        "py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+        "-m", "scalelab", "train", "x=1",
+    ]  # fmt: skip
+    assert torchrun_argv(2, [])[0] == sys.executable
+
+
+def test_multi_node_argv() -> None:
+    argv = torchrun_argv(1, ["train"], nnodes=2, standalone=False, python="py")
+    assert argv == ["py", "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                    "-m", "scalelab", "train"]  # fmt: skip
+    with pytest.raises(ValueError, match="single-node"):
+        torchrun_argv(2, ["train"], nnodes=2)
+    with pytest.raises(ValueError):
+        torchrun_argv(0, ["train"])
+
+
+def test_threads_per_rank() -> None:
+    assert rank_threads(1, cpus=16) == 16
+    assert rank_threads(4, cpus=16) == 4
+    assert rank_threads(3, cpus=16) == 5
+    assert rank_threads(8, cpus=2) == 1  # never 0 threads
+    assert rank_threads(4, 3, cpus=16) == 3  # explicit value wins
+    assert rank_threads(2) >= 1
+    with pytest.raises(ValueError):
+        rank_threads(2, 0)
+
+
+def test_sweep_runs_every_world_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_run(argv: list[str], env: dict[str, str], check: bool) -> subprocess.CompletedProcess:
+        calls.append((argv, env))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(local.subprocess, "run", fake_run)
+    monkeypatch.setattr(local, "available_cpus", lambda: 8)
+    runs = run_sweep(SMALL, [1, 2, 4], ["train.epochs=1"], out_dir=tmp_path, threads_per_rank=None)
+    assert runs == [tmp_path / f"ag_news_small-ws{n}" for n in (1, 2, 4)]
+    assert [env["OMP_NUM_THREADS"] for _, env in calls] == ["8", "4", "2"]
+    argv1, argv4 = calls[0][0], calls[2][0]
+    assert argv1[1:3] == ["-m", "scalelab"]
+    assert "--nproc_per_node=4" in argv4 and "--standalone" in argv4
+    tail = argv4[argv4.index("train") :]
+    assert tail == ["train", "--config", str(SMALL), f"output.dir={tmp_path}",
+                    "output.run_name=ag_news_small-ws4", "train.epochs=1"]  # fmt: skip
+
+    # a preset name resolves like `scalelab train --config ag_news_small`; name= renames the runs
+    calls.clear()
+    runs = run_sweep("ag_news_small", [2], ["name=mine"], out_dir=tmp_path, threads_per_rank=3)
+    assert runs == [tmp_path / "mine-ws2"]
+    assert calls[0][1]["OMP_NUM_THREADS"] == "3"
+    assert Path(calls[0][0][calls[0][0].index("--config") + 1]).is_file()
+
+
+def test_missing_config_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nope.yaml"
+    code = sweep_main(["--config", str(missing), "--world-sizes", "1,2", "--out", str(tmp_path)])
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and "nope.yaml" in err[0]
+
+
+def test_sweep_checks_every_world_size_before_running(tmp_path: Path) -> None:
+    assert issubclass(SweepError, LaunchError)  # the CLI prints LaunchErrors as one line, exit 2
+    # batch 30 runs on 1 and 2 ranks but not on 4: refuse before spending time on the first runs
+    with pytest.raises(SweepError, match="divisible"):
+        run_sweep(SMALL, [1, 2, 4], ["train.batch_size=30"], out_dir=tmp_path, threads_per_rank=1)
+    with pytest.raises(SweepError, match="--out"):
+        run_sweep(SMALL, [1], ["output.dir=elsewhere"], out_dir=tmp_path, threads_per_rank=1)
+    with pytest.raises(SweepError, match="distinct"):
+        run_sweep(SMALL, [2, 2], [], out_dir=tmp_path, threads_per_rank=1)
+
+
+def test_bad_world_sizes_flag(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        sweep_main(["--config", str(SMALL), "--world-sizes", "one,two"])
+    assert exc.value.code == 2
+    assert "--world-sizes" in capsys.readouterr().err
+
+
+def test_failing_run_names_world_size_and_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # a valid config whose training data does not exist: the real `train` process exits non-zero
+    code = sweep_main(
+        ["--config", str(SMALL), "--world-sizes", "1,2", "--out", str(tmp_path),
+         "data.source=files", f"data.train_path={tmp_path}/missing_train.csv",
+         f"data.test_path={tmp_path}/missing_test.csv"]
+    )  # fmt: skip
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sweep: sweep stopped: world size 1 failed with exit code ")
+    assert not err[-1].endswith(" 0")

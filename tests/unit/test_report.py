@@ -1,0 +1,178 @@
+"""Report files: CSV, LaTeX table, Markdown/text, self-contained HTML, compiling LaTeX."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scalelab.analysis import AnalysisError, load_runs
+from scalelab.analysis.predict import predict_scaling
+from scalelab.analysis.report import CSV_COLUMNS, format_predictions, tex_escape, write_report
+from tests.unit.runfolders import write_run, write_sweep
+
+PLOTS = (
+    "epoch_time",
+    "speedup",
+    "efficiency",
+    "throughput",
+    "accuracy",
+    "time_breakdown",
+    "predicted_vs_measured",
+)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    write_sweep(root / "sweep", [1, 2, 4])
+    # A second preset without a 1-rank run, with an input-bound, padded 4-rank run.
+    write_run(root / "sweep", "imdb_small-ws2", world_size=2, preset="imdb_small")
+    write_run(
+        root / "sweep",
+        "imdb_small-ws4",
+        world_size=4,
+        preset="imdb_small",
+        timing={"data_ms": 20.0, "step_ms": 51.0},
+        epoch_time_s=5.1,
+        summary={"data": {"pad_to_max_len": True, "delay_per_batch_s": 0.02}},
+    )
+    return write_report([root / "sweep"], root / "report", busbw_gbps=10.0, alpha_ms=0.05)
+
+
+def test_all_files_written_and_not_empty(report):
+    expected = {
+        "csv",
+        "summary_table",
+        "markdown",
+        "text",
+        "html",
+        "latex",
+        *(f"plot_{p}" for p in PLOTS),
+    }
+    assert set(report) == expected
+    for path in report.values():
+        assert path.is_file() and path.stat().st_size > 0
+    assert report["plot_speedup"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_csv_contents(report):
+    with report["csv"].open() as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = {r["run_name"]: r for r in reader}
+    assert len(rows) == 5
+    ws4 = rows["ag_news_small-ws4"]
+    assert float(ws4["speedup"]) == pytest.approx(100 / 31.25)
+    assert float(ws4["efficiency"]) == pytest.approx(100 / 31.25 / 4)
+    assert float(ws4["predicted_step_ms"]) == pytest.approx(30.6)
+    assert float(ws4["prediction_error_pct"]) == pytest.approx((30.6 - 31.25) / 31.25 * 100)
+    assert float(ws4["compute_to_comm_ratio"]) == pytest.approx(22.5 / 4)
+    assert rows["ag_news_small-ws1"]["karp_flatt"] == ""
+    # The imdb group has no 1-rank run: relative to 2 ranks, and no prediction.
+    assert float(rows["imdb_small-ws4"]["speedup"]) == pytest.approx(5.45 / 5.1)
+    assert rows["imdb_small-ws4"]["predicted_step_ms"] == ""
+
+
+def test_summary_table_is_booktabs_and_escaped(report):
+    tex = report["summary_table"].read_text()
+    for cmd in (r"\begin{table}", r"\toprule", r"\midrule", r"\bottomrule", r"\end{table}"):
+        assert cmd in tex
+    assert r"ag\_news\_small-ws4" in tex
+    assert tex.startswith("% requires \\usepackage{booktabs}")
+    body = tex.split("\n", 1)[1]
+    assert not re.search(r"(?<!\\)[_%#]", body), "unescaped LaTeX special character"
+    assert "3.2" in tex  # the 4-rank speedup
+
+
+def test_text_reports_carry_the_numbers(report):
+    for key in ("markdown", "text"):
+        text = report[key].read_text()
+        assert "1.83" in text  # 2-rank speedup = 100 / 54.5
+        assert "Amdahl fit: serial fraction s =" in text
+        assert "Karp-Flatt" in text
+        assert "Input-bound" in text and "delay_per_batch_s = 0.02 s" in text
+        assert "Padding waste" in text
+        assert "smallest world size (2 ranks" in text
+        assert "+0.0%" in text or "-2.1%" in text  # predicted vs measured error column
+    assert "![" in report["markdown"].read_text()
+
+
+def test_html_is_self_contained(report):
+    page = report["html"].read_text()
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert len(srcs) == len(PLOTS)
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<link" not in page.lower()
+    assert not re.search(r"<script[^>]*src=", page, re.IGNORECASE)
+    assert "http://" not in page and "https://" not in page
+    assert "<style>" in page and "Recommendation:" in page
+
+
+def test_single_run_report(tmp_path):
+    write_run(tmp_path / "runs", "only", world_size=1)
+    files = write_report([tmp_path / "runs" / "only"], tmp_path / "out")
+    assert all(p.stat().st_size > 0 for p in files.values())
+    assert "needs at least two world sizes" in files["text"].read_text()
+
+
+def test_bad_folder_is_an_analysis_error(tmp_path):
+    with pytest.raises(AnalysisError):
+        write_report([tmp_path / "missing"], tmp_path / "out")
+
+
+def test_format_predictions(tmp_path):
+    write_run(tmp_path, "base")
+    base = load_runs([tmp_path / "base"])[0].summary
+    text = format_predictions(predict_scaling(base, [1, 2, 4], busbw_gbps=10.0, alpha_ms=0.05))
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["world", "size"]
+    assert len(lines) == 2 + 3
+    assert "30.60" in lines[-1] and "81.7%" in lines[-1]
+
+
+def test_tex_escape():
+    assert tex_escape("a_b%c&d#e$f") == r"a\_b\%c\&d\#e$\$$f"
+    assert tex_escape("GPU™ x→y") == r"GPUTM x$\rightarrow$y"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_report_tex_compiles(report):
+    out = report["latex"].parent
+    tex = report["latex"].read_text()
+    for section in (
+        "Setup",
+        "Method of measurement",
+        "Results",
+        "Diagnosis",
+        "Cost model for prediction",
+    ):
+        assert rf"\section{{{section}}}" in tex
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    pdf = out / "report.pdf"
+    assert pdf.is_file() and pdf.stat().st_size > 10_000
+    log = (out / "report.log").read_text(errors="replace")
+    pages = int(re.search(r"Output written on report\.pdf \((\d+) pages?", log).group(1))
+    assert pages > 1
+    # Every float made it into the PDF with its label: one \newlabel per figure/table in the .aux.
+    aux = (out / "report.aux").read_text()
+    figures = tex.count(r"\begin{figure}")
+    tables = tex.count(r"\begin{table}")
+    assert figures == len(PLOTS)
+    assert tables == 1 + 1 + 2 + 1 + 1  # runs, summary, 2 scaling groups, breakdown, 1 prediction
+    assert len(re.findall(r"\\newlabel\{fig:", aux)) == figures
+    assert len(re.findall(r"\\newlabel\{tab:", aux)) == tables
+    assert log.count("<use ") >= figures  # every PNG was included
+    assert ".pk>" not in log, "bitmap (TS1) fonts were needed; escape to math-mode glyphs"
