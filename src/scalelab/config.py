@@ -65,9 +65,9 @@ class DataConfig:
     bucket_multiplier: int = 50
     """Length bucketing: sort each window of bucket_multiplier x global batch examples by length before batching."""
     max_train_samples: int = 0
-    """Use only the first N training examples (0 = all)."""
+    """Use a seeded random subset of N training examples, kept in file order (0 = all)."""
     max_test_samples: int = 0
-    """Use only the first N test examples (0 = all)."""
+    """Use a seeded random subset of N test examples, kept in file order (0 = all)."""
     on_device: bool = True
     """Keep the encoded dataset on the accelerator so a step does no host work (CUDA only)."""
     delay_per_batch_s: float = 0.0

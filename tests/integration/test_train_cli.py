@@ -103,10 +103,10 @@ def test_indivisible_global_batch_is_refused_before_anything_is_written(tmp_path
 @pytest.mark.parametrize(
     ("row", "fragment"),
     [
-        ('"1","title only"\n', "row 2"),
-        ('"9","t","d"\n', "row 2"),
-        ('"x","t","d"\n', "row 2"),
-        ('"2","",""\n', "row 2"),
+        ('"1","title only"\n', "line 2"),
+        ('"9","t","d"\n', "line 2"),
+        ('"x","t","d"\n', "line 2"),
+        ('"2","",""\n', "line 2"),
     ],
 )
 def test_malformed_data_rows_are_one_line_naming_file_and_row(tmp_path: Path, cache_dir: Path, row: str, fragment: str) -> None:
