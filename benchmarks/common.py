@@ -175,11 +175,11 @@ def print_table(rows: list[list[str]], header: list[str]) -> None:
     """Plain fixed-width table (no dependency; readable in CI logs)."""
     cols = [header, *rows]
     widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
-    line = "  ".join(f"{h:<{w}}" for h, w in zip(header, widths))
+    line = "  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True))
     print(line)
     print("-" * len(line))
     for r in rows:
-        print("  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths)))
+        print("  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths, strict=True)))
 
 
 # ----------------------------------------------------------------------------- scalelab's own loop
@@ -203,7 +203,9 @@ class ScalelabStepper:
     with the baseline's in one process, so machine noise hits both alike.
     """
 
-    def __init__(self, cfg, data, device: torch.device | None = None, compile_mode: str = "") -> None:
+    def __init__(
+        self, cfg, data, device: torch.device | None = None, compile_mode: str = ""
+    ) -> None:
         from scalelab import distributed as D
         from scalelab.data import TrainBatchSampler
         from scalelab.models import build_model
@@ -221,7 +223,9 @@ class ScalelabStepper:
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.net = self.model
         if compile_mode:
-            self.net = torch.compile(self.model, mode=None if compile_mode == "default" else compile_mode)
+            self.net = torch.compile(
+                self.model, mode=None if compile_mode == "default" else compile_mode
+            )
         elif cfg.train.compile:
             self.net = torch.compile(self.model)
         self.sampler = TrainBatchSampler(
@@ -240,6 +244,7 @@ class ScalelabStepper:
         self._it = None
         self.tokens = 0  # real (unpadded) tokens of the steps taken
         self.padded_tokens = 0  # what the batches cost (padded to each batch's longest)
+        self.real_tokens_sq = 0  # sum of squared real lengths (attention FLOPs)
 
     def _next(self):
         if self._it is None:
@@ -259,12 +264,22 @@ class ScalelabStepper:
         self.net.train()
         micro = self._next()
         self.loss_sum += train_step(
-            self.net, micro, self.data, self.opt, self.sched, None, self.timer, self.cfg, self.env, self.amp
+            self.net,
+            micro,
+            self.data,
+            self.opt,
+            self.sched,
+            None,
+            self.timer,
+            self.cfg,
+            self.env,
+            self.amp,
         )
         self.timer.end_step()
         lengths = self.data.train.lengths
         self.tokens += int(sum(lengths[mb].sum() for mb in micro))
         self.padded_tokens += int(sum(len(mb) * lengths[mb].max() for mb in micro))
+        self.real_tokens_sq += int(sum((lengths[mb] ** 2).sum() for mb in micro))
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -276,7 +291,7 @@ class ScalelabStepper:
             self.step()
         self.sync()
         self.timer.start_epoch()  # phase laps of the timed steps only
-        tok0, pad0 = self.tokens, self.padded_tokens
+        tok0, pad0, sq0 = self.tokens, self.padded_tokens, self.real_tokens_sq
         t0 = time.perf_counter()
         for _ in range(num_steps):
             self.step()
@@ -291,5 +306,42 @@ class ScalelabStepper:
             "elapsed_s": elapsed,
             "real_tokens": self.tokens - tok0,
             "padded_tokens": self.padded_tokens - pad0,
+            "real_tokens_sq": self.real_tokens_sq - sq0,
             "phase_ms": {k: v for k, v in phases.items() if k != "measured_steps"},
         }
+
+
+# ----------------------------------------------------------------------------- shared-machine noise
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    try:
+        fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields), idle
+
+
+def background_busy(interval_s: float = 1.0) -> float | None:
+    """Fraction of all cores busy over `interval_s` while this process sleeps (= other users' load)."""
+    a = _cpu_times()
+    time.sleep(interval_s)
+    b = _cpu_times()
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    return 1.0 - (b[1] - a[1]) / (b[0] - a[0])
+
+
+def wait_for_quiet(threshold: float = 0.25, max_wait_s: float = 30.0) -> dict[str, Any]:
+    """Wait (bounded) until other processes use < `threshold` of the cores; report what was seen.
+
+    Multi-threaded CPU runs slow down far more than proportionally when another process takes
+    a core (every parallel region waits for the descheduled thread), so a timed block is only
+    started on a quiet machine when possible, and the background load is recorded either way.
+    """
+    t0 = time.perf_counter()
+    busy = background_busy()
+    while busy is not None and busy >= threshold and time.perf_counter() - t0 < max_wait_s:
+        busy = background_busy(2.0)
+    return {"background_busy": busy, "waited_s": round(time.perf_counter() - t0, 1)}

@@ -105,6 +105,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report written to {args.out}/")
     for name, path in outputs.items():
         print(f"  {name}: {path}")
+    print(f"open in a browser: {outputs['html']}")
     return 0
 
 
@@ -129,20 +130,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the small preset on the bundled AG News sample with 1 and 2 CPU processes, then report."""
-    from scalelab.launch.local import run_sweep
+    from scalelab.analysis.report import write_report
+    from scalelab.launch.local import run_commbench, run_sweep
 
     out = Path(args.out or f"experiments/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     config = find_config("ag_news_small")
     overrides = ["data.source=sample", f"train.epochs={args.epochs}", *args.overrides]
-    print(f"scalelab demo: {config.name} on the bundled AG News sample, 1 and 2 processes -> {out}/", flush=True)
+    print(f"scalelab demo: {config.stem} on the bundled AG News sample, 1 and 2 processes -> {out}/", flush=True)
+    # One thread per rank: the 1-rank baseline gets the same resources as each of the 2 ranks.
     run_dirs = run_sweep(str(config), [1, 2], overrides, out_dir=str(out), threads_per_rank=1)
-    from scalelab.analysis.report import write_report
-
-    outputs = write_report(run_dirs, out / "report")
+    bench = run_commbench(2, out / "commbench", max_bytes="16M")
+    outputs = write_report(run_dirs, out / "report", commbench=bench)
     print("\nruns:")
     for d in run_dirs:
         print(f"  {d}")
-    print(f"report: {outputs.get('report.html', out / 'report' / 'report.html')}")
+    print(f"all-reduce bandwidth: {bench}")
+    print(f"report: {outputs['markdown']}")
+    print(f"open in a browser: {outputs['html']}")
     return 0
 
 

@@ -136,6 +136,17 @@ def run_sweep(
     return runs
 
 
+def run_commbench(nproc: int, out_dir: str | Path, *, max_bytes: str = "64M") -> Path:
+    """All-reduce sweep on `nproc` local ranks (torchrun); returns the commbench.json path."""
+    argv = torchrun_argv(nproc, ["commbench", "--out", str(out_dir), "--max-bytes", max_bytes])
+    env = {**os.environ, "OMP_NUM_THREADS": str(rank_threads(nproc)), "PYTHONUNBUFFERED": "1"}
+    print(f"[sweep] all-reduce bandwidth on {nproc} ranks: {shlex.join(argv)}", flush=True)
+    code = subprocess.run(argv, env=env, check=False).returncode
+    if code != 0:
+        raise SweepError(f"commbench on {nproc} ranks failed with exit code {code}")
+    return Path(out_dir) / "commbench.json"
+
+
 def _world_sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
@@ -160,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads-per-rank", type=int, default=None, help="OMP threads per rank (CPUs / ranks)"
     )
+    p.add_argument(
+        "--commbench", action="store_true",
+        help="also measure all-reduce bandwidth at the largest world size; predictions use it",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides like train.epochs=1")
     return p
 
@@ -180,15 +195,13 @@ def sweep_main(argv: list[str]) -> int:
             out_dir=args.out,
             threads_per_rank=args.threads_per_rank,
         )
+        bench = run_commbench(max(args.world_sizes), Path(args.out) / "commbench") if args.commbench and max(args.world_sizes) > 1 else None
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 1
     print("[sweep] runs: " + ", ".join(str(r) for r in runs))
-    try:
-        from scalelab.analysis.report import write_report
-    except ImportError:
-        return 0  # the report module is optional
-    report_dir = Path(args.out) / "report"
-    outputs = write_report(runs, report_dir)  # {name: path} of what it wrote
-    print(f"[sweep] report: {(outputs or {}).get('report.html', report_dir / 'report.html')}")
+    from scalelab.analysis.report import write_report
+
+    outputs = write_report(runs, Path(args.out) / "report", commbench=bench)
+    print(f"[sweep] report: {outputs['html']}")
     return 0

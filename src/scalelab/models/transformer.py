@@ -21,16 +21,28 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:n]
     keep = bits.view(x.shape) >= round(p * 65536) - 32768
-    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+    return x * (keep * (1.0 / (1.0 - p)))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
-    """SDPA with a key-padding mask; on CPU with attention dropout, the same maths with our fast dropout."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
+    """Softmax attention with an additive key-padding bias [B,1,1,T] (0 = attend, -inf = padding).
+
+    SDPA (flash/memory-efficient kernels) whenever it can; on CPU with attention dropout SDPA falls
+    back to unfused maths with slow dropout, so we do the maths ourselves: one baddbmm applies the
+    scale and the padding bias inside the matmul, then our fast dropout.
+    """
+    bias = bias.to(q.dtype)
     if p == 0.0 or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    return dropout(probs, p, True) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+    b, h, t, d = q.shape
+    scores = torch.baddbmm(
+        bias.expand(b, h, 1, t).reshape(b * h, 1, t),
+        q.reshape(b * h, t, d),
+        k.reshape(b * h, t, d).transpose(1, 2),
+        alpha=d**-0.5,
+    )
+    probs = dropout(torch.softmax(scores, dim=-1), p, True)
+    return (probs @ v.reshape(b * h, t, d)).view(b, h, t, d)
 
 
 class EncoderBlock(nn.Module):
@@ -45,13 +57,13 @@ class EncoderBlock(nn.Module):
         self.ff2 = nn.Linear(d_ff, d_model)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         h = self.norm1(x)
         q, k, v = self.qkv(h).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        # attn_mask [B,1,1,T] (True = attend) masks padded keys; padded queries are dropped by pooling.
-        a = attention(q, k, v, attn_mask, p)
+        # attn_bias masks padded keys; padded queries are dropped by the pooling.
+        a = attention(q, k, v, attn_bias, p)
         x = x + dropout(self.proj(a.transpose(1, 2).reshape(b, t, d)), p, self.training)
         h = self.ff2(dropout(F.gelu(self.ff1(self.norm2(x))), p, self.training))
         return x + dropout(h, p, self.training)
@@ -91,9 +103,11 @@ class TransformerClassifier(nn.Module):
         t = input_ids.shape[1]
         pos = torch.arange(t, device=input_ids.device)
         x = dropout(self.tok_emb(input_ids) + self.pos_emb(pos), self.dropout, self.training)
-        attn_mask = attention_mask[:, None, None, :]
+        # Built once per forward and shared by every block.
+        attn_bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
+        attn_bias = attn_bias.masked_fill_(~attention_mask, float("-inf"))[:, None, None, :]
         for block in self.blocks:
-            x = block(x, attn_mask)
+            x = block(x, attn_bias)
         x = self.norm(x)
         m = attention_mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)

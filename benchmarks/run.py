@@ -1,0 +1,444 @@
+"""scalelab's CPU benchmark: the one entry point (`python benchmarks/run.py [--quick]`).
+
+Figures, each printed with PASS/FAIL against its target and written to one JSON file:
+
+1. Training samples/s, scalelab's loop vs the study's way (`study_baseline.py`), same model,
+   same global batch, same tokenised data, one process, torch's default threads. scalelab is
+   timed through its own `train_step` (`common.ScalelabStepper`). Both run the same number
+   of timed steps after the same number of warm-up steps, in alternating rounds within this
+   one process, so load from other users of the machine hits both alike; the verdict uses
+   the median of the per-round ratios.
+2. Data preparation: tokenizer training + encoding of the full IMDB (50k reviews) and the
+   AG News files from the shared data folder into a fresh cache, cold and then warm.
+3. CPU data parallelism (small preset): 2 ranks x 1 thread under torchrun vs 1 rank x 1
+   thread and 1 rank x 2 threads, from the trainer's own metrics.csv (epoch 2, so start-up
+   and warm-up are excluded).
+4. Evaluation throughput of `scalelab.train.evaluate` and the runs' peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, `study_baseline`
+
+import torch  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_SHARED_DATA,
+    REPO,
+    ScalelabStepper,
+    default_out,
+    load_preset,
+    median,
+    print_table,
+    run_header,
+    shared_data_overrides,
+    spread,
+    verdict,
+    wait_for_quiet,
+    write_result,
+)
+from study_baseline import StudyTrainer, train_study_way  # noqa: E402
+
+TARGETS = {
+    "speedup_ag_news_small": 4.0,  # scalelab / study samples/s, at least
+    "speedup_ag_news_large": 3.0,
+    "prep_cold_s": 20.0,  # at most
+    "prep_warm_s": 1.0,  # at most
+    "ddp_speedup_2x1_vs_1x1": 1.8,  # at least (90 % efficiency)
+    "ddp_2x1_vs_1x2": 1.0,  # 2 ranks x 1 thread no slower than 1 rank x 2 threads
+}
+
+# (timed steps per round, rounds, warm-up steps per round) per preset, full and --quick.
+# The large preset's study-way step takes tens of seconds on 2 cores, hence few steps.
+THROUGHPUT_PLAN = {
+    False: {"ag_news_small": (40, 5, 3), "ag_news_large": (2, 3, 1)},
+    True: {"ag_news_small": (8, 2, 2), "ag_news_large": (1, 1, 1)},
+}
+
+
+# ----------------------------------------------------------------------------- 1. throughput
+
+
+def bench_throughput(
+    preset: str, data_overrides: list[str], cache_dir: Path, quick: bool
+) -> dict[str, Any]:
+    """scalelab vs study way on one preset; alternating rounds, median of per-round ratios."""
+    from scalelab.data import prepare_data
+    from scalelab.train import evaluate
+
+    steps, rounds, warmup = THROUGHPUT_PLAN[quick][preset]
+    cfg = load_preset(
+        preset, [*data_overrides, f"data.cache_dir={cache_dir}", "output.progress=none"]
+    )
+    data = prepare_data(cfg)
+    scalelab = ScalelabStepper(cfg, data)
+    study = StudyTrainer(cfg, data)
+    sl_runs, st_runs, ratios, quiet = [], [], [], []
+    for r in range(rounds):
+        # Alternate who goes first so a load change mid-round does not always hit one side.
+        order = ("scalelab", "study") if r % 2 == 0 else ("study", "scalelab")
+        res: dict[str, dict[str, Any]] = {}
+        quiet.append(wait_for_quiet())
+        for who in order:
+            if who == "scalelab":
+                res[who] = scalelab.run(steps, warmup_steps=warmup)
+            else:
+                res[who] = train_study_way(cfg, data, steps, warmup_steps=warmup, trainer=study)
+        sl_runs.append(res["scalelab"])
+        st_runs.append(res["study"])
+        ratios.append(res["scalelab"]["samples_per_s"] / res["study"]["samples_per_s"])
+        print(
+            f"  {preset} round {r + 1}/{rounds}: scalelab {res['scalelab']['samples_per_s']:,.1f} "
+            f"samples/s, study {res['study']['samples_per_s']:,.1f} samples/s, ratio {ratios[-1]:.2f} "
+            f"(background busy before: {quiet[-1]['background_busy']:.0%}, waited {quiet[-1]['waited_s']} s)",
+            flush=True,
+        )
+    # Evaluation throughput of the trainer's own `evaluate` (scalelab's model after training).
+    eval_sps = []
+    for _ in range(1 if quick else 3):
+        t0 = time.perf_counter()
+        evaluate(scalelab.net, scalelab.data, cfg, scalelab.env, scalelab.amp)
+        eval_sps.append(len(data.test) / (time.perf_counter() - t0))
+    sl_sps = [x["samples_per_s"] for x in sl_runs]
+    st_sps = [x["samples_per_s"] for x in st_runs]
+    phase_keys = sl_runs[0]["phase_ms"].keys()
+    return {
+        "preset": preset,
+        "data": data.description,
+        "num_train": len(data.train),
+        "num_test": len(data.test),
+        "num_params": scalelab.num_params,
+        "global_batch": cfg.train.batch_size,
+        "max_seq_len": cfg.model.max_seq_len,
+        "torch_threads": torch.get_num_threads(),
+        "timed_steps_per_round": steps,
+        "warmup_steps_per_round": warmup,
+        "rounds": rounds,
+        "scalelab_samples_per_s": spread(sl_sps),
+        "study_samples_per_s": spread(st_sps),
+        "ratio_per_round": ratios,
+        "ratio": median(ratios),
+        "ratio_of_medians": median(sl_sps) / median(st_sps),
+        "scalelab_real_tokens_per_step": sum(x["real_tokens"] for x in sl_runs) / (steps * rounds),
+        "scalelab_padded_tokens_per_step": sum(x["padded_tokens"] for x in sl_runs)
+        / (steps * rounds),
+        "study_padded_tokens_per_step": sum(x["padded_tokens"] for x in st_runs) / (steps * rounds),
+        "scalelab_phase_ms_median": {
+            k: median([x["phase_ms"][k] for x in sl_runs]) for k in phase_keys
+        },
+        "eval_examples_per_s": spread(eval_sps),
+        "study_dataloader_workers": study.loader.num_workers,
+        "background_load_before_rounds": quiet,
+    }
+
+
+# ----------------------------------------------------------------------------- 2. data prep
+
+
+def bench_data_prep(shared: Path, quick: bool) -> dict[str, Any]:
+    """Cold (fresh cache: tokenizer training + encoding) and warm (cache hit) preparation."""
+    from scalelab.data import prepare_data
+
+    if not (shared / "imdb" / "train.csv.gz").is_file():
+        return {"skipped": f"shared data folder not found: {shared} (give --shared-data)"}
+    jobs = [
+        ("imdb_small", "imdb"),  # 25k + 25k reviews
+        ("ag_news_small", "ag_news"),  # 10,429 + 7,600 rows
+    ]
+    cold_repeats = 1 if quick else 2
+    cold_totals, warm_totals, per_job = [], [], {}
+    for rep in range(cold_repeats):
+        cache = Path(tempfile.mkdtemp(prefix="scalelab-bench-prep-"))
+        try:
+            cold_total = 0.0
+            cfgs = []
+            for preset, dataset in jobs:
+                cfg = load_preset(
+                    preset, [*shared_data_overrides(shared, dataset), f"data.cache_dir={cache}"]
+                )
+                cfgs.append((preset, cfg))
+                t0 = time.perf_counter()
+                data = prepare_data(cfg)
+                dt = time.perf_counter() - t0
+                assert not data.cache_hit, "a fresh cache folder must miss"
+                cold_total += dt
+                per_job.setdefault(preset, {"cold_s": [], "warm_s": []})["cold_s"].append(dt)
+                per_job[preset].update(num_train=len(data.train), num_test=len(data.test))
+            cold_totals.append(cold_total)
+            for _ in range(3):  # warm: the same calls again hit the cache
+                warm_total = 0.0
+                for preset, cfg in cfgs:
+                    t0 = time.perf_counter()
+                    data = prepare_data(cfg)
+                    dt = time.perf_counter() - t0
+                    assert data.cache_hit, "the second call must hit the cache"
+                    warm_total += dt
+                    per_job[preset]["warm_s"].append(dt)
+                warm_totals.append(warm_total)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        print(
+            f"  data prep repeat {rep + 1}/{cold_repeats}: cold {cold_totals[-1]:.2f} s, "
+            f"warm {median(warm_totals[-3:]):.3f} s",
+            flush=True,
+        )
+    return {
+        "what": "imdb_small (IMDB 25k+25k, max_seq_len 512) + ag_news_small (AG News 10,429+7,600) "
+        "from data.source=files; cold = tokenizer training + encoding + cache write into a fresh "
+        "cache_dir; warm = the same prepare_data calls again (cache hit)",
+        "cold_s": spread(cold_totals),
+        "warm_s": spread(warm_totals),
+        "per_preset": per_job,
+    }
+
+
+# ----------------------------------------------------------------------------- 3. DDP on CPU
+
+
+def _train_run(
+    nproc: int, threads: int, out_dir: Path, name: str, overrides: list[str]
+) -> dict[str, Any]:
+    """One `scalelab train` run through scalelab's launcher; epoch-2 metrics and summary."""
+    from scalelab.launch.local import torchrun_argv
+
+    module_args = [
+        "train",
+        "--config",
+        "ag_news_small",
+        f"output.dir={out_dir}",
+        f"output.run_name={name}",
+        f"train.num_threads={threads}",
+        *overrides,
+    ]
+    argv = torchrun_argv(nproc, module_args)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"{name} failed ({res.returncode}): {(res.stderr or res.stdout)[-2000:]}"
+        )
+    run = out_dir / name
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    last = {k: float(v) for k, v in rows[-1].items()}
+    summary = json.loads((run / "summary.json").read_text())
+    return {
+        "ranks": nproc,
+        "threads_per_rank": threads,
+        "epoch": int(last["epoch"]),
+        "samples_per_s": last["samples_per_s"],
+        "epoch_time_s": last["epoch_time_s"],
+        "eval_time_s": last["eval_time_s"],
+        "eval_examples_per_s": summary["num_test_samples"] / last["eval_time_s"],
+        "step_ms": last["step_ms"],
+        "peak_mem_mb": last["peak_mem_mb"],
+        "val_acc": last["val_acc"],
+        "exposed_comm_ms": summary["comm"].get("exposed_comm_ms"),
+        "allreduce_ms": summary["comm"].get("allreduce_ms"),
+        "wall_s": wall,
+        "command": " ".join(argv),
+    }
+
+
+def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[str, Any]:
+    """1x1, 1x2 and 2x1 (ranks x threads) runs of the small preset, repeated in rotating order."""
+    overrides = [
+        *data_overrides,
+        f"data.cache_dir={cache_dir}",
+        "train.epochs=2",
+        "train.batch_size=32",
+        "train.save_checkpoint=false",
+        "output.progress=none",
+    ]
+    if quick:
+        overrides += [
+            "train.max_steps_per_epoch=20",
+            "train.comm_calibration_steps=2",
+            "data.max_test_samples=200",
+        ]
+    from scalelab.data import prepare_data
+
+    # Build the cache here, so no run's peak memory includes tokenizer training.
+    prepare_data(load_preset("ag_news_small", overrides))
+    layouts = [(1, 1), (1, 2), (2, 1)]
+    repeats = 1 if quick else 3
+    out_dir = Path(tempfile.mkdtemp(prefix="scalelab-bench-ddp-"))
+    runs: dict[str, list[dict[str, Any]]] = {f"{n}x{t}": [] for n, t in layouts}
+    try:
+        for rep in range(repeats):
+            for k in range(len(layouts)):
+                n, t = layouts[(k + rep) % len(layouts)]  # rotate the order each repeat
+                key = f"{n}x{t}"
+                quiet = wait_for_quiet()
+                r = _train_run(n, t, out_dir, f"{key}-rep{rep}", overrides)
+                r["background_load_before"] = quiet
+                runs[key].append(r)
+                print(
+                    f"  ddp {key} (ranks x threads) repeat {rep + 1}/{repeats}: epoch {r['epoch']} "
+                    f"{r['samples_per_s']:,.1f} samples/s, epoch {r['epoch_time_s']:.2f} s, "
+                    f"peak {r['peak_mem_mb']:.0f} MB (background busy before: "
+                    f"{quiet['background_busy']:.0%}, waited {quiet['waited_s']} s)",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+    def med(key: str, field: str) -> float:
+        return median([r[field] for r in runs[key]])
+
+    sps = {k: med(k, "samples_per_s") for k in runs}
+    speedup = sps["2x1"] / sps["1x1"]
+    return {
+        "what": "ag_news_small, global batch 32, train.epochs=2; figures are epoch 2 of each run "
+        "(metrics.csv samples_per_s), median over repeats",
+        "overrides": overrides,
+        "samples_per_s": sps,
+        "epoch_time_s": {k: med(k, "epoch_time_s") for k in runs},
+        "eval_examples_per_s": {k: med(k, "eval_examples_per_s") for k in runs},
+        "peak_mem_mb": {k: max(r["peak_mem_mb"] for r in runs[k]) for k in runs},
+        "speedup_2x1_vs_1x1": speedup,
+        "efficiency_2x1": speedup / 2,
+        "ratio_2x1_vs_1x2": sps["2x1"] / sps["1x2"],
+        "runs": runs,
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few steps and repeats (a smoke run)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result JSON (default benchmarks/results/<date>-<host>.json)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="train on <dir>/ag_news files instead of the bundled sample",
+    )
+    p.add_argument(
+        "--shared-data",
+        type=Path,
+        default=DEFAULT_SHARED_DATA,
+        help="for the data-prep figure (default ../shared/data)",
+    )
+    p.add_argument(
+        "--presets", default="ag_news_small,ag_news_large", help="throughput presets (comma list)"
+    )
+    p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,prep,ddp")
+    args = p.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    out = args.out or default_out("-quick" if args.quick else "")
+    header = run_header(None if argv is None else [sys.argv[0], *argv])
+    data_overrides = (
+        shared_data_overrides(args.data_dir) if args.data_dir else ["data.source=sample"]
+    )
+    result: dict[str, Any] = {
+        **header,
+        "quick": args.quick,
+        "targets": TARGETS,
+        "training_data": "bundled AG News sample" if not args.data_dir else str(args.data_dir),
+    }
+    cache_dir = Path(tempfile.mkdtemp(prefix="scalelab-bench-cache-"))
+    checks: list[list[str]] = []
+    try:
+        if "throughput" not in skip:
+            print("[1/3] training throughput: scalelab vs the study's way", flush=True)
+            result["throughput"] = {}
+            for preset in [x.strip() for x in args.presets.split(",") if x.strip()]:
+                tp = bench_throughput(preset, data_overrides, cache_dir, args.quick)
+                result["throughput"][preset] = tp
+                target = TARGETS.get(f"speedup_{preset}", float("nan"))
+                checks.append(
+                    [
+                        f"train samples/s {preset}",
+                        f"scalelab {tp['scalelab_samples_per_s']['median']:,.1f} vs study "
+                        f"{tp['study_samples_per_s']['median']:,.1f}: {tp['ratio']:.2f}x",
+                        f">= {target:g}x",
+                        verdict(tp["ratio"], target),
+                    ]
+                )
+                checks.append(
+                    [
+                        f"evaluate examples/s {preset}",
+                        f"{tp['eval_examples_per_s']['median']:,.1f}",
+                        "-",
+                        "info",
+                    ]
+                )
+        if "prep" not in skip:
+            print("[2/3] data preparation (IMDB 50k + AG News files)", flush=True)
+            prep = bench_data_prep(args.shared_data, args.quick)
+            result["data_prep"] = prep
+            if "skipped" in prep:
+                print(f"  SKIPPED: {prep['skipped']}")
+                checks.append(["data prep", prep["skipped"], "-", "SKIP"])
+            else:
+                cold, warm = prep["cold_s"]["median"], prep["warm_s"]["median"]
+                checks.append(
+                    ["data prep cold (s)", f"{cold:.2f}", "<= 20", verdict(cold, 20.0, False)]
+                )
+                checks.append(
+                    ["data prep warm (s)", f"{warm:.3f}", "<= 1", verdict(warm, 1.0, False)]
+                )
+        if "ddp" not in skip:
+            print("[3/3] CPU data parallelism, ag_news_small (ranks x threads)", flush=True)
+            ddp = bench_ddp(cache_dir, data_overrides, args.quick)
+            result["ddp_cpu"] = ddp
+            s = ddp["samples_per_s"]
+            checks.append(
+                [
+                    "DDP 2x1 vs 1x1 (speedup)",
+                    f"{s['2x1']:,.1f} vs {s['1x1']:,.1f}: {ddp['speedup_2x1_vs_1x1']:.2f}x "
+                    f"({100 * ddp['efficiency_2x1']:.0f} % eff.)",
+                    ">= 1.8x",
+                    verdict(ddp["speedup_2x1_vs_1x1"], TARGETS["ddp_speedup_2x1_vs_1x1"]),
+                ]
+            )
+            checks.append(
+                [
+                    "DDP 2x1 vs 1x2",
+                    f"{s['2x1']:,.1f} vs {s['1x2']:,.1f}: {ddp['ratio_2x1_vs_1x2']:.2f}x",
+                    ">= 1.0x",
+                    verdict(ddp["ratio_2x1_vs_1x2"], TARGETS["ddp_2x1_vs_1x2"]),
+                ]
+            )
+            for k, v in ddp["eval_examples_per_s"].items():
+                checks.append([f"evaluate examples/s (fit, {k})", f"{v:,.1f}", "-", "info"])
+            for k, v in ddp["peak_mem_mb"].items():
+                checks.append([f"peak memory MB (fit, {k}, per rank)", f"{v:,.0f}", "-", "info"])
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    result["checks"] = [
+        dict(zip(("figure", "measured", "target", "verdict"), c, strict=True)) for c in checks
+    ]
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print()
+    print_table(checks, ["figure", "measured", "target", "verdict"])
+    if args.quick:
+        print("\n(--quick: few steps and repeats; a smoke run, not a measurement)")
+    write_result(out, result)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
