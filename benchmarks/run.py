@@ -59,6 +59,9 @@ TARGETS = {
     "ddp_2x1_vs_1x2": 1.0,  # 2 ranks x 1 thread no slower than 1 rank x 2 threads
 }
 
+# Longest wait for other users' load to drop before a timed block (--max-quiet-wait).
+QUIET_WAIT_S = 30.0
+
 # (timed steps per round, rounds, warm-up steps per round) per preset, full and --quick.
 # The large preset's study-way step takes tens of seconds on 2 cores, hence few steps.
 THROUGHPUT_PLAN = {
@@ -89,7 +92,7 @@ def bench_throughput(
         # Alternate who goes first so a load change mid-round does not always hit one side.
         order = ("scalelab", "study") if r % 2 == 0 else ("study", "scalelab")
         res: dict[str, dict[str, Any]] = {}
-        quiet.append(wait_for_quiet())
+        quiet.append(wait_for_quiet(max_wait_s=QUIET_WAIT_S))
         for who in order:
             if who == "scalelab":
                 res[who] = scalelab.run(steps, warmup_steps=warmup)
@@ -282,7 +285,7 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
             for k in range(len(layouts)):
                 n, t = layouts[(k + rep) % len(layouts)]  # rotate the order each repeat
                 key = f"{n}x{t}"
-                quiet = wait_for_quiet()
+                quiet = wait_for_quiet(max_wait_s=QUIET_WAIT_S)
                 r = _train_run(n, t, out_dir, f"{key}-rep{rep}", overrides)
                 r["background_load_before"] = quiet
                 runs[key].append(r)
@@ -320,6 +323,7 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    global QUIET_WAIT_S
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few steps and repeats (a smoke run)")
     p.add_argument(
@@ -344,7 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         "--presets", default="ag_news_small,ag_news_large", help="throughput presets (comma list)"
     )
     p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,prep,ddp")
+    p.add_argument(
+        "--max-quiet-wait",
+        type=float,
+        default=QUIET_WAIT_S,
+        help="seconds to wait for a quiet machine before each timed block (default 30)",
+    )
     args = p.parse_args(argv)
+    QUIET_WAIT_S = args.max_quiet_wait
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     out = args.out or default_out("-quick" if args.quick else "")
     header = run_header(None if argv is None else [sys.argv[0], *argv])

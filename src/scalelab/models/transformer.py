@@ -34,6 +34,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     bias = bias.to(q.dtype)
     if p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+    return attention_math(q, k, v, bias, p)
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
     b, h, t, d = q.shape
     scores = torch.baddbmm(
         bias.expand(b, h, 1, t).reshape(b * h, 1, t),

@@ -1,0 +1,56 @@
+"""Smoke tests of the benchmark scripts: they run in tiny CPU mode and write the expected JSON.
+
+These check the plumbing (scripts start, measure something, write every key), not speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks"
+
+
+def _run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    res = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res
+
+
+@pytest.mark.slow
+def test_gpu_tiny_writes_smoke_json(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    _run([str(BENCH / "gpu.py"), "--tiny", "--out", str(out), "--cache-dir", str(tmp_path / "c")])
+    res = json.loads(out.read_text())
+    for key in ("device", "torch_version", "date", "command", "git_commit", "cases"):
+        assert key in res
+    assert res["smoke_test"] is True  # a CPU smoke run must never pass for a measurement
+    variants = res["cases"]["ag_news_small-b32"]
+    assert variants and "error" not in variants[0], variants
+    for key in ("samples_per_s", "epoch_time_s_120k", "mfu", "peak_mem_mb", "real_tokens_per_step"):
+        assert key in variants[0]
+    assert variants[0]["samples_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_run_quick_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    _run([
+        str(BENCH / "run.py"), "--quick", "--presets", "ag_news_small", "--skip", "prep,ddp",
+        "--max-quiet-wait", "0", "--out", str(out),
+    ])  # fmt: skip
+    res = json.loads(out.read_text())
+    for key in ("device", "torch_version", "git_commit", "command", "date", "checks", "quick"):
+        assert key in res
+    tp = res["throughput"]["ag_news_small"]
+    for key in ("scalelab_samples_per_s", "study_samples_per_s", "ratio", "eval_examples_per_s"):
+        assert key in tp
+    assert tp["scalelab_samples_per_s"]["median"] > 0 and tp["study_samples_per_s"]["median"] > 0
+    assert {c["verdict"] for c in res["checks"]} <= {"PASS", "FAIL", "SKIP", "info"}

@@ -1,0 +1,51 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scalelab.config import load_config
+from scalelab.models import build_model, count_parameters
+from scalelab.models.transformer import TransformerClassifier, attention_math, dropout
+
+
+def test_study_parameter_counts() -> None:
+    # embeddings dominate: 20k x d_model; the study quotes ~2M (small) and ~10M (large)
+    small = build_model(load_config("configs/ag_news_small.yaml").model, 20000, 4)
+    large = build_model(load_config("configs/ag_news_large.yaml").model, 20000, 4)
+    assert count_parameters(small) == 2_842_116
+    assert count_parameters(large) == 8_346_116
+
+
+def test_padding_does_not_change_the_output() -> None:
+    torch.manual_seed(0)
+    model = TransformerClassifier(100, 3, d_model=16, num_layers=2, num_heads=2, d_ff=32, max_seq_len=20).eval()
+    ids = torch.randint(5, 100, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], dtype=torch.bool)
+    padded_ids = F.pad(ids, (0, 5))
+    padded_mask = F.pad(mask, (0, 5))
+    torch.testing.assert_close(model(ids, mask), model(padded_ids, padded_mask), atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_attention_maths_equals_sdpa_without_dropout() -> None:
+    q, k, v = (torch.randn(3, 2, 6, 8) for _ in range(3))
+    keep = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] + [0] * 5], dtype=torch.bool)
+    bias = torch.zeros(3, 6).masked_fill(~keep, float("-inf"))[:, None, None, :]
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+    torch.testing.assert_close(attention_math(q, k, v, bias, 0.0), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fast_dropout_keeps_the_right_fraction_and_scales(p: float) -> None:
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000)
+    y = dropout(x, p, training=True)
+    kept = (y != 0).float().mean().item()
+    assert kept == pytest.approx(1 - p, abs=2e-3)
+    assert torch.allclose(y[y != 0], torch.tensor(1 / (1 - p)))
+    assert y.mean().item() == pytest.approx(1.0, abs=5e-3)  # unbiased in expectation
+    assert torch.equal(dropout(x, p, training=False), x)
+    # different draws each call, reproducible from the seed (needed for exact resume)
+    torch.manual_seed(1)
+    a = dropout(x, p, True)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x, p, True))
+    assert not torch.equal(a, dropout(x, p, True))
