@@ -12,12 +12,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun(args: list[str], nproc: int, *, cwd: Path | None = None, timeout: int = 600,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def torchrun(
+    args: list[str],
+    nproc: int,
+    *,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=N <args>`; --standalone picks a free port itself."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def rank_errors(res: subprocess.CompletedProcess) -> str:
@@ -26,12 +41,23 @@ def rank_errors(res: subprocess.CompletedProcess) -> str:
     return "\n".join(lines[-60:]) or res.stderr[-3000:]
 
 
-def scalelab(args: list[str], *, cwd: Path | None = None, timeout: int = 600,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def scalelab(
+    args: list[str],
+    *,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh single process, as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "scalelab", *args], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scalelab", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture

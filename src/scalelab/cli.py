@@ -100,7 +100,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from scalelab.analysis.report import write_report
 
     outputs = write_report(
-        args.runs, Path(args.out), commbench=args.commbench, busbw_gbps=args.busbw_gbps, alpha_ms=args.alpha_ms
+        args.runs,
+        Path(args.out),
+        commbench=args.commbench,
+        busbw_gbps=args.busbw_gbps,
+        alpha_ms=args.alpha_ms,
     )
     print(f"report written to {args.out}/")
     for name, path in outputs.items():
@@ -121,9 +125,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from scalelab.config import ConfigError
 
-        raise ConfigError("predict needs --commbench FILE or --busbw-gbps (and optionally --alpha-ms)")
+        raise ConfigError(
+            "predict needs --commbench FILE or --busbw-gbps (and optionally --alpha-ms)"
+        )
     sizes = [int(x) for x in args.world_sizes.split(",")]
-    preds = predict_scaling(run.summary, sizes, busbw_gbps=busbw, alpha_ms=alpha_ms, overlap=args.overlap)
+    preds = predict_scaling(
+        run.summary, sizes, busbw_gbps=busbw, alpha_ms=alpha_ms, overlap=args.overlap
+    )
     print(format_predictions(preds))
     return 0
 
@@ -136,7 +144,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out or f"experiments/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     config = find_config("ag_news_small")
     overrides = ["data.source=sample", f"train.epochs={args.epochs}", *args.overrides]
-    print(f"scalelab demo: {config.stem} on the bundled AG News sample, 1 and 2 processes -> {out}/", flush=True)
+    print(
+        f"scalelab demo: {config.stem} on the bundled AG News sample, 1 and 2 processes -> {out}/",
+        flush=True,
+    )
     # One thread per rank: the 1-rank baseline gets the same resources as each of the 2 ranks.
     run_dirs = run_sweep(str(config), [1, 2], overrides, out_dir=str(out), threads_per_rank=1)
     bench = run_commbench(2, out / "commbench", max_bytes="16M")
@@ -171,14 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_data)
 
     # Listed for --help only; main() hands their arguments to their own parsers.
-    sub.add_parser("sweep", help="train a preset at several world sizes with torchrun, then report (see sweep --help)")
-    sub.add_parser("commbench", help="all-reduce bandwidth sweep, run under torchrun (see commbench --help)")
+    sub.add_parser(
+        "sweep",
+        help="train a preset at several world sizes with torchrun, then report (see sweep --help)",
+    )
+    sub.add_parser(
+        "commbench", help="all-reduce bandwidth sweep, run under torchrun (see commbench --help)"
+    )
 
-    sp = sub.add_parser("report", help="speedup/efficiency tables, plots, diagnosis, HTML and LaTeX")
+    sp = sub.add_parser(
+        "report", help="speedup/efficiency tables, plots, diagnosis, HTML and LaTeX"
+    )
     sp.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--commbench", help="commbench.json for predictions")
-    sp.add_argument("--busbw-gbps", type=float, help="link bus bandwidth (GB/s), if no commbench file")
+    sp.add_argument(
+        "--busbw-gbps", type=float, help="link bus bandwidth (GB/s), if no commbench file"
+    )
     sp.add_argument("--alpha-ms", type=float, help="all-reduce latency (ms), with --busbw-gbps")
     sp.set_defaults(fn=cmd_report)
 
@@ -187,11 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--commbench", help="commbench.json")
     sp.add_argument("--busbw-gbps", type=float)
     sp.add_argument("--alpha-ms", type=float)
-    sp.add_argument("--overlap", type=float, help="fraction of all-reduce hidden behind backward (default: modelled)")
+    sp.add_argument(
+        "--overlap",
+        type=float,
+        help="fraction of all-reduce hidden behind backward (default: modelled)",
+    )
     sp.add_argument("--world-sizes", default="1,2,4,8")
     sp.set_defaults(fn=cmd_predict)
 
-    sp = sub.add_parser("demo", help="the main job: 1- and 2-process CPU runs of the small preset + report")
+    sp = sub.add_parser(
+        "demo", help="the main job: 1- and 2-process CPU runs of the small preset + report"
+    )
     sp.add_argument("--out", help="output folder (default experiments/demo-<time>)")
     sp.add_argument("--epochs", type=int, default=3)
     sp.add_argument("overrides", nargs="*")
@@ -219,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `scalelab config | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

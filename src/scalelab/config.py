@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -212,7 +213,9 @@ class Config:
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
         if m.max_seq_len < 3:
-            raise ConfigError(f"model.max_seq_len must be >= 3 ([CLS] text [SEP]), got {m.max_seq_len}")
+            raise ConfigError(
+                f"model.max_seq_len must be >= 3 ([CLS] text [SEP]), got {m.max_seq_len}"
+            )
         if m.num_classes == 1:
             raise ConfigError("model.num_classes must be 0 (from the dataset) or >= 2, got 1")
         if m.d_model % m.num_heads:
@@ -334,7 +337,9 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     cfg = Config()
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: top level must be a mapping of sections, got {type(raw).__name__}"
+        )
     for sec, body in raw.items():
         if sec == "name":
             set_value(cfg, "name", body)
@@ -365,7 +370,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> Config:
     """Load a YAML preset (or defaults), apply dotted overrides, validate (world-size-free checks)."""
     if path is None:
         cfg = Config()
@@ -404,7 +411,7 @@ def describe() -> str:
         docs: dict[str, str] = {}
         tree = ast.parse(inspect.getsource(cls))
         body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:]):
+        for node, nxt in itertools.pairwise(body):
             if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
                 docs[node.target.id] = nxt.value.value  # type: ignore[union-attr]
         lines.append(f"[{sec_name}]")

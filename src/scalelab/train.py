@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -94,7 +95,11 @@ def _set_threads(cfg: Config, env: D.DistEnv) -> int:
     if not n:
         # An explicit OMP_NUM_THREADS (torchrun sets 1, sweeps set cores / ranks) already sized the
         # pool; otherwise split the cores between this node's ranks so they do not oversubscribe.
-        n = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // env.local_world_size)
+        n = (
+            torch.get_num_threads()
+            if os.environ.get("OMP_NUM_THREADS")
+            else max(1, (os.cpu_count() or 1) // env.local_world_size)
+        )
     torch.set_num_threads(n)
     return n
 
@@ -114,7 +119,9 @@ def _make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torc
     return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
 
 
-def _make_scheduler(opt: torch.optim.Optimizer, cfg: Config, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _make_scheduler(
+    opt: torch.optim.Optimizer, cfg: Config, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = int(cfg.train.warmup_ratio * total_steps)
     kind = cfg.train.lr_schedule
 
@@ -134,7 +141,11 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: Config, total_steps: int) -
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -157,14 +168,18 @@ def _run_dir(cfg: Config, env: D.DistEnv) -> Path:
     name = cfg.output.run_name
     if not name:
         name = f"{cfg.name}-ws{env.world_size}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    name = D.broadcast_object(name, env)  # ranks may start a second apart; rank 0's clock names the run
+    name = D.broadcast_object(
+        name, env
+    )  # ranks may start a second apart; rank 0's clock names the run
     return Path(cfg.output.dir) / name
 
 
 class Progress:
     """Rank 0 only: a tqdm bar on a TTY, plain lines otherwise."""
 
-    def __init__(self, cfg: Config, env: D.DistEnv, total: int, epoch: int, num_epochs: int) -> None:
+    def __init__(
+        self, cfg: Config, env: D.DistEnv, total: int, epoch: int, num_epochs: int
+    ) -> None:
         mode = cfg.output.progress
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "plain"
@@ -182,7 +197,10 @@ class Progress:
             self.bar.update(n)
             self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:,.0f}")
         elif self.mode == "plain":
-            print(f"{self.prefix} step {step}/{self.total} loss {loss:.4f} {samples_per_s:,.0f} samples/s", flush=True)
+            print(
+                f"{self.prefix} step {step}/{self.total} loss {loss:.4f} {samples_per_s:,.0f} samples/s",
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -197,7 +215,9 @@ def log(env: D.DistEnv, msg: str) -> None:
 # ----------------------------------------------------------------------------- the step
 
 
-def _forward_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], amp: torch.dtype | None, device: torch.device):
+def _forward_loss(
+    model: nn.Module, batch: tuple[torch.Tensor, ...], amp: torch.dtype | None, device: torch.device
+):
     ids, mask, labels = batch
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         logits = model(ids, mask)
@@ -222,14 +242,18 @@ def train_step(
     loss_sum = torch.zeros((), device=env.device)
     for i, idx in enumerate(micro_batches):
         if cfg.data.delay_per_batch_s:
-            time.sleep(cfg.data.delay_per_batch_s)  # simulated slow input pipeline (diagnostics knob)
+            time.sleep(
+                cfg.data.delay_per_batch_s
+            )  # simulated slow input pipeline (diagnostics knob)
         batch = make_batch(data.train, idx, pad_to=pad_to)
         timer.lap("data")
         batch = tuple(t.to(env.device, non_blocking=True) for t in batch)
         timer.lap("h2d")
         # Only the last micro-step all-reduces: DDP's no_sync skips the others.
         last = i == accum - 1
-        sync_ctx = model.no_sync() if (env.is_distributed and not last) else contextlib.nullcontext()
+        sync_ctx = (
+            model.no_sync() if (env.is_distributed and not last) else contextlib.nullcontext()
+        )
         with sync_ctx:
             loss = _forward_loss(model, batch, amp, env.device) / accum
             timer.lap("forward")
@@ -252,7 +276,9 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: EncodedData, cfg: Config, env: D.DistEnv, amp: torch.dtype | None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: EncodedData, cfg: Config, env: D.DistEnv, amp: torch.dtype | None
+) -> tuple[float, float]:
     """Exact loss/accuracy under DDP: every test example is counted once, whatever the world size.
 
     Each rank evaluates a disjoint shard (no padding duplicates) with the unwrapped model, so no
@@ -267,7 +293,9 @@ def evaluate(model: nn.Module, data: EncodedData, cfg: Config, env: D.DistEnv, a
     correct = torch.zeros((), dtype=torch.int64, device=env.device)
     count = 0
     for idx in eval_shards(data.test.lengths, env.world_size, env.rank, per_rank):
-        ids, mask, labels = (t.to(env.device, non_blocking=True) for t in make_batch(data.test, idx, pad_to=pad_to))
+        ids, mask, labels = (
+            t.to(env.device, non_blocking=True) for t in make_batch(data.test, idx, pad_to=pad_to)
+        )
         with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
             logits = net(ids, mask).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
@@ -275,7 +303,9 @@ def evaluate(model: nn.Module, data: EncodedData, cfg: Config, env: D.DistEnv, a
         count += len(idx)
     net.train(was_training)
     # host-device sync: once per evaluation
-    total_loss, total_correct, total = D.all_reduce_sum([loss_sum.item(), float(correct.item()), float(count)], env)
+    total_loss, total_correct, total = D.all_reduce_sum(
+        [loss_sum.item(), float(correct.item()), float(count)], env
+    )
     assert int(total) == len(data.test), "evaluation must see every test example exactly once"
     return total_loss / total, total_correct / total
 
@@ -284,7 +314,12 @@ def evaluate(model: nn.Module, data: EncodedData, cfg: Config, env: D.DistEnv, a
 
 
 def measure_communication(
-    model: nn.Module, data: EncodedData, sampler: TrainBatchSampler, cfg: Config, env: D.DistEnv, amp: torch.dtype | None
+    model: nn.Module,
+    data: EncodedData,
+    sampler: TrainBatchSampler,
+    cfg: Config,
+    env: D.DistEnv,
+    amp: torch.dtype | None,
 ) -> dict[str, Any]:
     """Exposed all-reduce per step (calibration), and total all-reduce time of the real buckets.
 
@@ -294,7 +329,9 @@ def measure_communication(
     """
     from scalelab.commbench import measure_buckets
 
-    buckets = D.ddp_bucket_sizes(model) or D.gradient_buckets(_unwrap(model), cfg.distributed.bucket_cap_mb)
+    buckets = D.ddp_bucket_sizes(model) or D.gradient_buckets(
+        _unwrap(model), cfg.distributed.bucket_cap_mb
+    )
     comm: dict[str, Any] = {
         "grad_bytes": int(sum(buckets)),
         "bucket_bytes": buckets,
@@ -316,7 +353,7 @@ def measure_communication(
     pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
     sampler.set_epoch(10_000)  # batches the run did not train on; only their timing matters
     sampler.set_start_step(0)
-    batches = [mb[-1] for _, mb in zip(range(n + 1), sampler)]
+    batches = [mb[-1] for mb in itertools.islice(sampler, n + 1)]
     sync_ms, nosync_ms = [], []
     watch = Stopwatch(env.device)
     for i, idx in enumerate(batches):
@@ -341,7 +378,9 @@ def measure_communication(
         exposed_comm_ms=exposed,
         compute_ms=t_nosync,
         compute_to_comm_ratio=t_nosync / allreduce_ms if allreduce_ms > 0 else None,
-        overlap_fraction=min(1.0, max(0.0, 1.0 - exposed / allreduce_ms)) if allreduce_ms > 0 else None,
+        overlap_fraction=min(1.0, max(0.0, 1.0 - exposed / allreduce_ms))
+        if allreduce_ms > 0
+        else None,
     )
     return comm
 
@@ -404,7 +443,9 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
         data = data.to(env.device)  # whole encoded dataset on the GPU: a step does no host work
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:
-        raise ConfigError(f"model.num_classes={num_classes} but the data has {data.num_classes} classes")
+        raise ConfigError(
+            f"model.num_classes={num_classes} but the data has {data.num_classes} classes"
+        )
 
     model = build_model(cfg.model, data.vocab_size, num_classes).to(env.device)
     num_params = count_parameters(model)
@@ -413,7 +454,9 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
     model = D.wrap_ddp(model, cfg.distributed, env)
     share_device = D.ranks_share_device(env)
     if share_device:
-        raise D.LaunchError("two ranks share one GPU; give each rank its own device (CUDA_VISIBLE_DEVICES)")
+        raise D.LaunchError(
+            "two ranks share one GPU; give each rank its own device (CUDA_VISIBLE_DEVICES)"
+        )
     # DDP broadcast rank 0's weights; from here each rank needs its own dropout stream.
     torch.manual_seed(cfg.train.seed + 1 + env.rank)
 
@@ -518,22 +561,34 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
         for micro_batches in sampler:
             if state.step_in_epoch >= steps_per_epoch:
                 break
-            loss_sum += train_step(model, micro_batches, data, optimizer, scheduler, scaler, timer, cfg, env, amp)
+            loss_sum += train_step(
+                model, micro_batches, data, optimizer, scheduler, scaler, timer, cfg, env, amp
+            )
             timer.end_step()
             num_tokens += int(sum(train_split_lengths[mb].sum() for mb in micro_batches))
             state.step_in_epoch += 1
             state.global_step += 1
             steps_this_invocation += 1
             window_n += 1
-            if state.step_in_epoch % cfg.train.log_every_steps == 0 or state.step_in_epoch == steps_per_epoch:
-                if progress.mode != "none":
-                    # host-device sync: reading the loss; only every log_every_steps
-                    mean_loss = loss_sum.item() / state.step_in_epoch
-                    now = time.perf_counter()
-                    progress.update(state.step_in_epoch, window_n, mean_loss,
-                                    window_n * cfg.train.batch_size / max(now - window_t, 1e-9))
-                    window_t, window_n = now, 0
-            if cfg.train.checkpoint_every_steps and state.global_step % cfg.train.checkpoint_every_steps == 0:
+            log_now = (
+                state.step_in_epoch % cfg.train.log_every_steps == 0
+                or state.step_in_epoch == steps_per_epoch
+            )
+            if log_now and progress.mode != "none":
+                # host-device sync: reading the loss; only every log_every_steps
+                mean_loss = loss_sum.item() / state.step_in_epoch
+                now = time.perf_counter()
+                progress.update(
+                    state.step_in_epoch,
+                    window_n,
+                    mean_loss,
+                    window_n * cfg.train.batch_size / max(now - window_t, 1e-9),
+                )
+                window_t, window_n = now, 0
+            if (
+                cfg.train.checkpoint_every_steps
+                and state.global_step % cfg.train.checkpoint_every_steps == 0
+            ):
                 checkpoint(state, loss_sum)
             if cfg.train.stop_after_steps and steps_this_invocation >= cfg.train.stop_after_steps:
                 stop_requested = True
@@ -548,7 +603,9 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
 
         steps_done = state.step_in_epoch
         steps_timed = steps_done - first_step
-        (train_loss_sum, tokens_all) = D.all_reduce_sum([float(loss_sum.item()), float(num_tokens)], env)
+        (train_loss_sum, tokens_all) = D.all_reduce_sum(
+            [float(loss_sum.item()), float(num_tokens)], env
+        )
         eval_watch = Stopwatch(env.device)
         eval_watch.start()
         val_loss, val_acc = evaluate(model, data, cfg, env, amp)
@@ -556,8 +613,8 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
         phase = timer.epoch_summary()
         keys = [f"{p}_ms" for p in PHASES] + ["step_ms"]
         means, maxes = D.all_reduce_mean_max([phase[k] for k in keys], env)
-        mean_of = dict(zip(keys, means))
-        max_of = dict(zip(keys, maxes))
+        mean_of = dict(zip(keys, means, strict=True))
+        max_of = dict(zip(keys, maxes, strict=True))
         row = {
             "epoch": epoch + 1,
             "world_size": env.world_size,
@@ -583,7 +640,9 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
             f"{mean_of['step_ms']:.2f} ms = data {mean_of['data_ms']:.2f} + h2d {mean_of['h2d_ms']:.2f} + fwd "
             f"{mean_of['forward_ms']:.2f} + bwd {mean_of['backward_ms']:.2f} + opt {mean_of['optimizer_ms']:.2f}",
         )
-        state = TrainState(epoch=epoch + 1, step_in_epoch=0, global_step=state.global_step, metrics=state.metrics)
+        state = TrainState(
+            epoch=epoch + 1, step_in_epoch=0, global_step=state.global_step, metrics=state.metrics
+        )
         if env.is_main:
             _write_metrics(run_dir / "metrics.csv", state.metrics)
         checkpoint(state, torch.zeros((), device=env.device))
@@ -593,16 +652,24 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
 
     comm = measure_communication(model, data, sampler, cfg, env, amp)
     if env.is_main:
-        summary = _summary(cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, share_device)
+        summary = _summary(
+            cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, share_device
+        )
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        log(env, f"wrote {run_dir}/ (config.yaml, metrics.csv, summary.json{', ' + CHECKPOINT_NAME if cfg.train.save_checkpoint else ''})")
+        log(
+            env,
+            f"wrote {run_dir}/ (config.yaml, metrics.csv, summary.json{', ' + CHECKPOINT_NAME if cfg.train.save_checkpoint else ''})",
+        )
     D.barrier(env)
     return run_dir
 
 
 def _log_stopped(env: D.DistEnv, steps: int, run_dir: Path) -> None:
-    log(env, f"stopped after {steps} steps as asked (train.stop_after_steps); "
-             f"continue with train.resume=auto output.dir={run_dir.parent} output.run_name={run_dir.name}")
+    log(
+        env,
+        f"stopped after {steps} steps as asked (train.stop_after_steps); "
+        f"continue with train.resume=auto output.dir={run_dir.parent} output.run_name={run_dir.name}",
+    )
 
 
 def _summary(
@@ -629,7 +696,9 @@ def _summary(
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device_type": env.device.type,
-        "device_name": torch.cuda.get_device_name(env.device) if cuda else (platform.processor() or platform.machine()),
+        "device_name": torch.cuda.get_device_name(env.device)
+        if cuda
+        else (platform.processor() or platform.machine()),
         "device_count": torch.cuda.device_count() if cuda else 1,
         "backend": env.backend,
         "world_size": env.world_size,

@@ -22,7 +22,9 @@ TINY = [
 
 def run_worker(tmp: Path, name: str, nproc: int, cache: Path, *extra: str) -> list[dict]:
     out = tmp / name
-    res = torchrun([str(SCRIPTS / "ddp_worker.py"), str(out), *TINY, f"data.cache_dir={cache}", *extra], nproc)
+    res = torchrun(
+        [str(SCRIPTS / "ddp_worker.py"), str(out), *TINY, f"data.cache_dir={cache}", *extra], nproc
+    )
     assert res.returncode == 0, rank_errors(res)
     return [torch.load(out / f"rank{r}.pt") for r in range(nproc)]
 
@@ -51,7 +53,9 @@ def test_two_ranks_match_one_process(tmp_path: Path, cache_dir: Path) -> None:
         assert a | b == set(single["batches"][step][0])
 
 
-def test_accumulation_with_no_sync_matches_full_batch_and_skips_allreduce(tmp_path: Path, cache_dir: Path) -> None:
+def test_accumulation_with_no_sync_matches_full_batch_and_skips_allreduce(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     full = run_worker(tmp_path, "acc1", 2, cache_dir, "train.grad_accum_steps=1")
     accum = run_worker(tmp_path, "acc2", 2, cache_dir, "train.grad_accum_steps=2")
     assert_params_close(full[0]["params"], accum[0]["params"])
@@ -64,7 +68,9 @@ def test_accumulation_with_no_sync_matches_full_batch_and_skips_allreduce(tmp_pa
 
 
 @pytest.mark.parametrize("nproc", [2, 3])
-def test_evaluation_is_exact_for_any_world_size(tmp_path: Path, cache_dir: Path, nproc: int) -> None:
+def test_evaluation_is_exact_for_any_world_size(
+    tmp_path: Path, cache_dir: Path, nproc: int
+) -> None:
     common = [*TINY, f"data.cache_dir={cache_dir}"]
     outs = []
     for n in (1, nproc):

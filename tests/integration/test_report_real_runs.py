@@ -48,8 +48,14 @@ def test_slow_input_pipeline_is_diagnosed_as_input_bound(slow_input_runs: Path) 
 
 def test_report_numbers_match_the_run_folders(slow_input_runs: Path, tmp_path: Path) -> None:
     outputs = write_report([slow_input_runs], tmp_path / "report")
-    rows = {int(r["world_size"]): r for r in csv.DictReader((tmp_path / "report" / "comprehensive_summary.csv").open())}
-    summaries = {json.loads(p.read_text())["world_size"]: json.loads(p.read_text()) for p in slow_input_runs.glob("*/summary.json")}
+    rows = {
+        int(r["world_size"]): r
+        for r in csv.DictReader((tmp_path / "report" / "comprehensive_summary.csv").open())
+    }
+    summaries = {
+        json.loads(p.read_text())["world_size"]: json.loads(p.read_text())
+        for p in slow_input_runs.glob("*/summary.json")
+    }
     for n, s in summaries.items():
         assert float(rows[n]["epoch_time_s"]) == pytest.approx(s["mean_epoch_time_s"], rel=1e-3)
         assert float(rows[n]["final_val_acc"]) == pytest.approx(s["final_val_acc"], rel=1e-3)

@@ -40,7 +40,11 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     assert list(rows[0].keys()) == METRIC_COLUMNS
     assert all(r["world_size"] == "2" and r["global_batch"] == "16" for r in rows)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["backend"] == "gloo" and summary["per_rank_batch"] == 8
+    assert (
+        summary["world_size"] == 2
+        and summary["backend"] == "gloo"
+        and summary["per_rank_batch"] == 8
+    )
     assert summary["num_params"] > 0 and 0 < summary["final_val_acc"] <= 1
     assert summary["num_test_samples"] == 203
     comm = summary["comm"]
@@ -52,13 +56,16 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     t = summary["timing"]
     assert t["step_ms"] > 0 and t["forward_ms"] > 0 and t["backward_ms"] > 0
     assert t["step_ms"] == pytest.approx(
-        t["data_ms"] + t["h2d_ms"] + t["forward_ms"] + t["backward_ms"] + t["optimizer_ms"], rel=1e-3
+        t["data_ms"] + t["h2d_ms"] + t["forward_ms"] + t["backward_ms"] + t["optimizer_ms"],
+        rel=1e-3,
     )
     # only rank 0 prints progress
     assert res.stdout.count("epoch 2/2:") == 1
 
 
-def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path, cache_dir: Path) -> None:
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
+    tmp_path: Path, cache_dir: Path
+) -> None:
     base = ["train", *common(tmp_path, cache_dir), "train.epochs=2", "train.max_steps_per_epoch=6",
             "train.num_threads=1"]  # fmt: skip
     assert scalelab([*base, "output.run_name=full"]).returncode == 0
@@ -93,8 +100,12 @@ def test_bad_config_key_is_one_line(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_indivisible_global_batch_is_refused_before_anything_is_written(tmp_path: Path, cache_dir: Path) -> None:
-    res = torchrun(["-m", "scalelab", "train", *common(tmp_path, cache_dir), "train.batch_size=15"], nproc=2)
+def test_indivisible_global_batch_is_refused_before_anything_is_written(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    res = torchrun(
+        ["-m", "scalelab", "train", *common(tmp_path, cache_dir), "train.batch_size=15"], nproc=2
+    )
     assert res.returncode != 0
     assert "train.batch_size=15 is not divisible by world_size" in res.stderr
     assert not (tmp_path / "exp").exists()
@@ -109,7 +120,9 @@ def test_indivisible_global_batch_is_refused_before_anything_is_written(tmp_path
         ('"2","",""\n', "line 2"),
     ],
 )
-def test_malformed_data_rows_are_one_line_naming_file_and_row(tmp_path: Path, cache_dir: Path, row: str, fragment: str) -> None:
+def test_malformed_data_rows_are_one_line_naming_file_and_row(
+    tmp_path: Path, cache_dir: Path, row: str, fragment: str
+) -> None:
     bad = tmp_path / "train.csv.gz"
     with gzip.open(bad, "wt", encoding="utf-8") as f:
         f.write('"1","Good title","good description"\n' + row)
@@ -124,14 +137,38 @@ def test_bad_encoding_and_missing_file(tmp_path: Path, cache_dir: Path) -> None:
     bad = tmp_path / "latin.csv"
     bad.write_bytes('"1","caf\xe9","d"\n'.encode("latin-1"))
     test = "src/scalelab/data/bundled/ag_news_test.csv.gz"
-    res = scalelab(["train", "data.source=files", f"data.train_path={bad}", f"data.test_path={test}", *common(tmp_path, cache_dir)])
+    res = scalelab(
+        [
+            "train",
+            "data.source=files",
+            f"data.train_path={bad}",
+            f"data.test_path={test}",
+            *common(tmp_path, cache_dir),
+        ]
+    )
     _assert_one_line_error(res, "latin.csv")
-    res = scalelab(["train", "data.source=files", f"data.train_path={tmp_path}/nope.csv", f"data.test_path={test}", *common(tmp_path, cache_dir)])
+    res = scalelab(
+        [
+            "train",
+            "data.source=files",
+            f"data.train_path={tmp_path}/nope.csv",
+            f"data.test_path={test}",
+            *common(tmp_path, cache_dir),
+        ]
+    )
     _assert_one_line_error(res, "nope.csv")
 
 
-def test_existing_run_is_never_overwritten_and_bad_checkpoint_is_one_line(tmp_path: Path, cache_dir: Path) -> None:
-    args = ["train", *common(tmp_path, cache_dir), "train.epochs=1", "train.max_steps_per_epoch=3", "output.run_name=r"]
+def test_existing_run_is_never_overwritten_and_bad_checkpoint_is_one_line(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    args = [
+        "train",
+        *common(tmp_path, cache_dir),
+        "train.epochs=1",
+        "train.max_steps_per_epoch=3",
+        "output.run_name=r",
+    ]
     assert scalelab(args).returncode == 0
     metrics = (tmp_path / "exp" / "r" / "metrics.csv").read_bytes()
     res = scalelab(args)

@@ -17,12 +17,16 @@ def test_study_parameter_counts() -> None:
 
 def test_padding_does_not_change_the_output() -> None:
     torch.manual_seed(0)
-    model = TransformerClassifier(100, 3, d_model=16, num_layers=2, num_heads=2, d_ff=32, max_seq_len=20).eval()
+    model = TransformerClassifier(
+        100, 3, d_model=16, num_layers=2, num_heads=2, d_ff=32, max_seq_len=20
+    ).eval()
     ids = torch.randint(5, 100, (2, 7))
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], dtype=torch.bool)
     padded_ids = F.pad(ids, (0, 5))
     padded_mask = F.pad(mask, (0, 5))
-    torch.testing.assert_close(model(ids, mask), model(padded_ids, padded_mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model(ids, mask), model(padded_ids, padded_mask), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_cpu_attention_maths_equals_sdpa_without_dropout() -> None:

@@ -172,7 +172,8 @@ def _parser() -> argparse.ArgumentParser:
         "--threads-per-rank", type=int, default=None, help="OMP threads per rank (CPUs / ranks)"
     )
     p.add_argument(
-        "--commbench", action="store_true",
+        "--commbench",
+        action="store_true",
         help="also measure all-reduce bandwidth at the largest world size; predictions use it",
     )
     p.add_argument("overrides", nargs="*", help="config overrides like train.epochs=1")
@@ -195,7 +196,11 @@ def sweep_main(argv: list[str]) -> int:
             out_dir=args.out,
             threads_per_rank=args.threads_per_rank,
         )
-        bench = run_commbench(max(args.world_sizes), Path(args.out) / "commbench") if args.commbench and max(args.world_sizes) > 1 else None
+        bench = (
+            run_commbench(max(args.world_sizes), Path(args.out) / "commbench")
+            if args.commbench and max(args.world_sizes) > 1
+            else None
+        )
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 1

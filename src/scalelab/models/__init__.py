@@ -24,7 +24,9 @@ def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int) -> nn.Modul
     if cfg.arch == "distilbert":
         from scalelab.models.distilbert import DistilBertClassifier
 
-        return DistilBertClassifier(vocab_size, num_classes, cfg.max_seq_len, cfg.dropout, cfg.pretrained)
+        return DistilBertClassifier(
+            vocab_size, num_classes, cfg.max_seq_len, cfg.dropout, cfg.pretrained
+        )
     raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
 
 

@@ -9,7 +9,14 @@ from torch import nn
 class DistilBertClassifier(nn.Module):
     """Thin wrapper so DistilBERT takes (input_ids, attention_mask) and returns logits like our model."""
 
-    def __init__(self, vocab_size: int, num_classes: int, max_seq_len: int, dropout: float, pretrained: str = "") -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        max_seq_len: int,
+        dropout: float,
+        pretrained: str = "",
+    ) -> None:
         super().__init__()
         try:
             from transformers import DistilBertConfig, DistilBertForSequenceClassification

@@ -19,12 +19,16 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
     n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:n]
+    bits = (
+        torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:n]
+    )
     keep = bits.view(x.shape) >= round(p * 65536) - 32768
     return x * (keep * (1.0 / (1.0 - p)))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float
+) -> torch.Tensor:
     """Softmax attention with an additive key-padding bias [B,1,1,T] (0 = attend, -inf = padding).
 
     SDPA (flash/memory-efficient kernels) whenever it can; on CPU with attention dropout SDPA falls
@@ -37,7 +41,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     return attention_math(q, k, v, bias, p)
 
 
-def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
+def attention_math(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float
+) -> torch.Tensor:
     b, h, t, d = q.shape
     scores = torch.baddbmm(
         bias.expand(b, h, 1, t).reshape(b * h, 1, t),
@@ -64,7 +70,9 @@ class EncoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         h = self.norm1(x)
-        q, k, v = self.qkv(h).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(h).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
         p = self.dropout if self.training else 0.0
         # attn_bias masks padded keys; padded queries are dropped by the pooling.
         a = attention(q, k, v, attn_bias, p)
@@ -90,7 +98,9 @@ class TransformerClassifier(nn.Module):
         super().__init__()
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(max_seq_len, d_model)
-        self.blocks = nn.ModuleList(EncoderBlock(d_model, num_heads, d_ff, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            EncoderBlock(d_model, num_heads, d_ff, dropout) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
         self.dropout = dropout

@@ -7,6 +7,7 @@ batches each rank saw, and the evaluation result.
 usage: ddp_worker.py OUT_DIR key=value ...   (config overrides)
 """
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from scalelab.timing import StepTimer
 from scalelab.train import _make_optimizer, _make_scheduler, evaluate, train_step
 
 
-def counting_allreduce_hook(state: dict, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def counting_allreduce_hook(
+    state: dict, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
     # (no `from __future__ import annotations`: DDP checks these annotations at runtime)
     state["calls"] += 1
     return default_hooks.allreduce_hook(None, bucket)
@@ -42,8 +45,13 @@ def main() -> None:
         if env.is_distributed:
             model.register_comm_hook(hook_state, counting_allreduce_hook)
         sampler = TrainBatchSampler(
-            data.train.lengths, cfg.train.batch_size, env.world_size, env.rank, cfg.train.grad_accum_steps,
-            cfg.train.seed, cfg.data.bucket_multiplier,
+            data.train.lengths,
+            cfg.train.batch_size,
+            env.world_size,
+            env.rank,
+            cfg.train.grad_accum_steps,
+            cfg.train.seed,
+            cfg.data.bucket_multiplier,
         )
         steps = cfg.train.max_steps_per_epoch
         opt = _make_optimizer(model, cfg, env.device)
@@ -51,7 +59,7 @@ def main() -> None:
         timer = StepTimer(env.device)
         sampler.set_epoch(0)
         seen = []
-        for _, micro in zip(range(steps), sampler):
+        for micro in itertools.islice(sampler, steps):
             train_step(model, micro, data, opt, sched, None, timer, cfg, env, None)
             timer.end_step()
             seen.append([m.tolist() for m in micro])
@@ -63,7 +71,9 @@ def main() -> None:
             "batches": seen,
             "val_loss": val_loss,
             "val_acc": val_acc,
-            "num_buckets": len(D.ddp_bucket_sizes(model) or D.gradient_buckets(net, cfg.distributed.bucket_cap_mb)),
+            "num_buckets": len(
+                D.ddp_bucket_sizes(model) or D.gradient_buckets(net, cfg.distributed.bucket_cap_mb)
+            ),
         }
         out.mkdir(parents=True, exist_ok=True)
         torch.save(result, out / f"rank{env.rank}.pt")
