@@ -157,3 +157,16 @@ def test_trained_ids_are_deterministic():
     a = build_tokenizer(DataConfig(), 500, texts)
     b = build_tokenizer(DataConfig(), 500, texts)
     assert a.get_vocab() == b.get_vocab()
+
+
+def test_encoded_data_to_device_keeps_host_lengths(tmp_path) -> None:
+    from scalelab.config import load_config
+    from scalelab.data import prepare_data
+
+    cfg = load_config(None, [f"data.cache_dir={tmp_path}", "data.max_train_samples=64",
+                             "data.max_test_samples=32", "model.vocab_size=500"])  # fmt: skip
+    data = prepare_data(cfg)
+    moved = data.to("cpu")
+    assert moved.train.tokens.device.type == "cpu" and moved.test.labels.device.type == "cpu"
+    assert moved.train.lengths is data.train.lengths  # batch lengths stay on the host (no sync)
+    assert len(moved.train) == 64 and len(moved.test) == 32

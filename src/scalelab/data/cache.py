@@ -84,6 +84,10 @@ class EncodedData:
     tokenizer_json: str = ""
     max_seq_len: int = 0
 
+    def to(self, device: torch.device | str) -> EncodedData:
+        """Copy whose splits live on ``device`` (a step then gathers batches there, no host work)."""
+        return replace(self, train=self.train.to(device), test=self.test.to(device))
+
     def tokenizer(self) -> Tokenizer:
         """The tokenizer the data was encoded with (e.g. to encode new text for inference)."""
         return Tokenizer.from_str(self.tokenizer_json)
