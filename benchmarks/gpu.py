@@ -83,7 +83,9 @@ def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
     return n_total - n_emb, layers, width
 
 
-def train_flops(n_nonemb: int, layers: int, width: int, real_tokens: int, real_tokens_sq: int) -> float:
+def train_flops(
+    n_nonemb: int, layers: int, width: int, real_tokens: int, real_tokens_sq: int
+) -> float:
     """Analytic training FLOPs (see the module docstring)."""
     return 6.0 * n_nonemb * real_tokens + 12.0 * layers * width * real_tokens_sq
 
@@ -116,7 +118,9 @@ def bench_variant(
         "model_tflops_per_s": achieved / 1e12,
         "mfu": achieved / (peak * 1e12) if peak else None,
         "peak_bf16_tflops": peak,
-        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
         "num_params": stepper.num_params,
         "num_params_nonembedding": n_nonemb,
         "timed_steps": steps,
@@ -140,16 +144,31 @@ def cases(tiny: bool) -> list[tuple[str, str, list[str]]]:
         ("ag_news_small-b32", "ag_news_small", ["train.batch_size=32"]),
         ("ag_news_small-b256", "ag_news_small", ["train.batch_size=256"]),
         ("ag_news_large-b128", "ag_news_large", ["train.batch_size=128"]),
-        ("distilbert-seq256-b128", "ag_news_distilbert", ["model.max_seq_len=256", "train.batch_size=128"]),
-        ("distilbert-seq128-b128", "ag_news_distilbert", ["model.max_seq_len=128", "train.batch_size=128"]),
+        (
+            "distilbert-seq256-b128",
+            "ag_news_distilbert",
+            ["model.max_seq_len=256", "train.batch_size=128"],
+        ),
+        (
+            "distilbert-seq128-b128",
+            "ag_news_distilbert",
+            ["model.max_seq_len=128", "train.batch_size=128"],
+        ),
     ]
 
 
 def variants(case: str, cuda: bool, tiny: bool) -> list[tuple[str, str, bool]]:
     """(precision, compile mode, pad_to_max_len) to run for a case."""
     if not cuda:
-        return [("fp32", "", False)]  # bf16 autocast is CUDA-only in scalelab; compile is slow to smoke
-    out = [("fp32", "", False), ("bf16", "", False), ("fp32", "default", False), ("bf16", "default", False)]
+        return [
+            ("fp32", "", False)
+        ]  # bf16 autocast is CUDA-only in scalelab; compile is slow to smoke
+    out = [
+        ("fp32", "", False),
+        ("bf16", "", False),
+        ("fp32", "default", False),
+        ("bf16", "default", False),
+    ]
     if case.startswith("ag_news_small") and not tiny:
         # The small model is launch-bound: CUDA graphs replay the whole step in one launch.
         out.append(("bf16", "reduce-overhead", True))
@@ -158,10 +177,21 @@ def variants(case: str, cuda: bool, tiny: bool) -> list[tuple[str, str, bool]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true", help="tiny models, few steps: a smoke test (CPU is fine)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 50; tiny 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10, 30 with compile)")
-    p.add_argument("--data-dir", type=Path, default=None, help="use <dir>/ag_news files instead of the bundled sample")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny models, few steps: a smoke test (CPU is fine)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="timed steps per variant (default 50; tiny 3)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default 10, 30 with compile)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="use <dir>/ag_news files instead of the bundled sample",
+    )
     p.add_argument("--cache-dir", default="", help="scalelab data cache folder")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -179,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache_dir:
         data_over.append(f"data.cache_dir={args.cache_dir}")
     if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as users run them
+        torch.backends.cuda.matmul.allow_tf32 = (
+            True  # fp32 matmuls on tensor cores, as users run them
+        )
         torch.backends.cudnn.allow_tf32 = True
     result: dict[str, Any] = {
         **run_header(None if argv is None else [sys.argv[0], *argv]),
@@ -200,37 +232,63 @@ def main(argv: list[str] | None = None) -> int:
                 import transformers  # noqa: F401
             data = prepare_data(cfg)
         except (ImportError, ConfigError, ValueError) as exc:
-            msg = f"skipped: {exc}" if not isinstance(exc, ImportError) else "skipped: needs `transformers` (pip install 'scalelab[hf]')"
+            msg = (
+                f"skipped: {exc}"
+                if not isinstance(exc, ImportError)
+                else "skipped: needs `transformers` (pip install 'scalelab[hf]')"
+            )
             print(f"{case}: {msg}", flush=True)
             result["skipped"][case] = msg
             continue
         result["cases"][case] = []
         for precision, compile_mode, pad in variants(case, cuda, args.tiny):
             cfg.data.pad_to_max_len = pad
-            warmup = args.warmup if args.warmup is not None else (1 if args.tiny else (30 if compile_mode else 10))
+            warmup = (
+                args.warmup
+                if args.warmup is not None
+                else (1 if args.tiny else (30 if compile_mode else 10))
+            )
             t0 = time.perf_counter()
             try:
-                r = bench_variant(cfg, data, steps=steps, warmup=warmup, precision=precision, compile_mode=compile_mode)
+                r = bench_variant(
+                    cfg,
+                    data,
+                    steps=steps,
+                    warmup=warmup,
+                    precision=precision,
+                    compile_mode=compile_mode,
+                )
             except Exception as exc:  # one failing variant (e.g. compile) must not lose the others
-                r = {"precision": precision, "compile": compile_mode or "off", "error": f"{type(exc).__name__}: {exc}"}
+                r = {
+                    "precision": precision,
+                    "compile": compile_mode or "off",
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
             r["wall_s"] = time.perf_counter() - t0
             result["cases"][case].append(r)
             if "error" in r:
                 rows.append([case, precision, r["compile"], "-", "-", "-", "-", r["error"][:60]])
                 continue
-            rows.append([
-                case,
-                precision,
-                r["compile"] + (" (pad)" if pad else ""),
-                f"{r['samples_per_s']:,.0f}",
-                f"{r['epoch_time_s_120k']:,.1f}",
-                f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a",
-                f"{r['peak_mem_mb']:,.0f}" if r["peak_mem_mb"] is not None else "n/a",
-                "",
-            ])
-            print(f"{case} {precision} compile={r['compile']}: {r['samples_per_s']:,.0f} samples/s", flush=True)
+            rows.append(
+                [
+                    case,
+                    precision,
+                    r["compile"] + (" (pad)" if pad else ""),
+                    f"{r['samples_per_s']:,.0f}",
+                    f"{r['epoch_time_s_120k']:,.1f}",
+                    f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a",
+                    f"{r['peak_mem_mb']:,.0f}" if r["peak_mem_mb"] is not None else "n/a",
+                    "",
+                ]
+            )
+            print(
+                f"{case} {precision} compile={r['compile']}: {r['samples_per_s']:,.0f} samples/s",
+                flush=True,
+            )
     print()
-    print_table(rows, ["case", "prec", "compile", "samples/s", "s/120k epoch", "MFU", "peak MB", "note"])
+    print_table(
+        rows, ["case", "prec", "compile", "samples/s", "s/120k epoch", "MFU", "peak MB", "note"]
+    )
     if args.tiny:
         print("\n--tiny: smoke test with tiny models, not a measurement")
     slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")

@@ -36,7 +36,9 @@ from common import (  # noqa: E402
 from study_baseline import train_and_evaluate_study_way  # noqa: E402
 
 
-def compare(preset: str, dataset: str, shared: Path, epochs: int, work: Path, limit: list[str]) -> dict[str, Any]:
+def compare(
+    preset: str, dataset: str, shared: Path, epochs: int, work: Path, limit: list[str]
+) -> dict[str, Any]:
     """Train `preset` both ways on the shared `dataset` files; return both test accuracies."""
     from scalelab.data import prepare_data
     from scalelab.train import fit
@@ -53,7 +55,10 @@ def compare(preset: str, dataset: str, shared: Path, epochs: int, work: Path, li
     ]
     cfg = load_preset(preset, overrides)
     data = prepare_data(cfg)  # built once; both ways then read the same cache
-    print(f"[{preset}] {data.description}: {len(data.train):,} train / {len(data.test):,} test", flush=True)
+    print(
+        f"[{preset}] {data.description}: {len(data.train):,} train / {len(data.test):,} test",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     run_dir = fit(cfg)
@@ -95,16 +100,30 @@ def compare(preset: str, dataset: str, shared: Path, epochs: int, work: Path, li
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--imdb", action="store_true", help="also IMDB small on the full 25k/25k split (slow on CPU)")
+    p.add_argument(
+        "--imdb",
+        action="store_true",
+        help="also IMDB small on the full 25k/25k split (slow on CPU)",
+    )
     p.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED_DATA)
-    p.add_argument("--max-train-samples", type=int, default=0, help="subset for smoke runs (0 = all)")
-    p.add_argument("--max-test-samples", type=int, default=0, help="subset for smoke runs (0 = all)")
+    p.add_argument(
+        "--max-train-samples", type=int, default=0, help="subset for smoke runs (0 = all)"
+    )
+    p.add_argument(
+        "--max-test-samples", type=int, default=0, help="subset for smoke runs (0 = all)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if not (args.shared_data / "ag_news" / "train.csv.gz").is_file():
-        print(f"quality.py: shared data not found at {args.shared_data} (give --shared-data)", file=sys.stderr)
+        print(
+            f"quality.py: shared data not found at {args.shared_data} (give --shared-data)",
+            file=sys.stderr,
+        )
         return 2
-    limit = [f"data.max_train_samples={args.max_train_samples}", f"data.max_test_samples={args.max_test_samples}"]
+    limit = [
+        f"data.max_train_samples={args.max_train_samples}",
+        f"data.max_test_samples={args.max_test_samples}",
+    ]
     jobs = [("ag_news_small", "ag_news")] + ([("imdb_small", "imdb")] if args.imdb else [])
     result: dict[str, Any] = {
         **run_header(None if argv is None else [sys.argv[0], *argv]),
@@ -114,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="scalelab-bench-quality-"))
     try:
         for preset, dataset in jobs:
-            result["results"][preset] = compare(preset, dataset, args.shared_data, args.epochs, work, limit)
+            result["results"][preset] = compare(
+                preset, dataset, args.shared_data, args.epochs, work, limit
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [
@@ -129,7 +150,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in result["results"].items()
     ]
     print()
-    print_table(rows, ["preset", "epochs", "scalelab acc", "study acc", "difference", "wall s (scalelab / study)"])
+    print_table(
+        rows,
+        [
+            "preset",
+            "epochs",
+            "scalelab acc",
+            "study acc",
+            "difference",
+            "wall s (scalelab / study)",
+        ],
+    )
     out = args.out or default_out("-quality")
     write_result(out, result)
     print(f"\nwrote {out}")

@@ -542,7 +542,10 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
                 },
             )
 
-    timer = StepTimer(env.device, warmup_steps=cfg.train.timing_warmup_steps)
+    # Warm-up is excluded from timing, but never more than half of the first epoch.
+    timer = StepTimer(
+        env.device, warmup_steps=min(cfg.train.timing_warmup_steps, steps_per_epoch // 2)
+    )
     train_split_lengths = data.train.lengths
     steps_this_invocation = 0
     stop_requested = False

@@ -178,3 +178,16 @@ def test_existing_run_is_never_overwritten_and_bad_checkpoint_is_one_line(
     junk.write_bytes(b"not a checkpoint")
     res = scalelab([*args[:-1], "output.run_name=r2", f"train.resume={junk}"])
     _assert_one_line_error(res, "not a readable checkpoint")
+
+
+def test_distilbert_preset_trains_a_few_steps(tmp_path: Path, cache_dir: Path) -> None:
+    pytest.importorskip("transformers")
+    res = scalelab(
+        ["train", "--config", "ag_news_distilbert", f"output.dir={tmp_path}", f"data.cache_dir={cache_dir}",
+         "output.run_name=db", "data.max_train_samples=64", "data.max_test_samples=16", "train.epochs=1",
+         "train.batch_size=8", "model.max_seq_len=32", "train.max_steps_per_epoch=2"]
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "db" / "summary.json").read_text())
+    assert summary["model_arch"] == "distilbert" and summary["num_params"] > 60_000_000
+    assert summary["timing"]["step_ms"] > 0  # 2 steps: 1 warm-up, 1 measured
