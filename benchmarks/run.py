@@ -225,9 +225,20 @@ def _train_run(
         *overrides,
     ]
     argv = torchrun_argv(nproc, module_args)
+    # Linux carries a parent's peak RSS into a forked+exec'd child's ru_maxrss (what the trainer
+    # reports as peak_mem_mb), so a 1-rank run started straight from this big process would
+    # report this process's peak. A small trampoline process isolates it, as torchrun's own
+    # parent process does for the 2-rank runs.
+    trampoline = [
+        sys.executable,
+        "-c",
+        "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
-    res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    res = subprocess.run(
+        [*trampoline, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800
+    )
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise RuntimeError(

@@ -149,6 +149,11 @@ def wrap_ddp(model: nn.Module, cfg: DistributedConfig, env: DistEnv) -> nn.Modul
     """Wrap in DDP (multi-rank only) with the configured buckets and communication hook."""
     if not env.is_distributed:
         return model
+    if cfg.comm_hook == "bf16" and env.backend != "nccl":
+        # torch's bf16 compression hook is NCCL-only (it needs CUDA and NCCL >= 2.10)
+        raise LaunchError(
+            "distributed.comm_hook=bf16 needs CUDA GPUs with NCCL; use fp16 with gloo"
+        )
     ddp = DDP(
         model,
         device_ids=[env.device.index] if env.device.type == "cuda" else None,

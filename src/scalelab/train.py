@@ -155,8 +155,15 @@ def _git_commit() -> str | None:
 def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # CPU: the process's peak resident set (Linux reports KiB).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # CPU: the process's peak resident set. VmHWM starts afresh at exec; ru_maxrss would report
+    # the launching parent's peak when that was larger.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

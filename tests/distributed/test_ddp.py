@@ -82,3 +82,13 @@ def test_evaluation_is_exact_for_any_world_size(
     assert acc1 == acc_n  # 301 examples: not divisible by 2 or 3
     assert loss1 == pytest.approx(loss_n, rel=1e-6)
     assert 0.0 < acc1 < 1.0
+
+
+@pytest.mark.parametrize("hook", ["fp16", "powersgd"])
+def test_comm_hooks_keep_ranks_identical(tmp_path: Path, cache_dir: Path, hook: str) -> None:
+    [single] = run_worker(tmp_path, "ws1", 1, cache_dir)
+    r0, r1 = run_worker(tmp_path, hook, 2, cache_dir, f"distributed.comm_hook={hook}")
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    if hook == "fp16":  # lossy only in the 16-bit rounding of the averaged gradients
+        assert_params_close(single["params"], r0["params"], atol=1e-3)

@@ -191,3 +191,13 @@ def test_distilbert_preset_trains_a_few_steps(tmp_path: Path, cache_dir: Path) -
     summary = json.loads((tmp_path / "db" / "summary.json").read_text())
     assert summary["model_arch"] == "distilbert" and summary["num_params"] > 60_000_000
     assert summary["timing"]["step_ms"] > 0  # 2 steps: 1 warm-up, 1 measured
+
+
+def test_bf16_comm_hook_on_gloo_is_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    res = torchrun(
+        ["-m", "scalelab", "train", *common(tmp_path, cache_dir), "distributed.comm_hook=bf16"],
+        nproc=2,
+    )
+    assert res.returncode != 0
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("scalelab: error:")]
+    assert len(errors) == 1 and "comm_hook=bf16 needs CUDA" in errors[0]

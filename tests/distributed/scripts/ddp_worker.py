@@ -42,7 +42,7 @@ def main() -> None:
         model = build_model(cfg.model, data.vocab_size, data.num_classes)
         model = D.wrap_ddp(model, cfg.distributed, env)
         hook_state = {"calls": 0}
-        if env.is_distributed:
+        if env.is_distributed and cfg.distributed.comm_hook == "none":
             model.register_comm_hook(hook_state, counting_allreduce_hook)
         sampler = TrainBatchSampler(
             data.train.lengths,
