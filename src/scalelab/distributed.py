@@ -120,6 +120,15 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     return box[0]
 
 
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (pickled; small objects only)."""
+    if not env.is_distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
     """Sum a few floats across ranks (float64 so counts stay exact)."""
     if not env.is_distributed:

@@ -486,8 +486,14 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
 
     state = TrainState()
     if resume_state is not None:
-        _unwrap(model).load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
+        try:
+            _unwrap(model).load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{resume_from}: does not fit this model/config ({first})"
+            ) from None
         scheduler.load_state_dict(resume_state["scheduler"])
         if scaler is not None and resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
@@ -522,14 +528,8 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
         if not cfg.train.save_checkpoint:
             return
         # host-device sync + collective: only at checkpoint time
-        rngs = [None] * env.world_size
-        sums = [0.0] * env.world_size
-        mine = rng_state()
-        if env.is_distributed:
-            torch.distributed.all_gather_object(rngs, mine)
-            torch.distributed.all_gather_object(sums, float(loss_sum_dev.item()))
-        else:
-            rngs, sums = [mine], [float(loss_sum_dev.item())]
+        rngs = D.gather_objects(rng_state(), env)
+        sums = D.gather_objects(float(loss_sum_dev.item()), env)
         if env.is_main:
             save_checkpoint(
                 ckpt_path,

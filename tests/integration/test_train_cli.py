@@ -201,3 +201,11 @@ def test_bf16_comm_hook_on_gloo_is_one_line(tmp_path: Path, cache_dir: Path) -> 
     assert res.returncode != 0
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("scalelab: error:")]
     assert len(errors) == 1 and "comm_hook=bf16 needs CUDA" in errors[0]
+
+
+def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    args = ["train", *common(tmp_path, cache_dir), "train.epochs=1", "train.max_steps_per_epoch=2"]
+    assert scalelab([*args, "output.run_name=a"]).returncode == 0
+    ckpt = tmp_path / "exp" / "a" / "checkpoint.pt"
+    res = scalelab([*args, "output.run_name=b", "model.d_model=48", f"train.resume={ckpt}"])
+    _assert_one_line_error(res, "does not fit this model/config")
