@@ -13,28 +13,10 @@ from typing import Any
 
 import yaml
 
-METRIC_COLUMNS = [
-    "epoch",
-    "world_size",
-    "global_batch",
-    "num_steps",
-    "train_loss",
-    "val_loss",
-    "val_acc",
-    "epoch_time_s",
-    "eval_time_s",
-    "samples_per_s",
-    "tokens_per_s",
-    "peak_mem_mb",
-    "data_ms",
-    "h2d_ms",
-    "forward_ms",
-    "backward_ms",
-    "optimizer_ms",
-    "step_ms",
-    "step_ms_max",
-    "data_ms_max",
-]
+from scalelab.train import METRIC_COLUMNS as TRAINER_METRIC_COLUMNS
+
+# The trainer's own column list: the fake folders follow the real contract.
+METRIC_COLUMNS = TRAINER_METRIC_COLUMNS
 
 GLOBAL_BATCH = 64
 NUM_STEPS = 100  # optimizer steps per epoch; fixed across world sizes (global batch is fixed)
