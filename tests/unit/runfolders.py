@@ -13,10 +13,8 @@ from typing import Any
 
 import yaml
 
-from scalelab.train import METRIC_COLUMNS as TRAINER_METRIC_COLUMNS
-
 # The trainer's own column list: the fake folders follow the real contract.
-METRIC_COLUMNS = TRAINER_METRIC_COLUMNS
+from scalelab.train import METRIC_COLUMNS
 
 GLOBAL_BATCH = 64
 NUM_STEPS = 100  # optimizer steps per epoch; fixed across world sizes (global batch is fixed)
