@@ -115,7 +115,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from scalelab.analysis.collect import load_run
-    from scalelab.analysis.predict import format_predictions, load_commbench, predict_scaling
+    from scalelab.analysis.predict import load_commbench, predict_scaling
+    from scalelab.analysis.report import format_predictions
 
     run = load_run(args.run)
     if args.commbench:
@@ -128,9 +129,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(
             "predict needs --commbench FILE or --busbw-gbps (and optionally --alpha-ms)"
         )
-    sizes = [int(x) for x in args.world_sizes.split(",")]
     preds = predict_scaling(
-        run.summary, sizes, busbw_gbps=busbw, alpha_ms=alpha_ms, overlap=args.overlap
+        run.summary, args.world_sizes, busbw_gbps=busbw, alpha_ms=alpha_ms, overlap=args.overlap
     )
     print(format_predictions(preds))
     return 0
@@ -162,6 +162,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scalelab.launch.local import parse_world_sizes
+
     p = argparse.ArgumentParser(prog="scalelab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -212,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="fraction of all-reduce hidden behind backward (default: modelled)",
     )
-    sp.add_argument("--world-sizes", default="1,2,4,8")
+    sp.add_argument(
+        "--world-sizes", type=parse_world_sizes, default=[1, 2, 4, 8], help="e.g. 2,4,8"
+    )
     sp.set_defaults(fn=cmd_predict)
 
     sp = sub.add_parser(

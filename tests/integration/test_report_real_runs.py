@@ -63,3 +63,20 @@ def test_report_numbers_match_the_run_folders(slow_input_runs: Path, tmp_path: P
     assert float(rows[2]["speedup"]) == pytest.approx(speedup, rel=1e-3)
     html = Path(outputs["html"]).read_text()
     assert "input" in html.lower() and "data:image/png;base64," in html
+
+
+def test_report_and_predict_commands(slow_input_runs: Path, tmp_path: Path) -> None:
+    res = scalelab(["report", str(slow_input_runs), "--out", str(tmp_path / "r")])
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "r" / "report.html").stat().st_size > 0 and "report.html" in res.stdout
+    res = scalelab(
+        ["predict", str(slow_input_runs / "slow-ws1"), "--busbw-gbps", "2", "--world-sizes", "2,4"]
+    )
+    assert res.returncode == 0, res.stderr
+    rows = [ln.split() for ln in res.stdout.splitlines() if ln[:1].isdigit()]
+    assert [r[0] for r in rows] == ["2", "4"]
+    assert float(rows[1][1]) < float(rows[0][1])  # more ranks, shorter predicted step
+    res = scalelab(["predict", str(slow_input_runs / "slow-ws2"), "--busbw-gbps", "2"])
+    assert res.returncode == 2 and "needs a 1-rank run" in res.stderr
+    res = scalelab(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
+    assert res.returncode == 2 and res.stderr.count("\n") == 1

@@ -147,7 +147,7 @@ def run_commbench(nproc: int, out_dir: str | Path, *, max_bytes: str = "64M") ->
     return Path(out_dir) / "commbench.json"
 
 
-def _world_sizes(text: str) -> list[int]:
+def parse_world_sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -166,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         "--standalone for >1 rank) and write a scaling report.",
     )
     p.add_argument("--config", required=True, help="YAML preset, e.g. configs/ag_news_small.yaml")
-    p.add_argument("--world-sizes", type=_world_sizes, default=[1, 2], help="e.g. 1,2,4 (1,2)")
+    p.add_argument("--world-sizes", type=parse_world_sizes, default=[1, 2], help="e.g. 1,2,4 (1,2)")
     p.add_argument("--out", default="experiments/sweep", help="parent folder of the run folders")
     p.add_argument(
         "--threads-per-rank", type=int, default=None, help="OMP threads per rank (CPUs / ranks)"
