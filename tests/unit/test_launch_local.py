@@ -115,5 +115,8 @@ def test_failing_run_names_world_size_and_exit_code(
     )  # fmt: skip
     assert code != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("sweep: sweep stopped: world size 1 failed with exit code ")
+    assert code == 2
+    assert err[-1].startswith(
+        "scalelab: error: sweep stopped: the world-size-1 run failed with exit code "
+    )
     assert not err[-1].endswith(" 0")

@@ -131,7 +131,7 @@ def run_sweep(
         print(f"[sweep] world size {n} ({threads} thread(s)/rank): {shlex.join(argv)}", flush=True)
         code = subprocess.run(argv, env=env, check=False).returncode  # inherits stdout/stderr
         if code != 0:
-            raise SweepError(f"sweep stopped: world size {n} failed with exit code {code}")
+            raise SweepError(f"sweep stopped: the world-size-{n} run failed with exit code {code}")
         runs.append(Path(out_dir) / run_name)
     return runs
 
@@ -183,12 +183,9 @@ def _parser() -> argparse.ArgumentParser:
 def sweep_main(argv: list[str]) -> int:
     """CLI entry point for `scalelab sweep`; returns the process exit code."""
     args = _parser().parse_args(argv)
-    if args.threads_per_rank is not None and args.threads_per_rank < 1:
-        print(
-            f"sweep: --threads-per-rank must be >= 1, got {args.threads_per_rank}", file=sys.stderr
-        )
-        return 2
     try:
+        if args.threads_per_rank is not None and args.threads_per_rank < 1:
+            raise SweepError(f"--threads-per-rank must be >= 1, got {args.threads_per_rank}")
         runs = run_sweep(
             args.config,
             args.world_sizes,
@@ -196,14 +193,13 @@ def sweep_main(argv: list[str]) -> int:
             out_dir=args.out,
             threads_per_rank=args.threads_per_rank,
         )
+        big = max(args.world_sizes)
         bench = (
-            run_commbench(max(args.world_sizes), Path(args.out) / "commbench")
-            if args.commbench and max(args.world_sizes) > 1
-            else None
+            run_commbench(big, Path(args.out) / "commbench") if args.commbench and big > 1 else None
         )
     except SweepError as exc:
-        print(f"sweep: {exc}", file=sys.stderr)
-        return 1
+        print(f"scalelab: error: {exc}", file=sys.stderr)  # the CLI's one-line format
+        return 2
     print("[sweep] runs: " + ", ".join(str(r) for r in runs))
     from scalelab.analysis.report import write_report
 
