@@ -131,3 +131,15 @@ def test_load_commbench(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(AnalysisError, match="bad.json"):
         load_commbench(bad)
+
+
+def test_cpu_runs_hide_no_communication(base):
+    # 3 buckets: on an accelerator DDP hides the first two behind the backward pass; a CPU rank's
+    # cores are busy computing, so the model exposes the whole all-reduce there.
+    gpu = dict(base, device_type="cuda")
+    cpu = dict(base, device_type="cpu")
+    (g,) = predict_scaling(gpu, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    (c,) = predict_scaling(cpu, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    assert c.exposed_comm_ms == pytest.approx(c.comm_ms)
+    assert g.exposed_comm_ms < g.comm_ms
+    assert c.step_ms - g.step_ms == pytest.approx(c.exposed_comm_ms - g.exposed_comm_ms)

@@ -10,7 +10,9 @@ the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
 * all-reduce (ring, nccl-tests bus-bandwidth convention, GB = 1e9 bytes):
   T_ar(n) = sum over buckets b of [alpha + 2(n-1)/n * bytes_b / busbw];
 * exposed (non-overlapped) communication: with a measured overlap fraction o,
-  exposed = (1-o) * T_ar; otherwise DDP's bucketed overlap is modelled: the last bucket
+  exposed = (1-o) * T_ar; on CPU, o = 0 (gloo's all-reduce needs the cores that the ranks'
+  compute keeps busy: the overlap measured on the 2-core test machine was 0 %); otherwise
+  (accelerators) DDP's bucketed overlap is modelled: the last bucket
   (the first layers, whose gradients are ready last) is always exposed, the other buckets
   overlap with the backward of the remaining layers:
   exposed = t_last + max(0, (T_ar - t_last) - backward_n/k * (1 - 1/num_buckets)),
@@ -109,6 +111,8 @@ def predict_scaling(
     buckets = _bucket_bytes(summary_1rank)
     accum = max(1, int(summary_1rank.get("grad_accum_steps") or 1))
     alpha = max(0.0, alpha_ms)
+    if overlap is None and summary_1rank.get("device_type") == "cpu":
+        overlap = 0.0  # see module doc: CPU ranks have no idle cores to hide the all-reduce
     out = []
     for n in world_sizes:
         if n < 1:

@@ -582,8 +582,10 @@ def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
             "forward and backward time of the 1-rank run are divided by n; the optimizer step does not "
             "shrink (every rank updates all parameters) and the remaining un-timed host time is kept "
             "constant. The gradient buckets are all-reduced with a ring (alpha-beta model, nccl-tests "
-            "bus bandwidth, GB = 1e9 bytes); DDP overlaps every bucket but the last with the backward of "
-            "the remaining layers (k = gradient accumulation steps, N_b = number of buckets). Speedup "
+            "bus bandwidth, GB = 1e9 bytes); on GPUs DDP overlaps every bucket but the last with the backward of "
+            "the remaining layers (k = gradient accumulation steps, N_b = number of buckets); on CPUs "
+            "nothing is hidden (exposed = T_ar), because gloo's all-reduce needs the cores the compute "
+            "keeps busy. Speedup "
             "is step(1)/step(n) because every world size runs the same number of steps per epoch."
         ),
         Formula(COST_MODEL_TEXT, COST_MODEL_LATEX),
