@@ -35,6 +35,7 @@ from scalelab.distributed import (
     barrier,
     cleanup,
     init_distributed,
+    is_main_process,
 )
 
 GB = 1e9  # bandwidths in GB/s with decimal giga, like nccl-tests
@@ -334,27 +335,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_error(msg: str) -> int:
+    """One `scalelab: error:` line (from rank 0 only, as every other subcommand), status 2."""
+    if is_main_process():
+        print(f"scalelab: error: {msg}", file=sys.stderr, flush=True)
+    return 2
+
+
 def commbench_main(argv: list[str]) -> int:
     """CLI entry point: sweep, then rank 0 prints a table and writes commbench.json/.png."""
     args = _parser().parse_args(argv)
     if args.min_bytes > args.max_bytes:
-        print(
-            f"commbench: --min-bytes {args.min_bytes} > --max-bytes {args.max_bytes}",
-            file=sys.stderr,
-        )
-        return 2
+        return _user_error(f"commbench --min-bytes {args.min_bytes} > --max-bytes {args.max_bytes}")
     if args.iters is not None and args.iters < 1:
-        print(f"commbench: --iters must be >= 1, got {args.iters}", file=sys.stderr)
-        return 2
+        return _user_error(f"commbench --iters must be >= 1, got {args.iters}")
     try:
         env = init_distributed(DistributedConfig(backend=args.backend))
         if not env.is_distributed:
-            print(
+            return _user_error(
                 "commbench: all-reduce needs >= 2 ranks; run under torchrun --nproc_per_node=N "
-                "-m scalelab commbench",
-                file=sys.stderr,
+                "-m scalelab commbench"
             )
-            return 2
         result = run_commbench(
             env,
             min_bytes=args.min_bytes,
@@ -368,8 +369,7 @@ def commbench_main(argv: list[str]) -> int:
             print(f"wrote {json_path} and {png_path}")
         return 0
     except LaunchError as exc:
-        print(f"commbench: {exc}", file=sys.stderr)
-        return 2
+        return _user_error(f"commbench: {exc}")
     finally:
         cleanup()
 

@@ -242,8 +242,14 @@ def train_step(
     cfg: Config,
     env: D.DistEnv,
     amp: torch.dtype | None,
+    sync_every_micro_step: bool = False,
 ) -> torch.Tensor:
-    """One optimizer step over this rank's micro-batches. Returns the mean loss as a device tensor (no sync)."""
+    """One optimizer step over this rank's micro-batches. Returns the mean loss as a device tensor (no sync).
+
+    ``sync_every_micro_step`` all-reduces after every micro-step instead of skipping all but the
+    last with no_sync (the same gradients, more communication). DDP with static_graph=True needs it
+    on its first iteration: it records the graph there and asserts inside no_sync.
+    """
     accum = len(micro_batches)
     pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
     loss_sum = torch.zeros((), device=env.device)
@@ -258,9 +264,8 @@ def train_step(
         timer.lap("h2d")
         # Only the last micro-step all-reduces: DDP's no_sync skips the others.
         last = i == accum - 1
-        sync_ctx = (
-            model.no_sync() if (env.is_distributed and not last) else contextlib.nullcontext()
-        )
+        skip_sync = env.is_distributed and not last and not sync_every_micro_step
+        sync_ctx = model.no_sync() if skip_sync else contextlib.nullcontext()
         with sync_ctx:
             loss = _forward_loss(model, batch, amp, env.device) / accum
             timer.lap("forward")
@@ -437,10 +442,16 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
         resume_from = ckpt_path if ckpt_path.is_file() else None
     elif cfg.train.resume:
         resume_from = Path(cfg.train.resume)
-    if resume_from is None and (run_dir / "metrics.csv").exists():
+    # A run stopped in its first epoch has a checkpoint but no metrics.csv yet: starting afresh
+    # would silently overwrite that checkpoint.
+    if resume_from is None and ((run_dir / "metrics.csv").exists() or ckpt_path.exists()):
+        hint = (
+            f"it has no {CHECKPOINT_NAME} to continue from (train.save_checkpoint was off)"
+            if cfg.train.resume == "auto"
+            else "set train.resume=auto to continue it"
+        )
         raise ConfigError(
-            f"output folder {run_dir} already holds a run; set train.resume=auto to continue it "
-            "or choose another output.run_name"
+            f"output folder {run_dir} already holds a run; {hint}, or choose another output.run_name"
         )
     resume_state = load_checkpoint(resume_from) if resume_from else None
 
@@ -448,6 +459,12 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
     data = prepare_data(cfg, is_main=env.is_main, barrier=lambda: D.barrier(env))
     if cfg.data.on_device and env.device.type == "cuda":
         data = data.to(env.device)  # whole encoded dataset on the GPU: a step does no host work
+    if len(data.train) < cfg.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the training set "
+            f"({len(data.train):,} examples): lower train.batch_size or use more data "
+            "(data.max_train_samples)"
+        )
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:
         raise ConfigError(
@@ -503,6 +520,7 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
                 f"{resume_from}: saved with {len(rngs)} ranks, resumed with {env.world_size}; "
                 "resume with the same world size"
             )
+        _check_mid_epoch_resume(resume_state, cfg, resume_from, len(sampler))
         set_rng_state(rngs[env.rank])
         state = TrainState(
             epoch=resume_state["epoch"],
@@ -511,6 +529,16 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
             epoch_loss_sum=resume_state.get("epoch_loss_sums", [0.0] * env.world_size)[env.rank],
             metrics=resume_state.get("metrics", []),
         )
+        # A finished run (its summary written): nothing to train, and re-measuring would overwrite
+        # its summary with one that lost the timing warm-up of the original run.
+        finished = state.epoch >= cfg.train.epochs and (run_dir / "summary.json").is_file()
+        if D.broadcast_object(finished, env):
+            log(
+                env,
+                f"{run_dir} already finished its {cfg.train.epochs} epochs; nothing to do "
+                "(raise train.epochs to train further)",
+            )
+            return run_dir
         log(env, f"resumed {resume_from} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
 
     if env.is_main:
@@ -572,7 +600,19 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
             if state.step_in_epoch >= steps_per_epoch:
                 break
             loss_sum += train_step(
-                model, micro_batches, data, optimizer, scheduler, scaler, timer, cfg, env, amp
+                model,
+                micro_batches,
+                data,
+                optimizer,
+                scheduler,
+                scaler,
+                timer,
+                cfg,
+                env,
+                amp,
+                # DDP's static graph is recorded on this DDP object's first iteration, which must
+                # not run under no_sync (torch asserts "expect_autograd_hooks_").
+                sync_every_micro_step=cfg.distributed.static_graph and steps_this_invocation == 0,
             )
             timer.end_step()
             num_tokens += int(sum(train_split_lengths[mb].sum() for mb in micro_batches))
@@ -663,7 +703,7 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
     comm = measure_communication(model, data, sampler, cfg, env, amp)
     if env.is_main:
         summary = _summary(
-            cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, share_device
+            cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, share_device, amp
         )
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(
@@ -672,6 +712,39 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
         )
     D.barrier(env)
     return run_dir
+
+
+# Keys that define an epoch's sequence of global batches (TrainBatchSampler); the position saved
+# mid-epoch only means something with the same values.
+_BATCH_ORDER_KEYS = (
+    ("train", "batch_size"),
+    ("train", "seed"),
+    ("data", "bucket_multiplier"),
+    ("data", "max_train_samples"),
+)
+
+
+def _check_mid_epoch_resume(
+    saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int
+) -> None:
+    """Refuse a mid-epoch resume whose config would draw other batches (one line, not a traceback)."""
+    step = int(saved["step_in_epoch"])
+    if step == 0:
+        return  # at an epoch boundary any batching may follow
+    saved_cfg = saved.get("config") or {}
+    now = cfg.to_dict()
+    for section, key in _BATCH_ORDER_KEYS:
+        before = saved_cfg.get(section, {}).get(key)
+        if before is not None and before != now[section][key]:
+            raise CheckpointError(
+                f"{path}: saved at step {step} of an epoch with {section}.{key}={before}, "
+                f"resumed with {now[section][key]}; resume mid-epoch with the same value"
+            )
+    if step > epoch_steps:
+        raise CheckpointError(
+            f"{path}: saved at step {step} of an epoch, but this config's epoch has only "
+            f"{epoch_steps} steps; resume with the data and train.batch_size it was saved with"
+        )
 
 
 def _log_stopped(env: D.DistEnv, steps: int, run_dir: Path) -> None:
@@ -693,6 +766,7 @@ def _summary(
     num_threads: int,
     timer: StepTimer,
     share_device: bool,
+    amp: torch.dtype | None = None,
 ) -> dict[str, Any]:
     rows = state.metrics
     last = rows[-1] if rows else {}
@@ -719,7 +793,8 @@ def _summary(
         "global_batch": cfg.train.batch_size,
         "per_rank_batch": cfg.train.per_rank_batch(env.world_size),
         "grad_accum_steps": cfg.train.grad_accum_steps,
-        "precision": cfg.train.precision,
+        # resolved ('auto' -> bf16/fp32), so an 'auto' run groups with its explicit twin in reports
+        "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32"),
         "num_epochs": len(rows),
         "num_train_samples": len(data.train),
         "num_test_samples": len(data.test),
@@ -731,7 +806,8 @@ def _summary(
         "tokens_per_s": _mean_excluding_first(rows, "tokens_per_s"),
         "peak_mem_mb": max((r["peak_mem_mb"] for r in rows), default=None),
         "timing": {
-            "warmup_steps": min(cfg.train.timing_warmup_steps, timer.steps_seen),
+            # the timer's own count: fit caps the warm-up at half the first epoch
+            "warmup_steps": min(timer.warmup_steps, timer.steps_seen),
             "warmup_time_s": timer.warmup_time_s,
             **{k: _mean_excluding_first(rows, k) for k in timing_keys},
         },

@@ -95,6 +95,7 @@ def test_commbench_needs_two_ranks(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "torchrun --nproc_per_node=N" in lines[0], proc.stderr
+    assert lines[0].startswith("scalelab: error:"), lines[0]
     assert not (tmp_path / "bench").exists()
 
 

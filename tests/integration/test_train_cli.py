@@ -209,3 +209,41 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, cache_dir: Path
     ckpt = tmp_path / "exp" / "a" / "checkpoint.pt"
     res = scalelab([*args, "output.run_name=b", "model.d_model=48", f"train.resume={ckpt}"])
     _assert_one_line_error(res, "does not fit this model/config")
+
+
+def test_static_graph_with_grad_accum_trains_under_torchrun(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # DDP(static_graph=True) asserts ("expect_autograd_hooks_") if its first iteration runs under
+    # no_sync, which every accumulation step but the last does.
+    res = torchrun(
+        ["-m", "scalelab", "train", *common(tmp_path, cache_dir), "train.epochs=1",
+         "train.max_steps_per_epoch=3", "train.grad_accum_steps=2", "distributed.static_graph=true",
+         "train.comm_calibration_steps=2", "output.run_name=sg"],
+        nproc=2,
+    )  # fmt: skip
+    assert res.returncode == 0, rank_errors(res)
+    assert (tmp_path / "exp" / "sg" / "summary.json").is_file()
+
+
+def test_stopped_run_is_not_overwritten_and_finished_run_is_not_remeasured(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    args = ["train", *common(tmp_path, cache_dir), "train.epochs=1", "train.max_steps_per_epoch=3",
+            "train.num_threads=1", "train.precision=auto"]  # fmt: skip
+    # stopped in its first epoch: a checkpoint but no metrics.csv yet
+    assert scalelab([*args, "output.run_name=s", "train.stop_after_steps=1"]).returncode == 0
+    ckpt = (tmp_path / "exp" / "s" / "checkpoint.pt").read_bytes()
+    res = scalelab([*args, "output.run_name=s"])
+    _assert_one_line_error(res, "already holds a run")
+    assert (tmp_path / "exp" / "s" / "checkpoint.pt").read_bytes() == ckpt
+    # resume=auto on a finished run leaves its summary (warm-up timing included) alone
+    assert scalelab([*args, "output.run_name=s", "train.resume=auto"]).returncode == 0
+    summary = (tmp_path / "exp" / "s" / "summary.json").read_bytes()
+    # the warm-up really excluded (capped at half of the 3-step epoch), and the precision used
+    assert json.loads(summary)["timing"]["warmup_steps"] == 1
+    assert json.loads(summary)["precision"] == "fp32"  # train.precision=auto on CPU
+    again = scalelab([*args, "output.run_name=s", "train.resume=auto"])
+    assert again.returncode == 0, again.stderr
+    assert "already finished" in again.stdout
+    assert (tmp_path / "exp" / "s" / "summary.json").read_bytes() == summary

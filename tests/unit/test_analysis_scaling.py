@@ -116,6 +116,14 @@ def test_runs_doing_different_work_are_separate_groups(tmp_path):
     assert sorted(len(g.points) for g in groups) == [1, 2]
 
 
+def test_same_preset_with_another_model_size_is_not_compared(tmp_path):
+    # e.g. `train model.d_model=256` under the ag_news_small preset: another model, not a speedup
+    write_sweep(tmp_path, [1, 2])
+    write_run(tmp_path, "wide", world_size=2, summary={"num_params": 8_000_000})
+    groups = analyse(load_runs([tmp_path]))
+    assert sorted(len(g.points) for g in groups) == [1, 2]
+
+
 def test_compute_to_comm_ratio(tmp_path):
     write_run(tmp_path, "given", world_size=2)  # compute 45 ms, all-reduce 4 ms
     write_run(tmp_path, "derived", world_size=4, summary={"comm": {"compute_to_comm_ratio": None}})

@@ -97,6 +97,26 @@ def test_sweep_checks_every_world_size_before_running(tmp_path: Path) -> None:
         run_sweep(SMALL, [2, 2], [], out_dir=tmp_path, threads_per_rank=1)
 
 
+def test_sweep_into_an_existing_sweep_is_refused_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the ws2 folder of an earlier sweep: refuse at once, not after the 1-rank run has finished
+    (tmp_path / "ag_news_small-ws2").mkdir()
+    (tmp_path / "ag_news_small-ws2" / "metrics.csv").write_text("epoch\n")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(
+        local.subprocess,
+        "run",
+        lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(argv, 0),
+    )
+    with pytest.raises(SweepError, match="ag_news_small-ws2 already holds a run"):
+        run_sweep(SMALL, [1, 2], [], out_dir=tmp_path, threads_per_rank=1)
+    assert calls == []
+    # continuing the sweep is allowed
+    run_sweep(SMALL, [1, 2], ["train.resume=auto"], out_dir=tmp_path, threads_per_rank=1)
+    assert len(calls) == 2
+
+
 def test_bad_world_sizes_flag(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
         sweep_main(["--config", str(SMALL), "--world-sizes", "one,two"])

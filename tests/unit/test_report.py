@@ -176,3 +176,36 @@ def test_report_tex_compiles(report):
     assert len(re.findall(r"\\newlabel\{tab:", aux)) == tables
     assert log.count("<use ") >= figures  # every PNG was included
     assert ".pk>" not in log, "bitmap (TS1) fonts were needed; escape to math-mode glyphs"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"busbw_gbps": -2.0}, "--busbw-gbps must be > 0"),
+        ({"busbw_gbps": 0.0}, "--busbw-gbps must be > 0"),
+        ({"alpha_ms": 0.1}, "--alpha-ms needs --busbw-gbps"),
+        ({"busbw_gbps": 1.0, "alpha_ms": -1.0}, "--alpha-ms must be >= 0"),
+    ],
+)
+def test_bad_bandwidth_flags_are_errors_not_a_silent_report(
+    tmp_path: Path, kwargs: dict, fragment: str
+) -> None:
+    # they used to be dropped (or turned into a "no prediction" note) and the report written anyway
+    write_sweep(tmp_path / "runs", [1, 2])
+    with pytest.raises(AnalysisError, match=fragment):
+        write_report([tmp_path / "runs"], tmp_path / "report", **kwargs)
+    assert not (tmp_path / "report").exists()
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    write_sweep(tmp_path / "runs", [1, 2])
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(AnalysisError, match="not a folder"):  # was FileExistsError
+        write_report([tmp_path / "runs"], tmp_path / "taken")
+
+
+def test_negative_alpha_is_refused_by_predict(tmp_path: Path) -> None:
+    write_sweep(tmp_path, [1])
+    [run] = load_runs([tmp_path])
+    with pytest.raises(AnalysisError, match="alpha must be >= 0"):
+        predict_scaling(run.summary, [2], busbw_gbps=1.0, alpha_ms=-50.0)

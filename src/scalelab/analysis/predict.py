@@ -98,6 +98,8 @@ def predict_scaling(
         raise AnalysisError(f"run {name}: prediction needs a 1-rank run as its base")
     if busbw_gbps <= 0:
         raise AnalysisError(f"bus bandwidth must be > 0 GB/s, got {busbw_gbps}")
+    if alpha_ms < 0:
+        raise AnalysisError(f"all-reduce latency alpha must be >= 0 ms, got {alpha_ms}")
     if overlap is not None and not 0.0 <= overlap <= 1.0:
         raise AnalysisError(f"overlap must be in [0, 1], got {overlap}")
     timing = summary_1rank.get("timing") or {}

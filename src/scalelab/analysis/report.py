@@ -869,6 +869,15 @@ def write_report(
     """
     from scalelab.analysis.plots import plot_all  # matplotlib is only needed for a full report
 
+    # Bad bandwidth flags are the user's error, not a report without predictions.
+    if busbw_gbps is not None and busbw_gbps <= 0:
+        raise AnalysisError(f"--busbw-gbps must be > 0 GB/s, got {busbw_gbps}")
+    if alpha_ms is not None and busbw_gbps is None:
+        raise AnalysisError("--alpha-ms needs --busbw-gbps (a commbench file brings its own alpha)")
+    if alpha_ms is not None and alpha_ms < 0:
+        raise AnalysisError(f"--alpha-ms must be >= 0 ms, got {alpha_ms}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise AnalysisError(f"--out {out_dir}: exists and is not a folder")
     items = list(runs_or_paths)
     paths = [p for p in items if not isinstance(p, Run)]
     runs = [r for r in items if isinstance(r, Run)] + (load_runs(paths) if paths else [])

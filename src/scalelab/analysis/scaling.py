@@ -26,6 +26,7 @@ def group_key(summary: dict[str, Any]) -> tuple[Any, ...]:
         summary.get("preset"),
         summary.get("dataset"),
         summary.get("model_arch"),
+        summary.get("num_params"),  # the model's size: presets run with other widths differ
         summary.get("global_batch"),
         summary.get("precision"),
         summary.get("num_train_samples"),

@@ -75,7 +75,10 @@ def rank_threads(world_size: int, threads: int | None = None, cpus: int | None =
 
 
 def _check_sweep(
-    config_path: str | Path, world_sizes: list[int], overrides: list[str]
+    config_path: str | Path,
+    world_sizes: list[int],
+    overrides: list[str],
+    out_dir: str | Path | None = None,
 ) -> tuple[Path, str]:
     """Validate the whole sweep before the first run starts; return (config file, preset name)."""
     from scalelab.cli import find_config  # same preset-name lookup as `scalelab train --config`
@@ -95,6 +98,18 @@ def _check_sweep(
             cfg.validate(world_size=n)
     except ConfigError as exc:
         raise SweepError(str(exc)) from None
+    if out_dir is not None and not cfg.train.resume:
+        # `train` would refuse these folders too, but only after the earlier runs had finished,
+        # and with its own error line on top of the sweep's
+        from scalelab.checkpoint import CHECKPOINT_NAME
+
+        for n in world_sizes:
+            run_dir = Path(out_dir) / f"{cfg.name}-ws{n}"
+            if (run_dir / "metrics.csv").exists() or (run_dir / CHECKPOINT_NAME).exists():
+                raise SweepError(
+                    f"{run_dir} already holds a run; choose another --out "
+                    "(or add train.resume=auto to continue the sweep)"
+                )
     return path, cfg.name
 
 
@@ -112,7 +127,7 @@ def run_sweep(
 
     Raises SweepError naming the world size and exit code of the first run that fails.
     """
-    config_file, preset = _check_sweep(config_path, world_sizes, overrides)
+    config_file, preset = _check_sweep(config_path, world_sizes, overrides, out_dir)
     runs: list[Path] = []
     for n in world_sizes:
         run_name = f"{preset}-ws{n}"

@@ -1,0 +1,54 @@
+"""`scalelab train` user errors found after data preparation: one line, status 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scalelab.cli import main
+
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def test_global_batch_larger_than_the_training_set_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    argv = ["train", "data.max_train_samples=8", "data.max_test_samples=8", "train.batch_size=16",
+            "model.vocab_size=500", "model.d_model=16", "model.num_layers=1", "model.num_heads=2",
+            "model.d_ff=16", "model.max_seq_len=32", "train.num_threads=1",
+            f"data.cache_dir={tmp_path / 'cache'}", f"output.dir={tmp_path / 'exp'}"]  # fmt: skip
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("scalelab: error: train.batch_size=16"), lines[0]
+    assert "8 examples" in lines[0]
+    assert not (tmp_path / "exp").exists()
+
+
+def _saved(step: int, **train: object) -> dict:
+    from scalelab.config import load_config
+
+    cfg = load_config(None, [f"train.{k}={v}" for k, v in train.items()])
+    return {"step_in_epoch": step, "config": cfg.to_dict()}
+
+
+def test_mid_epoch_resume_with_other_batching_is_refused_not_a_traceback() -> None:
+    from scalelab.checkpoint import CheckpointError
+    from scalelab.config import load_config
+    from scalelab.train import _check_mid_epoch_resume
+
+    now = load_config(None, ["train.batch_size=64"])
+    ckpt = Path("run/checkpoint.pt")
+    # the sampler would have raised ValueError (start step 10 outside 0..4) with a traceback
+    with pytest.raises(CheckpointError, match="train.batch_size=16, resumed with 64"):
+        _check_mid_epoch_resume(_saved(10, batch_size=16), now, ckpt, epoch_steps=4)
+    with pytest.raises(CheckpointError, match="train.seed=1"):
+        _check_mid_epoch_resume(_saved(2, batch_size=64, seed=1), now, ckpt, epoch_steps=4)
+    with pytest.raises(CheckpointError, match="only 4 steps"):
+        _check_mid_epoch_resume(_saved(10, batch_size=64), now, ckpt, epoch_steps=4)
+    # fine: same batching mid-epoch; anything at an epoch boundary; accumulation may change
+    _check_mid_epoch_resume(_saved(3, batch_size=64, grad_accum_steps=2), now, ckpt, epoch_steps=4)
+    _check_mid_epoch_resume(_saved(0, batch_size=16), now, ckpt, epoch_steps=4)
