@@ -107,7 +107,10 @@ def ranks_share_device(env: DistEnv) -> bool:
         return False
     mine = f"{socket.gethostname()}:{torch.cuda.get_device_properties(env.device).uuid}"
     everyone: list[str] = [""] * env.world_size
-    dist.all_gather_object(everyone, mine)
+    # Over a gloo group: an NCCL collective on a shared GPU fails ("Duplicate GPU") before we can say why.
+    gloo = dist.new_group(backend="gloo")
+    dist.all_gather_object(everyone, mine, group=gloo)
+    dist.destroy_process_group(gloo)
     return len(set(everyone)) < len(everyone)
 
 

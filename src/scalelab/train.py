@@ -167,8 +167,14 @@ def _peak_mem_mb(device: torch.device) -> float:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
+    """The plain model inside torch.compile and DDP wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def _ddp(model: nn.Module) -> nn.Module:
+    """The DDP wrapper (or the plain model) inside a torch.compile wrapper."""
+    return getattr(model, "_orig_mod", model)
 
 
 def _run_dir(cfg: Config, env: D.DistEnv) -> Path:
@@ -341,7 +347,7 @@ def measure_communication(
     """
     from scalelab.commbench import measure_buckets
 
-    buckets = D.ddp_bucket_sizes(model) or D.gradient_buckets(
+    buckets = D.ddp_bucket_sizes(_ddp(model)) or D.gradient_buckets(
         _unwrap(model), cfg.distributed.bucket_cap_mb
     )
     comm: dict[str, Any] = {
@@ -473,14 +479,17 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
 
     model = build_model(cfg.model, data.vocab_size, num_classes).to(env.device)
     num_params = count_parameters(model)
-    if cfg.train.compile:
-        model = torch.compile(model)
-    model = D.wrap_ddp(model, cfg.distributed, env)
+    # Before DDP: its constructor's first NCCL broadcast would fail on a shared GPU with a traceback.
     share_device = D.ranks_share_device(env)
     if share_device:
         raise D.LaunchError(
             "two ranks share one GPU; give each rank its own device (CUDA_VISIBLE_DEVICES)"
         )
+    model = D.wrap_ddp(model, cfg.distributed, env)
+    if cfg.train.compile:
+        # Compile the DDP-wrapped model: dynamo then splits the graph at bucket boundaries so the
+        # all-reduce still overlaps the compiled backward (compiling inside DDP would not).
+        model = torch.compile(model)
     # DDP broadcast rank 0's weights; from here each rank needs its own dropout stream.
     torch.manual_seed(cfg.train.seed + 1 + env.rank)
 
