@@ -15,19 +15,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from scalelab.analysis import AnalysisError
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import ConfigError
     from scalelab.data import DataError
     from scalelab.distributed import LaunchError
 
-    errors: list[type[BaseException]] = [ConfigError, DataError, CheckpointError, LaunchError]
-    try:
-        from scalelab.analysis import AnalysisError
-
-        errors.append(AnalysisError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, DataError, CheckpointError, LaunchError, AnalysisError)
 
 
 def find_config(name: str) -> Path:
