@@ -6,7 +6,7 @@ re-running it gives identical files. Rows are copied verbatim in the original CS
 (AG News: every field quoted, ``\\n``; IMDB: minimal quoting, ``\\r\\n``) so the package's
 normal readers parse the sample exactly like the full files.
 
-    python tools/make_sample.py [--src /work/shared/data] [--dst src/scalelab/data/bundled]
+    python tools/make_sample.py [--src ../shared/data] [--dst src/scalelab/data/bundled]
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def write_gzip_csv(path: Path, header: list[str] | None, rows: list[list[str]]) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--src", type=Path, default=Path("/work/shared/data"))
+    ap.add_argument(
+        "--src", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
     ap.add_argument("--dst", type=Path, default=REPO / "src/scalelab/data/bundled")
     args = ap.parse_args()
     args.dst.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@ from scalelab.data import (
 from scalelab.data.sources import read_aclimdb_dir, read_ag_news_csv, read_imdb_csv
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path("/work/shared/data")
+# ../shared/data beside the checkout (as in CI), not an absolute path of one machine
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 AG_ROWS = (
     '"3","Wall St. Bears (Reuters)","Reuters - Short-sellers, Wall Street #39;s\\band of '
