@@ -684,8 +684,11 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
             "val_acc": val_acc,
             "epoch_time_s": epoch_time_s,
             "eval_time_s": eval_time_s,
-            "samples_per_s": steps_timed * cfg.train.batch_size / epoch_time_s,
-            "tokens_per_s": tokens_all / epoch_time_s,
+            # nan, not 0, when a resume landed on the epoch's last step and no step ran here
+            "samples_per_s": steps_timed * cfg.train.batch_size / epoch_time_s
+            if steps_timed
+            else math.nan,
+            "tokens_per_s": tokens_all / epoch_time_s if steps_timed else math.nan,
             "peak_mem_mb": max(D.all_reduce_mean_max([_peak_mem_mb(env.device)], env)[1]),
             **mean_of,
             "step_ms_max": max_of["step_ms"],
