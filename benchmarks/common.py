@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from scalelab.train import git_commit  # one definition for run folders and benchmark results
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_SHARED_DATA = REPO.parent / "shared" / "data"
@@ -42,16 +44,6 @@ def shared_data_overrides(shared: Path, dataset: str = "ag_news") -> list[str]:
         f"data.train_path={shared / dataset / 'train.csv.gz'}",
         f"data.test_path={shared / dataset / 'test.csv.gz'}",
     ]
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def git_dirty() -> bool | None:

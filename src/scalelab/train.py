@@ -138,7 +138,8 @@ def _make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """HEAD of the checkout scalelab runs from (None outside git), recorded with every result."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -800,7 +801,7 @@ def _summary(
         "world_size": env.world_size,
         "num_nodes": env.num_nodes,
         "local_world_size": env.local_world_size,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "num_params": num_params,
         "global_batch": cfg.train.batch_size,
         "per_rank_batch": cfg.train.per_rank_batch(env.world_size),
