@@ -4,7 +4,12 @@ import torch.nn.functional as F
 
 from scalelab.config import load_config
 from scalelab.models import build_model, count_parameters
-from scalelab.models.transformer import TransformerClassifier, attention_math, dropout
+from scalelab.models.transformer import (
+    TransformerClassifier,
+    attention_math,
+    cpu_dropout_mask,
+    dropout,
+)
 
 
 def test_study_parameter_counts() -> None:
@@ -53,3 +58,11 @@ def test_fast_dropout_keeps_the_right_fraction_and_scales(p: float) -> None:
     torch.manual_seed(1)
     assert torch.equal(a, dropout(x, p, True))
     assert not torch.equal(a, dropout(x, p, True))
+
+
+def test_fast_dropout_mask_is_exactly_zero_or_scale_for_any_shape() -> None:
+    torch.manual_seed(0)
+    mask = cpu_dropout_mask(torch.Size([3, 5, 7]), 0.25, torch.float32)  # 105: not a multiple of 4
+    assert mask.shape == (3, 5, 7)
+    assert set(mask.unique().tolist()) <= {0.0, torch.tensor(1 / 0.75).item()}
+    assert cpu_dropout_mask(torch.Size([2, 3]), 0.5, torch.bfloat16).dtype == torch.bfloat16

@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """F.dropout, but on CPU with a mask drawn 4x faster.
-
-    CPU dropout draws one random number per element and was 30 % of a training step of the small
-    model. Here one 64-bit draw gives four 16-bit uniforms (p quantised to 1/65536). CUDA keeps
-    F.dropout: its fused Philox kernel is already cheap.
-    """
+    """F.dropout, but on CPU with a mask drawn ~7x faster (`cpu_dropout_mask`). CUDA keeps
+    F.dropout: its fused Philox kernel is already cheap."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    n = x.numel()
-    bits = (
-        torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:n]
-    )
-    keep = bits.view(x.shape) >= round(p * 65536) - 32768
-    return x * (keep * (1.0 / (1.0 - p)))
+    return x * cpu_dropout_mask(x.shape, p, x.dtype)
+
+
+def cpu_dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """A float mask holding 0 (probability p) or 1/(1-p), drawn with few, vectorised passes.
+
+    CPU `bernoulli_` (what F.dropout uses) draws one number per element through a serial
+    generator and made up 30 % of the small model's training step. Here one 64-bit draw of
+    numpy's SFC64 (2 ns) gives four 16-bit uniforms (p is quantised to 1/65536), and the mask
+    is built from them by arithmetic on floats, which vectorises (a bool compare and a
+    bool -> float cast do not). The SFC64 stream is seeded from torch's generator, so
+    `torch.manual_seed` and the checkpointed torch RNG state still fix every mask.
+    """
+    n = math.prod(shape)
+    seed = int(torch.randint(0, 2**63 - 1, (1,)))
+    raw = np.random.SFC64(seed).random_raw((n + 3) // 4)
+    bits = torch.from_numpy(raw.view(np.int16)[:n]).to(torch.float32)  # uniform on -32768..32767
+    keep_from = round(p * 65536) - 32768  # keep when bits >= keep_from: P(keep) = 1 - p
+    scale = 1.0 / (1.0 - p)
+    # bits >= keep_from  <=>  bits - keep_from + 1 >= 1; integers, so the clamp is exactly 0 or scale
+    mask = bits.sub_(keep_from - 1).mul_(scale).clamp_(0.0, scale).view(shape)
+    return mask if dtype == torch.float32 else mask.to(dtype)
 
 
 def attention(
