@@ -1,7 +1,11 @@
 """The study's way of training, reproduced as the baseline that scalelab is compared against.
 
-Same model (`scalelab.models.build_model`), same global batch and the same tokenised data
-(scalelab's cache from `prepare_data`), so only the training loop differs:
+Same model (`scalelab.models.build_model`: same architecture, parameters and initial weights),
+same global batch and the same tokenised data (scalelab's cache from `prepare_data`). The
+study's implementation is reproduced with the textbook kernels (`cpu_kernels=False`:
+F.dropout and SDPA with dropout_p, as a model written without scalelab's CPU kernels runs on
+a CPU); `kernels="scalelab"` keeps scalelab's CPU kernels, so that only the loop differs
+(the "pipeline only" figure). The study's loop:
 
 * a map-style ``Dataset`` that returns each example padded to a FIXED length
   (``model.max_seq_len``) with its attention mask, so every batch costs the full length;
@@ -26,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from scalelab.config import Config
 from scalelab.data import EncodedData, EncodedSplit
-from scalelab.models import build_model
+from scalelab.models import TransformerClassifier, build_model
 
 STUDY_NUM_WORKERS = 2
 
@@ -76,11 +80,22 @@ def make_loader(
     )
 
 
+KERNELS = ("textbook", "scalelab")
+
+
 def build_study_model(
-    cfg: Config, data: EncodedData, device: torch.device
+    cfg: Config, data: EncodedData, device: torch.device, kernels: str = "textbook"
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """scalelab's model with the study's optimiser (default AdamW over all parameters)."""
+    """The model with the study's optimiser (default AdamW over all parameters).
+
+    kernels="textbook": F.dropout and SDPA on every device, the study's implementation;
+    "scalelab": scalelab's CPU dropout/attention kernels (the same maths, faster on a CPU).
+    """
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
     model = build_model(cfg.model, data.vocab_size, cfg.model.num_classes or data.num_classes)
+    if kernels == "textbook" and isinstance(model, TransformerClassifier):
+        model.set_cpu_kernels(False)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     return model, opt
@@ -112,12 +127,14 @@ class StudyTrainer:
         device: torch.device | None = None,
         num_workers: int = STUDY_NUM_WORKERS,
         seed: int | None = None,
+        kernels: str = "textbook",
     ) -> None:
         self.cfg = cfg
+        self.kernels = kernels
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         seed = cfg.train.seed if seed is None else seed
         torch.manual_seed(seed)
-        self.model, self.opt = build_study_model(cfg, data, self.device)
+        self.model, self.opt = build_study_model(cfg, data, self.device, kernels)
         self.loader = make_loader(
             data.train,
             cfg,

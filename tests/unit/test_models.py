@@ -66,3 +66,18 @@ def test_fast_dropout_mask_is_exactly_zero_or_scale_for_any_shape() -> None:
     assert mask.shape == (3, 5, 7)
     assert set(mask.unique().tolist()) <= {0.0, torch.tensor(1 / 0.75).item()}
     assert cpu_dropout_mask(torch.Size([2, 3]), 0.5, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_textbook_kernels_compute_the_same_function() -> None:
+    # The benchmarks' study baseline switches scalelab's CPU kernels off: it must stay the same model.
+    torch.manual_seed(0)
+    model = TransformerClassifier(100, 3, d_model=16, num_layers=2, num_heads=2, d_ff=32).eval()
+    ids = torch.randint(5, 100, (4, 9))
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    fast = model(ids, mask)
+    model.set_cpu_kernels(False)
+    assert not any(b.cpu_kernels for b in model.blocks)
+    torch.testing.assert_close(model(ids, mask), fast, atol=1e-5, rtol=1e-5)
+    model.train()  # training: both drop activations (outputs change between calls)
+    assert not torch.equal(model(ids, mask), model(ids, mask))

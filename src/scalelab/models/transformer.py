@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float, training: bool, cpu_kernels: bool = True) -> torch.Tensor:
     """F.dropout, but on CPU with a mask drawn ~7x faster (`cpu_dropout_mask`). CUDA keeps
-    F.dropout: its fused Philox kernel is already cheap."""
+    F.dropout: its fused Philox kernel is already cheap. cpu_kernels=False: F.dropout everywhere."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or not cpu_kernels:
         return F.dropout(x, p, True)
     return x * cpu_dropout_mask(x.shape, p, x.dtype)
 
@@ -42,7 +42,12 @@ def cpu_dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.T
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    p: float,
+    cpu_kernels: bool = True,
 ) -> torch.Tensor:
     """Softmax attention with an additive key-padding bias [B,1,1,T] (0 = attend, -inf = padding).
 
@@ -51,7 +56,7 @@ def attention(
     scale and the padding bias inside the matmul, then our fast dropout.
     """
     bias = bias.to(q.dtype)
-    if p == 0.0 or q.device.type != "cpu":
+    if p == 0.0 or q.device.type != "cpu" or not cpu_kernels:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
     return attention_math(q, k, v, bias, p)
 
@@ -71,8 +76,11 @@ def attention_math(
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float) -> None:
+    def __init__(
+        self, d_model: int, num_heads: int, d_ff: int, dropout: float, cpu_kernels: bool = True
+    ) -> None:
         super().__init__()
+        self.cpu_kernels = cpu_kernels
         self.num_heads = num_heads
         self.norm1 = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
@@ -90,14 +98,20 @@ class EncoderBlock(nn.Module):
         )
         p = self.dropout if self.training else 0.0
         # attn_bias masks padded keys; padded queries are dropped by the pooling.
-        a = attention(q, k, v, attn_bias, p)
-        x = x + dropout(self.proj(a.transpose(1, 2).reshape(b, t, d)), p, self.training)
-        h = self.ff2(dropout(F.gelu(self.ff1(self.norm2(x))), p, self.training))
-        return x + dropout(h, p, self.training)
+        a = attention(q, k, v, attn_bias, p, self.cpu_kernels)
+        fast = self.cpu_kernels
+        x = x + dropout(self.proj(a.transpose(1, 2).reshape(b, t, d)), p, self.training, fast)
+        h = self.ff2(dropout(F.gelu(self.ff1(self.norm2(x))), p, self.training, fast))
+        return x + dropout(h, p, self.training, fast)
 
 
 class TransformerClassifier(nn.Module):
-    """Token + learned position embeddings, encoder blocks, mean pooling over real tokens, linear head."""
+    """Token + learned position embeddings, encoder blocks, mean pooling over real tokens, linear head.
+
+    ``cpu_kernels=False`` computes the same function with the textbook kernels on every device
+    (F.dropout, SDPA with dropout_p), as a model written without scalelab's CPU kernels would:
+    the benchmarks' reference for the study's implementation.
+    """
 
     def __init__(
         self,
@@ -109,17 +123,25 @@ class TransformerClassifier(nn.Module):
         d_ff: int = 256,
         max_seq_len: int = 128,
         dropout: float = 0.1,
+        cpu_kernels: bool = True,
     ) -> None:
         super().__init__()
+        self.cpu_kernels = cpu_kernels
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(max_seq_len, d_model)
         self.blocks = nn.ModuleList(
-            EncoderBlock(d_model, num_heads, d_ff, dropout) for _ in range(num_layers)
+            EncoderBlock(d_model, num_heads, d_ff, dropout, cpu_kernels) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
         self.dropout = dropout
         self.apply(self._init)
+
+    def set_cpu_kernels(self, enabled: bool) -> None:
+        """Switch between scalelab's CPU kernels and the textbook ones (same function)."""
+        self.cpu_kernels = enabled
+        for block in self.blocks:
+            block.cpu_kernels = enabled
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -131,7 +153,8 @@ class TransformerClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         t = input_ids.shape[1]
         pos = torch.arange(t, device=input_ids.device)
-        x = dropout(self.tok_emb(input_ids) + self.pos_emb(pos), self.dropout, self.training)
+        x = self.tok_emb(input_ids) + self.pos_emb(pos)
+        x = dropout(x, self.dropout, self.training, self.cpu_kernels)
         # Built once per forward and shared by every block.
         attn_bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
         attn_bias = attn_bias.masked_fill_(~attention_mask, float("-inf"))[:, None, None, :]
