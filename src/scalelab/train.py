@@ -250,12 +250,16 @@ def train_step(
     env: D.DistEnv,
     amp: torch.dtype | None,
     sync_every_micro_step: bool = False,
+    row_sync: D.EmbeddingRowSync | None = None,
+    global_batch: np.ndarray | None = None,
 ) -> torch.Tensor:
     """One optimizer step over this rank's micro-batches. Returns the mean loss as a device tensor (no sync).
 
     ``sync_every_micro_step`` all-reduces after every micro-step instead of skipping all but the
     last with no_sync (the same gradients, more communication). DDP with static_graph=True needs it
     on its first iteration: it records the graph there and asserts inside no_sync.
+    ``row_sync`` (with the step's ``global_batch``, all ranks' examples) sums the token-embedding
+    gradient that DDP was told to leave alone.
     """
     accum = len(micro_batches)
     pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
@@ -279,6 +283,10 @@ def train_step(
             (scaler.scale(loss) if scaler else loss).backward()
             timer.lap("backward")
         loss_sum += loss.detach()
+    if row_sync is not None:
+        assert global_batch is not None, "row_sync needs the step's global batch"
+        row_sync.sync(global_batch)  # gradient communication: timed with the backward
+        timer.lap("backward")
     if scaler:
         scaler.unscale_(optimizer)
     if cfg.train.max_grad_norm:
@@ -339,24 +347,42 @@ def measure_communication(
     cfg: Config,
     env: D.DistEnv,
     amp: torch.dtype | None,
+    row_sync: D.EmbeddingRowSync | None = None,
 ) -> dict[str, Any]:
     """Exposed all-reduce per step (calibration), and total all-reduce time of the real buckets.
 
     Calibration: the same batches run forward+backward with gradient sync and under no_sync
     (alternating, so drift affects both equally). The median difference is the communication the
     backward pass could not hide. No optimizer step runs, so the trained weights are untouched.
+    The bucket list is what a multi-rank run of this config all-reduces per step (DDP's buckets,
+    plus the token-embedding rows when `distributed.embedding_grad_sync` sums them row-wise),
+    so a 1-rank run records it too, for predictions.
     """
     from scalelab.commbench import measure_buckets
 
-    buckets = D.ddp_bucket_sizes(_ddp(model)) or D.gradient_buckets(
-        _unwrap(model), cfg.distributed.bucket_cap_mb
+    net = _unwrap(model)
+    emb = net.token_embedding().weight
+    rows_mode = D.syncs_embedding_rows(cfg.distributed, env.backend if env.is_distributed else None)
+    # Mean rows a global batch uses (the sampler's batches do not depend on the world size).
+    tokens = data.train.tokens.cpu()  # once per run
+    rows_per_step = float(
+        np.mean([len(D.embedding_rows(tokens, gb)) for gb in sampler.global_batches(0)[:64]])
     )
+    row_bytes = int(rows_per_step * emb.shape[1] * emb.element_size())
+    buckets = D.ddp_bucket_sizes(_ddp(model)) or D.gradient_buckets(
+        net, cfg.distributed.bucket_cap_mb, exclude=[emb] if rows_mode else []
+    )
+    if rows_mode:
+        buckets = [*buckets, row_bytes]  # one all-reduce after the backward
     comm: dict[str, Any] = {
         "grad_bytes": int(sum(buckets)),
         "bucket_bytes": buckets,
         "num_buckets": len(buckets),
         "bucket_cap_mb": cfg.distributed.bucket_cap_mb,
         "comm_hook": cfg.distributed.comm_hook,
+        "embedding_grad_sync": "rows" if rows_mode else "dense",
+        "embedding_grad_bytes": emb.numel() * emb.element_size(),
+        "embedding_rows_per_step": rows_per_step,
         "allreduce_ms": None,
         "exposed_comm_ms": None,
         "compute_ms": None,
@@ -372,10 +398,10 @@ def measure_communication(
     pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
     sampler.set_epoch(10_000)  # batches the run did not train on; only their timing matters
     sampler.set_start_step(0)
-    batches = [mb[-1] for mb in itertools.islice(sampler, n + 1)]
+    batches = [(mb[-1], sampler.current_global_batch) for mb in itertools.islice(sampler, n + 1)]
     sync_ms, nosync_ms = [], []
     watch = Stopwatch(env.device)
-    for i, idx in enumerate(batches):
+    for i, (idx, global_batch) in enumerate(batches):
         for use_sync in (True, False):
             batch = tuple(t.to(env.device) for t in make_batch(data.train, idx, pad_to=pad_to))
             D.barrier(env)  # start aligned, so a late rank's wait is not counted as communication
@@ -383,6 +409,8 @@ def measure_communication(
             ctx = contextlib.nullcontext() if use_sync else model.no_sync()
             with ctx:
                 _forward_loss(model, batch, amp, env.device).backward()
+            if use_sync and row_sync is not None:
+                row_sync.sync(global_batch)
             ms = watch.elapsed_s() * 1000.0
             if i > 0:  # the first pair warms up
                 (sync_ms if use_sync else nosync_ms).append(ms)
@@ -464,6 +492,7 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
 
     # Data first: a bad data file must fail before anything is written.
     data = prepare_data(cfg, is_main=env.is_main, barrier=lambda: D.barrier(env))
+    host_train_tokens = data.train.tokens
     if cfg.data.on_device and env.device.type == "cuda":
         data = data.to(env.device)  # whole encoded dataset on the GPU: a step does no host work
     if len(data.train) < cfg.train.batch_size:
@@ -486,7 +515,10 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
         raise D.LaunchError(
             "two ranks share one GPU; give each rank its own device (CUDA_VISIBLE_DEVICES)"
         )
-    model = D.wrap_ddp(model, cfg.distributed, env)
+    row_sync = None
+    if env.is_distributed and D.syncs_embedding_rows(cfg.distributed, env.backend):
+        row_sync = D.EmbeddingRowSync(model, host_train_tokens, env)
+    model = D.wrap_ddp(model, cfg.distributed, env, exclude=[row_sync.name] if row_sync else [])
     if cfg.train.compile:
         # Compile the DDP-wrapped model: dynamo then splits the graph at bucket boundaries so the
         # all-reduce still overlaps the compiled backward (compiling inside DDP would not).
@@ -623,6 +655,8 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
                 # DDP's static graph is recorded on this DDP object's first iteration, which must
                 # not run under no_sync (torch asserts "expect_autograd_hooks_").
                 sync_every_micro_step=cfg.distributed.static_graph and steps_this_invocation == 0,
+                row_sync=row_sync,
+                global_batch=sampler.current_global_batch,
             )
             timer.end_step()
             num_tokens += int(sum(train_split_lengths[mb].sum() for mb in micro_batches))
@@ -713,7 +747,7 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
             _log_stopped(env, steps_this_invocation, run_dir)
             return run_dir
 
-    comm = measure_communication(model, data, sampler, cfg, env, amp)
+    comm = measure_communication(model, data, sampler, cfg, env, amp, row_sync)
     if env.is_main:
         summary = _summary(
             cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, share_device, amp

@@ -35,9 +35,17 @@ def assert_params_close(a: dict, b: dict, atol: float = 2e-5) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
-def test_two_ranks_match_one_process(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize("embedding_sync", ["rows", "dense"])
+def test_two_ranks_match_one_process(tmp_path: Path, cache_dir: Path, embedding_sync: str) -> None:
     [single] = run_worker(tmp_path, "ws1", 1, cache_dir)
-    r0, r1 = run_worker(tmp_path, "ws2", 2, cache_dir)
+    r0, r1 = run_worker(
+        tmp_path, "ws2", 2, cache_dir, f"distributed.embedding_grad_sync={embedding_sync}"
+    )
+    # rows: the embedding left DDP and only the rows the global batch used were all-reduced
+    assert r0["row_sync"] is (embedding_sync == "rows")
+    if embedding_sync == "rows":
+        assert len(r0["rows_per_step"]) == STEPS
+        assert 0 < max(r0["rows_per_step"]) < r0["params"]["tok_emb.weight"].shape[0]
     # identical across ranks (DDP all-reduced the same gradients, same optimizer)
     for k in r0["params"]:
         assert torch.equal(r0["params"][k], r1["params"][k]), k

@@ -139,6 +139,25 @@ def test_comm_bound_suggests_comm_hook_and_buckets(tmp_path):
         assert tip in f.recommendation
 
 
+@pytest.mark.parametrize("sync", ["dense", "rows"])
+def test_comm_bound_on_a_dense_embedding_gradient_suggests_row_sync(tmp_path, sync):
+    write_run(tmp_path, "ws1", world_size=1)
+    comm = {
+        "exposed_comm_ms": 25.0, "allreduce_ms": 26.0, "grad_bytes": 11_368_464,
+        "embedding_grad_sync": sync, "embedding_grad_bytes": 10_240_000,
+        "embedding_rows_per_step": 730.6,
+    }  # fmt: skip
+    write_run(
+        tmp_path, "ws2", world_size=2, timing={"backward_ms": 55.0, "step_ms": 78.5},
+        summary={"comm": comm},
+    )  # fmt: skip
+    (f,) = [f for f in _findings(tmp_path) if f.rule == "comm_bound"]
+    # only a run that still all-reduces the whole embedding is told to switch
+    assert ("embedding_grad_sync=rows" in f.recommendation) is (sync == "dense")
+    if sync == "dense":
+        assert "10.2 of the 11.4 MB" in f.recommendation and "~731 rows" in f.recommendation
+
+
 def test_findings_are_sorted_by_severity(tmp_path):
     write_run(tmp_path, "ws1")
     write_run(

@@ -251,6 +251,14 @@ def _run_rules(run: Run) -> list[Finding]:
             extra += f", R = compute/comm = {ratio:.2g}" if ratio is not None else ""
             grad_mb = (run.comm.get("grad_bytes") or 0) / 1e6
             tips = []
+            emb_mb = (run.comm.get("embedding_grad_bytes") or 0) / 1e6
+            if run.comm.get("embedding_grad_sync") == "dense" and emb_mb >= 0.5 * grad_mb > 0:
+                rows = run.comm_value("embedding_rows_per_step")
+                used = f" (a global batch uses ~{rows:,.0f} rows)" if rows else ""
+                tips.append(
+                    f"distributed.embedding_grad_sync=rows: {emb_mb:.3g} of the {grad_mb:.3g} MB are "
+                    f"the token-embedding gradient, and only the rows a batch uses need summing{used}"
+                )
             if hook == "none":
                 tips.append("a bf16/fp16 comm hook (distributed.comm_hook) halves the bytes sent")
             tips.append(

@@ -508,6 +508,11 @@ def _method_text(runs: Sequence[Run]) -> str:
     )
 
 
+def _grad_mb(run: Run) -> str | None:
+    grad = run.comm.get("grad_bytes")
+    return None if grad is None else f"{grad / 1e6:.3g}"
+
+
 def _setup_text(runs: Sequence[Run]) -> str:
     return (
         f"Device: {_unique(runs, lambda r: r.summary.get('device_name'))} "
@@ -517,6 +522,10 @@ def _setup_text(runs: Sequence[Run]) -> str:
         f"{_unique(runs, lambda r: r.system.get('num_cpus'))} CPUs; "
         f"PyTorch {_unique(runs, lambda r: r.summary.get('torch_version'))}; "
         f"backends: {_unique(runs, lambda r: r.summary.get('backend'))}; "
+        f"gradient MB all-reduced per step: {_unique(runs, _grad_mb)}; "
+        "token-embedding gradient summed as: "
+        f"{_unique(runs, lambda r: r.comm.get('embedding_grad_sync'))} (rows = only the rows a "
+        "global batch used; dense = the whole vocab_size x d_model matrix); "
         f"git commit: {_unique(runs, lambda r: r.summary.get('git_commit'))}."
     )
 

@@ -62,6 +62,7 @@ class TrainBatchSampler:
         self.bucket_multiplier = bucket_multiplier
         self.epoch = 0
         self._start_step = 0
+        self.current_global_batch = np.empty(0, dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's order (call before iterating, as with DistributedSampler)."""
@@ -99,6 +100,7 @@ class TrainBatchSampler:
         start, self._start_step = self._start_step, 0  # a resume offset applies once
         group = self.world_size * self.per_rank
         for batch in self.global_batches()[start:]:
+            self.current_global_batch = batch  # all ranks' examples of the step being yielded
             yield [
                 np.ascontiguousarray(
                     batch[k * group : (k + 1) * group][self.rank :: self.world_size]

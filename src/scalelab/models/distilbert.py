@@ -40,5 +40,8 @@ class DistilBertClassifier(nn.Module):
             )
             self.net = DistilBertForSequenceClassification(cfg)
 
+    def token_embedding(self) -> nn.Embedding:
+        return self.net.get_input_embeddings()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids=input_ids, attention_mask=attention_mask).logits

@@ -137,6 +137,9 @@ class TransformerClassifier(nn.Module):
         self.dropout = dropout
         self.apply(self._init)
 
+    def token_embedding(self) -> nn.Embedding:
+        return self.tok_emb
+
     def set_cpu_kernels(self, enabled: bool) -> None:
         """Switch between scalelab's CPU kernels and the textbook ones (same function)."""
         self.cpu_kernels = enabled

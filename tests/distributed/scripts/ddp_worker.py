@@ -40,7 +40,10 @@ def main() -> None:
         torch.manual_seed(cfg.train.seed)
         data = prepare_data(cfg, is_main=env.is_main, barrier=lambda: D.barrier(env))
         model = build_model(cfg.model, data.vocab_size, data.num_classes)
-        model = D.wrap_ddp(model, cfg.distributed, env)
+        row_sync = None  # as the trainer: the embedding's rows summed outside DDP (gloo default)
+        if env.is_distributed and D.syncs_embedding_rows(cfg.distributed, env.backend):
+            row_sync = D.EmbeddingRowSync(model, data.train.tokens, env)
+        model = D.wrap_ddp(model, cfg.distributed, env, exclude=[row_sync.name] if row_sync else [])
         hook_state = {"calls": 0}
         if env.is_distributed and cfg.distributed.comm_hook == "none":
             model.register_comm_hook(hook_state, counting_allreduce_hook)
@@ -58,9 +61,15 @@ def main() -> None:
         sched = _make_scheduler(opt, cfg, steps)
         timer = StepTimer(env.device)
         sampler.set_epoch(0)
-        seen = []
+        seen, rows_used = [], []
         for micro in itertools.islice(sampler, steps):
-            train_step(model, micro, data, opt, sched, None, timer, cfg, env, None)
+            gb = sampler.current_global_batch
+            if row_sync is not None:
+                rows_used.append(int(D.embedding_rows(data.train.tokens, gb).numel()))
+            train_step(
+                model, micro, data, opt, sched, None, timer, cfg, env, None,
+                row_sync=row_sync, global_batch=gb,
+            )  # fmt: skip
             timer.end_step()
             seen.append([m.tolist() for m in micro])
         val_loss, val_acc = evaluate(model, data, cfg, env, None)
@@ -68,6 +77,9 @@ def main() -> None:
         result = {
             "params": {k: v.detach().clone() for k, v in net.state_dict().items()},
             "allreduce_calls": hook_state["calls"],
+            "row_sync": row_sync is not None,
+            "rows_per_step": rows_used,
+            "embedding_in_ddp": row_sync is None,
             "batches": seen,
             "val_loss": val_loss,
             "val_acc": val_acc,
