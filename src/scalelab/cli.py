@@ -29,7 +29,8 @@ def find_config(name: str) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    for base in (Path.cwd() / "configs", PACKAGE_DIR.parents[1] / "configs"):
+    # ./configs first (a user's own presets), then the presets installed with the package
+    for base in (Path.cwd() / "configs", PACKAGE_DIR / "configs"):
         cand = base / f"{name.removesuffix('.yaml')}.yaml"
         if cand.is_file():
             return cand
