@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from datetime import datetime
 from pathlib import Path
 
@@ -229,6 +230,17 @@ PASSTHROUGH = {"sweep": cmd_sweep, "commbench": cmd_commbench}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scalelab.distributed import exit_process
+
+    try:
+        code = _run(argv)
+    except Exception:  # a bug, not a user error: show it, then leave as exit_process says
+        traceback.print_exc()
+        code = 1
+    return exit_process(code)
+
+
+def _run(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in PASSTHROUGH:
         args = argparse.Namespace(fn=PASSTHROUGH[argv[0]], rest=argv[1:])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -90,12 +92,40 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     if backend == "nccl":
         kwargs["device_id"] = device  # binds the communicator to our GPU eagerly
     dist.init_process_group(**kwargs)
+    global _joined_process_group
+    _joined_process_group = True
     return DistEnv(rank, local_rank, world_size, local_world_size, num_nodes, backend, device)
+
+
+# True once this process joined a process group (see exit_process).
+_joined_process_group = False
 
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> int:
+    """Return `code` for sys.exit, or, in a process that joined a process group, end it right here.
+
+    DDP keeps its C++ ProcessGroupGloo alive after destroy_process_group (its worker threads
+    `pt_gloo_runloop` and `gloo_tcp_loop` still run once every Python object is freed), and the
+    interpreter's teardown then aborts ("terminate called without an active exception", SIGABRT)
+    in about 1 run in 5 on a loaded 2-core machine (measured: DDP on gloo, construct, destroy,
+    exit). Every output is written and fsynced before this point, so the rank leaves with
+    os._exit after flushing stdio, skipping the C++ teardown.
+    """
+    if not _joined_process_group:
+        return code
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed, e.g. after a BrokenPipeError
+            stream.flush()
+    os._exit(code)
 
 
 def barrier(env: DistEnv) -> None:
