@@ -1,10 +1,13 @@
-"""Atomic checkpoints (write temp, fsync, rename) and loading them back for resume."""
+"""Atomic checkpoints (write temp, fsync, rename), loading them back for resume, and stopping
+cleanly on a preemption signal so that a resumed run continues where it stopped."""
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +92,56 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing {', '.join(missing)}")
     return state
+
+
+# ----------------------------------------------------------------------------- preemption
+
+
+class TrainingStopped(Exception):
+    """The run checkpointed and stopped because a signal asked it to (exit code 128 + signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """SIGTERM (preemption; torchrun forwards it to its ranks) and SIGUSR1 (SLURM's warning before
+    the time limit, `sbatch --signal=USR1@120`) ask the run to stop at a step boundary.
+
+    The handler only records the signal; the loop polls `agreed()` so every rank stops after the
+    same step even when the signal reaches them at different times. Under DDP that poll is one
+    tiny all-reduce, so it runs every `every` steps (the loop passes train.log_every_steps) and
+    at each epoch's end, never per step. Used as a context manager: the previous handlers come
+    back on exit. Outside the main thread (where Python cannot install handlers) it never fires.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def agreed(self, all_reduce_max: Any) -> int | None:
+        """The signal to stop for if any rank received one (`all_reduce_max`: float -> max over
+        ranks; identity in one process). Collective: call it at the same step on every rank."""
+        signum = int(all_reduce_max(float(self.received or 0)))
+        return signum or None

@@ -246,8 +246,12 @@ def _run(argv: list[str] | None) -> int:
         args = argparse.Namespace(fn=PASSTHROUGH[argv[0]], rest=argv[1:])
     else:
         args = build_parser().parse_args(argv)
+    from scalelab.checkpoint import TrainingStopped
+
     try:
         return args.fn(args)
+    except TrainingStopped as exc:  # checkpointed; rank 0 said how to resume
+        return exc.exit_code
     except _user_errors() as exc:
         from scalelab.distributed import is_main_process
 

@@ -106,7 +106,8 @@ class TrainConfig:
     save_checkpoint: bool = True
     """Write checkpoints at all."""
     log_every_steps: int = 50
-    """Update the progress line every N steps; each update is a host-device sync for the loss."""
+    """Update the progress line every N steps; each update is a host-device sync for the loss.
+    Ranks also agree every N steps (one tiny all-reduce) whether any got SIGTERM/SIGUSR1."""
     timing_warmup_steps: int = 5
     """First optimizer steps of the run excluded from the per-phase timing (warm-up, compile)."""
     comm_calibration_steps: int = 8

@@ -173,6 +173,15 @@ def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
     return t.tolist()  # host-device sync (once per call, never per step)
 
 
+def all_reduce_max(value: float, env: DistEnv) -> float:
+    """The largest of one float across ranks."""
+    if not env.is_distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device(env))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())  # host-device sync (once per call, never per step)
+
+
 def all_reduce_mean_max(values: list[float], env: DistEnv) -> tuple[list[float], list[float]]:
     """Per-value mean and max across ranks, for straggler-aware timing."""
     if not env.is_distributed:

@@ -8,7 +8,8 @@ Event points, in order (read `fit` top to bottom):
         for step:                                   # StepTimer laps: data | h2d | forward | backward | optimizer
             for micro-step: batch -> forward -> backward (no_sync on all but the last micro-step)
             clip -> optimizer.step -> scheduler.step
-            [every log_every_steps: read the loss (sync) and update progress]
+            [every log_every_steps: read the loss (sync) and update progress; SIGTERM/SIGUSR1 from
+             any rank -> checkpoint and stop (exit 128 + signal), train.resume=auto continues]
             [every checkpoint_every_steps: checkpoint]
         evaluate (exact under DDP) -> reduce timings across ranks -> metrics.csv row -> checkpoint
     after the last epoch: measure communication (calibration + bucket all-reduce) -> summary.json
@@ -26,6 +27,7 @@ import os
 import platform
 import random
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +46,8 @@ from scalelab import distributed as D
 from scalelab.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
+    StopSignals,
+    TrainingStopped,
     atomic_write_text,
     load_checkpoint,
     rng_state,
@@ -457,12 +461,13 @@ def fit(cfg: Config) -> Path:
     """Train per `cfg` (in this process and any torchrun peers) and return the run folder."""
     env = D.init_distributed(cfg.distributed)
     try:
-        return _fit(cfg, env)
+        with StopSignals() as stops:
+            return _fit(cfg, env, stops)
     finally:
         D.cleanup()
 
 
-def _fit(cfg: Config, env: D.DistEnv) -> Path:
+def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     cfg.validate(env.world_size)
     amp = _resolve_precision(cfg, env.device)
     num_threads = _set_threads(cfg, env)
@@ -626,6 +631,11 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
     train_split_lengths = data.train.lengths
     steps_this_invocation = 0
     stop_requested = False
+    stopped_by: int | None = None  # the signal that stopped the run, if one did
+
+    def max_over_ranks(x: float) -> float:
+        return D.all_reduce_max(x, env)
+
     for epoch in range(state.epoch, cfg.train.epochs):
         sampler.set_epoch(epoch)
         sampler.set_start_step(state.step_in_epoch)
@@ -686,13 +696,17 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
                 checkpoint(state, loss_sum)
             if cfg.train.stop_after_steps and steps_this_invocation >= cfg.train.stop_after_steps:
                 stop_requested = True
-                if state.step_in_epoch < steps_per_epoch:
-                    break  # mid-epoch: checkpoint below; at an epoch's end, finish the epoch first
+            if not stop_requested and state.step_in_epoch % cfg.train.log_every_steps == 0:
+                # collective (one float) every log_every_steps: did any rank get SIGTERM/SIGUSR1?
+                stopped_by = stops.agreed(max_over_ranks)
+                stop_requested = stopped_by is not None
+            if stop_requested and state.step_in_epoch < steps_per_epoch:
+                break  # mid-epoch: checkpoint below; at an epoch's end, finish the epoch first
         epoch_time_s = watch.elapsed_s()
         progress.close()
         if stop_requested and state.step_in_epoch < steps_per_epoch:
             checkpoint(state, loss_sum)
-            _log_stopped(env, steps_this_invocation, run_dir)
+            _stop(env, steps_this_invocation, run_dir, stopped_by)
             return run_dir
 
         steps_done = state.step_in_epoch
@@ -743,8 +757,11 @@ def _fit(cfg: Config, env: D.DistEnv) -> Path:
         if env.is_main:
             _write_metrics(run_dir / "metrics.csv", state.metrics)
         checkpoint(state, torch.zeros((), device=env.device))
+        if not stop_requested:
+            stopped_by = stops.agreed(max_over_ranks)  # collective, once per epoch
+            stop_requested = stopped_by is not None
         if stop_requested:
-            _log_stopped(env, steps_this_invocation, run_dir)
+            _stop(env, steps_this_invocation, run_dir, stopped_by)
             return run_dir
 
     comm = measure_communication(model, data, sampler, cfg, env, amp, row_sync)
@@ -794,12 +811,16 @@ def _check_mid_epoch_resume(
         )
 
 
-def _log_stopped(env: D.DistEnv, steps: int, run_dir: Path) -> None:
+def _stop(env: D.DistEnv, steps: int, run_dir: Path, signum: int | None) -> None:
+    """Say where the run stopped and how to continue it; raise TrainingStopped for a signal."""
+    why = f"on {signal.Signals(signum).name}" if signum else "as asked (train.stop_after_steps)"
     log(
         env,
-        f"stopped after {steps} steps as asked (train.stop_after_steps); "
+        f"stopped after {steps} steps {why}; "
         f"continue with train.resume=auto output.dir={run_dir.parent} output.run_name={run_dir.name}",
     )
+    if signum:
+        raise TrainingStopped(signum)
 
 
 def _summary(

@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from scalelab.train import METRIC_COLUMNS
-from tests.conftest import rank_errors, scalelab, torchrun
+from tests.conftest import REPO, rank_errors, scalelab, torchrun
 
 pytestmark = pytest.mark.slow
 TINY = [
@@ -91,6 +95,44 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     rows_cut = list(csv.DictReader((tmp_path / "exp" / "cut" / "metrics.csv").open()))
     assert [r["train_loss"] for r in rows_full] == [r["train_loss"] for r in rows_cut]
     assert [r["val_acc"] for r in rows_full] == [r["val_acc"] for r in rows_cut]
+
+
+def test_sigterm_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # slow batches (data.delay_per_batch_s) so the signal lands mid-training
+    base = ["-m", "scalelab", "train", *common(tmp_path, cache_dir), "train.epochs=2",
+            "train.max_steps_per_epoch=12", "data.delay_per_batch_s=0.05"]  # fmt: skip
+    full = torchrun([*base, "output.run_name=full"], nproc=2)
+    assert full.returncode == 0, rank_errors(full)
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *base, "output.run_name=cut"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    lines = []
+    for line in proc.stdout:  # the first progress line: training is under way
+        lines.append(line)
+        if "epoch 1/2 step 5/" in line:
+            proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both ranks
+            break
+    out, err = proc.communicate(timeout=120)
+    out = "".join(lines) + out
+    assert proc.returncode != 0
+    stopped = [ln for ln in out.splitlines() if "on SIGTERM" in ln]
+    assert len(stopped) == 1 and "train.resume=auto" in stopped[0], out + err[-2000:]
+    assert (tmp_path / "exp" / "cut" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "exp" / "cut" / "summary.json").exists()
+    saved = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
+    assert 0 < saved["global_step"] < 24
+
+    resumed = torchrun([*base, "output.run_name=cut", "train.resume=auto"], nproc=2)
+    assert resumed.returncode == 0, rank_errors(resumed)
+    a = torch.load(tmp_path / "exp" / "full" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
 
 
 def _assert_one_line_error(res, fragment: str) -> None:
