@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,11 +53,11 @@ def test_threads_per_rank() -> None:
 def test_sweep_runs_every_world_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_run(argv: list[str], env: dict[str, str], check: bool) -> subprocess.CompletedProcess:
+    def fake_run(argv: list[str], env: dict[str, str]) -> tuple[int, None]:
         calls.append((argv, env))
-        return subprocess.CompletedProcess(argv, 0)
+        return 0, None
 
-    monkeypatch.setattr(local.subprocess, "run", fake_run)
+    monkeypatch.setattr(local, "_run_child", fake_run)
     monkeypatch.setattr(local, "available_cpus", lambda: 8)
     runs = run_sweep(SMALL, [1, 2, 4], ["train.epochs=1"], out_dir=tmp_path, threads_per_rank=None)
     assert runs == [tmp_path / f"ag_news_small-ws{n}" for n in (1, 2, 4)]
@@ -104,11 +103,7 @@ def test_sweep_into_an_existing_sweep_is_refused_before_any_run(
     (tmp_path / "ag_news_small-ws2").mkdir()
     (tmp_path / "ag_news_small-ws2" / "metrics.csv").write_text("epoch\n")
     calls: list[list[str]] = []
-    monkeypatch.setattr(
-        local.subprocess,
-        "run",
-        lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(argv, 0),
-    )
+    monkeypatch.setattr(local, "_run_child", lambda argv, env: (calls.append(argv), (0, None))[1])
     with pytest.raises(SweepError, match="ag_news_small-ws2 already holds a run"):
         run_sweep(SMALL, [1, 2], [], out_dir=tmp_path, threads_per_rank=1)
     assert calls == []

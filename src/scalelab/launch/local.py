@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from scalelab.config import ConfigError, load_config
@@ -59,6 +61,33 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS/Windows have no sched_getaffinity
         return os.cpu_count() or 1
+
+
+# Forwarded to the running child: preemption (SIGTERM) and SLURM's time-limit warning (SIGUSR1).
+# The ranks checkpoint and exit with 128 + the signal; the sweep then stops (see run_sweep).
+_FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _run_child(argv: list[str], env: dict[str, str]) -> tuple[int, str | None]:
+    """Run one child (it inherits stdout/stderr); return its exit code and the name of the signal
+    passed on to it, if any. SIGTERM/SIGUSR1 sent to this process go to the child, so a killed
+    sweep leaves no orphaned training run (torchrun itself exits 1 after forwarding one)."""
+    proc = subprocess.Popen(argv, env=env)
+    forwarded: list[str] = []
+
+    def forward(signum: int, frame: object) -> None:
+        forwarded.append(signal.Signals(signum).name)
+        proc.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in _FORWARDED:
+            previous[s] = signal.signal(s, forward)
+    try:
+        return proc.wait(), (forwarded[0] if forwarded else None)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def rank_threads(world_size: int, threads: int | None = None, cpus: int | None = None) -> int:
@@ -144,7 +173,12 @@ def run_sweep(
         # torchrun would force OMP_NUM_THREADS=1 per rank; unbuffered so output streams line by line
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         print(f"[sweep] world size {n} ({threads} thread(s)/rank): {shlex.join(argv)}", flush=True)
-        code = subprocess.run(argv, env=env, check=False).returncode  # inherits stdout/stderr
+        code, stopped_by = _run_child(argv, env)
+        if stopped_by:  # the run checkpointed (or finished); start no further run
+            raise SweepError(
+                f"sweep stopped by {stopped_by} during the world-size-{n} run; "
+                "run the same command with train.resume=auto to continue"
+            )
         if code != 0:
             raise SweepError(f"sweep stopped: the world-size-{n} run failed with exit code {code}")
         runs.append(Path(out_dir) / run_name)
@@ -156,7 +190,7 @@ def run_commbench(nproc: int, out_dir: str | Path, *, max_bytes: str = "64M") ->
     argv = torchrun_argv(nproc, ["commbench", "--out", str(out_dir), "--max-bytes", max_bytes])
     env = {**os.environ, "OMP_NUM_THREADS": str(rank_threads(nproc)), "PYTHONUNBUFFERED": "1"}
     print(f"[sweep] all-reduce bandwidth on {nproc} ranks: {shlex.join(argv)}", flush=True)
-    code = subprocess.run(argv, env=env, check=False).returncode
+    code, _ = _run_child(argv, env)
     if code != 0:
         raise SweepError(f"commbench on {nproc} ranks failed with exit code {code}")
     return Path(out_dir) / "commbench.json"

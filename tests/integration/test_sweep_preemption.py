@@ -1,0 +1,58 @@
+"""A sweep killed with SIGTERM (as a scheduler preempts it) passes the signal to its running
+training run, which checkpoints; the same command with train.resume=auto then finishes the sweep."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+TINY = [
+    "data.max_train_samples=600", "data.max_test_samples=100", "model.vocab_size=2000", "model.d_model=32",
+    "model.num_layers=1", "model.num_heads=2", "model.d_ff=64", "model.max_seq_len=64", "train.batch_size=16",
+    "train.epochs=1", "output.progress=plain", "train.log_every_steps=5", "train.comm_calibration_steps=2",
+    "train.max_steps_per_epoch=20", "data.delay_per_batch_s=0.05",
+]  # fmt: skip
+
+
+def test_sigterm_to_the_sweep_checkpoints_the_running_run_and_resume_finishes(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "scalelab", "sweep", "--config", "ag_news_small",
+           "--world-sizes", "1,2", "--threads-per-rank", "1", "--out", str(out), *TINY,
+           f"data.cache_dir={cache_dir}"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    seen, in_ws2 = [], False
+    for line in proc.stdout:
+        seen.append(line)
+        in_ws2 = in_ws2 or line.startswith("[sweep] world size 2")
+        if in_ws2 and "epoch 1/1 step 5/" in line:
+            proc.send_signal(signal.SIGTERM)  # to the sweep process only, not its children
+            break
+    rest, err = proc.communicate(timeout=120)
+    log = "".join(seen) + rest
+    assert proc.returncode == 2, (log, err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("scalelab: error: sweep stopped by SIGTERM during the world-size-2"), err
+    assert re.search(r"stopped after \d+ steps on SIGTERM", log), log
+    assert (out / "ag_news_small-ws1" / "summary.json").is_file()
+    assert (out / "ag_news_small-ws2" / "checkpoint.pt").is_file()
+    assert not (out / "ag_news_small-ws2" / "summary.json").exists()
+
+    again = subprocess.run([*cmd, "train.resume=auto"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished" in again.stdout  # the 1-rank run is not trained again
+    assert "resumed" in again.stdout
+    assert (out / "ag_news_small-ws2" / "summary.json").is_file()
