@@ -18,11 +18,20 @@ install: $(PY)
 demo: install
 	$(VENV)/bin/scalelab demo
 
-# pdflatex is needed by the report test: installed from Debian when missing and apt is usable.
+# Test tools from Debian, installed when missing and apt is usable: pdflatex (the report's LaTeX
+# test) and a SLURM controller + node daemon + munge (the sbatch/requeue test on a local cluster).
 test-deps:
-	@command -v pdflatex >/dev/null || { command -v apt-get >/dev/null && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	   texlive-latex-recommended texlive-latex-extra >/dev/null) || echo "warning: pdflatex unavailable; its test will be skipped"; }
+	@missing=""; \
+	command -v pdflatex >/dev/null || missing="$$missing texlive-latex-recommended texlive-latex-extra"; \
+	command -v slurmctld >/dev/null || missing="$$missing slurmctld"; \
+	command -v slurmd >/dev/null || missing="$$missing slurmd"; \
+	command -v sbatch >/dev/null || missing="$$missing slurm-client"; \
+	command -v munged >/dev/null || missing="$$missing munge"; \
+	if [ -n "$$missing" ]; then \
+	  { command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
+	  echo "warning: could not install$$missing; the tests that need them will be skipped"; \
+	fi
 
 test: install test-deps
 	$(PY) -m pytest -q tests

@@ -60,6 +60,18 @@ def scalelab(
     )
 
 
+def tiny_slow_run(steps: int, delay_s: float) -> list[str]:
+    """Overrides for a tiny 1-epoch run of `steps` steps, each batch delayed by `delay_s`, so that a
+    signal sent after its first progress line lands mid-training."""
+    return [
+        "data.max_train_samples=600", "data.max_test_samples=100", "model.vocab_size=2000",
+        "model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.d_ff=64",
+        "model.max_seq_len=64", "train.batch_size=16", "train.epochs=1", "output.progress=plain",
+        "train.log_every_steps=5", "train.comm_calibration_steps=2",
+        f"train.max_steps_per_epoch={steps}", f"data.delay_per_batch_s={delay_s}",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One encoded-data cache per test session keeps tests from re-tokenising the sample."""

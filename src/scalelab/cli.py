@@ -1,4 +1,4 @@
-"""`scalelab train | sweep | demo | report | predict | commbench | data | config`.
+"""`scalelab train | sweep | slurm | demo | report | predict | commbench | data | config`.
 
 User errors (bad config, data, checkpoint, run folder, launch) print one line and exit 2;
 anything else is a bug and keeps its traceback.
@@ -84,6 +84,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from scalelab.launch.local import sweep_main
 
     return sweep_main(args.rest)
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from scalelab.launch.slurm import slurm_main
+
+    return slurm_main(args.rest)
 
 
 def cmd_commbench(args: argparse.Namespace) -> int:
@@ -185,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a preset at several world sizes with torchrun, then report (see sweep --help)",
     )
     sub.add_parser(
+        "slurm",
+        help="write and submit an sbatch job (srun + torchrun, requeue on preemption; slurm --help)",
+    )
+    sub.add_parser(
         "commbench", help="all-reduce bandwidth sweep, run under torchrun (see commbench --help)"
     )
 
@@ -226,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands with their own argparse; everything after the name is theirs.
-PASSTHROUGH = {"sweep": cmd_sweep, "commbench": cmd_commbench}
+PASSTHROUGH = {"sweep": cmd_sweep, "slurm": cmd_slurm, "commbench": cmd_commbench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_slow_run
 
 pytestmark = pytest.mark.slow
-TINY = [
-    "data.max_train_samples=600", "data.max_test_samples=100", "model.vocab_size=2000", "model.d_model=32",
-    "model.num_layers=1", "model.num_heads=2", "model.d_ff=64", "model.max_seq_len=64", "train.batch_size=16",
-    "train.epochs=1", "output.progress=plain", "train.log_every_steps=5", "train.comm_calibration_steps=2",
-    "train.max_steps_per_epoch=20", "data.delay_per_batch_s=0.05",
-]  # fmt: skip
+TINY = tiny_slow_run(steps=20, delay_s=0.05)
 
 
 def test_sigterm_to_the_sweep_checkpoints_the_running_run_and_resume_finishes(

@@ -1,0 +1,272 @@
+"""SLURM: an sbatch script that runs one training run over N nodes and survives preemption.
+
+The script is plain SLURM + torchrun, nothing home-made: `srun` starts one torchrun per node, the
+torchruns meet at a c10d rendezvous on the job's first node, and each starts the node's ranks.
+
+Preemption and time limits: the job asks for `--signal=B:USR1@<seconds>` (SIGUSR1 to the batch
+shell that long before the time limit) and `--requeue`. On SIGUSR1 or SIGTERM the batch shell
+sends SIGTERM to the job step (`scancel --signal=TERM <job>`; `kill` on srun would make srun kill
+the tasks). Every rank then checkpoints after the same step and exits (scalelab.checkpoint.
+StopSignals); the batch shell requeues the job (`scontrol requeue`, at most --max-requeues times)
+and the next start continues with `train.resume=auto`. When SLURM itself preempts with SIGTERM,
+the ranks receive it directly and do the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scalelab.config import ConfigError, load_config
+from scalelab.distributed import LaunchError
+
+# set by the script itself: a user value would point the job at another run folder
+_RESERVED_OVERRIDES = ("output.dir", "output.run_name", "train.resume")
+
+
+class SlurmError(LaunchError):
+    """The job cannot be written or submitted (one line; the CLI prints it and exits 2)."""
+
+
+@dataclass
+class SlurmJob:
+    """One training run as a SLURM batch job (see `scalelab slurm --help` for each field)."""
+
+    config: Path
+    run_name: str
+    out_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    nodes: int = 1
+    procs_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    time: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    signal_seconds: int = 120
+    max_requeues: int = 3
+    python: str = sys.executable
+    sbatch_args: list[str] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    @property
+    def cpus(self) -> int:
+        """CPUs per node for the one srun task (torchrun and all its ranks)."""
+        return self.cpus_per_task or self.procs_per_node
+
+    @property
+    def script_path(self) -> Path:
+        return self.out_dir / "slurm" / f"{self.run_name}.sbatch"
+
+    @property
+    def log_pattern(self) -> Path:
+        return self.out_dir / "slurm" / f"{self.run_name}-%j.out"  # %j: SLURM's job id
+
+
+def render_sbatch(job: SlurmJob) -> str:
+    """The batch script for `job` (bash; every line explained in the script's comments)."""
+    q = shlex.quote
+    sbatch = [
+        f"--job-name={q('scalelab-' + job.run_name)}",
+        f"--nodes={job.nodes}",
+        "--ntasks-per-node=1",  # one torchrun per node; it starts the node's ranks
+        f"--cpus-per-task={job.cpus}",
+        f"--output={q(str(job.log_pattern))}",
+        "--open-mode=append",  # a requeued job appends to the same log
+        "--requeue",
+        f"--signal=B:USR1@{job.signal_seconds}",
+    ]
+    if job.gpus_per_node:
+        sbatch.append(f"--gpus-per-node={job.gpus_per_node}")
+    if job.time:
+        sbatch.append(f"--time={q(job.time)}")
+    if job.partition:
+        sbatch.append(f"--partition={q(job.partition)}")
+    if job.account:
+        sbatch.append(f"--account={q(job.account)}")
+    sbatch += job.sbatch_args
+    threads = max(1, job.cpus // job.procs_per_node)
+    train = [
+        job.python, "-m", "torch.distributed.run",
+        '--nnodes="$SLURM_NNODES"', f"--nproc-per-node={job.procs_per_node}",
+        "--rdzv-backend=c10d", '--rdzv-endpoint="$head_node:$port"', '--rdzv-id="$SLURM_JOB_ID"',
+        "-m", "scalelab", "train", "--config", str(job.config),
+        f"output.dir={job.out_dir}", f"output.run_name={job.run_name}", "train.resume=auto",
+        *job.overrides,
+    ]  # fmt: skip
+    # quote everything but the shell variables the script fills in at run time
+    train_cmd = " ".join(a if '"$' in a else q(a) for a in train)
+    lines = [
+        "#!/bin/bash",
+        f"# Written by `scalelab slurm` for run {job.run_name} ({job.world_size} ranks = "
+        f"{job.nodes} node(s) x {job.procs_per_node}). Submit with: sbatch {q(str(job.script_path))}",
+        *(f"#SBATCH {a}" for a in sbatch),
+        "",
+        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "port=$((20000 + SLURM_JOB_ID % 20000))  # rendezvous port, distinct per job",
+        f"export OMP_NUM_THREADS={threads}",
+        'echo "scalelab: job $SLURM_JOB_ID start ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST,'
+        ' rendezvous $head_node:$port"',
+        "",
+        "# SIGUSR1 (time limit near) or SIGTERM (preemption): every rank checkpoints and stops.",
+        '# scancel signals the job step (torchrun and its ranks), not this shell; "kill" on srun',
+        "# would make srun kill the tasks at once.",
+        'stop_signal=""',
+        "on_signal() {",
+        '    stop_signal="$1"',
+        '    echo "scalelab: SIG$1 received: asking every rank to checkpoint and stop"',
+        '    scancel --signal=TERM "$SLURM_JOB_ID"',
+        "}",
+        "trap 'on_signal USR1' USR1",
+        "trap 'on_signal TERM' TERM",
+        "",
+        # srun no longer passes --cpus-per-task on (SLURM >= 22.05): give it explicitly
+        f'srun --kill-on-bad-exit=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" {train_cmd} &',
+        "step=$!",
+        'wait "$step"; code=$?',
+        "# a trapped signal interrupts wait: wait again until the step has really ended",
+        'while kill -0 "$step" 2>/dev/null; do wait "$step"; code=$?; done',
+        'if [ -n "$stop_signal" ]; then',
+        f'    if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {job.max_requeues} ]; then',
+        '        echo "scalelab: requeueing job $SLURM_JOB_ID; the run resumes from its checkpoint"',
+        '        scontrol requeue "$SLURM_JOB_ID"',
+        "    else",
+        f'        echo "scalelab: stopped after {job.max_requeues} requeues; resubmit to continue"',
+        "    fi",
+        "fi",
+        'exit "$code"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def check_job(job: SlurmJob) -> None:
+    """Refuse a job that could never run, before anything is written or submitted."""
+    for name, value in (("--nodes", job.nodes), ("--procs-per-node", job.procs_per_node)):
+        if value < 1:
+            raise SlurmError(f"{name} must be >= 1, got {value}")
+    if job.gpus_per_node < 0:
+        raise SlurmError(f"--gpus-per-node must be >= 0, got {job.gpus_per_node}")
+    if job.gpus_per_node and job.procs_per_node > job.gpus_per_node:
+        raise SlurmError(
+            f"--procs-per-node {job.procs_per_node} > --gpus-per-node {job.gpus_per_node}: "
+            "two ranks would share one GPU"
+        )
+    if job.cpus_per_task is not None and job.cpus_per_task < job.procs_per_node:
+        raise SlurmError(
+            f"--cpus-per-task {job.cpus_per_task} < --procs-per-node {job.procs_per_node}: "
+            "give every rank at least one CPU"
+        )
+    if job.signal_seconds < 1 or job.max_requeues < 0:
+        raise SlurmError("--signal-seconds must be >= 1 and --max-requeues >= 0")
+    for item in job.overrides:
+        if item.partition("=")[0].strip() in _RESERVED_OVERRIDES:
+            raise SlurmError(f"override '{item}' is set by the job itself; use --out/--run-name")
+    try:
+        load_config(job.config, job.overrides).validate(world_size=job.world_size)
+    except ConfigError as exc:
+        raise SlurmError(str(exc)) from None
+
+
+def write_script(job: SlurmJob) -> Path:
+    from scalelab.checkpoint import atomic_write_text
+
+    check_job(job)
+    job.script_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job.script_path, render_sbatch(job))
+    job.script_path.chmod(0o755)
+    return job.script_path
+
+
+def submit(script: Path) -> str:
+    """`sbatch --parsable script`; returns the job id."""
+    if shutil.which("sbatch") is None:
+        raise SlurmError(
+            "sbatch not found on this machine; use --no-submit to only write the script"
+        )
+    res = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = (res.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SlurmError(f"sbatch refused {script}: {msg}")
+    return res.stdout.strip().split(";")[0]  # "<id>" or "<id>;<cluster>"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scalelab slurm",
+        description="Write (and submit) an sbatch script that trains one run on N nodes with "
+        "srun + torchrun, checkpoints on SIGUSR1/SIGTERM and requeues itself.",
+    )
+    p.add_argument("--config", required=True, help="preset name or YAML path")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="0 = CPU nodes (gloo)")
+    p.add_argument(
+        "--procs-per-node", type=int, default=None, help="ranks per node (default: GPUs, or 1)"
+    )
+    p.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per node (default: ranks)")
+    p.add_argument("--time", help="time limit, e.g. 02:00:00")
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument(
+        "--signal-seconds", type=int, default=120, help="SIGUSR1 this long before the time limit"
+    )
+    p.add_argument("--max-requeues", type=int, default=3)
+    p.add_argument("--out", default="experiments", help="output.dir of the run")
+    p.add_argument("--run-name", help="output.run_name (default: <preset>-ws<ranks>)")
+    p.add_argument("--python", default=sys.executable, help="python on the compute nodes")
+    p.add_argument(
+        "--sbatch-arg", action="append", default=[], help="extra #SBATCH option, repeatable"
+    )
+    p.add_argument("--no-submit", action="store_true", help="only write the script")
+    p.add_argument("overrides", nargs="*", help="config overrides like train.epochs=5")
+    return p
+
+
+def slurm_main(argv: list[str]) -> int:
+    """CLI entry point for `scalelab slurm`; returns the process exit code."""
+    from scalelab.cli import find_config
+
+    args = _parser().parse_args(argv)
+    try:
+        try:
+            config = find_config(args.config).resolve()
+            preset = load_config(config, args.overrides).name
+        except ConfigError as exc:
+            raise SlurmError(str(exc)) from None
+        procs = args.procs_per_node or max(1, args.gpus_per_node)
+        job = SlurmJob(
+            config=config,
+            run_name=args.run_name or f"{preset}-ws{args.nodes * procs}",
+            out_dir=Path(args.out).resolve(),
+            overrides=args.overrides,
+            nodes=args.nodes,
+            procs_per_node=procs,
+            gpus_per_node=args.gpus_per_node,
+            cpus_per_task=args.cpus_per_task,
+            time=args.time,
+            partition=args.partition,
+            account=args.account,
+            signal_seconds=args.signal_seconds,
+            max_requeues=args.max_requeues,
+            python=args.python,
+            sbatch_args=args.sbatch_arg,
+        )
+        script = write_script(job)
+        print(f"wrote {script}")
+        if args.no_submit:
+            return 0
+        job_id = submit(script)
+    except SlurmError as exc:
+        print(f"scalelab: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"submitted job {job_id}: run {job.out_dir / job.run_name}")
+    print(f"log: {str(job.log_pattern).replace('%j', job_id)}")
+    return 0

@@ -1,0 +1,78 @@
+"""`scalelab slurm` on a real (local, one-node) SLURM cluster: the job trains with srun + torchrun
+on 2 ranks, SIGUSR1 to the batch shell (what `--signal=B:USR1@T` sends before the time limit)
+makes the ranks checkpoint, the job requeues itself, resumes, and ends with the weights of an
+uninterrupted run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, rank_errors, tiny_slow_run, torchrun
+from tests.slurm_cluster import LocalSlurm, unavailable
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))]
+TINY = tiny_slow_run(steps=30, delay_s=0.1)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory):
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def _wait(what: str, cond, timeout: float = 180.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
+    slurm: LocalSlurm, tmp_path: Path, cache_dir: Path
+) -> None:
+    args = [*TINY, f"data.cache_dir={cache_dir}"]
+    ref = torchrun(["-m", "scalelab", "train", *args, f"output.dir={tmp_path / 'ref'}",
+                    "output.run_name=full"], nproc=2)  # fmt: skip
+    assert ref.returncode == 0, rank_errors(ref)
+
+    out = tmp_path / "study"
+    res = subprocess.run(
+        [sys.executable, "-m", "scalelab", "slurm", "--config", "ag_news_small",
+         "--procs-per-node", "2", "--cpus-per-task", "2", "--out", str(out), *args],
+        cwd=REPO, env=slurm.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    job_id = re.search(r"submitted job (\d+)", res.stdout).group(1)
+    log = out / "slurm" / f"ag_news_small-ws2-{job_id}.out"
+
+    def log_text() -> str:
+        return log.read_text() if log.exists() else ""
+
+    _wait("training to start", lambda: "epoch 1/1 step 5/" in log_text())
+    slurm.run("scancel", "--signal=USR1", "--batch", job_id)
+    _wait("the requeue", lambda: slurm.scontrol_job(job_id).get("Restarts") == "1")
+    # a requeued job may not start for ~2 min (SLURM's BeginTime delay): start it now
+    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    _wait("the job to finish", lambda: slurm.scontrol_job(job_id).get("JobState") == "COMPLETED")
+
+    text = log_text()
+    assert "SIGUSR1 received" in text, text
+    assert re.search(r"stopped after \d+ steps on SIGTERM", text), text
+    assert "requeueing job" in text and "resumed" in text, text
+    run = out / "ag_news_small-ws2"
+    assert (run / "summary.json").is_file()
+    a = torch.load(tmp_path / "ref" / "full" / "checkpoint.pt", weights_only=False)
+    b = torch.load(run / "checkpoint.pt", weights_only=False)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

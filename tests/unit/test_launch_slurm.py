@@ -1,0 +1,76 @@
+"""`scalelab slurm`: the sbatch script (bash-valid, srun + torchrun rendezvous, requeue on signal)
+and one-line refusals before anything is written or submitted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scalelab.launch.slurm import SlurmJob, render_sbatch, slurm_main
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = REPO / "configs" / "ag_news_small.yaml"
+
+
+def test_script_is_valid_bash_with_rendezvous_requeue_and_resume(tmp_path: Path) -> None:
+    job = SlurmJob(config=SMALL, run_name="r", out_dir=tmp_path, nodes=2, procs_per_node=4,
+                   gpus_per_node=4, cpus_per_task=32, time="01:00:00", partition="gpu",
+                   overrides=["train.epochs=5", "output.progress=plain"])  # fmt: skip
+    text = render_sbatch(job)
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --cpus-per-task=32", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120",
+                 "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu",
+                 "export OMP_NUM_THREADS=8"):  # fmt: skip
+        assert line in text.splitlines(), line
+    srun = next(ln for ln in text.splitlines() if ln.startswith("srun "))
+    for part in ("--nproc-per-node=4", '--nnodes="$SLURM_NNODES"', "--rdzv-backend=c10d",
+                 '--rdzv-endpoint="$head_node:$port"', f"output.dir={tmp_path}",
+                 "output.run_name=r", "train.resume=auto", "train.epochs=5"):  # fmt: skip
+        assert part in srun, part
+    assert 'scancel --signal=TERM "$SLURM_JOB_ID"' in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text
+
+
+def test_no_submit_writes_only_the_script(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = slurm_main(["--config", "ag_news_small", "--procs-per-node", "2", "--out",
+                       str(tmp_path), "--no-submit"])  # fmt: skip
+    assert code == 0
+    script = tmp_path / "slurm" / "ag_news_small-ws2.sbatch"
+    assert script.is_file() and f"wrote {script}" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["slurm"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--gpus-per-node", "2", "--procs-per-node", "4"], "two ranks would share one GPU"),
+        (["--procs-per-node", "3"], "train.batch_size"),  # 32 does not divide by 3 ranks
+        (["output.run_name=x"], "set by the job itself"),
+        (["--cpus-per-task", "1", "--procs-per-node", "2"], "at least one CPU"),
+        (["train.batchsize=3"], "train.batchsize"),
+    ],
+)
+def test_impossible_jobs_are_one_line_errors_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], fragment: str
+) -> None:
+    code = slurm_main(["--config", "ag_news_small", "--out", str(tmp_path), *argv])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scalelab: error:") and fragment in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_sbatch_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    code = slurm_main(["--config", "ag_news_small", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch not found" in err[0] and "--no-submit" in err[0]
