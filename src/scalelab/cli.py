@@ -240,14 +240,21 @@ PASSTHROUGH = {"sweep": cmd_sweep, "slurm": cmd_slurm, "commbench": cmd_commbenc
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalelab.distributed import exit_process
-
     try:
         code = _run(argv)
     except Exception:  # a bug, not a user error: show it, then leave as exit_process says
         traceback.print_exc()
         code = 1
-    return exit_process(code)
+    # only a command that imported torch.distributed can have joined a process group; the others
+    # (config, report, ...) never import torch
+    distributed = sys.modules.get("scalelab.distributed")
+    return distributed.exit_process(code) if distributed else code
+
+
+def _training_stopped() -> type[Exception]:
+    from scalelab.checkpoint import TrainingStopped  # imported only when something was raised
+
+    return TrainingStopped
 
 
 def _run(argv: list[str] | None) -> int:
@@ -256,11 +263,9 @@ def _run(argv: list[str] | None) -> int:
         args = argparse.Namespace(fn=PASSTHROUGH[argv[0]], rest=argv[1:])
     else:
         args = build_parser().parse_args(argv)
-    from scalelab.checkpoint import TrainingStopped
-
     try:
         return args.fn(args)
-    except TrainingStopped as exc:  # checkpointed; rank 0 said how to resume
+    except _training_stopped() as exc:  # checkpointed; rank 0 said how to resume
         return exc.exit_code
     except _user_errors() as exc:
         from scalelab.distributed import is_main_process
