@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The CPU build of torch is enough here; on a CUDA machine set TORCH_SPEC="torch>=2.4".
+# torch==2.13.0: on this machine pip takes the CPU wheel from its local wheel folder (plain PyPI
+# serves a CUDA build of it on Linux); on a CUDA machine set TORCH_SPEC="torch>=2.4".
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test test-deps test-fast lint bench bench-quick clean

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from scalelab.train import git_commit  # one definition for run folders and benchmark results
+# one definition each for run folders and benchmark results
+from scalelab.train import cpu_model, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -59,16 +60,6 @@ def git_dirty() -> bool | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return bool(out.stdout.strip()) if out.returncode == 0 else None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info() -> dict[str, Any]:
@@ -202,7 +193,12 @@ class ScalelabStepper:
         from scalelab.data import TrainBatchSampler
         from scalelab.models import build_model
         from scalelab.timing import StepTimer
-        from scalelab.train import _make_optimizer, _make_scheduler, _resolve_precision
+        from scalelab.train import (
+            _make_optimizer,
+            _make_scheduler,
+            _resolve_precision,
+            make_embedding_rows,
+        )
 
         self.cfg = cfg
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -214,6 +210,12 @@ class ScalelabStepper:
         self.model = model.to(self.device)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.net = self.model
+        # as fit: the token embedding's gradient row-wise where that is the default (CPU)
+        self.emb_rows = (
+            None
+            if compile_mode
+            else make_embedding_rows(self.model, cfg, self.env, data.train.tokens.cpu())
+        )
         if compile_mode:
             self.net = torch.compile(
                 self.model, mode=None if compile_mode == "default" else compile_mode
@@ -266,6 +268,8 @@ class ScalelabStepper:
             self.cfg,
             self.env,
             self.amp,
+            emb_rows=self.emb_rows,
+            global_batch=self.sampler.current_global_batch,
         )
         self.timer.end_step()
         lengths = self.data.train.lengths

@@ -273,6 +273,8 @@ def _train_run(
         "eval_time_s": last["eval_time_s"],
         "eval_examples_per_s": summary["num_test_samples"] / last["eval_time_s"],
         "step_ms": last["step_ms"],
+        # where a step's time goes (mean over ranks; backward includes exposed all-reduce)
+        "phase_ms": {p: last[f"{p}_ms"] for p in ("data", "forward", "backward", "optimizer")},
         "peak_mem_mb": last["peak_mem_mb"],
         "val_acc": last["val_acc"],
         "exposed_comm_ms": summary["comm"].get("exposed_comm_ms"),
@@ -336,6 +338,15 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
         "overrides": overrides,
         "samples_per_s": sps,
         "epoch_time_s": {k: med(k, "epoch_time_s") for k in runs},
+        "step_ms": {k: med(k, "step_ms") for k in runs},
+        "phase_ms": {
+            k: {p: median([r["phase_ms"][p] for r in runs[k]]) for p in runs[k][0]["phase_ms"]}
+            for k in runs
+        },
+        "exposed_comm_ms_2x1": median(
+            [r["exposed_comm_ms"] for r in runs["2x1"] if r["exposed_comm_ms"] is not None]
+            or [float("nan")]
+        ),
         "eval_examples_per_s": {k: med(k, "eval_examples_per_s") for k in runs},
         "peak_mem_mb": {k: max(r["peak_mem_mb"] for r in runs[k]) for k in runs},
         "speedup_2x1_vs_1x1": speedup,
@@ -468,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
                     verdict(ddp["ratio_2x1_vs_1x2"], TARGETS["ddp_2x1_vs_1x2"]),
                 ]
             )
+            for k, ph in ddp["phase_ms"].items():
+                parts = " + ".join(f"{p} {v:.1f}" for p, v in ph.items())
+                checks.append(
+                    [f"step ms (fit, {k})", f"{ddp['step_ms'][k]:.1f} = {parts}", "-", "info"]
+                )
             for k, v in ddp["eval_examples_per_s"].items():
                 checks.append([f"evaluate examples/s (fit, {k})", f"{v:,.1f}", "-", "info"])
             for k, v in ddp["peak_mem_mb"].items():

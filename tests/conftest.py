@@ -12,6 +12,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the processes tests start: unbuffered output, and no GPU even on a CUDA
+    machine (CUDA_VISIBLE_DEVICES=""), so the multi-process tests run gloo on the CPU as they
+    assert."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", **(extra or {})}
+
+
 def torchrun(
     args: list[str],
     nproc: int,
@@ -21,7 +28,7 @@ def torchrun(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=N <args>`; --standalone picks a free port itself."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = subprocess_env({"OMP_NUM_THREADS": "1", **(env or {})})
     cmd = [
         sys.executable,
         "-m",
@@ -49,7 +56,7 @@ def scalelab(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh single process, as a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = subprocess_env(env)
     return subprocess.run(
         [sys.executable, "-m", "scalelab", *args],
         cwd=cwd or REPO,
@@ -58,6 +65,14 @@ def scalelab(
         text=True,
         timeout=timeout,
     )
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess, fragment: str) -> None:
+    """Exit status 2 and exactly one non-empty stderr line: the CLI's error, naming `fragment`."""
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("scalelab: error:") and fragment in lines[0], lines[0]
 
 
 def tiny_slow_run(steps: int, delay_s: float) -> list[str]:

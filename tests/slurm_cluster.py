@@ -85,7 +85,8 @@ class LocalSlurm:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.conf = root / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        # no GPU for the jobs either: the test's ranks run gloo on the CPU
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "CUDA_VISIBLE_DEVICES": ""}
         self._procs: list[subprocess.Popen] = []
 
     def start(self) -> None:

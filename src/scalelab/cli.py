@@ -139,7 +139,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train the small preset on the bundled AG News sample with 1 and 2 CPU processes, then report."""
+    """Train the small preset on the bundled AG News sample with 1 and 2 CPU processes, then report.
+
+    The runs and the bandwidth measurement use the CPU (gloo) even on a machine with GPUs: their
+    processes get CUDA_VISIBLE_DEVICES="" (only the demo's; `scalelab sweep` uses what it finds).
+    """
     from scalelab.analysis.report import write_report
     from scalelab.launch.local import run_commbench, run_sweep
 
@@ -147,12 +151,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = find_config("ag_news_small")
     overrides = ["data.source=sample", f"train.epochs={args.epochs}", *args.overrides]
     print(
-        f"scalelab demo: {config.stem} on the bundled AG News sample, 1 and 2 processes -> {out}/",
+        f"scalelab demo: {config.stem} on the bundled AG News sample, "
+        f"1 and 2 CPU processes -> {out}/",
         flush=True,
     )
     # One thread per rank: the 1-rank baseline gets the same resources as each of the 2 ranks.
-    run_dirs = run_sweep(str(config), [1, 2], overrides, out_dir=str(out), threads_per_rank=1)
-    bench = run_commbench(2, out / "commbench", max_bytes="16M")
+    run_dirs = run_sweep(
+        str(config), [1, 2], overrides, out_dir=str(out), threads_per_rank=1, cpu_only=True
+    )
+    bench = run_commbench(2, out / "commbench", max_bytes="16M", cpu_only=True)
     outputs = write_report(run_dirs, out / "report", commbench=bench)
     print("\nruns:")
     for d in run_dirs:
@@ -226,7 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_predict)
 
     sp = sub.add_parser(
-        "demo", help="the main job: 1- and 2-process CPU runs of the small preset + report"
+        "demo",
+        help="the main job: 1- and 2-process CPU runs of the small preset + report "
+        "(GPUs hidden: CUDA_VISIBLE_DEVICES='')",
+        description="Train ag_news_small on the bundled AG News sample with 1 and then 2 "
+        "processes on the CPU (gloo; GPUs are hidden from them with CUDA_VISIBLE_DEVICES=''), "
+        "measure all-reduce bandwidth and write the report.",
     )
     sp.add_argument("--out", help="output folder (default experiments/demo-<time>)")
     sp.add_argument("--epochs", type=int, default=3)

@@ -1,6 +1,6 @@
 """Typed run configuration: YAML presets + dotted CLI overrides, validated up front.
 
-Every field carries a docstring-like comment; `scalelab train --help-config` prints them.
+Every field carries a docstring-like comment; `scalelab config` prints them.
 User errors raise :class:`ConfigError` (a ValueError) whose message names the key.
 """
 
@@ -60,7 +60,7 @@ class DataConfig:
     lowercase: bool = True
     """Lower-case and strip accents before tokenizing (BERT 'uncased')."""
     cache_dir: str = ""
-    """Where encoded datasets are cached; empty = $SCALELAB_CACHE or ~/.cache/scalelab."""
+    """Where encoded datasets are cached; empty = $SCALELAB_CACHE or ~/.cache/scalelab. Local rank 0 of every node builds a missing cache (nodes need not share the folder; a shared one is written atomically)."""
     pad_to_max_len: bool = False
     """Pad every batch to model.max_seq_len (the study's way) instead of to the longest sequence in the batch."""
     bucket_multiplier: int = 50
@@ -70,7 +70,7 @@ class DataConfig:
     max_test_samples: int = 0
     """Use a seeded random subset of N test examples, kept in file order (0 = all)."""
     on_device: bool = True
-    """Keep the encoded dataset on the accelerator so a step does no host work (CUDA only)."""
+    """CUDA only: keep the encoded dataset on the GPU and gather each batch there; only the batch's indices go host->device (sampling and batch lengths stay on the host)."""
     delay_per_batch_s: float = 0.0
     """Diagnostics knob: sleep this long per batch to simulate a slow input pipeline."""
 
@@ -97,10 +97,12 @@ class TrainConfig:
     """'fp32', 'bf16' (autocast) or 'fp16' (autocast + GradScaler). Mixed precision is CUDA only; 'auto' = bf16 on CUDA, else fp32."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    embedding_grad: str = "auto"
+    """Token-embedding gradient: 'dense' (PyTorch's backward fills all vocab_size x d_model values each step), 'rows' (sparse backward added into a kept dense gradient, zeroing and clipping only the rows the batch used: the same AdamW update, less work per step) or 'auto' (rows on CPU when the embedding is not in DDP's buckets and compile is off, else dense)."""
     seed: int = 42
     """Seed for initialisation, shuffling and dropout."""
     resume: str = ""
-    """'' = start fresh, 'auto' = continue this run from its last checkpoint if any, or a checkpoint path."""
+    """'' = start fresh, 'auto' = continue the run named by output.run_name (required) from its last checkpoint if any, or a checkpoint path."""
     checkpoint_every_steps: int = 0
     """Also checkpoint every N optimizer steps (0 = only at the end of each epoch)."""
     save_checkpoint: bool = True
@@ -113,7 +115,7 @@ class TrainConfig:
     comm_calibration_steps: int = 8
     """Steps timed with and without gradient all-reduce after training to measure exposed communication (0 = skip)."""
     num_threads: int = 0
-    """torch intra-op threads per rank on CPU; 0 = cores / local ranks."""
+    """torch intra-op threads per rank on CPU; 0 = OMP_NUM_THREADS if set (torchrun with >1 rank per node sets 1 when it is unset; scalelab sweep sets cores / ranks), else cores / local ranks."""
     max_steps_per_epoch: int = 0
     """Stop each epoch after N optimizer steps (0 = full epoch). For smoke tests."""
     stop_after_steps: int = 0
@@ -178,6 +180,7 @@ class Config:
         _choice("data.source", d.source, ("sample", "files", "hf"))
         _choice("train.precision", t.precision, ("fp32", "bf16", "fp16", "auto"))
         _choice("train.lr_schedule", t.lr_schedule, ("cosine", "linear", "constant"))
+        _choice("train.embedding_grad", t.embedding_grad, ("auto", "dense", "rows"))
         _choice("distributed.backend", dist.backend, ("auto", "nccl", "gloo"))
         _choice("distributed.comm_hook", dist.comm_hook, ("none", "fp16", "bf16", "powersgd"))
         _choice(

@@ -2,7 +2,7 @@
 
 Event points, in order (read `fit` top to bottom):
 
-    init process group -> validate config for this world size -> prepare data (rank 0 builds cache)
+    init process group -> validate config for this world size -> prepare data (local rank 0 of each node builds the cache)
     -> build model -> wrap DDP -> optimizer/schedule -> create run folder / resume
     for epoch:
         for step:                                   # StepTimer laps: data | h2d | forward | backward | optimizer
@@ -157,6 +157,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (e.g. 'AMD EPYC 7B13'), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -242,6 +253,57 @@ def _forward_loss(
     return F.cross_entropy(logits.float(), labels)
 
 
+def clip_grad_norm(
+    model: nn.Module, max_norm: float, emb_rows: D.EmbeddingRowGrad | None = None
+) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` (L2), reading only the embedding rows `emb_rows` saw.
+
+    Every other row's gradient is exactly zero, so the norm and the scaled gradient are the
+    same; only the rows are read and written instead of all vocab_size x d_model values.
+    """
+    if emb_rows is None:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    emb = emb_rows.weight
+    rows = emb_rows.rows
+    compact = emb.grad.index_select(0, rows)
+    grads = [p.grad for p in model.parameters() if p.grad is not None and p is not emb]
+    grads.append(compact)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    # the same coefficient as clip_grad_norm_, applied without a host-device sync
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef)
+    emb.grad.index_copy_(0, rows, compact)
+    return total
+
+
+def make_embedding_rows(
+    model: nn.Module, cfg: Config, env: D.DistEnv, host_tokens: torch.Tensor
+) -> D.EmbeddingRowGrad | None:
+    """The row-wise token-embedding gradient this run uses (`train.embedding_grad`,
+    `distributed.embedding_grad_sync`), or None for PyTorch's dense path throughout."""
+    sync = env.is_distributed and D.syncs_embedding_rows(cfg.distributed, env.backend)
+    mode = cfg.train.embedding_grad
+    if mode == "auto":
+        # CPU only (measured there); DDP cannot bucket a sparse gradient, so only when the
+        # embedding is outside DDP; torch.compile keeps the dense graph it knows.
+        sparse = (
+            env.device.type == "cpu" and (sync or not env.is_distributed) and not cfg.train.compile
+        )
+    else:
+        sparse = mode == "rows"
+    if sparse and env.is_distributed and not sync:
+        raise ConfigError(
+            "train.embedding_grad=rows needs distributed.embedding_grad_sync=rows with several "
+            "ranks (DDP cannot all-reduce a sparse gradient in its buckets)"
+        )
+    if sparse and cfg.train.compile:
+        raise ConfigError("train.embedding_grad=rows does not combine with train.compile=true")
+    if not (sparse or sync):
+        return None
+    return D.EmbeddingRowGrad(model, host_tokens, env, sparse_backward=sparse, sync=sync)
+
+
 def train_step(
     model: nn.Module,
     micro_batches: list[np.ndarray],
@@ -254,7 +316,7 @@ def train_step(
     env: D.DistEnv,
     amp: torch.dtype | None,
     sync_every_micro_step: bool = False,
-    row_sync: D.EmbeddingRowSync | None = None,
+    emb_rows: D.EmbeddingRowGrad | None = None,
     global_batch: np.ndarray | None = None,
 ) -> torch.Tensor:
     """One optimizer step over this rank's micro-batches. Returns the mean loss as a device tensor (no sync).
@@ -262,8 +324,10 @@ def train_step(
     ``sync_every_micro_step`` all-reduces after every micro-step instead of skipping all but the
     last with no_sync (the same gradients, more communication). DDP with static_graph=True needs it
     on its first iteration: it records the graph there and asserts inside no_sync.
-    ``row_sync`` (with the step's ``global_batch``, all ranks' examples) sums the token-embedding
-    gradient that DDP was told to leave alone.
+    ``emb_rows`` (with the step's ``global_batch``, all ranks' examples) completes the
+    token-embedding gradient row-wise (`make_embedding_rows`): densifies a sparse backward, sums
+    the rows over ranks when DDP was told to leave the embedding alone, and lets clipping touch
+    only those rows.
     """
     accum = len(micro_batches)
     pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
@@ -287,14 +351,14 @@ def train_step(
             (scaler.scale(loss) if scaler else loss).backward()
             timer.lap("backward")
         loss_sum += loss.detach()
-    if row_sync is not None:
-        assert global_batch is not None, "row_sync needs the step's global batch"
-        row_sync.sync(global_batch)  # gradient communication: timed with the backward
+    if emb_rows is not None:
+        assert global_batch is not None, "emb_rows needs the step's global batch"
+        emb_rows.finish(global_batch)  # may all-reduce (gradient communication): timed as backward
         timer.lap("backward")
     if scaler:
         scaler.unscale_(optimizer)
     if cfg.train.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        clip_grad_norm(model, cfg.train.max_grad_norm, emb_rows)
     if scaler:
         scaler.step(optimizer)
         scaler.update()
@@ -351,7 +415,7 @@ def measure_communication(
     cfg: Config,
     env: D.DistEnv,
     amp: torch.dtype | None,
-    row_sync: D.EmbeddingRowSync | None = None,
+    emb_rows: D.EmbeddingRowGrad | None = None,
 ) -> dict[str, Any]:
     """Exposed all-reduce per step (calibration), and total all-reduce time of the real buckets.
 
@@ -385,6 +449,7 @@ def measure_communication(
         "bucket_cap_mb": cfg.distributed.bucket_cap_mb,
         "comm_hook": cfg.distributed.comm_hook,
         "embedding_grad_sync": "rows" if rows_mode else "dense",
+        "embedding_grad": "rows" if emb_rows is not None and emb_rows.sparse_backward else "dense",
         "embedding_grad_bytes": emb.numel() * emb.element_size(),
         "embedding_rows_per_step": rows_per_step,
         "allreduce_ms": None,
@@ -413,8 +478,8 @@ def measure_communication(
             ctx = contextlib.nullcontext() if use_sync else model.no_sync()
             with ctx:
                 _forward_loss(model, batch, amp, env.device).backward()
-            if use_sync and row_sync is not None:
-                row_sync.sync(global_batch)
+            if emb_rows is not None:  # densify in both, so only the all-reduce differs
+                emb_rows.finish(global_batch, sync=use_sync)
             ms = watch.elapsed_s() * 1000.0
             if i > 0:  # the first pair warms up
                 (sync_ms if use_sync else nosync_ms).append(ms)
@@ -469,6 +534,13 @@ def fit(cfg: Config) -> Path:
 
 def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     cfg.validate(env.world_size)
+    # Here, not in Config.validate: sweep and slurm validate the user's overrides before they add
+    # output.run_name themselves.
+    if cfg.train.resume == "auto" and not cfg.output.run_name:
+        raise ConfigError(
+            "train.resume=auto needs output.run_name: set output.run_name to the run to continue "
+            "(without it every run gets a new timestamped folder and there is nothing to resume)"
+        )
     amp = _resolve_precision(cfg, env.device)
     num_threads = _set_threads(cfg, env)
     torch.manual_seed(cfg.train.seed)
@@ -495,11 +567,14 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         )
     resume_state = load_checkpoint(resume_from) if resume_from else None
 
-    # Data first: a bad data file must fail before anything is written.
-    data = prepare_data(cfg, is_main=env.is_main, barrier=lambda: D.barrier(env))
+    # Data first: a bad data file must fail before anything is written. Local rank 0 of every
+    # node builds a missing cache (nodes need not share data.cache_dir); the others wait.
+    data = prepare_data(cfg, is_main=env.local_rank == 0, barrier=lambda: D.barrier(env))
     host_train_tokens = data.train.tokens
     if cfg.data.on_device and env.device.type == "cuda":
-        data = data.to(env.device)  # whole encoded dataset on the GPU: a step does no host work
+        data = data.to(
+            env.device
+        )  # whole encoded dataset on the GPU: batches are gathered there, only indices travel
     if len(data.train) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "
@@ -520,10 +595,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         raise D.LaunchError(
             "two ranks share one GPU; give each rank its own device (CUDA_VISIBLE_DEVICES)"
         )
-    row_sync = None
-    if env.is_distributed and D.syncs_embedding_rows(cfg.distributed, env.backend):
-        row_sync = D.EmbeddingRowSync(model, host_train_tokens, env)
-    model = D.wrap_ddp(model, cfg.distributed, env, exclude=[row_sync.name] if row_sync else [])
+    emb_rows = make_embedding_rows(model, cfg, env, host_train_tokens)
+    ddp_skips = [emb_rows.name] if emb_rows is not None and emb_rows.sync_rows else []
+    model = D.wrap_ddp(model, cfg.distributed, env, exclude=ddp_skips)
     if cfg.train.compile:
         # Compile the DDP-wrapped model: dynamo then splits the graph at bucket boundaries so the
         # all-reduce still overlaps the compiled backward (compiling inside DDP would not).
@@ -645,7 +719,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         first_step = state.step_in_epoch
         num_tokens = 0
         watch = Stopwatch(env.device)
-        watch.start()
+        watch.start()  # host-device sync: once per epoch (waits for queued work, then starts)
         timer.start_epoch()
         window_t, window_n = time.perf_counter(), 0
         for micro_batches in sampler:
@@ -665,7 +739,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 # DDP's static graph is recorded on this DDP object's first iteration, which must
                 # not run under no_sync (torch asserts "expect_autograd_hooks_").
                 sync_every_micro_step=cfg.distributed.static_graph and steps_this_invocation == 0,
-                row_sync=row_sync,
+                emb_rows=emb_rows,
                 global_batch=sampler.current_global_batch,
             )
             timer.end_step()
@@ -702,7 +776,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 stop_requested = stopped_by is not None
             if stop_requested and state.step_in_epoch < steps_per_epoch:
                 break  # mid-epoch: checkpoint below; at an epoch's end, finish the epoch first
-        epoch_time_s = watch.elapsed_s()
+        epoch_time_s = watch.elapsed_s()  # host-device sync: once per epoch
         progress.close()
         if stop_requested and state.step_in_epoch < steps_per_epoch:
             checkpoint(state, loss_sum)
@@ -711,13 +785,14 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
 
         steps_done = state.step_in_epoch
         steps_timed = steps_done - first_step
+        # host-device sync: the epoch's loss, read once per epoch
         (train_loss_sum, tokens_all) = D.all_reduce_sum(
             [float(loss_sum.item()), float(num_tokens)], env
         )
         eval_watch = Stopwatch(env.device)
-        eval_watch.start()
+        eval_watch.start()  # host-device sync: once per epoch
         val_loss, val_acc = evaluate(model, data, cfg, env, amp)
-        eval_time_s = eval_watch.elapsed_s()
+        eval_time_s = eval_watch.elapsed_s()  # host-device sync: once per epoch
         phase = timer.epoch_summary()
         keys = [f"{p}_ms" for p in PHASES] + ["step_ms"]
         means, maxes = D.all_reduce_mean_max([phase[k] for k in keys], env)
@@ -764,7 +839,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             _stop(env, steps_this_invocation, run_dir, stopped_by)
             return run_dir
 
-    comm = measure_communication(model, data, sampler, cfg, env, amp, row_sync)
+    comm = measure_communication(model, data, sampler, cfg, env, amp, emb_rows)
     if env.is_main:
         summary = _summary(
             cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, share_device, amp
@@ -848,9 +923,7 @@ def _summary(
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device_type": env.device.type,
-        "device_name": torch.cuda.get_device_name(env.device)
-        if cuda
-        else (platform.processor() or platform.machine()),
+        "device_name": torch.cuda.get_device_name(env.device) if cuda else cpu_model(),
         "device_count": torch.cuda.device_count() if cuda else 1,
         "backend": env.backend,
         "world_size": env.world_size,

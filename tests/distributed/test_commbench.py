@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ from scalelab.commbench import (
     sweep_sizes,
 )
 from scalelab.distributed import DistEnv
-from tests.conftest import REPO, torchrun
+from tests.conftest import REPO, subprocess_env, torchrun
 
 RESULT_KEYS = {
     "backend",
@@ -83,7 +82,7 @@ def test_commbench_two_gloo_ranks(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_commbench_needs_two_ranks(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env = {k: v for k, v in subprocess_env().items() if k not in _DIST_VARS}
     proc = subprocess.run(
         [sys.executable, "-m", "scalelab.commbench", "--out", str(tmp_path / "bench")],
         cwd=REPO,

@@ -35,14 +35,26 @@ def assert_params_close(a: dict, b: dict, atol: float = 2e-5) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("embedding_sync", ["rows", "dense"])
-def test_two_ranks_match_one_process(tmp_path: Path, cache_dir: Path, embedding_sync: str) -> None:
+@pytest.mark.parametrize(
+    ("embedding_sync", "embedding_grad"), [("rows", "auto"), ("dense", "auto"), ("rows", "dense")]
+)
+def test_two_ranks_match_one_process(
+    tmp_path: Path, cache_dir: Path, embedding_sync: str, embedding_grad: str
+) -> None:
     [single] = run_worker(tmp_path, "ws1", 1, cache_dir)
+    assert single["sparse_backward"]  # auto on CPU: the embedding's backward is row-sparse
     r0, r1 = run_worker(
-        tmp_path, "ws2", 2, cache_dir, f"distributed.embedding_grad_sync={embedding_sync}"
+        tmp_path,
+        "ws2",
+        2,
+        cache_dir,
+        f"distributed.embedding_grad_sync={embedding_sync}",
+        f"train.embedding_grad={embedding_grad}",
     )
     # rows: the embedding left DDP and only the rows the global batch used were all-reduced
     assert r0["row_sync"] is (embedding_sync == "rows")
+    # auto: sparse backward only where DDP does not bucket the embedding
+    assert r0["sparse_backward"] is (embedding_sync == "rows" and embedding_grad == "auto")
     if embedding_sync == "rows":
         assert len(r0["rows_per_step"]) == STEPS
         assert 0 < max(r0["rows_per_step"]) < r0["params"]["tok_emb.weight"].shape[0]
@@ -59,6 +71,16 @@ def test_two_ranks_match_one_process(tmp_path: Path, cache_dir: Path, embedding_
         a, b = set(r0["batches"][step][0]), set(r1["batches"][step][0])
         assert not a & b and len(a) == len(b) == 12
         assert a | b == set(single["batches"][step][0])
+
+
+def test_row_sparse_embedding_gradient_gives_the_dense_update(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # 1 process: sparse backward + row-wise clipping against PyTorch's dense path, same steps
+    [rows] = run_worker(tmp_path, "rows", 1, cache_dir, "train.embedding_grad=rows")
+    [dense] = run_worker(tmp_path, "dense", 1, cache_dir, "train.embedding_grad=dense")
+    assert rows["sparse_backward"] and not dense["sparse_backward"]
+    assert_params_close(dense["params"], rows["params"], atol=1e-6)
 
 
 def test_accumulation_with_no_sync_matches_full_batch_and_skips_allreduce(

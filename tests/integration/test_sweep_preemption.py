@@ -3,7 +3,6 @@ training run, which checkpoints; the same command with train.resume=auto then fi
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tiny_slow_run
+from tests.conftest import REPO, subprocess_env, tiny_slow_run
 
 pytestmark = pytest.mark.slow
 TINY = tiny_slow_run(steps=20, delay_s=0.05)
@@ -25,7 +24,7 @@ def test_sigterm_to_the_sweep_checkpoints_the_running_run_and_resume_finishes(
     cmd = [sys.executable, "-m", "scalelab", "sweep", "--config", "ag_news_small",
            "--world-sizes", "1,2", "--threads-per-rank", "1", "--out", str(out), *TINY,
            f"data.cache_dir={cache_dir}"]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = subprocess_env()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     seen, in_ws2 = [], False

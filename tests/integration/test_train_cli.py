@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from scalelab.train import METRIC_COLUMNS
-from tests.conftest import REPO, rank_errors, scalelab, torchrun
+from scalelab.train import METRIC_COLUMNS, cpu_model
+from tests.conftest import (
+    REPO,
+    assert_one_line_error,
+    rank_errors,
+    scalelab,
+    subprocess_env,
+    torchrun,
+)
 
 pytestmark = pytest.mark.slow
 TINY = [
@@ -97,6 +103,77 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     assert [r["val_acc"] for r in rows_full] == [r["val_acc"] for r in rows_cut]
 
 
+def test_resume_at_an_epoch_boundary_ends_with_the_weights_of_an_uninterrupted_run(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    base = ["train", *common(tmp_path, cache_dir), "train.epochs=2", "train.max_steps_per_epoch=6",
+            "train.num_threads=1"]  # fmt: skip
+    assert scalelab([*base, "output.run_name=full"]).returncode == 0
+    # stop after exactly the 6 steps of epoch 1: the epoch is finished first (evaluation, metrics
+    # row, end-of-epoch checkpoint), so the checkpoint sits at the start of epoch 2
+    stopped = scalelab([*base, "output.run_name=cut", "train.stop_after_steps=6"])
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped after 6 steps" in stopped.stdout and "epoch 1/2:" in stopped.stdout
+    cut_dir = tmp_path / "exp" / "cut"
+    saved = torch.load(cut_dir / "checkpoint.pt", weights_only=False)
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 0, 6)
+    assert [r["epoch"] for r in csv.DictReader((cut_dir / "metrics.csv").open())] == ["1"]
+    assert not (cut_dir / "summary.json").exists()
+    resumed = scalelab([*base, "output.run_name=cut", "train.resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at epoch 2, step 0" in resumed.stdout and "epoch 1/2:" not in resumed.stdout
+    full = torch.load(tmp_path / "exp" / "full" / "checkpoint.pt", weights_only=False)
+    cut = torch.load(cut_dir / "checkpoint.pt", weights_only=False)
+    assert full["model"].keys() == cut["model"].keys() and cut["global_step"] == 12
+    for k, v in full["model"].items():
+        assert torch.equal(v, cut["model"][k]), k
+    rows_full = list(csv.DictReader((tmp_path / "exp" / "full" / "metrics.csv").open()))
+    rows_cut = list(csv.DictReader((cut_dir / "metrics.csv").open()))
+    assert [r["train_loss"] for r in rows_full] == [r["train_loss"] for r in rows_cut]
+    assert [r["val_acc"] for r in rows_full] == [r["val_acc"] for r in rows_cut]
+
+
+# DDP equivalence through the real trainer: no dropout, so 1 process and 2 ranks compute the same
+# sums on the same global batches (the sampler does not depend on the world size)
+EQUIV = [*TINY, "model.dropout=0.0", "train.epochs=1", "train.max_steps_per_epoch=6",
+         "train.comm_calibration_steps=0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ws1")
+    cache = tmp_path_factory.getbasetemp() / "scalelab_cache"  # the cache_dir fixture's folder
+    res = scalelab(["train", "--config", "ag_news_small", *EQUIV, "train.num_threads=1",
+                    f"output.dir={out}", f"data.cache_dir={cache}", "output.run_name=ws1"])  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "ws1"
+
+
+@pytest.mark.parametrize("embedding_sync", ["rows", "dense"])
+def test_two_ranks_under_torchrun_end_with_the_weights_of_one_process(
+    tmp_path: Path, cache_dir: Path, one_process_run: Path, embedding_sync: str
+) -> None:
+    res = torchrun(
+        ["-m", "scalelab", "train", "--config", "ag_news_small", *EQUIV, f"output.dir={tmp_path}",
+         f"data.cache_dir={cache_dir}", f"distributed.embedding_grad_sync={embedding_sync}",
+         "output.run_name=ws2"],
+        nproc=2,
+    )  # fmt: skip
+    assert res.returncode == 0, rank_errors(res)
+    summary = json.loads((tmp_path / "ws2" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["backend"] == "gloo"
+    assert summary["device_type"] == "cpu" and summary["device_name"] == cpu_model()
+    assert summary["comm"]["embedding_grad_sync"] == embedding_sync
+    one = torch.load(one_process_run / "checkpoint.pt", weights_only=False)
+    two = torch.load(tmp_path / "ws2" / "checkpoint.pt", weights_only=False)
+    assert one["global_step"] == two["global_step"] == 6
+    assert one["model"].keys() == two["model"].keys()
+    for k, a in one["model"].items():
+        b = two["model"][k]
+        # fp32: the 2-rank all-reduce sums in another order than the 1-process backward
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (k, (a - b).abs().max().item())
+
+
 def test_sigterm_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_run(
     tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -108,7 +185,7 @@ def test_sigterm_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            *base, "output.run_name=cut"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = subprocess_env({"OMP_NUM_THREADS": "1"})
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     lines = []
@@ -135,16 +212,9 @@ def test_sigterm_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_
         assert torch.equal(v, b["model"][k]), k
 
 
-def _assert_one_line_error(res, fragment: str) -> None:
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("scalelab: error:") and fragment in lines[0], lines[0]
-
-
 def test_bad_config_key_is_one_line(tmp_path: Path) -> None:
     res = scalelab(["train", "train.batchsize=3", f"output.dir={tmp_path}"])
-    _assert_one_line_error(res, "train.batchsize")
+    assert_one_line_error(res, "train.batchsize")
     assert not any(tmp_path.iterdir())
 
 
@@ -176,7 +246,7 @@ def test_malformed_data_rows_are_one_line_naming_file_and_row(
         f.write('"1","Good title","good description"\n' + row)
     res = scalelab(["train", "data.source=files", f"data.train_path={bad}",
                     "data.test_path=src/scalelab/data/bundled/ag_news_test.csv.gz", *common(tmp_path, cache_dir)])  # fmt: skip
-    _assert_one_line_error(res, "train.csv.gz")
+    assert_one_line_error(res, "train.csv.gz")
     assert fragment in res.stderr
     assert not (tmp_path / "exp").exists()
 
@@ -194,7 +264,7 @@ def test_bad_encoding_and_missing_file(tmp_path: Path, cache_dir: Path) -> None:
             *common(tmp_path, cache_dir),
         ]
     )
-    _assert_one_line_error(res, "latin.csv")
+    assert_one_line_error(res, "latin.csv")
     res = scalelab(
         [
             "train",
@@ -204,7 +274,7 @@ def test_bad_encoding_and_missing_file(tmp_path: Path, cache_dir: Path) -> None:
             *common(tmp_path, cache_dir),
         ]
     )
-    _assert_one_line_error(res, "nope.csv")
+    assert_one_line_error(res, "nope.csv")
 
 
 def test_existing_run_is_never_overwritten_and_bad_checkpoint_is_one_line(
@@ -220,12 +290,12 @@ def test_existing_run_is_never_overwritten_and_bad_checkpoint_is_one_line(
     assert scalelab(args).returncode == 0
     metrics = (tmp_path / "exp" / "r" / "metrics.csv").read_bytes()
     res = scalelab(args)
-    _assert_one_line_error(res, "already holds a run")
+    assert_one_line_error(res, "already holds a run")
     assert (tmp_path / "exp" / "r" / "metrics.csv").read_bytes() == metrics
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     res = scalelab([*args[:-1], "output.run_name=r2", f"train.resume={junk}"])
-    _assert_one_line_error(res, "not a readable checkpoint")
+    assert_one_line_error(res, "not a readable checkpoint")
 
 
 def test_distilbert_preset_trains_a_few_steps(tmp_path: Path, cache_dir: Path) -> None:
@@ -256,7 +326,7 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, cache_dir: Path
     assert scalelab([*args, "output.run_name=a"]).returncode == 0
     ckpt = tmp_path / "exp" / "a" / "checkpoint.pt"
     res = scalelab([*args, "output.run_name=b", "model.d_model=48", f"train.resume={ckpt}"])
-    _assert_one_line_error(res, "does not fit this model/config")
+    assert_one_line_error(res, "does not fit this model/config")
 
 
 def test_static_graph_with_grad_accum_trains_under_torchrun(
@@ -283,7 +353,7 @@ def test_stopped_run_is_not_overwritten_and_finished_run_is_not_remeasured(
     assert scalelab([*args, "output.run_name=s", "train.stop_after_steps=1"]).returncode == 0
     ckpt = (tmp_path / "exp" / "s" / "checkpoint.pt").read_bytes()
     res = scalelab([*args, "output.run_name=s"])
-    _assert_one_line_error(res, "already holds a run")
+    assert_one_line_error(res, "already holds a run")
     assert (tmp_path / "exp" / "s" / "checkpoint.pt").read_bytes() == ckpt
     # resume=auto on a finished run leaves its summary (warm-up timing included) alone
     assert scalelab([*args, "output.run_name=s", "train.resume=auto"]).returncode == 0

@@ -107,9 +107,11 @@ def test_sweep_into_an_existing_sweep_is_refused_before_any_run(
     with pytest.raises(SweepError, match="ag_news_small-ws2 already holds a run"):
         run_sweep(SMALL, [1, 2], [], out_dir=tmp_path, threads_per_rank=1)
     assert calls == []
-    # continuing the sweep is allowed
+    # continuing the sweep is allowed, and each run names its folder (resume=auto needs that)
     run_sweep(SMALL, [1, 2], ["train.resume=auto"], out_dir=tmp_path, threads_per_rank=1)
     assert len(calls) == 2
+    for n, argv in zip((1, 2), calls, strict=True):
+        assert f"output.run_name=ag_news_small-ws{n}" in argv and "train.resume=auto" in argv
 
 
 def test_bad_world_sizes_flag(capsys: pytest.CaptureFixture) -> None:
@@ -135,3 +137,28 @@ def test_failing_run_names_world_size_and_exit_code(
         "scalelab: error: sweep stopped: the world-size-1 run failed with exit code "
     )
     assert not err[-1].endswith(" 0")
+
+
+def test_demo_runs_hide_gpus_and_plain_sweeps_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from scalelab import cli
+    from scalelab.analysis import report
+
+    envs: list[dict[str, str]] = []
+    monkeypatch.setattr(local, "_run_child", lambda argv, env: (envs.append(env), (0, None))[1])
+    monkeypatch.setattr(
+        report, "write_report", lambda *a, **k: {"markdown": "r.md", "html": "r.html"}
+    )
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    args = cli.build_parser().parse_args(["demo", "--out", str(tmp_path / "demo")])
+    assert args.fn(args) == 0
+    assert len(envs) == 3  # 1-rank run, 2-rank run, commbench: all on the CPU
+    assert all(env["CUDA_VISIBLE_DEVICES"] == "" for env in envs)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["demo", "--help"])
+    assert "CUDA_VISIBLE_DEVICES" in capsys.readouterr().out  # the help says so
+
+    envs.clear()
+    run_sweep(SMALL, [1, 2], [], out_dir=tmp_path / "sweep", threads_per_rank=1)
+    assert len(envs) == 2 and all("CUDA_VISIBLE_DEVICES" not in env for env in envs)

@@ -81,3 +81,28 @@ def test_textbook_kernels_compute_the_same_function() -> None:
     torch.testing.assert_close(model(ids, mask), fast, atol=1e-5, rtol=1e-5)
     model.train()  # training: both drop activations (outputs change between calls)
     assert not torch.equal(model(ids, mask), model(ids, mask))
+
+
+def test_distilbert_pretrained_path_that_does_not_exist_is_a_config_error(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from scalelab.config import ConfigError, ModelConfig
+
+    cfg = ModelConfig(arch="distilbert", max_seq_len=32, pretrained=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match=r"^model\.pretrained: no such folder: .*nope"):
+        build_model(cfg, 500, 4)
+    # a folder without weights: transformers' OSError becomes one line naming the key
+    (tmp_path / "empty").mkdir()
+    cfg.pretrained = str(tmp_path / "empty")
+    with pytest.raises(ConfigError, match=r"^model\.pretrained=.*empty: not loadable") as exc:
+        build_model(cfg, 500, 4)
+    assert "\n" not in str(exc.value)
+
+
+def test_distilbert_without_transformers_is_a_config_error(monkeypatch) -> None:
+    import sys
+
+    from scalelab.config import ConfigError, ModelConfig
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails
+    with pytest.raises(ConfigError, match=r"model\.arch=distilbert needs the `transformers`"):
+        build_model(ModelConfig(arch="distilbert", max_seq_len=32), 500, 4)

@@ -52,3 +52,19 @@ def test_mid_epoch_resume_with_other_batching_is_refused_not_a_traceback() -> No
     # fine: same batching mid-epoch; anything at an epoch boundary; accumulation may change
     _check_mid_epoch_resume(_saved(3, batch_size=64, grad_accum_steps=2), now, ckpt, epoch_steps=4)
     _check_mid_epoch_resume(_saved(0, batch_size=16), now, ckpt, epoch_steps=4)
+
+
+def test_resume_auto_without_run_name_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # without output.run_name the run folder gets a new timestamp: there is never anything to
+    # resume, and the run would silently start afresh
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    argv = ["train", "train.resume=auto", f"data.cache_dir={tmp_path / 'cache'}",
+            f"output.dir={tmp_path / 'exp'}"]  # fmt: skip
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("scalelab: error: train.resume=auto needs output.run_name"), lines
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "cache").exists()

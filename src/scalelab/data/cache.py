@@ -1,10 +1,13 @@
 """Encode a dataset once, cache it as one ``.npz``, and load it in well under a second after.
 
-DDP protocol (deadlock-free, every rank calls ``barrier()`` exactly once): rank 0
-(``is_main``) builds and writes the cache if missing, then calls ``barrier()``; the other
-ranks call ``barrier()`` first and then load the file rank 0 wrote. If rank 0 fails it still
-reaches the barrier before re-raising, so the others fail with a clear error instead of
-hanging.
+DDP protocol (deadlock-free, every rank calls ``barrier()`` exactly once): one builder per node
+(``is_main``: the trainer passes local rank 0, so a cluster without a shared cache folder works)
+builds and writes the cache if missing, then calls ``barrier()``; the other ranks call
+``barrier()`` first and then load the file their node's builder wrote. If a builder fails it
+still reaches the barrier before re-raising, so the others fail with a clear error instead of
+hanging. With a shared cache folder several nodes' builders may write the same file at once:
+each writes its own temp file and renames it into place (atomic, same content), so a reader
+always sees one complete file.
 """
 
 from __future__ import annotations
@@ -250,10 +253,11 @@ def prepare_data(
     is_main: bool = True,
     barrier: Callable[[], None] = lambda: None,
 ) -> EncodedData:
-    """Load the encoded dataset from the cache, building it first (on the main rank) if needed.
+    """Load the encoded dataset from the cache, building it first (where ``is_main``) if needed.
 
-    Every rank calls ``barrier()`` exactly once. Tensors are returned on the CPU; move them
-    with ``EncodedSplit.to(device)``.
+    ``is_main`` marks this node's builder (one per node, or one per shared cache folder). Every
+    rank calls ``barrier()`` exactly once. Tensors are returned on the CPU; move them with
+    ``EncodedSplit.to(device)``.
     """
     t0 = time.perf_counter()
     if not is_main:
@@ -261,7 +265,8 @@ def prepare_data(
         path = cache_file(cfg, _fingerprint(cfg)[0])
         if not path.is_file():
             raise DataError(
-                f"{path}: data cache missing after rank 0 prepared it (see rank 0's error)"
+                f"{path}: data cache missing after this node's local rank 0 prepared it "
+                "(see its error)"
             )
         return _assemble(_read(path), path, True, t0)
 

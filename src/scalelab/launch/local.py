@@ -149,10 +149,12 @@ def run_sweep(
     *,
     out_dir: str | Path,
     threads_per_rank: int | None,
+    cpu_only: bool = False,
 ) -> list[Path]:
     """Train once per world size (sequentially, output streamed); return the run folders.
 
     `config_path` is a YAML file or a preset name from configs/ (as for `scalelab train`).
+    `cpu_only` hides any GPU from the runs (CUDA_VISIBLE_DEVICES=""): CPU processes with gloo.
 
     Raises SweepError naming the world size and exit code of the first run that fails.
     """
@@ -172,6 +174,8 @@ def run_sweep(
         threads = rank_threads(n, threads_per_rank)
         # torchrun would force OMP_NUM_THREADS=1 per rank; unbuffered so output streams line by line
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        if cpu_only:
+            env["CUDA_VISIBLE_DEVICES"] = ""
         print(f"[sweep] world size {n} ({threads} thread(s)/rank): {shlex.join(argv)}", flush=True)
         code, stopped_by = _run_child(argv, env)
         if stopped_by:  # the run checkpointed (or finished); start no further run
@@ -185,10 +189,17 @@ def run_sweep(
     return runs
 
 
-def run_commbench(nproc: int, out_dir: str | Path, *, max_bytes: str = "64M") -> Path:
-    """All-reduce sweep on `nproc` local ranks (torchrun); returns the commbench.json path."""
+def run_commbench(
+    nproc: int, out_dir: str | Path, *, max_bytes: str = "64M", cpu_only: bool = False
+) -> Path:
+    """All-reduce sweep on `nproc` local ranks (torchrun); returns the commbench.json path.
+
+    `cpu_only` hides any GPU (CUDA_VISIBLE_DEVICES=""): gloo on the CPU, as the CPU runs use.
+    """
     argv = torchrun_argv(nproc, ["commbench", "--out", str(out_dir), "--max-bytes", max_bytes])
     env = {**os.environ, "OMP_NUM_THREADS": str(rank_threads(nproc)), "PYTHONUNBUFFERED": "1"}
+    if cpu_only:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     print(f"[sweep] all-reduce bandwidth on {nproc} ranks: {shlex.join(argv)}", flush=True)
     code, _ = _run_child(argv, env)
     if code != 0:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from scalelab.config import ConfigError
 
 
 class DistilBertClassifier(nn.Module):
@@ -21,14 +25,26 @@ class DistilBertClassifier(nn.Module):
         try:
             from transformers import DistilBertConfig, DistilBertForSequenceClassification
         except ImportError:
-            raise ValueError(
+            raise ConfigError(
                 "model.arch=distilbert needs the `transformers` package: pip install 'scalelab[hf]'"
             ) from None
         if pretrained:
-            # Local files only: no downloads at run time.
-            self.net = DistilBertForSequenceClassification.from_pretrained(
-                pretrained, num_labels=num_classes, local_files_only=True
-            )
+            # Local files only: no downloads at run time. transformers would take a missing path
+            # for a Hub repo id and say so in a traceback.
+            if not Path(pretrained).is_dir():
+                raise ConfigError(
+                    f"model.pretrained: no such folder: {pretrained} (give a local folder saved "
+                    "with save_pretrained: config.json and the weights; nothing is downloaded)"
+                )
+            try:
+                self.net = DistilBertForSequenceClassification.from_pretrained(
+                    pretrained, num_labels=num_classes, local_files_only=True
+                )
+            except (OSError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(
+                    f"model.pretrained={pretrained}: not loadable DistilBERT weights ({first})"
+                ) from None
         else:
             cfg = DistilBertConfig(
                 vocab_size=vocab_size,

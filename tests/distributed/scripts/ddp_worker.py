@@ -20,7 +20,13 @@ from scalelab.config import load_config
 from scalelab.data import TrainBatchSampler, prepare_data
 from scalelab.models import build_model
 from scalelab.timing import StepTimer
-from scalelab.train import _make_optimizer, _make_scheduler, evaluate, train_step
+from scalelab.train import (
+    _make_optimizer,
+    _make_scheduler,
+    evaluate,
+    make_embedding_rows,
+    train_step,
+)
 
 
 def counting_allreduce_hook(
@@ -40,10 +46,10 @@ def main() -> None:
         torch.manual_seed(cfg.train.seed)
         data = prepare_data(cfg, is_main=env.is_main, barrier=lambda: D.barrier(env))
         model = build_model(cfg.model, data.vocab_size, data.num_classes)
-        row_sync = None  # as the trainer: the embedding's rows summed outside DDP (gloo default)
-        if env.is_distributed and D.syncs_embedding_rows(cfg.distributed, env.backend):
-            row_sync = D.EmbeddingRowSync(model, data.train.tokens, env)
-        model = D.wrap_ddp(model, cfg.distributed, env, exclude=[row_sync.name] if row_sync else [])
+        # as the trainer: the embedding's rows summed outside DDP (gloo default), sparse backward
+        emb_rows = make_embedding_rows(model, cfg, env, data.train.tokens)
+        row_sync = emb_rows is not None and emb_rows.sync_rows
+        model = D.wrap_ddp(model, cfg.distributed, env, exclude=[emb_rows.name] if row_sync else [])
         hook_state = {"calls": 0}
         if env.is_distributed and cfg.distributed.comm_hook == "none":
             model.register_comm_hook(hook_state, counting_allreduce_hook)
@@ -64,11 +70,11 @@ def main() -> None:
         seen, rows_used = [], []
         for micro in itertools.islice(sampler, steps):
             gb = sampler.current_global_batch
-            if row_sync is not None:
+            if row_sync:
                 rows_used.append(int(D.embedding_rows(data.train.tokens, gb).numel()))
             train_step(
                 model, micro, data, opt, sched, None, timer, cfg, env, None,
-                row_sync=row_sync, global_batch=gb,
+                emb_rows=emb_rows, global_batch=gb,
             )  # fmt: skip
             timer.end_step()
             seen.append([m.tolist() for m in micro])
@@ -77,9 +83,10 @@ def main() -> None:
         result = {
             "params": {k: v.detach().clone() for k, v in net.state_dict().items()},
             "allreduce_calls": hook_state["calls"],
-            "row_sync": row_sync is not None,
+            "row_sync": row_sync,
+            "sparse_backward": emb_rows is not None and emb_rows.sparse_backward,
             "rows_per_step": rows_used,
-            "embedding_in_ddp": row_sync is None,
+            "embedding_in_ddp": not row_sync,
             "batches": seen,
             "val_loss": val_loss,
             "val_acc": val_acc,
