@@ -117,12 +117,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from scalelab.analysis.collect import load_run
-    from scalelab.analysis.predict import load_commbench, predict_scaling
+    from scalelab.analysis.predict import load_commbench, load_sync_latency, predict_scaling
     from scalelab.analysis.report import format_predictions
 
     run = load_run(args.run)
+    sync = None
     if args.commbench:
         alpha_ms, busbw, _ = load_commbench(args.commbench)
+        sync = load_sync_latency(args.commbench)
     elif args.busbw_gbps:
         alpha_ms, busbw = args.alpha_ms or 0.0, args.busbw_gbps
     else:
@@ -132,7 +134,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "predict needs --commbench FILE or --busbw-gbps (and optionally --alpha-ms)"
         )
     preds = predict_scaling(
-        run.summary, args.world_sizes, busbw_gbps=busbw, alpha_ms=alpha_ms, overlap=args.overlap
+        run.summary,
+        args.world_sizes,
+        busbw_gbps=busbw,
+        alpha_ms=alpha_ms,
+        overlap=args.overlap,
+        sync_latency_ms=sync,
     )
     print(format_predictions(preds))
     return 0

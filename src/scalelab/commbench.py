@@ -161,6 +161,45 @@ def _fit(results: list[dict[str, Any]], world_size: int) -> dict[str, float]:
     return {"alpha_ms": max(0.0, alpha), "busbw_gbps": busbw}
 
 
+def measure_sync_latency(
+    env: DistEnv, *, busy_ms: float = 20.0, iters: int = 40, warmup: int = 4
+) -> dict[str, float]:
+    """Latency of a 4-byte all-reduce that the ranks reach straight from `busy_ms` of compute.
+
+    A training step's gradient all-reduce does not start from a warm, idle loop as the size
+    sweep's back-to-back calls do: every rank arrives from computing. Per iteration all ranks
+    compute for `busy_ms` (small matrix products), then all-reduce 4 bytes; the iteration's
+    latency is the time of the rank that arrived last (the minimum over ranks), which waited
+    for nobody. Returns its median and 90th percentile in ms.
+    """
+    if not env.is_distributed:
+        return {"median_ms": 0.0, "p90_ms": 0.0, "busy_ms": busy_ms, "iters": 0}
+    dev = _buffer_device(env)
+    x = torch.zeros(1, device=dev)
+    a = torch.randn(128, 128)
+    times: list[float] = []
+    for i in range(warmup + iters):
+        until = time.perf_counter() + busy_ms / 1e3
+        while time.perf_counter() < until:
+            a @ a
+        t0 = time.perf_counter()
+        dist.all_reduce(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)  # host-device sync: the collective must be done to time it
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    mine = torch.tensor(times, dtype=torch.float64, device=dev)
+    every = [torch.zeros_like(mine) for _ in range(env.world_size)]
+    dist.all_gather(every, mine)
+    last_arrival = torch.stack(every).min(dim=0).values.cpu()  # host-device sync (once)
+    return {
+        "median_ms": float(last_arrival.median()),
+        "p90_ms": float(torch.quantile(last_arrival, 0.9)),
+        "busy_ms": busy_ms,
+        "iters": iters,
+    }
+
+
 def _device_name(env: DistEnv) -> str:
     dev = _buffer_device(env)
     if dev.type == "cuda":
@@ -204,6 +243,7 @@ def run_commbench(
         "command": command if command is not None else shlex.join(sys.orig_argv),
         "results": results,
         "fit": _fit(results, env.world_size),
+        "sync_latency": measure_sync_latency(env),
     }
 
 
@@ -241,6 +281,12 @@ def format_table(result: dict[str, Any]) -> str:
         f"{fit['busbw_gbps']:.3f} GB/s  ({result['backend']}, {result['world_size']} ranks, "
         f"{result['num_nodes']} node(s), {result['device']})"
     )
+    lat = result.get("sync_latency")
+    if lat:
+        lines.append(
+            f"sync latency after {lat['busy_ms']:g} ms of compute (4-byte all-reduce, last rank "
+            f"to arrive): median {lat['median_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms"
+        )
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from scalelab.commbench import (
     format_bytes,
     measure_allreduce,
     measure_buckets,
+    measure_sync_latency,
     parse_bytes,
     sweep_sizes,
 )
@@ -32,6 +33,7 @@ RESULT_KEYS = {
     "command",
     "results",
     "fit",
+    "sync_latency",
 }
 _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -52,6 +54,7 @@ def test_single_process_has_no_communication() -> None:
     env = DistEnv()
     assert measure_allreduce(1 << 20, env, iters=3, warmup=1) == 0.0
     assert measure_buckets([1 << 20, 1 << 10], env) == 0.0
+    assert measure_sync_latency(env)["median_ms"] == 0.0
 
 
 @pytest.mark.slow
@@ -77,7 +80,11 @@ def test_commbench_two_gloo_ranks(tmp_path: Path) -> None:
     assert rows[-1]["busbw_gbps"] > 4 * rows[0]["busbw_gbps"], rows
     assert result["fit"]["alpha_ms"] >= 0
     assert result["fit"]["busbw_gbps"] > 0
-    assert "busbw" in proc.stdout and str(out / "commbench.json") in proc.stdout
+    lat = result["sync_latency"]
+    assert lat["iters"] == 40 and lat["busy_ms"] == 20.0
+    assert 0 < lat["median_ms"] <= lat["p90_ms"]
+    assert "busbw" in proc.stdout and "sync latency after 20 ms" in proc.stdout
+    assert str(out / "commbench.json") in proc.stdout
 
 
 @pytest.mark.slow

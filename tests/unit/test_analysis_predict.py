@@ -12,6 +12,7 @@ from scalelab.analysis.predict import (
     compare,
     fit_alpha_beta,
     load_commbench,
+    load_sync_latency,
     predict_scaling,
 )
 from tests.unit.runfolders import write_run, write_sweep
@@ -143,3 +144,29 @@ def test_cpu_runs_hide_no_communication(base):
     assert c.exposed_comm_ms == pytest.approx(c.comm_ms)
     assert g.exposed_comm_ms < g.comm_ms
     assert c.step_ms - g.step_ms == pytest.approx(c.exposed_comm_ms - g.exposed_comm_ms)
+
+
+def test_sync_latency_after_compute_replaces_alpha_once_per_step_on_cpu(base, tmp_path):
+    cpu = dict(base, device_type="cpu")
+    gpu = dict(base, device_type="cuda")
+    (plain,) = predict_scaling(cpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    (woken,) = predict_scaling(cpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency_ms=3.0)
+    # one collective per step (the first) pays 3 ms instead of alpha; the other buckets keep alpha
+    assert woken.comm_ms - plain.comm_ms == pytest.approx(3.0 - ALPHA)
+    assert woken.step_ms - plain.step_ms == pytest.approx(3.0 - ALPHA)
+    # a latency below alpha changes nothing; accelerators keep their bucket model
+    (low,) = predict_scaling(cpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency_ms=0.01)
+    assert low.step_ms == pytest.approx(plain.step_ms)
+    (g1,) = predict_scaling(gpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    (g2,) = predict_scaling(gpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency_ms=3.0)
+    assert g1.step_ms == pytest.approx(g2.step_ms)
+    (one,) = predict_scaling(cpu, [1], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency_ms=3.0)
+    assert one.comm_ms == 0.0
+
+    bench = tmp_path / "commbench.json"
+    bench.write_text(json.dumps({"world_size": 2, "results": [], "fit": {"busbw_gbps": 1.0}}))
+    assert load_sync_latency(bench) is None  # older commbench files: alpha only
+    bench.write_text(
+        json.dumps({"world_size": 2, "sync_latency": {"median_ms": 2.5, "p90_ms": 4.0}})
+    )
+    assert load_sync_latency(bench) == 2.5

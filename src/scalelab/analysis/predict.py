@@ -17,6 +17,11 @@ the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
   overlap with the backward of the remaining layers:
   exposed = t_last + max(0, (T_ar - t_last) - backward_n/k * (1 - 1/num_buckets)),
   where k = grad_accum_steps (only the last micro-batch's backward runs alongside the sync);
+* on CPU, a step's first collective is reached straight from compute, not from the warm loop of
+  the size sweep: it costs the commbench's measured sync latency L (4 bytes, last rank to arrive
+  after 20 ms of compute) instead of alpha, so exposed += max(0, L - alpha) once per step when
+  the commbench file holds L (gloo on the 2-core test machine: L of a few ms against an alpha
+  of ~0.1 ms, from thread wake-ups while both cores compute);
 * step_n = data_n + h2d_n + forward_n + backward_n + optimizer + other + exposed.
 """
 
@@ -91,8 +96,13 @@ def predict_scaling(
     busbw_gbps: float,
     alpha_ms: float,
     overlap: float | None = None,
+    sync_latency_ms: float | None = None,
 ) -> list[Prediction]:
-    """Predict per-step time, communication and speedup at each world size (see module doc)."""
+    """Predict per-step time, communication and speedup at each world size (see module doc).
+
+    ``sync_latency_ms``: the commbench's latency after compute (`load_sync_latency`); applied to
+    CPU runs only, where nothing overlaps the all-reduce.
+    """
     name = summary_1rank.get("run_name")
     if int(summary_1rank.get("world_size") or 1) != 1:
         raise AnalysisError(f"run {name}: prediction needs a 1-rank run as its base")
@@ -113,8 +123,11 @@ def predict_scaling(
     buckets = _bucket_bytes(summary_1rank)
     accum = max(1, int(summary_1rank.get("grad_accum_steps") or 1))
     alpha = max(0.0, alpha_ms)
-    if overlap is None and summary_1rank.get("device_type") == "cpu":
+    on_cpu = summary_1rank.get("device_type") == "cpu"
+    if overlap is None and on_cpu:
         overlap = 0.0  # see module doc: CPU ranks have no idle cores to hide the all-reduce
+    # see module doc: the step's first collective wakes ranks that were computing
+    wake_ms = max(0.0, (sync_latency_ms or 0.0) - alpha) if on_cpu else 0.0
     out = []
     for n in world_sizes:
         if n < 1:
@@ -124,6 +137,8 @@ def predict_scaling(
         )
         opt = base["optimizer_ms"]
         times = [allreduce_ms(b, n, busbw_gbps=busbw_gbps, alpha_ms=alpha) for b in buckets]
+        if n > 1:
+            times[0] += wake_ms
         t_ar = sum(times)
         if overlap is not None:
             exposed = (1.0 - overlap) * t_ar
@@ -233,6 +248,18 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
         raise AnalysisError(f"{path}: commbench file has neither a fit nor results")
     alpha, busbw = fit_alpha_beta(bench["results"], world_size)
     return alpha, busbw, world_size
+
+
+def load_sync_latency(path: str | Path) -> float | None:
+    """Median sync latency after compute (ms) from a commbench JSON file; None if not recorded."""
+    try:
+        bench = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AnalysisError(f"{path}: cannot read commbench JSON ({exc})") from None
+    lat = bench.get("sync_latency") if isinstance(bench, dict) else None
+    if not isinstance(lat, dict) or lat.get("median_ms") is None:
+        return None
+    return max(0.0, float(lat["median_ms"]))
 
 
 def bandwidth_from_run(run: Run) -> tuple[float, float] | None:

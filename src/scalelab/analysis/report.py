@@ -24,6 +24,7 @@ from scalelab.analysis.predict import (
     bandwidth_from_run,
     compare,
     load_commbench,
+    load_sync_latency,
     predict_scaling,
 )
 from scalelab.analysis.scaling import ScalingGroup, analyse, find_point
@@ -204,18 +205,22 @@ def analyse_runs(
             )
             continue
         alpha, busbw, source = bandwidth
+        # only with the commbench's own alpha: a user's --alpha-ms is taken as given
+        sync = load_sync_latency(commbench) if commbench and busbw_gbps is None else None
         try:
             predictions[group.label] = predict_scaling(
                 group.baseline_runs()[0].summary,
                 _prediction_sizes(group),
                 busbw_gbps=busbw,
                 alpha_ms=alpha,
+                sync_latency_ms=sync,
             )
         except AnalysisError as exc:
             notes.append(f"{group.label}: no prediction ({exc}).")
             continue
+        wake = f", sync latency after compute {sync:.3g} ms (CPU runs)" if sync else ""
         notes.append(
-            f"{group.label}: bus bandwidth {busbw:.3g} GB/s, alpha {alpha:.3g} ms, {source}."
+            f"{group.label}: bus bandwidth {busbw:.3g} GB/s, alpha {alpha:.3g} ms{wake}, {source}."
         )
     all_predictions = [p for preds in predictions.values() for p in preds]
     return Analysis(
