@@ -54,3 +54,15 @@ def test_run_quick_writes_json(tmp_path: Path) -> None:
         assert key in tp
     assert tp["scalelab_samples_per_s"]["median"] > 0 and tp["study_samples_per_s"]["median"] > 0
     assert {c["verdict"] for c in res["checks"]} <= {"PASS", "FAIL", "SKIP", "info"}
+
+
+@pytest.mark.slow
+def test_embedding_grad_quick_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "emb.json"
+    _run([str(BENCH / "embedding_grad.py"), "--quick", "--max-quiet-wait", "0", "--out", str(out)])
+    res = json.loads(out.read_text())
+    for key in ("device", "torch_version", "git_commit", "command", "date", "quick"):
+        assert key in res
+    assert set(res["step_ms"]) == {"rows", "dense"}
+    assert res["step_ms"]["rows"]["median"] > 0 and res["step_ms"]["dense"]["median"] > 0
+    assert len(res["speedup_rows_over_dense_per_round"]) == res["rounds"] == 2

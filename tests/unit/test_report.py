@@ -171,7 +171,8 @@ def test_report_tex_compiles(report):
     figures = tex.count(r"\begin{figure}")
     tables = tex.count(r"\begin{table}")
     assert figures == len(PLOTS)
-    assert tables == 1 + 1 + 2 + 1 + 1  # runs, summary, 2 scaling groups, breakdown, 1 prediction
+    # runs, summary, 2 scaling groups, breakdown, lost efficiency, 1 prediction
+    assert tables == 1 + 1 + 2 + 1 + 1 + 1
     assert len(re.findall(r"\\newlabel\{fig:", aux)) == figures
     assert len(re.findall(r"\\newlabel\{tab:", aux)) == tables
     assert log.count("<use ") >= figures  # every PNG was included
@@ -209,3 +210,26 @@ def test_negative_alpha_is_refused_by_predict(tmp_path: Path) -> None:
     [run] = load_runs([tmp_path])
     with pytest.raises(AnalysisError, match="alpha must be >= 0"):
         predict_scaling(run.summary, [2], busbw_gbps=1.0, alpha_ms=-50.0)
+
+
+def test_lost_efficiency_table_splits_the_excess_by_phase(report):
+    text = report["markdown"].read_text()
+    assert "Where the efficiency went" in text
+    # 2 ranks of the healthy sweep: ideal step 50 ms (every 1-rank phase halved), measured 54.5;
+    # the excess is 1 ms exposed all-reduce + 2.5 ms optimizer (does not shrink) + 1 ms other.
+    row = next(
+        line for line in text.splitlines() if line.startswith("| ag\\_news\\_small-ws2 | 2 | 50 |")
+    )
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:] == [
+        "50",
+        "54.5",
+        "4.5",
+        "+1.00",
+        "+2.50",
+        "+0.00",
+        "+0.00",
+        "+0.00",
+        "+0.00",
+        "+1.00",
+    ]

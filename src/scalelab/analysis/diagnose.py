@@ -81,7 +81,7 @@ def _sum_phases(run: Run) -> float:
     return sum(run.phase(k) or 0.0 for k in PHASE_KEYS)
 
 
-def _excess_breakdown(
+def excess_breakdown(
     group: ScalingGroup, point: ScalingPoint
 ) -> dict[str, tuple[float, float]] | None:
     """Per phase: (measured at n, ideal = baseline x n0/n, i.e. perfect linear scaling).
@@ -130,7 +130,7 @@ def _scaling_rules(group: ScalingGroup) -> list[Finding]:
             f"speedup {point.speedup:.2f}x (ideal {point.ideal_speedup:.3g}x), "
             f"efficiency {point.efficiency:.0%}"
         )
-        breakdown = _excess_breakdown(group, point)
+        breakdown = excess_breakdown(group, point)
         cause = f"; {_largest_growth(breakdown)} per step" if breakdown else ""
         if point.speedup < 1:
             findings.append(

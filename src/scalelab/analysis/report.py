@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelab.analysis.collect import AnalysisError, Run, load_runs
-from scalelab.analysis.diagnose import Finding, diagnose
+from scalelab.analysis.diagnose import Finding, diagnose, excess_breakdown
 from scalelab.analysis.predict import (
     Comparison,
     Prediction,
@@ -386,6 +386,52 @@ def _scaling_table(group: ScalingGroup, index: int) -> Table:
     )
 
 
+# phase -> column header of the lost-efficiency table, in the order a reader checks them
+_LOST_COLUMNS = {
+    "exposed_comm_ms": "exposed comm", "optimizer_ms": "optimizer", "forward_ms": "forward",
+    "backward_ms": "backward compute", "data_ms": "data", "h2d_ms": "h2d", "other_ms": "other",
+}  # fmt: skip
+
+
+def _lost_efficiency_table(groups: Sequence[ScalingGroup]) -> Table | None:
+    """Per multi-rank run: step vs ideal and each phase's excess over its ideal (ms per step)."""
+    rows = []
+    for group in groups:
+        for point in group.points:
+            if point.world_size == group.baseline_world_size:
+                continue
+            breakdown = excess_breakdown(group, point)
+            if breakdown is None:
+                continue
+            ideal = sum(i for _, i in breakdown.values())
+            measured = point.run.phase("step_ms")
+            rows.append(
+                [
+                    point.run.name,
+                    str(point.world_size),
+                    _f(ideal),
+                    _f(measured),
+                    _f(measured - ideal),
+                    *(f"{breakdown[k][0] - breakdown[k][1]:+.2f}" for k in _LOST_COLUMNS),
+                ]
+            )
+    if not rows:
+        return None
+    return Table(
+        "Where the efficiency went: excess over the linear-scaling ideal per optimizer step (ms).",
+        [
+            "run",
+            "ranks",
+            "ideal step",
+            "step",
+            "excess",
+            *_LOST_COLUMNS.values(),
+        ],
+        rows,
+        "tab:lost",
+    )
+
+
 def _breakdown_table(runs: Sequence[Run]) -> Table:
     rows = []
     for r in sorted(runs, key=lambda r: (r.preset, r.world_size, r.name)):
@@ -585,6 +631,17 @@ def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
             Para(_amdahl_text(group)),
         ]
     doc += [Heading("Where the time goes", 2), _breakdown_table(runs)]
+    lost = _lost_efficiency_table(groups)
+    if lost is not None:
+        doc += [
+            Para(
+                "Where the efficiency went: each phase at n ranks against its ideal, the baseline's "
+                "time for that phase x n0/n (perfect linear scaling; exposed communication, split out "
+                "of backward, is ideally 0). The excess of the step over its ideal is the sum of the "
+                "columns; the largest entries are what kept n ranks from n times the speed."
+            ),
+            lost,
+        ]
     doc += [
         Figure(k, figures[k], FIGURE_CAPTIONS[k]) for k in figures if k != "predicted_vs_measured"
     ]
@@ -599,7 +656,9 @@ def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
             "bus bandwidth, GB = 1e9 bytes); on GPUs DDP overlaps every bucket but the last with the backward of "
             "the remaining layers (k = gradient accumulation steps, N_b = number of buckets); on CPUs "
             "nothing is hidden (exposed = T_ar), because gloo's all-reduce needs the cores the compute "
-            "keeps busy. Speedup "
+            "keeps busy, and a step's first collective, reached straight from compute, costs the "
+            "commbench's sync latency after compute L instead of alpha (T_ar += max(0, L - alpha) "
+            "when the commbench file records L). Speedup "
             "is step(1)/step(n) because every world size runs the same number of steps per epoch."
         ),
         Formula(COST_MODEL_TEXT, COST_MODEL_LATEX),
