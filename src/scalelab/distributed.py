@@ -265,8 +265,8 @@ class EmbeddingRowGrad:
     * ``sparse_backward``: the embedding's backward emits only the used rows (``nn.Embedding``
       with ``sparse=True``), and `finish` adds them into one persistent dense gradient, zeroing
       only the rows the previous step wrote. The dense backward zero-fills and scatters the
-      whole vocab_size x d_model gradient every step (1.8 ms of the small preset's 1-thread CPU
-      step).
+      whole vocab_size x d_model gradient every step (benchmarks/embedding_grad.py measures
+      the difference).
     * ``sync`` (several ranks): one all-reduce of only those rows instead of DDP's all
       vocab_size x d_model values (10.2 of the small preset's 11.4 MB of gradients). The rows
       are the token ids of the whole GLOBAL batch, which every rank knows (the sampler is

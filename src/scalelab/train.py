@@ -2,7 +2,8 @@
 
 Event points, in order (read `fit` top to bottom):
 
-    init process group -> validate config for this world size -> prepare data (local rank 0 of each node builds the cache)
+    init process group -> validate config for this world size
+    -> prepare data (local rank 0 of each node builds the cache)
     -> build model -> wrap DDP -> optimizer/schedule -> create run folder / resume
     for epoch:
         for step:                                   # StepTimer laps: data | h2d | forward | backward | optimizer
@@ -572,9 +573,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     data = prepare_data(cfg, is_main=env.local_rank == 0, barrier=lambda: D.barrier(env))
     host_train_tokens = data.train.tokens
     if cfg.data.on_device and env.device.type == "cuda":
-        data = data.to(
-            env.device
-        )  # whole encoded dataset on the GPU: batches are gathered there, only indices travel
+        # whole encoded dataset on the GPU: batches are gathered there, only indices travel
+        data = data.to(env.device)
     if len(data.train) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "
