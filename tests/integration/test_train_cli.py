@@ -93,14 +93,22 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     resumed = scalelab([*base, "output.run_name=cut", "train.resume=auto"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
-    full = torch.load(tmp_path / "exp" / "full" / "checkpoint.pt", weights_only=False)
-    cut = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
+    _assert_same_run(tmp_path / "exp" / "full", tmp_path / "exp" / "cut")
+
+
+def _assert_same_run(full_dir: Path, cut_dir: Path) -> dict:
+    """The resumed run ends with exactly the uninterrupted run's weights and per-epoch metrics.
+    Returns the resumed run's checkpoint."""
+    full = torch.load(full_dir / "checkpoint.pt", weights_only=False)
+    cut = torch.load(cut_dir / "checkpoint.pt", weights_only=False)
+    assert full["model"].keys() == cut["model"].keys()
     for k, v in full["model"].items():
         assert torch.equal(v, cut["model"][k]), k
-    rows_full = list(csv.DictReader((tmp_path / "exp" / "full" / "metrics.csv").open()))
-    rows_cut = list(csv.DictReader((tmp_path / "exp" / "cut" / "metrics.csv").open()))
+    rows_full = list(csv.DictReader((full_dir / "metrics.csv").open()))
+    rows_cut = list(csv.DictReader((cut_dir / "metrics.csv").open()))
     assert [r["train_loss"] for r in rows_full] == [r["train_loss"] for r in rows_cut]
     assert [r["val_acc"] for r in rows_full] == [r["val_acc"] for r in rows_cut]
+    return cut
 
 
 def test_resume_at_an_epoch_boundary_ends_with_the_weights_of_an_uninterrupted_run(
@@ -122,15 +130,7 @@ def test_resume_at_an_epoch_boundary_ends_with_the_weights_of_an_uninterrupted_r
     resumed = scalelab([*base, "output.run_name=cut", "train.resume=auto"])
     assert resumed.returncode == 0, resumed.stderr
     assert "at epoch 2, step 0" in resumed.stdout and "epoch 1/2:" not in resumed.stdout
-    full = torch.load(tmp_path / "exp" / "full" / "checkpoint.pt", weights_only=False)
-    cut = torch.load(cut_dir / "checkpoint.pt", weights_only=False)
-    assert full["model"].keys() == cut["model"].keys() and cut["global_step"] == 12
-    for k, v in full["model"].items():
-        assert torch.equal(v, cut["model"][k]), k
-    rows_full = list(csv.DictReader((tmp_path / "exp" / "full" / "metrics.csv").open()))
-    rows_cut = list(csv.DictReader((cut_dir / "metrics.csv").open()))
-    assert [r["train_loss"] for r in rows_full] == [r["train_loss"] for r in rows_cut]
-    assert [r["val_acc"] for r in rows_full] == [r["val_acc"] for r in rows_cut]
+    assert _assert_same_run(tmp_path / "exp" / "full", cut_dir)["global_step"] == 12
 
 
 # DDP equivalence through the real trainer: no dropout, so 1 process and 2 ranks compute the same

@@ -231,13 +231,16 @@ def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int) -> tuple[
     return float(alpha), float(1.0 / (slope * 1e6))
 
 
-def load_commbench(path: str | Path) -> tuple[float, float, int]:
-    """(alpha_ms, busbw_gbps, world_size) from a `scalelab commbench` JSON file."""
-    path = Path(path)
+def _read_commbench(path: str | Path) -> Any:
     try:
-        bench = json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AnalysisError(f"{path}: cannot read commbench JSON ({exc})") from None
+
+
+def load_commbench(path: str | Path) -> tuple[float, float, int]:
+    """(alpha_ms, busbw_gbps, world_size) from a `scalelab commbench` JSON file."""
+    bench = _read_commbench(path)
     if not isinstance(bench, dict) or "world_size" not in bench:
         raise AnalysisError(f"{path}: not a commbench result (no world_size)")
     world_size = int(bench["world_size"])
@@ -252,10 +255,7 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
 
 def load_sync_latency(path: str | Path) -> float | None:
     """Median sync latency after compute (ms) from a commbench JSON file; None if not recorded."""
-    try:
-        bench = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AnalysisError(f"{path}: cannot read commbench JSON ({exc})") from None
+    bench = _read_commbench(path)
     lat = bench.get("sync_latency") if isinstance(bench, dict) else None
     if not isinstance(lat, dict) or lat.get("median_ms") is None:
         return None

@@ -193,6 +193,8 @@ def analyse_runs(
     groups = analyse(runs)
     predictions: dict[str, list[Prediction]] = {}
     notes = []
+    # only with the commbench's own alpha: a user's --alpha-ms is taken as given
+    sync = load_sync_latency(commbench) if commbench and busbw_gbps is None else None
     for group in groups:
         if not group.has_single_rank_baseline:
             notes.append(f"{group.label}: no prediction (the cost model needs a 1-rank run).")
@@ -205,8 +207,6 @@ def analyse_runs(
             )
             continue
         alpha, busbw, source = bandwidth
-        # only with the commbench's own alpha: a user's --alpha-ms is taken as given
-        sync = load_sync_latency(commbench) if commbench and busbw_gbps is None else None
         try:
             predictions[group.label] = predict_scaling(
                 group.baseline_runs()[0].summary,

@@ -172,10 +172,7 @@ def run_sweep(
         ]
         argv = torchrun_argv(n, module_args)
         threads = rank_threads(n, threads_per_rank)
-        # torchrun would force OMP_NUM_THREADS=1 per rank; unbuffered so output streams line by line
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        if cpu_only:
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        env = _child_env(threads, cpu_only)
         print(f"[sweep] world size {n} ({threads} thread(s)/rank): {shlex.join(argv)}", flush=True)
         code, stopped_by = _run_child(argv, env)
         if stopped_by:  # the run checkpointed (or finished); start no further run
@@ -189,6 +186,15 @@ def run_sweep(
     return runs
 
 
+def _child_env(threads: int, cpu_only: bool) -> dict[str, str]:
+    """Environment of a sweep's child: its threads per rank (torchrun would force
+    OMP_NUM_THREADS=1), unbuffered output so it streams line by line, GPUs hidden if `cpu_only`."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    if cpu_only:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
 def run_commbench(
     nproc: int, out_dir: str | Path, *, max_bytes: str = "64M", cpu_only: bool = False
 ) -> Path:
@@ -197,9 +203,7 @@ def run_commbench(
     `cpu_only` hides any GPU (CUDA_VISIBLE_DEVICES=""): gloo on the CPU, as the CPU runs use.
     """
     argv = torchrun_argv(nproc, ["commbench", "--out", str(out_dir), "--max-bytes", max_bytes])
-    env = {**os.environ, "OMP_NUM_THREADS": str(rank_threads(nproc)), "PYTHONUNBUFFERED": "1"}
-    if cpu_only:
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    env = _child_env(rank_threads(nproc), cpu_only)
     print(f"[sweep] all-reduce bandwidth on {nproc} ranks: {shlex.join(argv)}", flush=True)
     code, _ = _run_child(argv, env)
     if code != 0:
