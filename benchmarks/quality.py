@@ -33,11 +33,17 @@ from common import (  # noqa: E402
     shared_data_overrides,
     write_result,
 )
-from study_baseline import train_and_evaluate_study_way  # noqa: E402
+from study_baseline import KERNELS, train_and_evaluate_study_way  # noqa: E402
 
 
 def compare(
-    preset: str, dataset: str, shared: Path, epochs: int, work: Path, limit: list[str]
+    preset: str,
+    dataset: str,
+    shared: Path,
+    epochs: int,
+    work: Path,
+    limit: list[str],
+    study_kernels: str = "textbook",
 ) -> dict[str, Any]:
     """Train `preset` both ways on the shared `dataset` files; return both test accuracies."""
     from scalelab.data import prepare_data
@@ -68,7 +74,9 @@ def compare(
     summary = json.loads((run_dir / "summary.json").read_text())
 
     t0 = time.perf_counter()
-    study = train_and_evaluate_study_way(load_preset(preset, overrides), data, epochs)
+    study = train_and_evaluate_study_way(
+        load_preset(preset, overrides), data, epochs, kernels=study_kernels
+    )
     study_wall = time.perf_counter() - t0
     return {
         "preset": preset,
@@ -105,6 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also IMDB small on the full 25k/25k split (slow on CPU)",
     )
+    p.add_argument(
+        "--only",
+        choices=("ag_news", "imdb"),
+        default=None,
+        help="run just this dataset (imdb implies --imdb)",
+    )
+    p.add_argument(
+        "--study-kernels",
+        choices=KERNELS,
+        default="textbook",
+        help="kernels of the study-way model: 'scalelab' is the same maths, faster on a CPU "
+        "(accuracy is what is compared here, not speed)",
+    )
     p.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED_DATA)
     p.add_argument(
         "--max-train-samples", type=int, default=0, help="subset for smoke runs (0 = all)"
@@ -124,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         f"data.max_train_samples={args.max_train_samples}",
         f"data.max_test_samples={args.max_test_samples}",
     ]
-    jobs = [("ag_news_small", "ag_news")] + ([("imdb_small", "imdb")] if args.imdb else [])
+    jobs = [("ag_news_small", "ag_news")] + (
+        [("imdb_small", "imdb")] if args.imdb or args.only == "imdb" else []
+    )
+    if args.only:
+        jobs = [job for job in jobs if job[1] == args.only]
     result: dict[str, Any] = {
         **run_header(None if argv is None else [sys.argv[0], *argv]),
         "subset": bool(args.max_train_samples or args.max_test_samples),
@@ -134,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for preset, dataset in jobs:
             result["results"][preset] = compare(
-                preset, dataset, args.shared_data, args.epochs, work, limit
+                preset, dataset, args.shared_data, args.epochs, work, limit, args.study_kernels
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

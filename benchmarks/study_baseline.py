@@ -242,10 +242,14 @@ def evaluate_study_way(
 
 
 def train_and_evaluate_study_way(
-    cfg: Config, data: EncodedData, epochs: int, *, log: bool = True
+    cfg: Config, data: EncodedData, epochs: int, *, log: bool = True, kernels: str = "textbook"
 ) -> dict[str, Any]:
-    """Train `epochs` full epochs the study's way, then evaluate on the full test split."""
-    tr = StudyTrainer(cfg, data)
+    """Train `epochs` full epochs the study's way, then evaluate on the full test split.
+
+    `kernels` as in `build_study_model`: "scalelab" runs the same maths faster on a CPU (its
+    dropout draws different random numbers, like another seed), for long quality runs.
+    """
+    tr = StudyTrainer(cfg, data, kernels=kernels)
     steps_per_epoch = len(tr.loader)
     epoch_times, epoch_losses = [], []
     for epoch in range(epochs):
@@ -264,6 +268,7 @@ def train_and_evaluate_study_way(
     test_loss, test_acc, eval_sps = evaluate_study_way(tr.model, data, cfg, tr.device)
     return {
         "epochs": epochs,
+        "kernels": kernels,
         "steps_per_epoch": steps_per_epoch,
         "train_loss_per_epoch": epoch_losses,
         "epoch_time_s": epoch_times,
