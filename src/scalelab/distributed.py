@@ -327,17 +327,34 @@ class EmbeddingRowGrad:
 
 
 def register_comm_hook(ddp: DDP, cfg: DistributedConfig) -> None:
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     if cfg.comm_hook == "fp16":
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
     elif cfg.comm_hook == "bf16":
         ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
     elif cfg.comm_hook == "powersgd":
-        state = powerSGD_hook.PowerSGDState(
-            process_group=None, matrix_approximation_rank=cfg.powersgd_rank, start_powerSGD_iter=2
-        )
-        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        from scalelab.powersgd import PowerSGDHook
+
+        hook = PowerSGDHook(ddp.module, cfg.powersgd_rank)
+        ddp.register_comm_hook(hook, PowerSGDHook.hook)
+        ddp.scalelab_hook = hook  # its per-rank state goes into checkpoints (comm_hook_state)
+
+
+def comm_hook_state(ddp: nn.Module) -> dict[str, Any] | None:
+    """This rank's communication-hook state (tensors on the CPU); None for stateless hooks.
+
+    PowerSGD keeps per-rank state that an exact resume needs: the error feedback (each rank's
+    residual of its own local gradient), the warm-start P/Q factors, its random generator and
+    the iteration count (vanilla all-reduce before the second step).
+    """
+    hook = getattr(ddp, "scalelab_hook", None)
+    return hook.state_dict() if hook is not None else None
+
+
+def load_comm_hook_state(ddp: nn.Module, saved: dict[str, Any], device: torch.device) -> None:
+    """Restore what `comm_hook_state` returned on this rank (before the first step)."""
+    ddp.scalelab_hook.load_state_dict(saved, device)
 
 
 def gradient_buckets(

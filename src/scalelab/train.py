@@ -643,6 +643,16 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             )
         _check_mid_epoch_resume(resume_state, cfg, resume_from, len(sampler))
         set_rng_state(rngs[env.rank])
+        if D.comm_hook_state(_ddp(model)) is not None:
+            saved_hook = resume_state.get("comm_hook_state")
+            if saved_hook is None:
+                log(
+                    env,
+                    f"note: {resume_from} holds no distributed.comm_hook={cfg.distributed.comm_hook} "
+                    "state (saved with another hook); its error feedback starts afresh",
+                )
+            else:
+                D.load_comm_hook_state(_ddp(model), saved_hook[env.rank], env.device)
         state = TrainState(
             epoch=resume_state["epoch"],
             step_in_epoch=resume_state["step_in_epoch"],
@@ -679,6 +689,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         # host-device sync + collective: only at checkpoint time
         rngs = D.gather_objects(rng_state(), env)
         sums = D.gather_objects(float(loss_sum_dev.item()), env)
+        hook_state = D.comm_hook_state(_ddp(model))  # PowerSGD: per-rank error feedback
+        hook_states = D.gather_objects(hook_state, env) if hook_state is not None else None
         if env.is_main:
             save_checkpoint(
                 ckpt_path,
@@ -693,6 +705,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                     "epoch_loss_sums": sums,
                     "metrics": st.metrics,
                     "rng": rngs,
+                    "comm_hook_state": hook_states,
                     "world_size": env.world_size,
                     "config": cfg.to_dict(),
                 },

@@ -212,6 +212,34 @@ def test_sigterm_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_
         assert torch.equal(v, b["model"][k]), k
 
 
+def test_powersgd_resume_under_torchrun_matches_an_uninterrupted_run(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # PowerSGD's per-rank error feedback and warm-start factors travel in the checkpoint
+    base = ["-m", "scalelab", "train", *common(tmp_path, cache_dir), "train.epochs=2",
+            "train.max_steps_per_epoch=6", "distributed.comm_hook=powersgd",
+            "distributed.powersgd_rank=1"]  # fmt: skip
+    full = torchrun([*base, "output.run_name=full"], nproc=2)
+    assert full.returncode == 0, rank_errors(full)
+    stopped = torchrun([*base, "output.run_name=cut", "train.stop_after_steps=8"], nproc=2)
+    assert stopped.returncode == 0, rank_errors(stopped)
+    saved = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
+    hooks = saved["comm_hook_state"]
+    assert saved["global_step"] == 8 and len(hooks) == 2
+    assert hooks[0]["slots"]["iter"] == 8
+    pieces = [h["per_parameter"] for h in hooks]
+    # PowerSGD ran: every DDP parameter has a residual, the compressed matrices warm-start factors
+    assert pieces[0].keys() == {k for k in saved["model"] if k != "tok_emb.weight"}
+    assert all(p["error"].shape == saved["model"][k].flatten().shape for k, p in pieces[0].items())
+    assert "p" in pieces[0]["blocks.0.ff1.weight"] and "p" not in pieces[0]["head.bias"]
+    # each rank's residual is its own local gradient's: the two ranks' states differ
+    assert not torch.equal(pieces[0]["blocks.0.ff1.weight"]["error"],
+                           pieces[1]["blocks.0.ff1.weight"]["error"])  # fmt: skip
+    resumed = torchrun([*base, "output.run_name=cut", "train.resume=auto"], nproc=2)
+    assert resumed.returncode == 0, rank_errors(resumed)
+    _assert_same_run(tmp_path / "exp" / "full", tmp_path / "exp" / "cut")
+
+
 def test_bad_config_key_is_one_line(tmp_path: Path) -> None:
     res = scalelab(["train", "train.batchsize=3", f"output.dir={tmp_path}"])
     assert_one_line_error(res, "train.batchsize")
