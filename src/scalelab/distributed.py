@@ -64,13 +64,10 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     num_nodes = max(1, world_size // max(1, local_world_size))
     use_cuda = torch.cuda.is_available()
 
+    num_gpus = torch.cuda.device_count() if use_cuda else 0
     if use_cuda:
-        num_gpus = torch.cuda.device_count()
-        if local_world_size > num_gpus and world_size > 1:
-            raise LaunchError(
-                f"{local_world_size} ranks per node but only {num_gpus} visible GPU(s): two ranks would "
-                f"share one GPU; use --nproc_per_node={num_gpus} or fewer"
-            )
+        # torchrun: each process sees the node's GPUs and takes its own; srun --gpus-per-task=1:
+        # each sees only its GPU, as cuda:0
         device = torch.device("cuda", local_rank % num_gpus)
         torch.cuda.set_device(device)
     else:
@@ -89,12 +86,25 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     os.environ.setdefault("RANK", str(rank))
     os.environ.setdefault("WORLD_SIZE", str(world_size))
     kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=cfg.timeout_s)}
-    if backend == "nccl":
+    # More ranks on this node than GPUs each rank sees: either every rank was given its own
+    # GPU (srun --gpus-per-task=1: each sees one, as cuda:0) or two ranks would share one. Only
+    # the GPUs' UUIDs tell (checked below over gloo); NCCL's communicator, created eagerly by
+    # `device_id`, would fail on a shared GPU first, so it is then created lazily.
+    maybe_shared = use_cuda and local_world_size > num_gpus
+    if backend == "nccl" and not maybe_shared:
         kwargs["device_id"] = device  # binds the communicator to our GPU eagerly
     dist.init_process_group(**kwargs)
     global _joined_process_group
     _joined_process_group = True
-    return DistEnv(rank, local_rank, world_size, local_world_size, num_nodes, backend, device)
+    env = DistEnv(rank, local_rank, world_size, local_world_size, num_nodes, backend, device)
+    if maybe_shared and ranks_share_device(env):
+        cleanup()
+        raise LaunchError(
+            f"{local_world_size} ranks per node but each sees {num_gpus} GPU(s) and two ranks "
+            f"share one; use --nproc_per_node={num_gpus} or fewer, or give every rank its own "
+            "GPU (srun --gpus-per-task=1)"
+        )
+    return env
 
 
 # True once this process joined a process group (see exit_process).
