@@ -140,7 +140,7 @@ class DistributedConfig:
     find_unused_parameters: bool = False
     """DDP searches for unused parameters each step (slow; only if the model really has them)."""
     comm_hook: str = "none"
-    """'none', 'fp16', 'bf16' (compress gradients to 16 bit) or 'powersgd'."""
+    """'none', 'fp16', 'bf16' (compress gradients to 16 bit) or 'powersgd' (low-rank; its per-rank state is checkpointed; on gloo the buckets are reduced one after another)."""
     powersgd_rank: int = 4
     """Rank of the PowerSGD approximation."""
     embedding_grad_sync: str = "auto"

@@ -237,7 +237,7 @@ def wrap_ddp(
         gradient_as_bucket_view=cfg.gradient_as_bucket_view,
         find_unused_parameters=cfg.find_unused_parameters,
     )
-    register_comm_hook(ddp, cfg)
+    register_comm_hook(ddp, cfg, env.backend)
     return ddp
 
 
@@ -336,7 +336,7 @@ class EmbeddingRowGrad:
         return compact.numel() * compact.element_size()
 
 
-def register_comm_hook(ddp: DDP, cfg: DistributedConfig) -> None:
+def register_comm_hook(ddp: DDP, cfg: DistributedConfig, backend: str) -> None:
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     if cfg.comm_hook == "fp16":
@@ -346,7 +346,7 @@ def register_comm_hook(ddp: DDP, cfg: DistributedConfig) -> None:
     elif cfg.comm_hook == "powersgd":
         from scalelab.powersgd import PowerSGDHook
 
-        hook = PowerSGDHook(ddp.module, cfg.powersgd_rank)
+        hook = PowerSGDHook(ddp.module, cfg.powersgd_rank, one_bucket_at_a_time=backend == "gloo")
         ddp.register_comm_hook(hook, PowerSGDHook.hook)
         ddp.scalelab_hook = hook  # its per-rank state goes into checkpoints (comm_hook_state)
 

@@ -29,7 +29,9 @@ _BUCKET_DICTS = {"error": "error_dict", "p": "p_memory_dict", "q": "q_memory_dic
 class PowerSGDHook:
     """State holder for ``ddp.register_comm_hook(hook, PowerSGDHook.hook)``."""
 
-    def __init__(self, model: nn.Module, matrix_approximation_rank: int) -> None:
+    def __init__(
+        self, model: nn.Module, matrix_approximation_rank: int, one_bucket_at_a_time: bool
+    ) -> None:
         self.state = powerSGD_hook.PowerSGDState(
             process_group=None,
             matrix_approximation_rank=matrix_approximation_rank,
@@ -41,17 +43,33 @@ class PowerSGDHook:
         self._layouts: dict[int, tuple[str, ...]] = {}
         # parameter name -> {"error"/"p"/"q": tensor}, waiting to be laid out into a bucket
         self._loose: dict[str, dict[str, torch.Tensor]] = {}
+        # buckets already handed to PowerSGD in this step: their new state arrives with their
+        # all-reduce (asynchronously), and their parameters did not move (layout unchanged)
+        self._done: set[int] = set()
+        # gloo: PowerSGD issues each bucket's second all-reduce (the Qs) from a callback on
+        # gloo's thread, racing the next bucket's first one on the autograd thread, so the
+        # ranks could issue them in different orders (a hang or "collective mismatch"; torch
+        # issue 58467). Each bucket then waits for the previous one's to finish.
+        self._one_at_a_time = one_bucket_at_a_time
+        self._previous: torch.futures.Future[torch.Tensor] | None = None
 
     @staticmethod
     def hook(self: "PowerSGDHook", bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         index = bucket.index()
         layout = tuple(self._names[id(p)] for p in bucket.parameters())
         if self._layouts.get(index, layout) != layout:
-            self._loosen()  # DDP re-bucketed: every bucket's state to per-parameter pieces
+            self._loosen()  # DDP re-bucketed: the state of every bucket still to come, per parameter
         if self._loose and index not in self._layouts:
             self._lay_out(index, layout)
         self._layouts[index] = layout
-        return powerSGD_hook.powerSGD_hook(self.state, bucket)
+        if self._one_at_a_time and self._previous is not None:
+            self._previous.wait()
+        future = powerSGD_hook.powerSGD_hook(self.state, bucket)
+        self._previous = future if self._one_at_a_time else None
+        self._done.add(index)
+        if bucket.is_last():
+            self._done.clear()
+        return future
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -75,6 +93,7 @@ class PowerSGDHook:
         for attr in _BUCKET_DICTS.values():
             getattr(self.state, attr).clear()
         self._layouts.clear()
+        self._done.clear()
         self._loose = {
             n: {k: t.to(device) for k, t in piece.items()}
             for n, piece in saved["per_parameter"].items()
@@ -98,10 +117,14 @@ class PowerSGDHook:
                 groups.setdefault((n, m), []).append((name, n, m, r))
         return [item for group in groups.values() for item in group]
 
-    def _pieces(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The per-bucket state cut into per-parameter pieces (views; nothing is changed)."""
+    def _pieces(
+        self, skip: set[int] | frozenset[int] = frozenset()
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """The per-bucket state (but `skip`'s) cut into per-parameter pieces (views)."""
         out: dict[str, dict[str, torch.Tensor]] = {}
         for index, layout in self._layouts.items():
+            if index in skip:
+                continue
             error = self.state.error_dict.get(index)
             sizes = [math.prod(self._shapes[n]) for n in layout]
             if error is not None and error.numel() == sum(sizes):
@@ -123,11 +146,13 @@ class PowerSGDHook:
         return out
 
     def _loosen(self) -> None:
-        for name, piece in self._pieces().items():
+        """Cut the state of the buckets not yet done this step into per-parameter pieces."""
+        for name, piece in self._pieces(skip=self._done).items():
             self._loose.setdefault(name, {}).update({k: t.clone() for k, t in piece.items()})
-        for attr in _BUCKET_DICTS.values():
-            getattr(self.state, attr).clear()
-        self._layouts.clear()
+        for index in [i for i in self._layouts if i not in self._done]:
+            for attr in _BUCKET_DICTS.values():
+                getattr(self.state, attr).pop(index, None)
+            del self._layouts[index]
 
     def _lay_out(self, index: int, layout: tuple[str, ...]) -> None:
         """Assemble bucket `index`'s state from the loose pieces of its parameters."""

@@ -212,13 +212,15 @@ def test_sigterm_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_
         assert torch.equal(v, b["model"][k]), k
 
 
+# one bucket, and many small ones whose boundaries move when DDP re-buckets after the first step
+@pytest.mark.parametrize("bucket_cap_mb", [25.0, 0.01])
 def test_powersgd_resume_under_torchrun_matches_an_uninterrupted_run(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, cache_dir: Path, bucket_cap_mb: float
 ) -> None:
     # PowerSGD's per-rank error feedback and warm-start factors travel in the checkpoint
     base = ["-m", "scalelab", "train", *common(tmp_path, cache_dir), "train.epochs=2",
             "train.max_steps_per_epoch=6", "distributed.comm_hook=powersgd",
-            "distributed.powersgd_rank=1"]  # fmt: skip
+            "distributed.powersgd_rank=1", f"distributed.bucket_cap_mb={bucket_cap_mb}"]  # fmt: skip
     full = torchrun([*base, "output.run_name=full"], nproc=2)
     assert full.returncode == 0, rank_errors(full)
     stopped = torchrun([*base, "output.run_name=cut", "train.stop_after_steps=8"], nproc=2)
