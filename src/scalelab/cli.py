@@ -70,6 +70,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     from scalelab.data import prepare_data
 
     cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
+    if args.list or args.clear:
+        from scalelab.data import default_cache_dir
+
+        return _cache_command(default_cache_dir(cfg.data.cache_dir), args)
     data = prepare_data(cfg)
     print(
         f"{data.description}\n  train {len(data.train):,} examples, test {len(data.test):,}, "
@@ -77,6 +81,30 @@ def cmd_data(args: argparse.Namespace) -> int:
         f"  mean length {data.train.lengths.mean():.1f} tokens (max_seq_len {cfg.model.max_seq_len})\n"
         f"  cache {'hit' if data.cache_hit else 'built'}: {data.cache_path} ({data.prep_time_s:.2f} s)"
     )
+    return 0
+
+
+def _cache_command(folder: Path, args: argparse.Namespace) -> int:
+    """`scalelab data --list` / `--clear [--older-than-days D]` on the cache folder."""
+    import time
+
+    from scalelab.config import ConfigError
+    from scalelab.data import clear_cache, list_cache
+
+    if args.older_than_days < 0:
+        raise ConfigError(f"--older-than-days must be >= 0, got {args.older_than_days}")
+    if args.clear:
+        gone = clear_cache(folder, older_than_s=args.older_than_days * 86400.0)
+        freed = sum(size for _, size in gone) / 2**20
+        print(f"removed {len(gone)} file(s), {freed:.1f} MB, from {folder}")
+        return 0
+    entries = list_cache(folder)
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified))
+        stale = "" if e.current else "  [older cache version: never read again]"
+        print(f"{e.size_bytes / 2**20:9.1f} MB  {when}  {e.path.name}  {e.description}{stale}")
+    total = sum(e.size_bytes for e in entries) / 2**20
+    print(f"{len(entries)} cache file(s), {total:.1f} MB in {folder}")
     return 0
 
 
@@ -195,8 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp, required=False)
     sp.set_defaults(fn=cmd_config)
 
-    sp = sub.add_parser("data", help="prepare and cache a config's data; print its statistics")
+    sp = sub.add_parser(
+        "data",
+        help="prepare and cache a config's data; print its statistics (or list/clear the cache)",
+    )
     with_config(sp, required=False)
+    sp.add_argument("--list", action="store_true", help="list the cache folder's encoded datasets")
+    sp.add_argument(
+        "--clear", action="store_true", help="delete the cache folder's encoded datasets"
+    )
+    sp.add_argument(
+        "--older-than-days",
+        type=float,
+        default=0.0,
+        help="with --clear: only those last written more than this many days ago",
+    )
     sp.set_defaults(fn=cmd_data)
 
     # Listed for --help only; main() hands their arguments to their own parsers.

@@ -170,3 +170,49 @@ def test_encoded_data_to_device_keeps_host_lengths(tmp_path) -> None:
     assert moved.train.tokens.device.type == "cpu" and moved.test.labels.device.type == "cpu"
     assert moved.train.lengths is data.train.lengths  # batch lengths stay on the host (no sync)
     assert len(moved.train) == 64 and len(moved.test) == 32
+
+
+def test_list_and_clear_touch_only_scalelab_cache_files(cfg, tmp_path, capsys):
+    import os
+    import time
+
+    from scalelab.cli import main
+
+    data = prepare_data(cfg)
+    folder = data.cache_path.parent
+    foreign = [folder / "notes.txt", folder / "mine.npz", folder / ".mine.tmp"]
+    for f in foreign:
+        f.write_text("not scalelab's")
+    old_temp = folder / f".{data.cache_path.stem}.abc123.tmp"  # an interrupted write, 2 h old
+    young_temp = folder / f".{data.cache_path.stem}.def456.tmp"  # may be a build in progress
+    for f in (old_temp, young_temp):
+        f.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(old_temp, (two_hours_ago, two_hours_ago))
+
+    (entry,) = cache.list_cache(folder)
+    assert entry.path == data.cache_path and entry.current
+    assert entry.description == data.description and entry.size_bytes > 0
+
+    assert main(["data", "--list", f"data.cache_dir={folder}"]) == 0
+    out = capsys.readouterr().out
+    assert data.cache_path.name in out and "1 cache file(s)" in out
+
+    # written just now: not older than a day
+    assert cache.clear_cache(folder, older_than_s=86400.0) == []
+    assert data.cache_path.is_file() and old_temp.is_file()
+
+    assert main(["data", "--clear", f"data.cache_dir={folder}"]) == 0
+    assert "removed 2 file(s)" in capsys.readouterr().out
+    assert not data.cache_path.exists() and not old_temp.exists()
+    assert young_temp.is_file() and all(f.is_file() for f in foreign)
+    assert cache.list_cache(folder) == []
+    assert not prepare_data(cfg).cache_hit  # rebuilt on the next use
+
+
+def test_clear_with_negative_age_is_one_line(tmp_path, capsys):
+    from scalelab.cli import main
+
+    assert main(["data", "--clear", "--older-than-days", "-1", f"data.cache_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--older-than-days" in err[0]

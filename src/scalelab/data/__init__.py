@@ -15,11 +15,14 @@ Typical use (in every DDP rank)::
 from scalelab.data.batching import TrainBatchSampler, eval_shards, make_batch
 from scalelab.data.cache import (
     CACHE_VERSION,
+    CacheEntry,
     EncodedData,
     EncodedSplit,
     cache_key,
+    clear_cache,
     default_cache_dir,
     encode_texts,
+    list_cache,
     prepare_data,
 )
 from scalelab.data.sources import (
@@ -36,6 +39,7 @@ from scalelab.data.tokenizer import SPECIAL_TOKENS, build_tokenizer, pad_id
 
 __all__ = [
     "CACHE_VERSION",
+    "CacheEntry",
     "NUM_CLASSES",
     "SPECIAL_TOKENS",
     "DataError",
@@ -46,11 +50,13 @@ __all__ = [
     "build_tokenizer",
     "bundled_dir",
     "cache_key",
+    "clear_cache",
     "clean_ag_news",
     "clean_imdb",
     "default_cache_dir",
     "encode_texts",
     "eval_shards",
+    "list_cache",
     "load_raw",
     "make_batch",
     "pad_id",

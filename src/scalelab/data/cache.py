@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -245,6 +246,57 @@ def cache_file(cfg: Config, raw_fingerprint: str) -> Path:
     """Where the encoded data for ``cfg`` lives."""
     key = cache_key(cfg, raw_fingerprint)
     return default_cache_dir(cfg.data.cache_dir) / f"{cfg.data.dataset}-{key[:24]}.npz"
+
+
+# What `cache_file` names (dataset-<24 hex>.npz) and what an interrupted `_write_atomic` leaves.
+_CACHE_NAME = re.compile(r"^[a-z0-9_]+-[0-9a-f]{24}\.npz$")
+_TEMP_NAME = re.compile(r"^\.[a-z0-9_]+-[0-9a-f]{24}\..*\.tmp$")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    size_bytes: int
+    modified: float  # seconds since the epoch
+    description: str  # the dataset and files it was encoded from ('' if unreadable)
+    current: bool  # written by this scalelab's cache version (older ones are never read again)
+
+
+def list_cache(folder: Path) -> list[CacheEntry]:
+    """scalelab's cache files in `folder` (nothing else there is touched), oldest first."""
+    entries = []
+    for path in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
+        if not _CACHE_NAME.match(path.name):
+            continue
+        description, version = "", None
+        try:
+            with np.load(path, allow_pickle=False) as z:  # reads only the small meta array
+                meta = json.loads(z["meta_json"].tobytes().decode())
+            description, version = meta.get("description", ""), meta.get("cache_version")
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: listed (and removable) all the same
+        st = path.stat()
+        entries.append(
+            CacheEntry(path, st.st_size, st.st_mtime, description, version == CACHE_VERSION)
+        )
+    return sorted(entries, key=lambda e: e.modified)
+
+
+def clear_cache(folder: Path, older_than_s: float = 0.0) -> list[tuple[Path, int]]:
+    """Delete scalelab's cache files (and leftover temp files) in `folder` last written more
+    than `older_than_s` ago; return (path, bytes) of each. Other files are never touched."""
+    now = time.time()
+    doomed = [
+        (e.path, e.size_bytes) for e in list_cache(folder) if e.modified <= now - older_than_s
+    ]
+    for p in folder.iterdir() if folder.is_dir() else []:
+        st = p.stat()
+        # a temp file younger than an hour may be a build in progress
+        if _TEMP_NAME.match(p.name) and st.st_mtime <= now - max(older_than_s, 3600.0):
+            doomed.append((p, st.st_size))
+    for path, _ in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
 
 
 def prepare_data(
