@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,30 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     machine (CUDA_VISIBLE_DEVICES=""), so the multi-process tests run gloo on the CPU as they
     assert."""
     return {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", **(extra or {})}
+
+
+def run_process_group(
+    cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: int
+) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) in a session of its own: on timeout
+    the whole group is killed, so no rank of a hung run is left behind (subprocess.run would kill
+    torchrun alone and orphan its ranks)."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def torchrun(
@@ -37,9 +62,7 @@ def torchrun(
         f"--nproc_per_node={nproc}",
         *args,
     ]
-    return subprocess.run(
-        cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_process_group(cmd, cwd=cwd or REPO, env=full_env, timeout=timeout)
 
 
 def rank_errors(res: subprocess.CompletedProcess) -> str:
@@ -56,15 +79,8 @@ def scalelab(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh single process, as a user would."""
-    full_env = subprocess_env(env)
-    return subprocess.run(
-        [sys.executable, "-m", "scalelab", *args],
-        cwd=cwd or REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    cmd = [sys.executable, "-m", "scalelab", *args]
+    return run_process_group(cmd, cwd=cwd or REPO, env=subprocess_env(env), timeout=timeout)
 
 
 def assert_one_line_error(res: subprocess.CompletedProcess, fragment: str) -> None:
