@@ -362,6 +362,12 @@ def comm_hook_state(ddp: nn.Module) -> dict[str, Any] | None:
     return hook.state_dict() if hook is not None else None
 
 
+def has_comm_hook_state(ddp: nn.Module) -> bool:
+    """Whether `ddp`'s communication hook keeps state (without copying it, as
+    `comm_hook_state` does)."""
+    return getattr(ddp, "scalelab_hook", None) is not None
+
+
 def load_comm_hook_state(ddp: nn.Module, saved: dict[str, Any], device: torch.device) -> None:
     """Restore what `comm_hook_state` returned on this rank (before the first step)."""
     ddp.scalelab_hook.load_state_dict(saved, device)

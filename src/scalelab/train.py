@@ -643,7 +643,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             )
         _check_mid_epoch_resume(resume_state, cfg, resume_from, len(sampler))
         set_rng_state(rngs[env.rank])
-        if D.comm_hook_state(_ddp(model)) is not None:
+        if D.has_comm_hook_state(_ddp(model)):
             saved_hook = resume_state.get("comm_hook_state")
             if saved_hook is None:
                 log(
