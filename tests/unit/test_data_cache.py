@@ -135,21 +135,57 @@ TRICKY = [
     "Café NAÏVE résumé " * 30,
     "tab\tsep\x0bvt ctl\x01x 中文字 Ǆ ﬁne",
     "",
+    # per-word composition (cache._encode_by_words): punctuation runs, underscores, digits,
+    # IMDB's markup, a word over WordPiece's 100-character limit, pieces that normalise to
+    # nothing (a lone accent, a zero-width space), non-breaking and other Unicode spaces,
+    # the stand-in and text-end characters themselves, and only-space texts
+    "snake_case __init__ x_1 3.14 1,000,000 ...?!! (a)[b]{c} <br /><br />Great!",
+    "a" * 120 + " tail " + "b" * 99,
+    "e\u0301 \u0301 x\u200by caf\u00e9\u00a0ok\u2003em\u3000ideo",
+    "\x01 0 \x02 \x011\x02 nul\x00byte",
+    "   ",
+    "MiXeD CaSe ÀÉÎ Σίσυφος İstanbul",
 ]
 
 
 @pytest.mark.parametrize("lowercase", [True, False])
 @pytest.mark.parametrize("vocab", ["bundled:bert-base-uncased-vocab.txt", ""])
-def test_fast_encoding_equals_plain_encoding(vocab, lowercase):
-    """Prefix cutting + Python pre-normalisation must give exactly the tokenizer's ids."""
+@pytest.mark.parametrize("max_len", [16, 512])
+def test_fast_encoding_equals_plain_encoding(vocab, lowercase, max_len):
+    """Per-word composition and Python pre-normalisation must give exactly the tokenizer's ids."""
     texts = TRICKY + load_raw(DataConfig(dataset="imdb")).test_texts[:300]
     dcfg = DataConfig(vocab_path=vocab, lowercase=lowercase)
-    tok = build_tokenizer(dcfg, 300, texts, 16)
+    tok = build_tokenizer(dcfg, 300, texts, max_len)
+    assert cache._word_path(tok) is not None  # the per-word path is the one under test
     tokens, lengths = encode_texts(tok, texts, 0)
     plain = tok.encode_batch(texts)
     for row, n, enc in zip(tokens, lengths, plain, strict=True):
         assert row[:n].tolist() == enc.ids and (row[n:] == 0).all()
-    assert tokens.dtype == np.int32 and lengths.tolist()[:2] == [16, 16]
+    assert tokens.dtype == np.int32 and lengths.dtype == np.int64
+    assert lengths.max() == max_len  # some texts are longer: truncation is exercised
+
+
+def test_prenormalize_equals_the_normaliser():
+    from scalelab.data.tokenizer import prenormalize
+
+    for lowercase in (True, False):
+        tok = build_tokenizer(DataConfig(vocab_path="bundled:bert-base-uncased-vocab.txt",
+                                         lowercase=lowercase), 0, [], 16)  # fmt: skip
+        _, normed = prenormalize(tok, TRICKY)
+        assert normed == [tok.normalizer.normalize_str(t) for t in TRICKY]
+
+
+def test_texts_holding_an_added_token_use_the_tokenizer(tmp_path):
+    """A tokenizer.json whose added tokens match inside texts: those texts are encoded by it."""
+    tok = build_tokenizer(
+        DataConfig(), 300, load_raw(DataConfig(dataset="imdb")).test_texts[:50], 32
+    )
+    tok.add_special_tokens(["[CLS]"])
+    texts = ["a [CLS] in the middle", "plain text here"]
+    tokens, lengths = encode_texts(tok, texts, 0)
+    for row, n, enc in zip(tokens, lengths, tok.encode_batch(texts), strict=True):
+        assert row[:n].tolist() == enc.ids
+    assert tok.token_to_id("[CLS]") in tokens[0, 1 : lengths[0] - 1].tolist()
 
 
 def test_trained_ids_are_deterministic():

@@ -12,13 +12,16 @@ always sees one complete file.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
@@ -26,12 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 
 from scalelab.config import Config
 from scalelab.data.sources import DataError, RawData, load_raw, source_fingerprint
-from scalelab.data.tokenizer import build_tokenizer, pad_id, prenormalize, vocab_fingerprint
+from scalelab.data.tokenizer import (
+    NOT_PLAIN_PIECE,
+    build_tokenizer,
+    is_plain_ascii,
+    pad_id,
+    vocab_fingerprint,
+)
 
 #: Bump when the cached arrays or the cleaning/tokenisation change meaning.
 CACHE_VERSION = 2
@@ -123,49 +133,191 @@ def cache_key(cfg: Config, raw_fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _encode_ids(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
-    max_len = (tok.truncation or {}).get("max_length")
-    word_local = isinstance(tok.normalizer, BertNormalizer) and isinstance(
-        tok.pre_tokenizer, BertPreTokenizer
+# BERT pre-tokenisation of printable ASCII: runs of letters and digits are words, and every other
+# non-space character is a word by itself (each ASCII symbol is punctuation to BERT).
+_ASCII_WORDS = re.compile(r"[^\W_]+|[^\w\s]|_", re.ASCII)
+# Between texts when many are split in one `str.split`: a whitespace-separated item of its own (a
+# control character: never part of a plain text, and other texts' such pieces are stood in for).
+_TEXT_END = "\x00"
+_CHUNK_TEXTS = 4096  # texts per `str.split` (bounds the temporary item strings)
+
+
+def _word_path(tok: Tokenizer) -> tuple[Tokenizer, list[int], list[int]] | None:
+    """(tokenizer without normaliser and truncation, ids before, ids after a text) when a text's
+    ids can be composed word by word, else None.
+
+    BERT-style tokenizers (BertNormalizer, BertPreTokenizer, WordPiece) encode every word on its
+    own: a text's ids are its words' ids in order, then truncation, then the template's ids.
+    """
+    if not (
+        isinstance(tok.normalizer, BertNormalizer)
+        and isinstance(tok.pre_tokenizer, BertPreTokenizer)
+        and isinstance(tok.model, WordPiece)
+        and (tok.truncation or {}).get("direction", "right") == "right"
+    ):
+        return None
+    inner = tok.encode("a", add_special_tokens=False).ids
+    outer = tok.encode("a", add_special_tokens=True).ids
+    k = next((i for i in range(len(outer)) if outer[i : i + len(inner)] == inner), None)
+    if k is None:
+        return None
+    words = Tokenizer.from_str(tok.to_str())
+    words.normalizer = None  # plain-ASCII words arrive normalised
+    words.no_truncation()
+    return words, outer[:k], outer[k + len(inner) :]
+
+
+def _encode_by_words(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly ``tok.encode_batch(texts)`` for a BERT-style tokenizer (`_word_path`), computed
+    once per distinct whitespace-separated item. Returns (lengths int64 [N], ids int32 [sum]).
+
+    ``encode_batch`` spends about 1 us of Rust per word (normalisation, pre-tokenisation and
+    WordPiece, with alignment bookkeeping): ~10 s per 25k IMDB reviews on 2 cores. Texts repeat
+    their words, so here `str.split` cuts them at whitespace, a dict numbers the distinct items,
+    each distinct item is encoded once, and numpy gathers each text's ids and truncates. On
+    printable ASCII, BERT normalisation is `str.lower` (or nothing) and `_ASCII_WORDS` is BERT's
+    pre-tokeniser. A space-separated piece that is not printable ASCII is replaced by a stand-in
+    item and goes whole through the real tokenizer: normalisation works character by character
+    and spaces end words, so the piece encodes as it does inside its text.
+    """
+    words_tok, before, after = _word_path(tok)  # type: ignore[misc]
+    lowercase = tok.normalizer.normalize_str("A") == "a"  # type: ignore[union-attr]
+    # distinct items -> number; an unseen item gets the next number as it is looked up
+    index: defaultdict[str, int] = defaultdict()
+    index.default_factory = index.__len__
+    index[_TEXT_END] = 0
+    others: dict[str, int] = {}  # pieces that are not printable ASCII -> stand-in number
+    parts = []
+    sep = f" {_TEXT_END} "
+    for i in range(0, len(texts), _CHUNK_TEXTS):
+        chunk = texts[i : i + _CHUNK_TEXTS]
+        joined = sep.join(t if is_plain_ascii(t) else _stand_ins(t, others) for t in chunk) + sep
+        items = (joined.lower() if lowercase else joined).split()
+        parts.append(np.fromiter(map(index.__getitem__, items), np.int64, count=len(items)))
+    item_seq = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    # The ids of every distinct item: its words' WordPiece ids (each distinct word encoded once,
+    # in one pre-tokenised call), or for a stand-in the full tokenizer's ids of its piece (which
+    # may be none at all, e.g. for a lone accent).
+    vocab = list(index)  # in number order
+    is_stand_in = np.zeros(len(vocab), bool)
+    special = np.asarray([index[f"\x01{k}\x02"] for k in range(len(others))], np.int64)
+    is_stand_in[special] = True
+    is_stand_in[0] = True  # the text end: neither
+    plain = np.flatnonzero(~is_stand_in)
+    is_stand_in[0] = False
+    plain_items = [vocab[j] for j in plain.tolist()]
+    words_of = [[w] if w.isalnum() else _ASCII_WORDS.findall(w) for w in plain_items]
+    words_per_item = np.fromiter(map(len, words_of), np.int64, count=len(plain))
+    word_index: defaultdict[str, int] = defaultdict()
+    word_index.default_factory = word_index.__len__
+    word_seq = np.fromiter(
+        map(word_index.__getitem__, chain.from_iterable(words_of)),
+        np.int64,
+        count=int(words_per_item.sum()),
     )
-    if not max_len or not word_local:
-        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
-    # Long reviews are mostly cut off by truncation, yet the tokenizer would still normalise
-    # and split all of them. Every word yields >= 1 token, so the first max_len words almost
-    # always fill max_len tokens; BERT normalisation is per character and keeps spaces, and
-    # tokens are per space-separated word, so that prefix then encodes exactly like the full
-    # text. A prefix that comes up short (e.g. runs of spaces) is re-encoded in full.
-    short, cut = [], []
-    for i, text in enumerate(texts):
-        parts = text.split(" ", max_len)
-        if len(parts) > max_len:
-            short.append(" ".join(parts[:max_len]))
-            cut.append(i)
-        else:
-            short.append(text)
-    bare, short = prenormalize(tok, short)  # same ids, less work in Rust
-    encode = getattr(bare, "encode_batch_fast", bare.encode_batch)  # no offsets (>=0.21)
-    ids = [e.ids for e in encode(short, add_special_tokens=True)]
-    redo = [i for i in cut if len(ids[i]) < max_len]
-    if redo:
-        again = tok.encode_batch([texts[i] for i in redo], add_special_tokens=True)
-        for i, enc in zip(redo, again, strict=True):
-            ids[i] = enc.ids
-    return ids
+    distinct_words = list(word_index)
+    enc = words_tok.encode(distinct_words, is_pretokenized=True, add_special_tokens=False)
+    word_ids = np.asarray(enc.ids, np.int32)
+    ids_per_word = np.bincount(np.asarray(enc.word_ids, np.int64), minlength=len(distinct_words))
+    word_id_start = np.cumsum(ids_per_word) - ids_per_word
+    # Each plain item's ids: its words' ids one after another (a second CSR expansion).
+    n_w = ids_per_word[word_seq]
+    tok_word = np.repeat(np.arange(len(word_seq)), n_w)
+    plain_ids = word_ids[
+        word_id_start[word_seq[tok_word]]
+        + np.arange(len(tok_word))
+        - (np.cumsum(n_w) - n_w)[tok_word]
+    ]
+    per_item = np.zeros(len(vocab), np.int64)  # ids per distinct item; 0 for the text end
+    if len(plain):
+        word_start = np.cumsum(words_per_item) - words_per_item
+        per_item[plain] = np.add.reduceat(n_w, word_start) if len(n_w) else 0
+    piece_start = np.zeros(len(vocab), np.int64)
+    piece_start[plain] = np.cumsum(per_item[plain]) - per_item[plain]
+    piece_ids = [plain_ids]
+    if len(special):
+        raw = list(others)
+        full = Tokenizer.from_str(tok.to_str())
+        full.no_truncation()
+        encs = full.encode_batch(
+            [raw[int(vocab[j][1:-1])] for j in special], add_special_tokens=False
+        )
+        per_item[special] = [len(e.ids) for e in encs]
+        piece_start[special] = len(plain_ids) + np.cumsum(per_item[special]) - per_item[special]
+        piece_ids += [np.asarray(e.ids, np.int32) for e in encs]
+    all_ids = np.concatenate(piece_ids)
+
+    # Expand each item occurrence into its ids, then cut every text at the truncation length.
+    n = per_item[item_seq]
+    item_tok_start = np.cumsum(n) - n
+    ends = np.flatnonzero(item_seq == 0)  # one per text, in order
+    text_tok_start = item_tok_start[np.concatenate(([0], ends[:-1] + 1))]
+    text_tokens = item_tok_start[ends] - text_tok_start  # before truncation
+    tok_item = np.repeat(np.arange(len(item_seq)), n)
+    within = np.arange(len(tok_item)) - item_tok_start[tok_item]
+    ids = all_ids[piece_start[item_seq[tok_item]] + within]
+    max_len = (tok.truncation or {}).get("max_length")
+    kept = text_tokens
+    if max_len:
+        kept = np.minimum(text_tokens, max(0, max_len - len(before) - len(after)))
+    text_of_tok = np.repeat(np.arange(len(texts)), text_tokens)
+    body = ids[np.arange(len(ids)) - text_tok_start[text_of_tok] < kept[text_of_tok]]
+    # Each text: the template's ids before, its kept ids, the template's ids after.
+    lengths = kept + len(before) + len(after)
+    out = np.empty(int(lengths.sum()), np.int32)
+    out_start = np.cumsum(lengths) - lengths
+    body_at = np.repeat(out_start + len(before) - (np.cumsum(kept) - kept), kept)
+    out[np.arange(len(body)) + body_at] = body
+    for j, t in enumerate(before):
+        out[out_start + j] = t
+    for j, t in enumerate(after):
+        out[out_start + len(before) + kept + j] = t
+    return lengths, out
+
+
+def _stand_ins(text: str, others: dict[str, int]) -> str:
+    """``text`` with each space-separated piece that is not printable ASCII replaced by a
+    numbered stand-in item, ``\\x01<n>\\x02``."""
+    return NOT_PLAIN_PIECE.sub(
+        lambda m: f"\x01{others.setdefault(m.group(), len(others))}\x02", text
+    )
 
 
 def encode_texts(tok: Tokenizer, texts: list[str], pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenise with the multi-threaded ``encode_batch`` and pad with vectorised numpy.
+    """Tokenise exactly as ``tok.encode_batch`` would, and pad with vectorised numpy.
 
+    BERT-style tokenizers compose ids word by word (`_encode_by_words`); texts holding one of
+    the tokenizer's added tokens, and other tokenizers, go through ``encode_batch``.
     Returns (tokens int32 [N, longest], lengths int64 [N]); truncation is the tokenizer's.
     """
-    ids = _encode_ids(tok, texts)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    width = int(lengths.max()) if len(ids) else 0
-    flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    tokens = np.full((len(ids), width), pad, dtype=np.int32)
-    # Row-major boolean assignment fills each row's first `length` slots in order.
-    tokens[np.arange(width) < lengths[:, None]] = flat
+    lengths = np.zeros(len(texts), np.int64)
+    by_words: list[int] = []
+    if _word_path(tok) is not None:
+        added = [a.content for a in tok.get_added_tokens_decoder().values()]
+        by_words = [i for i, t in enumerate(texts) if not any(a in t for a in added)]
+    chosen = np.zeros(len(texts), bool)
+    chosen[by_words] = True
+    rest = np.flatnonzero(~chosen).tolist()
+    flat = np.zeros(0, np.int32)
+    if by_words:
+        lengths[by_words], flat = _encode_by_words(tok, [texts[i] for i in by_words])
+    rows = (
+        [np.asarray(e.ids, np.int32) for e in tok.encode_batch([texts[i] for i in rest])]
+        if rest
+        else []
+    )
+    for i, row in zip(rest, rows, strict=True):
+        lengths[i] = len(row)
+    width = int(lengths.max()) if len(texts) else 0
+    tokens = np.full((len(texts), width), pad, dtype=np.int32)
+    if by_words:
+        sub = tokens[by_words]
+        # Row-major boolean assignment fills each row's first `length` slots in order.
+        sub[np.arange(width) < lengths[by_words][:, None]] = flat
+        tokens[by_words] = sub
+    for i, row in zip(rest, rows, strict=True):
+        tokens[i, : len(row)] = row
     return tokens, lengths
 
 
@@ -333,13 +485,28 @@ def prepare_data(
                 arrays = None
         hit = arrays is not None
         if arrays is None:
-            arrays = _build(cfg, raw or load_raw(cfg.data))
+            with _gc_paused():
+                arrays = _build(cfg, raw or load_raw(cfg.data))
             _write_atomic(path, arrays)
     except BaseException:
         barrier()  # release the other ranks; they find no cache and raise instead of hanging
         raise
     barrier()
     return _assemble(arrays, path, hit, t0)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: building a cache allocates millions of small lists
+    and strings (no cycles among them), and each automatic collection would scan every one of
+    them; that doubled the time of the Python side of encoding."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _fingerprint(cfg: Config) -> tuple[str, RawData | None]:
