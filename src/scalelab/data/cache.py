@@ -36,10 +36,10 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 from scalelab.config import Config
 from scalelab.data.sources import DataError, RawData, load_raw, source_fingerprint
 from scalelab.data.tokenizer import (
-    NOT_PLAIN_PIECE,
+    NOT_PLAIN_CHAR,
     build_tokenizer,
-    is_plain_ascii,
     pad_id,
+    split_not_plain,
     vocab_fingerprint,
 )
 
@@ -140,6 +140,8 @@ _ASCII_WORDS = re.compile(r"[^\W_]+|[^\w\s]|_", re.ASCII)
 # control character: never part of a plain text, and other texts' such pieces are stood in for).
 _TEXT_END = "\x00"
 _CHUNK_TEXTS = 4096  # texts per `str.split` (bounds the temporary item strings)
+# NOT_PLAIN_CHAR for texts joined with " \x00 ": the text ends stay as they are.
+_NOT_PLAIN_BUT_END = re.compile(r"[^\x00\t\n\r -~]")
 
 
 def _word_path(tok: Tokenizer) -> tuple[Tokenizer, list[int], list[int]] | None:
@@ -177,7 +179,7 @@ def _encode_by_words(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.n
     each distinct item is encoded once, and numpy gathers each text's ids and truncates. On
     printable ASCII, BERT normalisation is `str.lower` (or nothing) and `_ASCII_WORDS` is BERT's
     pre-tokeniser. A space-separated piece that is not printable ASCII is replaced by a stand-in
-    item and goes whole through the real tokenizer: normalisation works character by character
+    item (``\\x01<n>\\x02``) and goes whole through the real tokenizer: normalisation works character by character
     and spaces end words, so the piece encodes as it does inside its text.
     """
     words_tok, before, after = _word_path(tok)  # type: ignore[misc]
@@ -189,9 +191,20 @@ def _encode_by_words(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.n
     others: dict[str, int] = {}  # pieces that are not printable ASCII -> stand-in number
     parts = []
     sep = f" {_TEXT_END} "
+
+    def stand_ins(text: str, not_plain: re.Pattern[str]) -> str:
+        parts = split_not_plain(text, not_plain)
+        for j in range(1, len(parts), 2):
+            parts[j] = f"\x01{others.setdefault(parts[j], len(others))}\x02"
+        return "".join(parts)
+
     for i in range(0, len(texts), _CHUNK_TEXTS):
         chunk = texts[i : i + _CHUNK_TEXTS]
-        joined = sep.join(t if is_plain_ascii(t) else _stand_ins(t, others) for t in chunk) + sep
+        joined = sep.join(chunk) + sep
+        if joined.count(_TEXT_END) == len(chunk):  # one pass over the whole chunk
+            joined = stand_ins(joined, _NOT_PLAIN_BUT_END)
+        else:  # a text holds the text-end character itself
+            joined = sep.join(stand_ins(t, NOT_PLAIN_CHAR) for t in chunk) + sep
         items = (joined.lower() if lowercase else joined).split()
         parts.append(np.fromiter(map(index.__getitem__, items), np.int64, count=len(items)))
     item_seq = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -248,21 +261,24 @@ def _encode_by_words(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.n
         piece_ids += [np.asarray(e.ids, np.int32) for e in encs]
     all_ids = np.concatenate(piece_ids)
 
-    # Expand each item occurrence into its ids, then cut every text at the truncation length.
+    # Cut every text at the truncation length (whole items, and the first ids of the item that
+    # crosses it), then expand each kept item occurrence into its ids.
     n = per_item[item_seq]
     item_tok_start = np.cumsum(n) - n
     ends = np.flatnonzero(item_seq == 0)  # one per text, in order
-    text_tok_start = item_tok_start[np.concatenate(([0], ends[:-1] + 1))]
+    firsts = np.concatenate(([0], ends[:-1] + 1))
+    text_tok_start = item_tok_start[firsts]
     text_tokens = item_tok_start[ends] - text_tok_start  # before truncation
-    tok_item = np.repeat(np.arange(len(item_seq)), n)
-    within = np.arange(len(tok_item)) - item_tok_start[tok_item]
-    ids = all_ids[piece_start[item_seq[tok_item]] + within]
     max_len = (tok.truncation or {}).get("max_length")
     kept = text_tokens
     if max_len:
         kept = np.minimum(text_tokens, max(0, max_len - len(before) - len(after)))
-    text_of_tok = np.repeat(np.arange(len(texts)), text_tokens)
-    body = ids[np.arange(len(ids)) - text_tok_start[text_of_tok] < kept[text_of_tok]]
+    text_of_item = np.repeat(np.arange(len(texts)), ends - firsts + 1)
+    room = kept[text_of_item] - (item_tok_start - text_tok_start[text_of_item])
+    n_kept = np.clip(room, 0, n)
+    tok_item = np.repeat(np.arange(len(item_seq)), n_kept)
+    within = np.arange(len(tok_item)) - (np.cumsum(n_kept) - n_kept)[tok_item]
+    body = all_ids[piece_start[item_seq[tok_item]] + within]
     # Each text: the template's ids before, its kept ids, the template's ids after.
     lengths = kept + len(before) + len(after)
     out = np.empty(int(lengths.sum()), np.int32)
@@ -274,14 +290,6 @@ def _encode_by_words(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.n
     for j, t in enumerate(after):
         out[out_start + len(before) + kept + j] = t
     return lengths, out
-
-
-def _stand_ins(text: str, others: dict[str, int]) -> str:
-    """``text`` with each space-separated piece that is not printable ASCII replaced by a
-    numbered stand-in item, ``\\x01<n>\\x02``."""
-    return NOT_PLAIN_PIECE.sub(
-        lambda m: f"\x01{others.setdefault(m.group(), len(others))}\x02", text
-    )
 
 
 def encode_texts(tok: Tokenizer, texts: list[str], pad: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,9 +32,26 @@ def is_plain_ascii(text: str) -> bool:
     return text.isascii() and not _ASCII_CONTROL.search(text)
 
 
-#: A space-separated piece of text holding a character that is not printable ASCII (or tab,
-#: newline, return). `re.split` with it alternates plain stretches and such pieces.
-NOT_PLAIN_PIECE = re.compile(r"([^ ]*[^\t\n\r -~][^ ]*)")
+#: A character that is not printable ASCII (or tab, newline, return).
+NOT_PLAIN_CHAR = re.compile(r"[^\t\n\r -~]")
+
+
+def split_not_plain(text: str, not_plain: re.Pattern[str] = NOT_PLAIN_CHAR) -> list[str]:
+    """``text`` cut into stretches that alternate: plain ASCII (even indices, maybe empty) and
+    space-separated pieces holding a `not_plain` character (odd indices); ``"".join`` restores
+    it. Linear: each such character is found, then its piece extended to the spaces around it."""
+    parts, pos = [], 0
+    for m in not_plain.finditer(text):
+        i = m.start()
+        if i < pos:
+            continue  # in the piece just cut out
+        a = text.rfind(" ", 0, i) + 1
+        b = text.find(" ", i)
+        b = len(text) if b < 0 else b
+        parts += [text[pos:a], text[a:b]]
+        pos = b
+    parts.append(text[pos:])
+    return parts
 
 
 def prenormalize(tok: Tokenizer, texts: list[str]) -> tuple[Tokenizer, list[str]]:
@@ -54,7 +71,7 @@ def prenormalize(tok: Tokenizer, texts: list[str]) -> tuple[Tokenizer, list[str]
     def normalize(text: str) -> str:
         if is_plain_ascii(text):
             return text.lower() if lower else text
-        parts = NOT_PLAIN_PIECE.split(text)  # odd indices: the pieces that are not plain
+        parts = split_not_plain(text)  # odd indices: the pieces that are not plain
         for i, part in enumerate(parts):
             parts[i] = norm.normalize_str(part) if i % 2 else part.lower() if lower else part
         return "".join(parts)
