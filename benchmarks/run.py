@@ -14,8 +14,11 @@ Figures, each printed with PASS/FAIL against its target and written to one JSON 
    AG News files from the shared data folder into a fresh cache, cold and then warm.
 3. CPU data parallelism (small preset): 2 ranks x 1 thread under torchrun vs 1 rank x 1
    thread and 1 rank x 2 threads, from the trainer's own metrics.csv (epoch 2, so start-up
-   and warm-up are excluded); and the ceiling of 2x1 on these cores: two independent 1-rank
-   runs at the per-rank batch started together (no communication, no waiting on each other).
+   and warm-up are excluded); the ceiling of 2x1 on these cores: two independent 1-rank
+   runs at the per-rank batch started together (no communication, no waiting on each other);
+   and the 2x1 step split into compute, synchronisation and gradient communication
+   (`ddp_lockstep.py`: the same ranks without any collective, with one 4-byte all-reduce per
+   step, and with scalelab's train_step).
 4. Evaluation throughput of `scalelab.train.evaluate` and the runs' peak memory.
 """
 
@@ -358,6 +361,7 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
                 f"samples/s (background busy before: {quiet['background_busy']:.0%})",
                 flush=True,
             )
+        decomposition = _lockstep(overrides, out_dir, quick)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -394,8 +398,30 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
             "speedup_2x1_of_ceiling": sps["2x1"] / median(ceiling),
         },
         "ratio_2x1_vs_1x2": sps["2x1"] / sps["1x2"],
+        "step_decomposition_2x1": decomposition,
         "runs": runs,
     }
+
+
+def _lockstep(overrides: list[str], out_dir: Path, quick: bool) -> dict[str, Any]:
+    """benchmarks/ddp_lockstep.py under torchrun (2 ranks x 1 thread): the 2x1 step split into
+    compute, synchronisation and gradient communication."""
+    out = out_dir / "lockstep.json"
+    script = str(Path(__file__).resolve().parent / "ddp_lockstep.py")
+    plan = ["--blocks", "3", "--steps", "2"] if quick else ["--blocks", "30", "--steps", "5"]
+    keep = [o for o in overrides if o.startswith(("data.", "train.batch_size"))]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            script, "--out", str(out), *plan, "train.num_threads=1", *keep]  # fmt: skip
+    wait_for_quiet(max_wait_s=QUIET_WAIT_S)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError("ddp_lockstep.py failed:\n" + "\n".join(tail))
+    print("  2x1 " + proc.stdout.strip().splitlines()[-1], flush=True)
+    result = json.loads(out.read_text())
+    result["command"] = " ".join(argv)
+    return result
 
 
 # ----------------------------------------------------------------------------- main
@@ -529,6 +555,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"{s['2x1']:,.1f} vs {s['1x2']:,.1f}: {ddp['ratio_2x1_vs_1x2']:.2f}x",
                     ">= 1.0x",
                     verdict(ddp["ratio_2x1_vs_1x2"], TARGETS["ddp_2x1_vs_1x2"]),
+                ]
+            )
+            dec = ddp["step_decomposition_2x1"]
+            st = dec["step_ms"]
+            checks.append(
+                [
+                    "2x1 step ms: compute + sync + gradients",
+                    f"{st['ddp']:.1f} = {st['independent']:.1f} + {dec['synchronisation_ms']:.1f} "
+                    f"+ {dec['gradient_communication_ms']:.1f} (ddp_lockstep.py)",
+                    "-",
+                    "info",
                 ]
             )
             for k, ph in ddp["phase_ms"].items():

@@ -66,3 +66,22 @@ def test_embedding_grad_quick_writes_json(tmp_path: Path) -> None:
     assert set(res["step_ms"]) == {"rows", "dense"}
     assert res["step_ms"]["rows"]["median"] > 0 and res["step_ms"]["dense"]["median"] > 0
     assert len(res["speedup_rows_over_dense_per_round"]) == res["rounds"] == 2
+
+
+@pytest.mark.slow
+def test_ddp_lockstep_splits_the_2_rank_step(tmp_path: Path, cache_dir: Path) -> None:
+    from tests.conftest import rank_errors, torchrun
+
+    out = tmp_path / "lockstep.json"
+    res = torchrun(
+        [str(BENCH / "ddp_lockstep.py"), "--out", str(out), "--blocks", "2", "--steps", "2",
+         f"data.cache_dir={cache_dir}", "train.num_threads=1", "data.max_train_samples=256"],
+        2, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, rank_errors(res) or res.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["world_size"] == 2 and got["steps_per_mode"] == 2  # the warm-up round is dropped
+    step = got["step_ms"]
+    assert set(step) == {"independent", "lock_step", "ddp"} and min(step.values()) > 0
+    assert got["synchronisation_ms"] == pytest.approx(step["lock_step"] - step["independent"])
+    assert got["gradient_communication_ms"] == pytest.approx(step["ddp"] - step["lock_step"])
