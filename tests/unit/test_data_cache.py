@@ -151,9 +151,12 @@ TRICKY = [
 @pytest.mark.parametrize("lowercase", [True, False])
 @pytest.mark.parametrize("vocab", ["bundled:bert-base-uncased-vocab.txt", ""])
 @pytest.mark.parametrize("max_len", [16, 512])
-def test_fast_encoding_equals_plain_encoding(vocab, lowercase, max_len):
+def test_fast_encoding_equals_plain_encoding(vocab, lowercase, max_len, monkeypatch):
     """Per-word composition and Python pre-normalisation must give exactly the tokenizer's ids."""
     texts = TRICKY + load_raw(DataConfig(dataset="imdb")).test_texts[:300]
+    # chunks of 7 texts: most go through the whole-chunk pass, the one holding the text-end
+    # character itself through the per-text one, and numbering carries across chunks
+    monkeypatch.setattr(cache, "_CHUNK_TEXTS", 7)
     dcfg = DataConfig(vocab_path=vocab, lowercase=lowercase)
     tok = build_tokenizer(dcfg, 300, texts, max_len)
     assert cache._word_path(tok) is not None  # the per-word path is the one under test
