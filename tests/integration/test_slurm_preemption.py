@@ -62,7 +62,14 @@ def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
     _wait("training to start", lambda: "epoch 1/1 step 5/" in log_text())
     slurm.run("scancel", "--signal=USR1", "--batch", job_id)
     _wait("the requeue", lambda: slurm.scontrol_job(job_id).get("Restarts") == "1")
-    # a requeued job may not start for ~2 min (SLURM's BeginTime delay): start it now
+    # A requeued job may not start for ~2 min (SLURM's BeginTime delay): start it now, but only
+    # once the node has cleaned up the first run and a second has passed. slurmd revokes the
+    # first run's credential, and a new one issued within the same second counts as revoked
+    # ("Killing non-startable batch job: Job credential revoked": the job fails, never resumes).
+    _wait(
+        "the node to be idle", lambda: slurm.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle"
+    )
+    time.sleep(2.0)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     _wait("the job to finish", lambda: slurm.scontrol_job(job_id).get("JobState") == "COMPLETED")
 
