@@ -190,7 +190,6 @@ class ScalelabStepper:
         self, cfg, data, device: torch.device | None = None, compile_mode: str = ""
     ) -> None:
         from scalelab import distributed as D
-        from scalelab.data import TrainBatchSampler
         from scalelab.models import build_model
         from scalelab.timing import StepTimer
         from scalelab.train import (
@@ -198,6 +197,7 @@ class ScalelabStepper:
             _make_scheduler,
             _resolve_precision,
             make_embedding_rows,
+            make_sampler,
         )
 
         self.cfg = cfg
@@ -222,13 +222,7 @@ class ScalelabStepper:
             )
         elif cfg.train.compile:
             self.net = torch.compile(self.model)
-        self.sampler = TrainBatchSampler(
-            data.train.lengths,
-            global_batch=cfg.train.batch_size,
-            grad_accum_steps=cfg.train.grad_accum_steps,
-            seed=cfg.train.seed,
-            bucket_multiplier=cfg.data.bucket_multiplier,
-        )
+        self.sampler = make_sampler(cfg, self.env, data.train.lengths)
         self.opt = _make_optimizer(self.net, cfg, self.device)
         total = max(1, len(self.sampler) * cfg.train.epochs)
         self.sched = _make_scheduler(self.opt, cfg, total)

@@ -38,7 +38,7 @@ MODES = ("independent", "lock_step", "ddp")
 
 def main(argv: list[str] | None = None) -> int:
     from scalelab import distributed as D
-    from scalelab.data import TrainBatchSampler, make_batch, prepare_data
+    from scalelab.data import make_batch, prepare_data
     from scalelab.models import build_model
     from scalelab.timing import StepTimer
     from scalelab.train import (
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         _make_optimizer,
         _make_scheduler,
         make_embedding_rows,
+        make_sampler,
         train_step,
     )
 
@@ -70,14 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     optimizer = _make_optimizer(ddp, cfg, env.device)
     scheduler = _make_scheduler(optimizer, cfg, 10**6)
-    sampler = TrainBatchSampler(
-        data.train.lengths,
-        global_batch=cfg.train.batch_size,
-        world_size=env.world_size,
-        rank=env.rank,
-        seed=cfg.train.seed,
-        bucket_multiplier=cfg.data.bucket_multiplier,
-    )
+    sampler = make_sampler(cfg, env, data.train.lengths)
     timer = StepTimer(env.device)
     pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
     flag = torch.zeros(1)

@@ -305,6 +305,19 @@ def make_embedding_rows(
     return D.EmbeddingRowGrad(model, host_tokens, env, sparse_backward=sparse, sync=sync)
 
 
+def make_sampler(cfg: Config, env: D.DistEnv, lengths: np.ndarray) -> TrainBatchSampler:
+    """This rank's sampler of the training split (its examples' `lengths`), per the config."""
+    return TrainBatchSampler(
+        lengths,
+        global_batch=cfg.train.batch_size,
+        world_size=env.world_size,
+        rank=env.rank,
+        grad_accum_steps=cfg.train.grad_accum_steps,
+        seed=cfg.train.seed,
+        bucket_multiplier=cfg.data.bucket_multiplier,
+    )
+
+
 def train_step(
     model: nn.Module,
     micro_batches: list[np.ndarray],
@@ -605,15 +618,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     # DDP broadcast rank 0's weights; from here each rank needs its own dropout stream.
     torch.manual_seed(cfg.train.seed + 1 + env.rank)
 
-    sampler = TrainBatchSampler(
-        data.train.lengths,
-        global_batch=cfg.train.batch_size,
-        world_size=env.world_size,
-        rank=env.rank,
-        grad_accum_steps=cfg.train.grad_accum_steps,
-        seed=cfg.train.seed,
-        bucket_multiplier=cfg.data.bucket_multiplier,
-    )
+    sampler = make_sampler(cfg, env, data.train.lengths)
     steps_per_epoch = len(sampler)
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)

@@ -24,15 +24,8 @@ from scalelab.data.sources import DataError, resolve_path
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _PAD_CANDIDATES = ("[PAD]", "<pad>", "<PAD>")
 # ASCII control characters that BertNormalizer(clean_text) deletes (\t \n \r are whitespace).
-_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def is_plain_ascii(text: str) -> bool:
-    """Printable ASCII plus tab/newline/return: BERT normalisation of it is `str.lower` (or nothing)."""
-    return text.isascii() and not _ASCII_CONTROL.search(text)
-
-
-#: A character that is not printable ASCII (or tab, newline, return).
+#: A character that is not printable ASCII (or tab, newline, return). On text without one, BERT
+#: normalisation is `str.lower` (or nothing).
 NOT_PLAIN_CHAR = re.compile(r"[^\t\n\r -~]")
 
 
@@ -69,8 +62,6 @@ def prenormalize(tok: Tokenizer, texts: list[str]) -> tuple[Tokenizer, list[str]
     lower = norm.normalize_str("A") == "a"
 
     def normalize(text: str) -> str:
-        if is_plain_ascii(text):
-            return text.lower() if lower else text
         parts = split_not_plain(text)  # odd indices: the pieces that are not plain
         for i, part in enumerate(parts):
             parts[i] = norm.normalize_str(part) if i % 2 else part.lower() if lower else part
