@@ -140,4 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from scalelab.distributed import exit_process
+
+    # as the CLI does: leave without gloo's C++ teardown after DDP, which aborts now and then
+    sys.exit(exit_process(main()))
