@@ -87,9 +87,9 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     os.environ.setdefault("WORLD_SIZE", str(world_size))
     kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=cfg.timeout_s)}
     # More ranks on this node than GPUs each rank sees: either every rank was given its own
-    # GPU (srun --gpus-per-task=1: each sees one, as cuda:0) or two ranks would share one. Only
-    # the GPUs' UUIDs tell (checked below over gloo); NCCL's communicator, created eagerly by
-    # `device_id`, would fail on a shared GPU first, so it is then created lazily.
+    # GPU (srun --gpus-per-task=1: each sees one, as cuda:0) or two ranks would share one.
+    # NCCL's communicator, created eagerly by `device_id`, would fail on a shared GPU before
+    # the check below can say why, so it is then created lazily.
     maybe_shared = use_cuda and local_world_size > num_gpus
     if backend == "nccl" and not maybe_shared:
         kwargs["device_id"] = device  # binds the communicator to our GPU eagerly
@@ -97,13 +97,19 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     global _joined_process_group
     _joined_process_group = True
     env = DistEnv(rank, local_rank, world_size, local_world_size, num_nodes, backend, device)
-    if maybe_shared and ranks_share_device(env):
+    # Only the GPUs' UUIDs tell whether two ranks hold one GPU (also possible with as many GPUs
+    # as ranks, when ranks were given different CUDA_VISIBLE_DEVICES); DDP's first broadcast
+    # would otherwise fail on it with a traceback. Checked once per job, here.
+    if ranks_share_device(env):
         cleanup()
-        raise LaunchError(
-            f"{local_world_size} ranks per node but each sees {num_gpus} GPU(s) and two ranks "
-            f"share one; use --nproc_per_node={num_gpus} or fewer, or give every rank its own "
-            "GPU (srun --gpus-per-task=1)"
+        hint = (
+            f"{local_world_size} ranks per node but each sees {num_gpus} GPU(s); use "
+            f"--nproc_per_node={num_gpus} or fewer, or give every rank its own GPU "
+            "(srun --gpus-per-task=1)"
+            if maybe_shared
+            else "give each rank its own device (CUDA_VISIBLE_DEVICES)"
         )
+        raise LaunchError(f"two ranks share one GPU: {hint}")
     return env
 
 

@@ -602,12 +602,6 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
 
     model = build_model(cfg.model, data.vocab_size, num_classes).to(env.device)
     num_params = count_parameters(model)
-    # Before DDP: its constructor's first NCCL broadcast would fail on a shared GPU with a traceback.
-    share_device = D.ranks_share_device(env)
-    if share_device:
-        raise D.LaunchError(
-            "two ranks share one GPU; give each rank its own device (CUDA_VISIBLE_DEVICES)"
-        )
     emb_rows = make_embedding_rows(model, cfg, env, host_train_tokens)
     ddp_skips = [emb_rows.name] if emb_rows is not None and emb_rows.sync_rows else []
     model = D.wrap_ddp(model, cfg.distributed, env, exclude=ddp_skips)
@@ -860,7 +854,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     comm = measure_communication(model, data, sampler, cfg, env, amp, emb_rows)
     if env.is_main:
         summary = _summary(
-            cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, share_device, amp
+            cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, amp
         )
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(
@@ -926,7 +920,6 @@ def _summary(
     num_params: int,
     num_threads: int,
     timer: StepTimer,
-    share_device: bool,
     amp: torch.dtype | None = None,
 ) -> dict[str, Any]:
     rows = state.metrics
@@ -976,7 +969,6 @@ def _summary(
             "num_cpus": os.cpu_count(),
             "num_threads_per_rank": num_threads,
             "num_loader_workers": 0,
-            "ranks_share_device": share_device,
             "find_unused_parameters": cfg.distributed.find_unused_parameters,
         },
         "data": {

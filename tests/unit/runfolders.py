@@ -160,7 +160,6 @@ def write_run(
                 "num_cpus": 64,
                 "num_threads_per_rank": 1,
                 "num_loader_workers": 0,
-                "ranks_share_device": False,
                 "find_unused_parameters": False,
             },
             "data": {

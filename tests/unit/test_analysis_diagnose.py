@@ -69,9 +69,6 @@ CASES: dict[str, Callable[[Path], None]] = {
         r, "ws1", timing={"optimizer_ms": 30.0, "step_ms": 125.0}
     ),
     "straggler": lambda r: write_run(r, "ws2", world_size=2, timing={"step_ms_max": 80.0}),
-    "shared_device": lambda r: write_run(
-        r, "ws2", world_size=2, summary={"system": {"ranks_share_device": True}}
-    ),
     "cpu_oversubscription": lambda r: write_run(
         r,
         "ws4",
@@ -165,7 +162,7 @@ def test_findings_are_sorted_by_severity(tmp_path):
         "ws2",
         world_size=2,
         epoch_time_s=15.0,
-        summary={"data": {"pad_to_max_len": True}, "system": {"ranks_share_device": True}},
+        summary={"data": {"pad_to_max_len": True}, "system": {"find_unused_parameters": True}},
     )
     severities = [f.severity for f in _findings(tmp_path)]
     order = {"critical": 0, "warning": 1, "info": 2}

@@ -328,19 +328,6 @@ def _run_rules(run: Run) -> list[Finding]:
 def _config_rules(run: Run) -> list[Finding]:
     findings = []
     name, n, system = run.name, run.world_size, run.system
-    if n > 1 and system.get("ranks_share_device"):
-        findings.append(
-            Finding(
-                "warning",
-                "Ranks share one device",
-                f"{n} ranks run on {run.summary.get('device_count')} "
-                f"{run.summary.get('device_type')} device(s) ({run.summary.get('device_name')})",
-                "The ranks compete for the same compute, so this measures scheduling, not "
-                "parallel hardware: run one rank per GPU to measure real scaling.",
-                "shared_device",
-                name,
-            )
-        )
     num_cpus = system.get("num_cpus")
     if num_cpus:
         local = int(run.summary.get("local_world_size") or n)
