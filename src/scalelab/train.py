@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -305,6 +306,34 @@ def make_embedding_rows(
     return D.EmbeddingRowGrad(model, host_tokens, env, sparse_backward=sparse, sync=sync)
 
 
+def _check_same_data(data: EncodedData, env: D.DistEnv) -> None:
+    """Every rank trains on the same encoding, or all stop with one line saying so.
+
+    Each node reads its own cache (nodes need not share data.cache_dir); a node holding a cache
+    written by another scalelab or tokenizers version would otherwise feed DDP different token
+    ids without any error.
+    """
+    if not env.is_distributed:
+        return
+    mine = (
+        hashlib.sha256(data.tokenizer_json.encode()).hexdigest()[:16],
+        len(data.train),
+        len(data.test),
+        socket.gethostname(),
+        str(data.cache_path),
+    )
+    every = D.gather_objects(mine, env)
+    differ = [r for r, theirs in enumerate(every) if theirs[:3] != every[0][:3]]
+    if differ:
+        r = differ[0]
+        raise D.LaunchError(
+            f"rank {r} ({every[r][3]}: {every[r][4]}) holds other data than rank 0 "
+            f"({every[0][3]}: {every[0][4]}): tokenizer {every[r][0]} vs {every[0][0]}, "
+            f"{every[r][1]:,}/{every[r][2]:,} vs {every[0][1]:,}/{every[0][2]:,} train/test "
+            "examples; delete those cache files (scalelab data --clear) or share data.cache_dir"
+        )
+
+
 def make_sampler(cfg: Config, env: D.DistEnv, lengths: np.ndarray) -> TrainBatchSampler:
     """This rank's sampler of the training split (its examples' `lengths`), per the config."""
     return TrainBatchSampler(
@@ -584,6 +613,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     # Data first: a bad data file must fail before anything is written. Local rank 0 of every
     # node builds a missing cache (nodes need not share data.cache_dir); the others wait.
     data = prepare_data(cfg, is_main=env.local_rank == 0, barrier=lambda: D.barrier(env))
+    _check_same_data(data, env)
     host_train_tokens = data.train.tokens
     if cfg.data.on_device and env.device.type == "cuda":
         # whole encoded dataset on the GPU: batches are gathered there, only indices travel

@@ -198,6 +198,96 @@ def test_trained_ids_are_deterministic():
     assert a.get_vocab() == b.get_vocab()
 
 
+def test_trained_vocabulary_is_the_same_when_pairs_tie():
+    """ "ab" and "ac" are equally frequent and the vocabulary has room for one merge: the
+    tokenizers trainer alone picks one or the other from run to run (its "##c" numbering follows
+    a Rust HashMap); build_tokenizer must pick the same every time."""
+    texts = ["ab ac"] * 10
+    vocab_size = 5 + 3 + 2 + 1  # specials, a b c, ##b ##c, one merge
+    vocabs = {frozenset(build_tokenizer(DataConfig(), vocab_size, texts).get_vocab())
+              for _ in range(12)}  # fmt: skip
+    assert len(vocabs) == 1
+    (vocab,) = vocabs
+    assert len(vocab) == vocab_size and len({"ab", "ac"} & vocab) == 1
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_word_characters_are_those_of_the_pre_tokenised_words(lowercase):
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    from scalelab.data.tokenizer import prenormalize, word_characters
+
+    texts = TRICKY + load_raw(DataConfig(dataset="imdb")).test_texts[:200]
+    tok = build_tokenizer(DataConfig(vocab_path="bundled:bert-base-uncased-vocab.txt",
+                                     lowercase=lowercase), 0, [], 16)  # fmt: skip
+    pieces: set[str] = set()
+    _, normed = prenormalize(tok, texts, pieces)
+    chars, later = set(), set()
+    for text in normed:
+        for word, _ in BertPreTokenizer().pre_tokenize_str(text):
+            chars.update(word)
+            later.update(word[1:])
+    assert word_characters(normed, pieces) == (sorted(chars), sorted(later))
+    assert {"中", "ǆ" if lowercase else "Ǆ"} <= chars and "." in chars and "." not in later
+
+
+def _build_both_ways(cfg, monkeypatch):
+    """_build with the test split encoded in a forked child, and in this process."""
+    raw = load_raw(cfg.data)
+    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
+    forked = cache._build(cfg, raw)
+    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 10**9)
+    return forked, cache._build(cfg, raw)
+
+
+def test_splits_encoded_in_a_child_equal_those_encoded_here(cfg, monkeypatch):
+    from scalelab.data.forked import fork_context
+
+    assert fork_context() is not None, "this test needs fork and two cores"
+    forked, here = _build_both_ways(cfg, monkeypatch)
+    assert forked.keys() == here.keys()
+    for key in here:
+        assert np.array_equal(forked[key], here[key]), key
+
+
+def test_an_error_in_the_encoding_child_reaches_the_caller(cfg, monkeypatch):
+    real = cache.encode_texts
+    test_texts = load_raw(cfg.data).test_texts
+
+    def fail_on_test_split(tok, texts, pad):
+        if texts == test_texts:
+            raise DataError("boom in the child")
+        return real(tok, texts, pad)
+
+    monkeypatch.setattr(cache, "encode_texts", fail_on_test_split)
+    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
+    with pytest.raises(DataError, match="boom in the child"):
+        cache._build(cfg, load_raw(cfg.data))
+
+
+def test_a_dead_encoding_child_is_replaced_by_this_process(cfg, monkeypatch):
+    import os
+
+    real = cache.encode_texts
+    test_texts = load_raw(cfg.data).test_texts
+    parent = os.getpid()
+
+    def die_in_the_child(tok, texts, pad):
+        if os.getpid() != parent:
+            os._exit(9)  # as if killed for memory
+        return real(tok, texts, pad)
+
+    monkeypatch.setattr(cache, "encode_texts", die_in_the_child)
+    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
+    arrays = cache._build(cfg, load_raw(cfg.data))
+    monkeypatch.setattr(cache, "encode_texts", real)
+    tokens, lengths = real(build_tokenizer(cfg.data, cfg.model.vocab_size,
+                                           load_raw(cfg.data).train_texts,
+                                           cfg.model.max_seq_len), test_texts, 0)  # fmt: skip
+    assert np.array_equal(arrays["test_tokens"], tokens)
+    assert np.array_equal(arrays["test_lengths"], lengths)
+
+
 def test_encoded_data_to_device_keeps_host_lengths(tmp_path) -> None:
     from scalelab.config import load_config
     from scalelab.data import prepare_data

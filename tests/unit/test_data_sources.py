@@ -175,6 +175,33 @@ def test_missing_file(tmp_path):
         load_raw(files_cfg("ag_news", good, tmp_path / "nope.csv"))
 
 
+def test_test_split_read_in_a_child_equals_the_one_read_here(tmp_path, monkeypatch):
+    from scalelab.data import sources
+
+    train = write(tmp_path / "train.csv", "text,label\n" + "good film,1\nbad one,0\n" * 20)
+    test = write(tmp_path / "test.csv.gz", "text,label\ngreat <br />fun,1\nawful,0\n", gz=True)
+    cfg = files_cfg("imdb", train, test)
+    monkeypatch.setattr(sources, "_PARALLEL_MIN_BYTES", 10**12)
+    here = load_raw(cfg)
+    monkeypatch.setattr(sources, "_PARALLEL_MIN_BYTES", 1)
+    child = load_raw(cfg)
+    assert child.test_texts == here.test_texts == ["great  fun", "awful"]
+    assert np.array_equal(child.test_labels, here.test_labels)
+    assert child.fingerprint == here.fingerprint and child.train_texts == here.train_texts
+
+
+def test_a_bad_test_split_read_in_a_child_is_one_clear_line(tmp_path, monkeypatch):
+    from scalelab.data import sources
+
+    monkeypatch.setattr(sources, "_PARALLEL_MIN_BYTES", 1)
+    train = write(tmp_path / "train.csv", "text,label\ngood,1\nbad,0\n")
+    test = write(tmp_path / "test.csv", "text,label\ngood,1\nbad,neg\n")
+    with pytest.raises(DataError, match=r"test\.csv: line 3: label 'neg' is not an integer"):
+        load_raw(files_cfg("imdb", train, test))
+    with pytest.raises(DataError, match=r"nope\.csv: file not found"):  # the train split's
+        load_raw(files_cfg("imdb", tmp_path / "nope.csv", test))
+
+
 def test_hf_source_without_datasets_is_one_clear_line():
     if importlib.util.find_spec("datasets") is not None:
         pytest.skip("datasets is installed; the not-installed message cannot be tested")

@@ -10,6 +10,7 @@ import hashlib
 import re
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders
 from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
@@ -47,7 +48,9 @@ def split_not_plain(text: str, not_plain: re.Pattern[str] = NOT_PLAIN_CHAR) -> l
     return parts
 
 
-def prenormalize(tok: Tokenizer, texts: list[str]) -> tuple[Tokenizer, list[str]]:
+def prenormalize(
+    tok: Tokenizer, texts: list[str], pieces: set[str] | None = None
+) -> tuple[Tokenizer, list[str]]:
     """(tokenizer without normaliser, normalised texts) giving the same encodings, faster.
 
     BertNormalizer (NFD accent stripping etc.) is about 40% of the Rust encode/train time, yet
@@ -55,6 +58,7 @@ def prenormalize(tok: Tokenizer, texts: list[str]) -> tuple[Tokenizer, list[str]
     faster. In other texts only the space-separated pieces that are not printable ASCII go
     through the real normaliser (it works character by character and keeps spaces, so piece by
     piece gives the same text). Tokenizers with another normaliser are returned unchanged.
+    ``pieces``, if given, receives every normalised piece that was not plain.
     """
     norm = tok.normalizer
     if not isinstance(norm, BertNormalizer):
@@ -65,12 +69,52 @@ def prenormalize(tok: Tokenizer, texts: list[str]) -> tuple[Tokenizer, list[str]
         parts = split_not_plain(text)  # odd indices: the pieces that are not plain
         for i, part in enumerate(parts):
             parts[i] = norm.normalize_str(part) if i % 2 else part.lower() if lower else part
+        if pieces is not None:
+            pieces.update(parts[1::2])
         return "".join(parts)
 
     out = [normalize(t) for t in texts]
     bare = Tokenizer.from_str(tok.to_str())
     bare.normalizer = None
     return bare, out
+
+
+# Printable ASCII but the space, and of it what BertPreTokenizer keeps inside words: letters and
+# digits (the rest is punctuation, each a word of its own).
+_ASCII_PRINTABLE = [bytes([c]) for c in range(33, 127)]
+_ASCII_IN_WORD = [c for c in _ASCII_PRINTABLE if c.isalnum()]
+_BYTE_IN_WORD = np.array([bytes([c]).isalnum() for c in range(256)])  # False from 128 on
+
+
+def word_characters(texts: list[str], pieces: set[str]) -> tuple[list[str], list[str]]:
+    """(every character of the words BertPreTokenizer cuts ``texts`` into, the characters that
+    also occur after a word's first character), each sorted by code point.
+
+    ``texts`` are normalised (see `prenormalize`) and ``pieces`` are their space-separated
+    pieces that are not printable ASCII, which hold every word with another character (or a
+    control character: normalisation removed those). Printable ASCII is looked for in the texts'
+    UTF-8 bytes, where the bytes of other characters count as spaces (two ASCII letters or
+    digits side by side are in one word whatever surrounds them); the pieces are cut into words
+    one by one.
+    """
+    seen: set[bytes] = set()
+    later: set[bytes] = set()
+    for i in range(0, len(texts), 4096):
+        data = " ".join(texts[i : i + 4096]).encode()
+        seen.update(c for c in _ASCII_PRINTABLE if c not in seen and c in data)  # memchr
+        b = np.frombuffer(data, np.uint8)
+        in_word = _BYTE_IN_WORD[b]
+        # each letter or digit that follows a letter or digit, else 0
+        follows = np.multiply(b[1:], in_word[1:] & in_word[:-1]).tobytes()
+        later.update(c for c in _ASCII_IN_WORD if c not in later and c in follows)
+    chars = {c.decode() for c in seen}
+    after = {c.decode() for c in later}
+    pre = BertPreTokenizer()
+    for piece in pieces:
+        for word, _ in pre.pre_tokenize_str(piece):
+            chars.update(word)
+            after.update(word[1:])
+    return sorted(chars), sorted(after)
 
 
 def vocab_fingerprint(cfg: DataConfig) -> str:
@@ -128,13 +172,21 @@ def build_tokenizer(
         tok = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
         tok.normalizer = _normalizer(cfg.lowercase)
         tok.pre_tokenizer = BertPreTokenizer()
+        pieces: set[str] = set()
+        bare, normed = prenormalize(tok, train_texts, pieces)
+        # The trainer numbers the single characters in code-point order but the "##c"
+        # continuations in the order of a Rust HashMap, which changes from run to run, and it
+        # breaks ties between equally frequent pairs by those numbers: the learned vocabulary
+        # differed between two builds of the same AG News cache (16 of 20,000 tokens). Given
+        # up front, in code-point order, as tokens the vocabulary starts with (they would be
+        # in it anyway), every number is fixed and so is the vocabulary.
+        chars, later = word_characters(normed, pieces)
         trainer = WordPieceTrainer(
             vocab_size=vocab_size,
-            special_tokens=SPECIAL_TOKENS,
+            special_tokens=SPECIAL_TOKENS + chars + ["##" + c for c in later],
             continuing_subword_prefix="##",
             show_progress=False,
         )
-        bare, normed = prenormalize(tok, train_texts)
         bare.train_from_iterator(normed, trainer=trainer, length=len(normed))
         tok.model = _canonical_ids(bare.get_vocab())
         _add_cls_sep(tok)
@@ -161,8 +213,8 @@ def build_tokenizer(
 def _canonical_ids(vocab: dict[str, int]) -> WordPiece:
     """WordPiece with specials at 0..4 and the rest in sorted order.
 
-    The trainer's token set is deterministic but its id assignment is not (it varies run to
-    run), which would make a rebuilt cache -- and so a "same seed" run -- differ.
+    The trainer's ids follow the order its tokens were made in; sorted ids are a function of
+    the token set alone.
     """
     rest = sorted(set(vocab) - set(SPECIAL_TOKENS))
     ids = {t: i for i, t in enumerate(SPECIAL_TOKENS + rest)}

@@ -1,0 +1,77 @@
+"""One function run in a forked child process while this process does other work.
+
+Data preparation is Python work on one core (reading CSV, encoding), and it comes in pairs:
+the training and the test split. With the fork start method the child shares this process's
+memory (texts, tokenizer) without copying or pickling it; only its result travels back, pickled
+through a pipe. The tokenizers library turns its own thread pool off in a forked child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.context
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+def fork_context() -> multiprocessing.context.BaseContext | None:
+    """The fork start method where it exists and this process may use two or more cores."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return multiprocessing.get_context("fork") if cores > 1 else None
+
+
+def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        answer: tuple[str, Any] = ("ok", fn(*args))
+    except BaseException as exc:  # the parent re-raises it
+        answer = ("error", exc)
+    try:
+        conn.send(answer)
+    except Exception as exc:  # an exception that does not pickle
+        conn.send(("error", RuntimeError(f"{fn.__name__} failed in a child process: {exc!r}")))
+    conn.close()
+
+
+@contextlib.contextmanager
+def forked(fn: Callable[..., Any], *args: Any, enabled: bool = True) -> Iterator[Callable[[], Any]]:
+    """``with forked(fn, *args) as result:`` starts ``fn(*args)`` in a forked child; ``result()``
+    waits for its value (or re-raises its exception). Without fork or a second core, with
+    ``enabled`` false, or if the child dies without answering (killed for memory, say),
+    ``result()`` computes ``fn(*args)`` here instead. Leaving the block early stops the child.
+    """
+    ctx = fork_context() if enabled else None
+    if ctx is None:
+        yield lambda: fn(*args)
+        return
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(send, fn, args), daemon=True)  # type: ignore[attr-defined]
+    child.start()
+    send.close()
+    answered = False
+
+    def result() -> Any:
+        nonlocal answered
+        try:
+            status, value = receive.recv()
+        except EOFError:
+            answered = True
+            return fn(*args)
+        answered = True
+        if status == "error":
+            raise value
+        return value
+
+    try:
+        yield result
+    finally:
+        receive.close()
+        if not answered:
+            child.terminate()
+        child.join()
