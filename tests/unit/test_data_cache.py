@@ -345,3 +345,16 @@ def test_clear_with_negative_age_is_one_line(tmp_path, capsys):
     assert main(["data", "--clear", "--older-than-days", "-1", f"data.cache_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--older-than-days" in err[0]
+
+
+def _prepare_in_a_daemonic_worker(cfg: Config) -> int:
+    return len(cache._build(cfg, load_raw(cfg.data))["train_lengths"])
+
+
+def test_a_daemonic_worker_prepares_data_without_a_child(cfg, monkeypatch):
+    """multiprocessing workers are daemonic and may not start processes: encode in-process."""
+    import multiprocessing
+
+    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_prepare_in_a_daemonic_worker, (cfg,)) == 60

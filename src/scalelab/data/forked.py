@@ -17,8 +17,11 @@ from typing import Any
 
 
 def fork_context() -> multiprocessing.context.BaseContext | None:
-    """The fork start method where it exists and this process may use two or more cores."""
+    """The fork start method where it exists, this process may start one (a daemonic
+    multiprocessing worker may not) and it may use two or more cores."""
     if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    if multiprocessing.current_process().daemon:
         return None
     try:
         cores = len(os.sched_getaffinity(0))
