@@ -261,8 +261,11 @@ def test_an_error_in_the_encoding_child_reaches_the_caller(cfg, monkeypatch):
 
     monkeypatch.setattr(cache, "encode_texts", fail_on_test_split)
     monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
-    with pytest.raises(DataError, match="boom in the child"):
+    with pytest.raises(DataError, match="boom in the child") as exc:
         cache._build(cfg, load_raw(cfg.data))
+    assert str(exc.value) == "boom in the child"  # still one line for the CLI
+    if hasattr(exc.value, "add_note"):  # Python 3.11+: the child's traceback comes along
+        assert "fail_on_test_split" in "".join(exc.value.__notes__)
 
 
 def test_a_dead_encoding_child_is_replaced_by_this_process(cfg, monkeypatch):

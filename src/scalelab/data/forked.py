@@ -12,6 +12,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,7 +34,9 @@ def fork_context() -> multiprocessing.context.BaseContext | None:
 def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
     try:
         answer: tuple[str, Any] = ("ok", fn(*args))
-    except BaseException as exc:  # the parent re-raises it
+    except BaseException as exc:  # the parent re-raises it, with the child's traceback as a note
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"in the forked child process:\n{traceback.format_exc()}")
         answer = ("error", exc)
     try:
         conn.send(answer)
