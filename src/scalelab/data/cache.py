@@ -170,6 +170,19 @@ def _word_path(tok: Tokenizer) -> tuple[Tokenizer, list[int], list[int]] | None:
     return words, outer[:k], outer[k + len(inner) :]
 
 
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """``np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)])``, vectorised: the
+    index goes up by one inside a range and jumps to the next range's start, a cumsum of steps."""
+    some = np.flatnonzero(lens)
+    starts, lens = starts[some], lens[some]
+    step = np.ones(int(lens.sum()), np.int64)
+    if len(some):
+        step[0] = starts[0]
+        first = np.cumsum(lens) - lens
+        step[first[1:]] = starts[1:] - (starts[:-1] + lens[:-1] - 1)
+    return np.cumsum(step)
+
+
 def _encode_by_words(
     tok: Tokenizer, path: tuple[Tokenizer, list[int], list[int]], texts: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -237,14 +250,9 @@ def _encode_by_words(
     word_ids = np.asarray(enc.ids, np.int32)
     ids_per_word = np.bincount(np.asarray(enc.word_ids, np.int64), minlength=len(distinct_words))
     word_id_start = np.cumsum(ids_per_word) - ids_per_word
-    # Each plain item's ids: its words' ids one after another (a second CSR expansion).
+    # Each plain item's ids: its words' ids one after another.
     n_w = ids_per_word[word_seq]
-    tok_word = np.repeat(np.arange(len(word_seq)), n_w)
-    plain_ids = word_ids[
-        word_id_start[word_seq[tok_word]]
-        + np.arange(len(tok_word))
-        - (np.cumsum(n_w) - n_w)[tok_word]
-    ]
+    plain_ids = word_ids[_ranges(word_id_start[word_seq], n_w)]
     per_item = np.zeros(len(vocab), np.int64)  # ids per distinct item; 0 for the text end
     if len(plain):
         word_start = np.cumsum(words_per_item) - words_per_item
@@ -278,22 +286,11 @@ def _encode_by_words(
         kept = np.minimum(text_tokens, max(0, max_len - len(before) - len(after)))
     room = np.repeat(text_tok_start + kept, ends - firsts + 1) - item_tok_start
     n_kept = np.clip(room, 0, n)
-    # Expand the kept occurrences into ids: the index into all_ids goes up by one inside an
-    # occurrence and jumps to the next one's first id, so it is a cumsum of steps.
-    some = np.flatnonzero(n_kept)
-    lens, src = n_kept[some], piece_start[item_seq[some]]
-    step = np.ones(int(lens.sum()), np.int64)
-    if len(some):
-        first = np.cumsum(lens) - lens
-        step[0] = src[0]
-        step[first[1:]] = src[1:] - (src[:-1] + lens[:-1] - 1)
-    body = all_ids[np.cumsum(step)]
     # Each text: the template's ids before, its kept ids, the template's ids after.
     lengths = kept + len(before) + len(after)
     out = np.empty(int(lengths.sum()), np.int32)
     out_start = np.cumsum(lengths) - lengths
-    body_at = np.repeat(out_start + len(before) - (np.cumsum(kept) - kept), kept)
-    out[np.arange(len(body)) + body_at] = body
+    out[_ranges(out_start + len(before), kept)] = all_ids[_ranges(piece_start[item_seq], n_kept)]
     for j, t in enumerate(before):
         out[out_start + j] = t
     for j, t in enumerate(after):

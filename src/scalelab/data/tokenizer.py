@@ -24,7 +24,6 @@ from scalelab.data.sources import DataError, resolve_path
 #: Special tokens of a trained tokenizer, in id order ([PAD] must be 0).
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _PAD_CANDIDATES = ("[PAD]", "<pad>", "<PAD>")
-# ASCII control characters that BertNormalizer(clean_text) deletes (\t \n \r are whitespace).
 #: A character that is not printable ASCII (or tab, newline, return). On text without one, BERT
 #: normalisation is `str.lower` (or nothing).
 NOT_PLAIN_CHAR = re.compile(r"[^\t\n\r -~]")
