@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         _forward_loss,
         _make_optimizer,
         _make_scheduler,
+        batch_padding,
         make_embedding_rows,
         make_sampler,
         train_step,
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = _make_scheduler(optimizer, cfg, 10**6)
     sampler = make_sampler(cfg, env, data.train.lengths)
     timer = StepTimer(env.device)
-    pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
+    padding = batch_padding(cfg)
     flag = torch.zeros(1)
     batches = iter(())
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     with ddp.no_sync():
                         for idx in micro:
-                            batch = make_batch(data.train, idx, pad_to=pad_to)
+                            batch = make_batch(data.train, idx, **padding)
                             _forward_loss(ddp, batch, None, env.device).backward()
                     if emb is not None:
                         emb.finish(global_batch, sync=False)

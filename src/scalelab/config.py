@@ -63,6 +63,8 @@ class DataConfig:
     """Where encoded datasets are cached; empty = $SCALELAB_CACHE or ~/.cache/scalelab. Local rank 0 of every node builds a missing cache (nodes need not share the folder; a shared one is written atomically)."""
     pad_to_max_len: bool = False
     """Pad every batch to model.max_seq_len (the study's way) instead of to the longest sequence in the batch."""
+    pad_multiple: int = 1
+    """Round each batch's length up to a multiple of this (at most model.max_seq_len): fewer distinct shapes for torch.compile / CUDA graphs, tensor-core-friendly sizes (8 or 16 on GPUs). 1 = pad to the longest sequence."""
     bucket_multiplier: int = 50
     """Length bucketing: sort each window of bucket_multiplier x global batch examples by length before batching."""
     max_train_samples: int = 0
@@ -195,6 +197,7 @@ class Config:
             ("model.d_ff", m.d_ff),
             ("model.max_seq_len", m.max_seq_len),
             ("data.bucket_multiplier", d.bucket_multiplier),
+            ("data.pad_multiple", d.pad_multiple),
             ("train.epochs", t.epochs),
             ("train.batch_size", t.batch_size),
             ("train.grad_accum_steps", t.grad_accum_steps),

@@ -347,6 +347,16 @@ def make_sampler(cfg: Config, env: D.DistEnv, lengths: np.ndarray) -> TrainBatch
     )
 
 
+def batch_padding(cfg: Config) -> dict[str, Any]:
+    """`make_batch`'s padding arguments: to max_seq_len (the study's way), or to the batch's
+    longest sequence rounded up to ``data.pad_multiple``."""
+    return {
+        "pad_to": cfg.model.max_seq_len if cfg.data.pad_to_max_len else None,
+        "pad_multiple": cfg.data.pad_multiple,
+        "max_len": cfg.model.max_seq_len,
+    }
+
+
 def train_step(
     model: nn.Module,
     micro_batches: list[np.ndarray],
@@ -373,14 +383,14 @@ def train_step(
     only those rows.
     """
     accum = len(micro_batches)
-    pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
+    padding = batch_padding(cfg)
     loss_sum = torch.zeros((), device=env.device)
     for i, idx in enumerate(micro_batches):
         if cfg.data.delay_per_batch_s:
             time.sleep(
                 cfg.data.delay_per_batch_s
             )  # simulated slow input pipeline (diagnostics knob)
-        batch = make_batch(data.train, idx, pad_to=pad_to)
+        batch = make_batch(data.train, idx, **padding)
         timer.lap("data")
         batch = tuple(t.to(env.device, non_blocking=True) for t in batch)
         timer.lap("h2d")
@@ -426,13 +436,13 @@ def evaluate(
     was_training = net.training
     net.eval()
     per_rank = cfg.train.eval_batch_size or 2 * cfg.train.per_rank_batch(env.world_size)
-    pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
+    padding = batch_padding(cfg)
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     correct = torch.zeros((), dtype=torch.int64, device=env.device)
     count = 0
     for idx in eval_shards(data.test.lengths, env.world_size, env.rank, per_rank):
         ids, mask, labels = (
-            t.to(env.device, non_blocking=True) for t in make_batch(data.test, idx, pad_to=pad_to)
+            t.to(env.device, non_blocking=True) for t in make_batch(data.test, idx, **padding)
         )
         with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
             logits = net(ids, mask).float()
@@ -507,7 +517,7 @@ def measure_communication(
     if not env.is_distributed or n == 0:
         return comm
     model.train()
-    pad_to = cfg.model.max_seq_len if cfg.data.pad_to_max_len else None
+    padding = batch_padding(cfg)
     sampler.set_epoch(10_000)  # batches the run did not train on; only their timing matters
     sampler.set_start_step(0)
     batches = [(mb[-1], sampler.current_global_batch) for mb in itertools.islice(sampler, n + 1)]
@@ -515,7 +525,7 @@ def measure_communication(
     watch = Stopwatch(env.device)
     for i, (idx, global_batch) in enumerate(batches):
         for use_sync in (True, False):
-            batch = tuple(t.to(env.device) for t in make_batch(data.train, idx, pad_to=pad_to))
+            batch = tuple(t.to(env.device) for t in make_batch(data.train, idx, **padding))
             D.barrier(env)  # start aligned, so a late rank's wait is not counted as communication
             watch.start()
             ctx = contextlib.nullcontext() if use_sync else model.no_sync()
@@ -1003,6 +1013,7 @@ def _summary(
         },
         "data": {
             "pad_to_max_len": cfg.data.pad_to_max_len,
+            "pad_multiple": cfg.data.pad_multiple,
             "delay_per_batch_s": cfg.data.delay_per_batch_s,
             "cache_hit": data.cache_hit,
             "prep_time_s": data.prep_time_s,

@@ -395,3 +395,26 @@ def test_stopped_run_is_not_overwritten_and_finished_run_is_not_remeasured(
     assert again.returncode == 0, again.stderr
     assert "already finished" in again.stdout
     assert (tmp_path / "exp" / "s" / "summary.json").read_bytes() == summary
+
+
+def test_compiled_run_trains_and_its_checkpoint_resumes_without_compile(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """train.compile=true (here with data.pad_multiple, as on a GPU) writes the plain model's
+    state: the same keys as an eager run, and an eager run resumes from it."""
+    base = ["train", *common(tmp_path, cache_dir), "train.max_steps_per_epoch=3",
+            "train.num_threads=1", "train.comm_calibration_steps=0"]  # fmt: skip
+    compiled = scalelab([*base, "train.epochs=1", "output.run_name=c", "train.compile=true",
+                         "data.pad_multiple=16"])  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    eager = scalelab([*base, "train.epochs=1", "output.run_name=e"])
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    ck_c = torch.load(tmp_path / "exp" / "c" / "checkpoint.pt", weights_only=False)
+    ck_e = torch.load(tmp_path / "exp" / "e" / "checkpoint.pt", weights_only=False)
+    assert ck_c["model"].keys() == ck_e["model"].keys()
+    summary = json.loads((tmp_path / "exp" / "c" / "summary.json").read_text())
+    assert summary["data"]["pad_multiple"] == 16 and summary["final_val_loss"] > 0
+    resumed = scalelab([*base, "train.epochs=2", "output.run_name=c", "train.resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "exp" / "c" / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]

@@ -37,6 +37,10 @@ def test_gpu_tiny_writes_smoke_json(tmp_path: Path) -> None:
     for key in ("samples_per_s", "epoch_time_s_120k", "mfu", "peak_mem_mb", "real_tokens_per_step"):
         assert key in variants[0]
     assert variants[0]["samples_per_s"] > 0
+    assert res["complete"] is True and res["skipped"] == {}
+    # the padded-to-a-multiple path ran too, and each variant was profiled
+    assert {v["padding"] for v in variants} == {"longest", "multiple"}
+    assert all(v["profile"]["profiled_steps"] == 2 for v in variants), variants
 
 
 @pytest.mark.slow
@@ -85,3 +89,24 @@ def test_ddp_lockstep_splits_the_2_rank_step(tmp_path: Path, cache_dir: Path) ->
     assert set(step) == {"independent", "lock_step", "ddp"} and min(step.values()) > 0
     assert got["synchronisation_ms"] == pytest.approx(step["lock_step"] - step["independent"])
     assert got["gradient_communication_ms"] == pytest.approx(step["ddp"] - step["lock_step"])
+
+
+@pytest.mark.slow
+def test_device_check_smoke_runs_every_step_on_cpu(tmp_path: Path) -> None:
+    """The one-shot script for a lent GPU, in its CPU mode: it must not first break on a GPU."""
+    import os
+
+    out = tmp_path / "dc"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable,
+           "SCALELAB_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    res = subprocess.run(
+        ["bash", str(BENCH / "device_check.sh"), "--smoke"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "train: OK" in res.stdout and "0 failed step(s)" in res.stdout
+    summary = json.loads((out / "train-summary.json").read_text())
+    assert summary["device_type"] == "cpu" and summary["samples_per_s"] > 0
+    bench = json.loads((out / "gpu.json").read_text())
+    assert bench["smoke_test"] is True and bench["complete"] is True and bench["cases"]
+    assert not (out / "train-run").exists()  # the run folder is removed, its summary kept

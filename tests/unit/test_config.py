@@ -62,6 +62,7 @@ def test_overrides_are_typed() -> None:
         ("data.pad_to_max_len=maybe", "data.pad_to_max_len must be true or false"),
         ("model.num_heads=3", "model.num_heads=3 must divide model.d_model=128"),
         ("train.epochs=0", "train.epochs must be >= 1"),
+        ("data.pad_multiple=0", "data.pad_multiple must be >= 1"),
         ("train.precision=fp8", "train.precision must be one of"),
         ("distributed.comm_hook=zip", "distributed.comm_hook must be one of"),
         ("model.dropout=1.5", "model.dropout must be in [0, 1)"),

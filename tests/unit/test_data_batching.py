@@ -124,6 +124,35 @@ def test_make_batch_pads_to_longest_in_batch():
     assert torch.equal(ids != 0, mask)
 
 
+def test_make_batch_pad_multiple_rounds_up_within_max_len():
+    split = split_of([3, 7, 5, 10], width=10)
+    # longest 7 -> 8; mask and ids beyond the real tokens are padding
+    ids, mask, _ = make_batch(split, np.array([0, 1]), pad_multiple=8, max_len=10)
+    assert ids.shape == mask.shape == (2, 8)
+    assert mask.sum(1).tolist() == [3, 7] and torch.equal(ids != 0, mask)
+    # longest 10 -> 16 would pass max_len: capped there
+    ids, _, _ = make_batch(split, np.array([3]), pad_multiple=8, max_len=10)
+    assert ids.shape == (1, 10)
+    # a multiple beyond the split's stored width (but within max_len) pads with pad_id
+    ids, mask, _ = make_batch(split, np.array([3]), pad_multiple=4, max_len=16)
+    assert ids.shape == (1, 12) and mask.sum().item() == 10 and ids[0, 10:].eq(0).all()
+    # exact multiples and 1 keep the longest
+    assert make_batch(split, np.array([2]), pad_multiple=5)[0].shape == (1, 5)
+    assert make_batch(split, np.array([1]), pad_multiple=1, max_len=10)[0].shape == (1, 7)
+    # pad_to wins
+    assert make_batch(split, np.array([0]), pad_to=10, pad_multiple=8)[0].shape == (1, 10)
+
+
+def test_batch_padding_follows_the_config():
+    from scalelab.config import load_config
+    from scalelab.train import batch_padding
+
+    cfg = load_config(None, ["data.pad_multiple=16", "model.max_seq_len=64"])
+    assert batch_padding(cfg) == {"pad_to": None, "pad_multiple": 16, "max_len": 64}
+    cfg = load_config(None, ["data.pad_to_max_len=true", "model.max_seq_len=64"])
+    assert batch_padding(cfg)["pad_to"] == 64
+
+
 def test_make_batch_pad_to_and_device():
     split = split_of([3, 7, 5, 10])
     ids, mask, _ = make_batch(split, np.array([0, 1]), pad_to=16, device="cpu")

@@ -106,3 +106,24 @@ def test_distilbert_without_transformers_is_a_config_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails
     with pytest.raises(ConfigError, match=r"model\.arch=distilbert needs the `transformers`"):
         build_model(ModelConfig(arch="distilbert", max_seq_len=32), 500, 4)
+
+
+def test_training_forward_compiles_without_graph_breaks_on_cpu() -> None:
+    """train.compile=true on CPU: scalelab's numpy dropout draw would break the graph (one
+    break per dropout call), so under torch.compile the model takes F.dropout and SDPA."""
+    torch.manual_seed(0)
+    model = TransformerClassifier(
+        100, 3, d_model=16, num_layers=2, num_heads=2, d_ff=32, max_seq_len=20
+    ).train()
+    ids = torch.randint(5, 100, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(ids, mask)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+    # outside compile the CPU kernels stay in use (their mask is drawn by numpy)
+    x = torch.ones(1000)
+    torch.manual_seed(1)
+    a = dropout(x, 0.5, True)
+    torch.manual_seed(1)
+    assert torch.equal(a, x * cpu_dropout_mask(x.shape, 0.5, x.dtype))

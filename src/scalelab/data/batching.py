@@ -134,11 +134,14 @@ def make_batch(
     pad_to: int | None = None,
     device: torch.device | str | None = None,
     pin: bool = False,
+    pad_multiple: int = 1,
+    max_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gather ``idx`` into (input_ids int64 [B, L], attention_mask bool [B, L], labels int64 [B]).
 
     L = the longest selected sequence, computed on the host from ``split.lengths`` (no device
-    sync), or ``pad_to``. Tensors are created where the split lives (index copied host to
+    sync), rounded up to a multiple of ``pad_multiple`` but not beyond ``max_len`` (the model's
+    longest input), or ``pad_to``. Tensors are created where the split lives (index copied host to
     device without blocking) and then moved to ``device`` if given (``pin`` pins the CPU batch
     first so that copy can overlap compute).
     """
@@ -146,7 +149,12 @@ def make_batch(
     longest = int(split.lengths[idx].max()) if len(idx) else 0
     if pad_to is not None and pad_to < longest:
         raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({longest})")
-    width = longest if pad_to is None else pad_to
+    if pad_to is not None:
+        width = pad_to
+    else:
+        width = -(-longest // pad_multiple) * pad_multiple if pad_multiple > 1 else longest
+        if max_len is not None:
+            width = max(longest, min(width, max_len))
     src = split.tokens.device
     idx_t = torch.from_numpy(idx)
     if src.type != "cpu":

@@ -12,10 +12,11 @@ from torch import nn
 
 def dropout(x: torch.Tensor, p: float, training: bool, cpu_kernels: bool = True) -> torch.Tensor:
     """F.dropout, but on CPU with a mask drawn ~7x faster (`cpu_dropout_mask`). CUDA keeps
-    F.dropout: its fused Philox kernel is already cheap. cpu_kernels=False: F.dropout everywhere."""
+    F.dropout: its fused Philox kernel is already cheap. cpu_kernels=False: F.dropout everywhere.
+    Under torch.compile F.dropout too: the numpy draw would break the graph."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not cpu_kernels:
+    if x.device.type != "cpu" or not cpu_kernels or torch.compiler.is_compiling():
         return F.dropout(x, p, True)
     return x * cpu_dropout_mask(x.shape, p, x.dtype)
 
@@ -53,10 +54,11 @@ def attention(
 
     SDPA (flash/memory-efficient kernels) whenever it can; on CPU with attention dropout SDPA falls
     back to unfused maths with slow dropout, so we do the maths ourselves: one baddbmm applies the
-    scale and the padding bias inside the matmul, then our fast dropout.
+    scale and the padding bias inside the matmul, then our fast dropout (not under torch.compile,
+    which compiles SDPA's maths without a graph break).
     """
     bias = bias.to(q.dtype)
-    if p == 0.0 or q.device.type != "cpu" or not cpu_kernels:
+    if p == 0.0 or q.device.type != "cpu" or not cpu_kernels or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
     return attention_math(q, k, v, bias, p)
 
