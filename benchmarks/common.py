@@ -227,6 +227,7 @@ class ScalelabStepper:
         total = max(1, len(self.sampler) * cfg.train.epochs)
         self.sched = _make_scheduler(self.opt, cfg, total)
         self.timer = StepTimer(self.device, warmup_steps=0)
+        self.net.train()  # once, as fit does per epoch (evaluate restores it)
         self.loss_sum = torch.zeros((), device=self.device)
         self.epoch = 0
         self._it = None
@@ -249,7 +250,6 @@ class ScalelabStepper:
     def step(self) -> None:
         from scalelab.train import train_step
 
-        self.net.train()
         micro = self._next()
         self.loss_sum += train_step(
             self.net,

@@ -2,7 +2,8 @@
 # One-shot GPU check for a machine lent for a few minutes: the trainer on CUDA, the shared-GPU
 # refusal, then benchmarks/gpu.py in the time that is left. Everything lands in $OUT.
 #
-#   bash benchmarks/device_check.sh --prepare   # here, once: AG News rows into .devdata/ (git-ignored)
+#   bash benchmarks/device_check.sh --prepare   # here, after the last commit: AG News rows and the
+#                                               # commit into .devdata/ (git-ignored)
 #   bash benchmarks/device_check.sh             # on the GPU machine (carry .devdata)
 #   bash benchmarks/device_check.sh --smoke     # anywhere: every step tiny on CPU (CI runs this)
 #
@@ -23,7 +24,11 @@ if [ "$MODE" = "--prepare" ]; then
   [ -f "$src/train.csv.gz" ] || { echo "device_check.sh: no $src/train.csv.gz" >&2; exit 2; }
   mkdir -p .devdata/ag_news && cp "$src"/train.csv.gz "$src"/test.csv.gz .devdata/ag_news/
   grep -qx '/.devdata/' .git/info/exclude 2>/dev/null || echo '/.devdata/' >>.git/info/exclude
-  echo "copied $src to .devdata/ag_news (carry .devdata to the device)"
+  # the device's copy of the tree has no .git: results record this commit instead
+  commit=$(git rev-parse HEAD)
+  [ -n "$(git status --porcelain --untracked-files=no)" ] && commit="$commit-dirty"
+  echo "$commit" >.devdata/COMMIT
+  echo "copied $src to .devdata/ag_news, commit $commit (carry .devdata to the device)"
   exit 0
 fi
 case "$MODE" in gpu | --smoke) ;; *) echo "device_check.sh: unknown mode $MODE" >&2; exit 2 ;; esac
@@ -31,6 +36,10 @@ case "$MODE" in gpu | --smoke) ;; *) echo "device_check.sh: unknown mode $MODE" 
 mkdir -p "$OUT"
 export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export SCALELAB_CACHE=${SCALELAB_CACHE:-/tmp/scalelab-device-cache}
+if [ -z "${SCALELAB_GIT_COMMIT:-}" ] && [ -f .devdata/COMMIT ]; then
+  SCALELAB_GIT_COMMIT=$(cat .devdata/COMMIT)
+  export SCALELAB_GIT_COMMIT
+fi
 LOG=$OUT/device_check.log
 : >"$LOG"
 say() { echo "== $* ($(($(date +%s) - START)) s)" | tee -a "$LOG"; }

@@ -145,7 +145,8 @@ def _make_scheduler(
 
 
 def git_commit() -> str | None:
-    """HEAD of the checkout scalelab runs from (None outside git), recorded with every result."""
+    """HEAD of the checkout scalelab runs from, recorded with every result. Outside git (a copy
+    of the tree without .git) $SCALELAB_GIT_COMMIT if set, else None."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -154,9 +155,10 @@ def git_commit() -> str | None:
             text=True,
             timeout=5,
         )
+        head = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        head = ""
+    return head or os.environ.get("SCALELAB_GIT_COMMIT") or None
 
 
 def cpu_model() -> str:
@@ -270,11 +272,10 @@ def clip_grad_norm(
     compact = emb.grad.index_select(0, rows)
     grads = [p.grad for p in model.parameters() if p.grad is not None and p is not emb]
     grads.append(compact)
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     # the same coefficient as clip_grad_norm_, applied without a host-device sync
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for g in grads:
-        g.mul_(coef)
+    torch._foreach_mul_(grads, coef)
     emb.grad.index_copy_(0, rows, compact)
     return total
 
