@@ -186,9 +186,7 @@ class ScalelabStepper:
     with the baseline's in one process, so machine noise hits both alike.
     """
 
-    def __init__(
-        self, cfg, data, device: torch.device | None = None, compile_mode: str = ""
-    ) -> None:
+    def __init__(self, cfg, data, device: torch.device | None = None) -> None:
         from scalelab import distributed as D
         from scalelab.models import build_model
         from scalelab.timing import StepTimer
@@ -196,6 +194,7 @@ class ScalelabStepper:
             _make_optimizer,
             _make_scheduler,
             _resolve_precision,
+            compile_model,
             make_embedding_rows,
             make_sampler,
         )
@@ -211,17 +210,9 @@ class ScalelabStepper:
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.net = self.model
         # as fit: the token embedding's gradient row-wise where that is the default (CPU)
-        self.emb_rows = (
-            None
-            if compile_mode
-            else make_embedding_rows(self.model, cfg, self.env, data.train.tokens.cpu())
-        )
-        if compile_mode:
-            self.net = torch.compile(
-                self.model, mode=None if compile_mode == "default" else compile_mode
-            )
-        elif cfg.train.compile:
-            self.net = torch.compile(self.model)
+        self.emb_rows = make_embedding_rows(self.model, cfg, self.env, data.train.tokens.cpu())
+        if cfg.train.compile:  # train.compile_mode as fit uses it
+            self.net = compile_model(self.model, cfg)
         self.sampler = make_sampler(cfg, self.env, data.train.lengths)
         self.opt = _make_optimizer(self.net, cfg, self.device)
         total = max(1, len(self.sampler) * cfg.train.epochs)

@@ -287,13 +287,15 @@ def bench_variant(
     cfg.train.precision = v.precision
     cfg.data.pad_to_max_len = v.padding == "max"
     cfg.data.pad_multiple = PAD_MULTIPLE if v.padding == "multiple" else 1
+    cfg.train.compile = bool(v.compile)  # the trainer's own switch and mode, as fit reads them
+    cfg.train.compile_mode = v.compile or "default"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if v.compile:
         torch._dynamo.reset()  # each variant compiles from scratch, not on another's graphs
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    stepper = ScalelabStepper(cfg, data, device=device, compile_mode=v.compile)
+    stepper = ScalelabStepper(cfg, data, device=device)
     t0 = time.perf_counter()
     for _ in range(warmup):
         stepper.step()

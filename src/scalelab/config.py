@@ -16,6 +16,9 @@ from typing import Any, get_type_hints
 
 import yaml
 
+#: torch.compile's modes (train.compile_mode).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class ConfigError(ValueError):
     """A problem with the user's configuration; the message names the key."""
@@ -99,6 +102,8 @@ class TrainConfig:
     """'fp32', 'bf16' (autocast) or 'fp16' (autocast + GradScaler). Mixed precision is CUDA only; 'auto' = bf16 on CUDA, else fp32."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    compile_mode: str = "default"
+    """torch.compile mode with train.compile=true: 'default', 'reduce-overhead' (CUDA graphs, for small launch-bound models on a GPU; one graph per batch shape, so pair it with data.pad_multiple), 'max-autotune' or 'max-autotune-no-cudagraphs'."""
     embedding_grad: str = "auto"
     """Token-embedding gradient: 'dense' (PyTorch's backward fills all vocab_size x d_model values each step), 'rows' (sparse backward added into a kept dense gradient, zeroing and clipping only the rows the batch used: the same AdamW update, less work per step) or 'auto' (rows on CPU when the embedding is not in DDP's buckets and compile is off, else dense)."""
     seed: int = 42
@@ -189,6 +194,7 @@ class Config:
             "distributed.embedding_grad_sync", dist.embedding_grad_sync, ("auto", "dense", "rows")
         )
         _choice("output.progress", o.progress, ("auto", "bar", "plain", "none"))
+        _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
         for key, value in (
             ("model.vocab_size", m.vocab_size),
             ("model.d_model", m.d_model),

@@ -348,6 +348,12 @@ def make_sampler(cfg: Config, env: D.DistEnv, lengths: np.ndarray) -> TrainBatch
     )
 
 
+def compile_model(model: nn.Module, cfg: Config) -> nn.Module:
+    """torch.compile with ``train.compile_mode`` ('default' = torch's default mode)."""
+    mode = cfg.train.compile_mode
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
 def batch_padding(cfg: Config) -> dict[str, Any]:
     """`make_batch`'s padding arguments: to max_seq_len (the study's way), or to the batch's
     longest sequence rounded up to ``data.pad_multiple``."""
@@ -649,7 +655,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     if cfg.train.compile:
         # Compile the DDP-wrapped model: dynamo then splits the graph at bucket boundaries so the
         # all-reduce still overlaps the compiled backward (compiling inside DDP would not).
-        model = torch.compile(model)
+        model = compile_model(model, cfg)
     # DDP broadcast rank 0's weights; from here each rank needs its own dropout stream.
     torch.manual_seed(cfg.train.seed + 1 + env.rank)
 

@@ -64,6 +64,7 @@ def test_overrides_are_typed() -> None:
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("data.pad_multiple=0", "data.pad_multiple must be >= 1"),
         ("train.precision=fp8", "train.precision must be one of"),
+        ("train.compile_mode=fast", "train.compile_mode must be one of"),
         ("distributed.comm_hook=zip", "distributed.comm_hook must be one of"),
         ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
         ("train.resume=/nonexistent.pt", "train.resume: checkpoint file not found"),
@@ -113,3 +114,17 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
 def test_parse_override_requires_equals() -> None:
     with pytest.raises(ConfigError, match="must look like section.key=value"):
         parse_override("train.lr")
+
+
+def test_compile_model_passes_the_configured_mode(monkeypatch) -> None:
+    import torch
+
+    from scalelab.train import compile_model
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    model = torch.nn.Linear(2, 2)
+    for mode in ("default", "reduce-overhead", "max-autotune"):
+        cfg = load_config(None, ["train.compile=true", f"train.compile_mode={mode}"])
+        assert compile_model(model, cfg) is model
+    assert seen == [None, "reduce-overhead", "max-autotune"]  # None: torch's default mode
