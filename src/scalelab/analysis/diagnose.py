@@ -207,7 +207,9 @@ def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
                 f"forward time {_ms(f_small)} at {small} ranks -> {_ms(f_large)} at {large} "
                 f"ranks (ideal {_ms(f_small * small / large)}); per-rank batch {per_rank}",
                 "Fixed per-step overhead (kernel launches, Python) dominates: raise the global "
-                "batch, use gradient accumulation or torch.compile / CUDA graphs.",
+                "batch, use gradient accumulation, or compile the step (train.compile = true; "
+                "on GPUs train.compile_mode = reduce-overhead for CUDA graphs, with "
+                "data.pad_multiple = 16 so few batch shapes need a graph).",
                 "launch_bound",
                 run.name,
             )
