@@ -290,8 +290,11 @@ def bench_variant(
     cfg.train.compile = bool(v.compile)  # the trainer's own switch and mode, as fit reads them
     cfg.train.compile_mode = v.compile or "default"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from torch._dynamo.utils import counters
+
     if v.compile:
         torch._dynamo.reset()  # each variant compiles from scratch, not on another's graphs
+    graphs_before = int(counters["stats"].get("unique_graphs", 0))  # reset() keeps counters
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -350,10 +353,8 @@ def bench_variant(
         out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         out["peak_mem_mb"] = None
-    if v.compile:
-        from torch._dynamo.utils import counters
-
-        out["compiled_graphs"] = int(counters["stats"].get("unique_graphs", 0))
+    if v.compile:  # graphs dynamo compiled for this variant (recompiles for new shapes too)
+        out["compiled_graphs"] = int(counters["stats"].get("unique_graphs", 0)) - graphs_before
     del stepper
     return out
 
