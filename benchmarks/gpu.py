@@ -39,9 +39,7 @@ L = layers, d = model width, T_i = the sample's real length.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import re
 import sys
 import tempfile
@@ -72,8 +70,6 @@ PEAK_BF16_TFLOPS = (
 )
 EPOCH_SAMPLES = 120_000  # the full AG News training split
 PAD_MULTIPLE = 16
-#: Trace event categories that occupy the GPU (chrome trace of torch.profiler / Kineto).
-GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -190,83 +186,19 @@ def plan(tiny: bool, cuda: bool, only: list[str]) -> list[tuple[str, str, list[s
 # ----------------------------------------------------------------------------- profiler trace
 
 
-def gpu_timeline(trace: dict[str, Any], steps: int, top: int = 8) -> dict[str, Any]:
-    """GPU busy time, idle gaps and top kernels from a chrome trace of `steps` training steps.
-
-    Busy = the union of kernel / memcpy / memset intervals (overlapping streams count once);
-    span = first GPU event start to last GPU event end; idle = span - busy: the time the GPU
-    waited for the host between kernels. Launches = CUDA runtime / driver launch calls
-    (cudaLaunchKernel, Triton's cuLaunchKernel, cudaGraphLaunch).
-    """
-    events = [e for e in trace.get("traceEvents", []) if isinstance(e, dict)]
-    gpu = sorted(
-        (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e.get("name", "?"))
-        for e in events
-        if e.get("ph") == "X" and e.get("cat") in GPU_CATEGORIES and "ts" in e
-    )
-    launches = sum(
-        1
-        for e in events
-        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "Launch" in str(e.get("name", ""))
-    )
-    if not gpu:
-        return {"gpu_events": 0, "launches_per_step": launches / max(1, steps)}
-    busy, gaps, cur_s, cur_e = 0.0, [], gpu[0][0], gpu[0][1]
-    for s, e, _ in gpu[1:]:
-        if s > cur_e:
-            busy += cur_e - cur_s
-            gaps.append(s - cur_e)
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    busy += cur_e - cur_s
-    span = max(e for _, e, _ in gpu) - gpu[0][0]
-    per_name: dict[str, list[float]] = {}
-    for s, e, name in gpu:
-        acc = per_name.setdefault(name, [0.0, 0])
-        acc[0] += e - s
-        acc[1] += 1
-    ranked = sorted(per_name.items(), key=lambda kv: -kv[1][0])[:top]
-    gaps.sort(reverse=True)
-    return {
-        "gpu_events": len(gpu),
-        "gpu_events_per_step": len(gpu) / steps,
-        "launches_per_step": launches / steps,
-        "span_ms_per_step": span / 1000.0 / steps,
-        "gpu_busy_ms_per_step": busy / 1000.0 / steps,
-        "gpu_idle_ms_per_step": (span - busy) / 1000.0 / steps,
-        "gpu_busy_fraction": busy / span if span > 0 else None,
-        "largest_gaps_us": [round(g, 1) for g in gaps[:5]],
-        "gaps_over_10us": sum(1 for g in gaps if g > 10.0),
-        "top_kernels": [
-            {"name": n[:120], "ms_per_step": t / 1000.0 / steps, "calls_per_step": c / steps}
-            for n, (t, c) in ranked
-        ],
-    }
-
-
 def profile_steps(stepper: ScalelabStepper, steps: int) -> dict[str, Any]:
-    """Run `steps` steps under torch.profiler; the GPU timeline of the trace (`gpu_timeline`)."""
-    from torch.profiler import ProfilerActivity, profile
+    """Run `steps` steps under torch.profiler; the trace's GPU timeline (`scalelab.profiling`)."""
+    from scalelab.profiling import StepProfiler
 
-    acts = [ProfilerActivity.CPU]
-    if stepper.device.type == "cuda":
-        acts.append(ProfilerActivity.CUDA)
     stepper.sync()
-    t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = StepProfiler(steps, 0, stepper.device, Path(tmp) / "trace.json")
+        prof.before_step(0)
         for _ in range(steps):
             stepper.step()
-        stepper.sync()
-    wall = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path, encoding="utf-8") as fh:
-            trace = json.load(fh)
-    out = gpu_timeline(trace, steps)
-    out["profiled_steps"] = steps
-    out["wall_ms_per_step_profiled"] = 1000.0 * wall / steps  # profiler overhead included
+            prof.after_step()
+        out = dict(prof.result or {})
+    out.pop("trace", None)  # a temporary file
     return out
 
 

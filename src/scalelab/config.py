@@ -119,6 +119,8 @@ class TrainConfig:
     Ranks also agree every N steps (one tiny all-reduce) whether any got SIGTERM/SIGUSR1."""
     timing_warmup_steps: int = 5
     """First optimizer steps of the run excluded from the per-phase timing (warm-up, compile)."""
+    profile_steps: int = 0
+    """Run N optimizer steps of the first epoch (right after the timing warm-up; at most half of the epoch's remaining steps) under torch.profiler: each rank writes profile-rank<r>.json (a chrome trace) into the run folder, and summary.json's `profile` holds rank 0's GPU busy/idle time, launches and top kernels and host ops. Profiled steps are left out of the phase timing. 0 = off."""
     comm_calibration_steps: int = 8
     """Steps timed with and without gradient all-reduce after training to measure exposed communication (0 = skip)."""
     num_threads: int = 0
@@ -219,6 +221,7 @@ class Config:
             ("data.max_test_samples", d.max_test_samples),
             ("train.checkpoint_every_steps", t.checkpoint_every_steps),
             ("train.timing_warmup_steps", t.timing_warmup_steps),
+            ("train.profile_steps", t.profile_steps),
             ("train.comm_calibration_steps", t.comm_calibration_steps),
             ("train.num_threads", t.num_threads),
             ("train.max_steps_per_epoch", t.max_steps_per_epoch),

@@ -48,6 +48,11 @@ class StepTimer:
         """The time since the previous lap belongs to `phase`."""
         self._laps.append((phase, self._now()))
 
+    def untimed(self) -> None:
+        """The time since the previous lap belongs to no phase (e.g. writing a profiler trace):
+        it counts in no phase mean and not in the next step's data phase."""
+        self._laps.append(("untimed", self._now()))
+
     def end_step(self) -> None:
         is_warmup = self.steps_seen < self.warmup_steps
         self._step_bounds.append((self._step_first, len(self._laps), is_warmup))

@@ -59,6 +59,7 @@ from scalelab.checkpoint import (
 from scalelab.config import Config, ConfigError, save_config
 from scalelab.data import EncodedData, TrainBatchSampler, eval_shards, make_batch, prepare_data
 from scalelab.models import build_model, count_parameters
+from scalelab.profiling import StepProfiler
 from scalelab.timing import PHASES, StepTimer, Stopwatch
 
 METRIC_COLUMNS = [
@@ -758,9 +759,13 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             )
 
     # Warm-up is excluded from timing, but never more than half of the first epoch.
-    timer = StepTimer(
-        env.device, warmup_steps=min(cfg.train.timing_warmup_steps, steps_per_epoch // 2)
-    )
+    warmup = min(cfg.train.timing_warmup_steps, steps_per_epoch // 2)
+    # Profiled steps (a fresh run's, right after the warm-up) are slower: timed as warm-up too.
+    n_profile = 0
+    if cfg.train.profile_steps and state.global_step == 0:
+        n_profile = min(cfg.train.profile_steps, max(1, (steps_per_epoch - warmup) // 2))
+    profiler = StepProfiler(n_profile, warmup, env.device, run_dir / f"profile-rank{env.rank}.json")
+    timer = StepTimer(env.device, warmup_steps=warmup + n_profile)
     train_split_lengths = data.train.lengths
     steps_this_invocation = 0
     stop_requested = False
@@ -784,6 +789,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         for micro_batches in sampler:
             if state.step_in_epoch >= steps_per_epoch:
                 break
+            profiler.before_step(steps_this_invocation)
             loss_sum += train_step(
                 model,
                 micro_batches,
@@ -802,6 +808,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 global_batch=sampler.current_global_batch,
             )
             timer.end_step()
+            if profiler.after_step():
+                timer.untimed()  # writing the trace is not the next step's data time
             num_tokens += int(sum(train_split_lengths[mb].sum() for mb in micro_batches))
             state.step_in_epoch += 1
             state.global_step += 1
@@ -835,6 +843,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 stop_requested = stopped_by is not None
             if stop_requested and state.step_in_epoch < steps_per_epoch:
                 break  # mid-epoch: checkpoint below; at an epoch's end, finish the epoch first
+        profiler.close()  # the epoch ended (or stopped) before the profiled steps did
         epoch_time_s = watch.elapsed_s()  # host-device sync: once per epoch
         progress.close()
         if stop_requested and state.step_in_epoch < steps_per_epoch:
@@ -903,6 +912,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         summary = _summary(
             cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, amp
         )
+        if profiler.result is not None:
+            summary["profile"] = profiler.result
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(
             env,

@@ -38,13 +38,17 @@ def common(tmp: Path, cache: Path) -> list[str]:
 def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path) -> None:
     res = torchrun(
         ["-m", "scalelab", "train", "--config", "configs/ag_news_small.yaml", *common(tmp_path, cache_dir),
-         "train.epochs=2", "output.run_name=e2e"],
+         "train.epochs=2", "output.run_name=e2e", "train.profile_steps=2"],
         nproc=2,
     )  # fmt: skip
     assert res.returncode == 0, rank_errors(res)
     run = tmp_path / "exp" / "e2e"
     for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoint.pt"):
         assert (run / name).stat().st_size > 0, name
+    # train.profile_steps: every rank's chrome trace; rank 0's summary of it
+    for rank in (0, 1):
+        trace = json.loads((run / f"profile-rank{rank}.json").read_text())
+        assert any(e.get("cat") == "cpu_op" for e in trace["traceEvents"]), rank
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0].keys()) == METRIC_COLUMNS
@@ -69,7 +73,11 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     assert 0 < comm["allreduce_ms"] < 1000
     assert comm["exposed_comm_ms"] >= 0 and comm["compute_ms"] > 0
     assert comm["compute_to_comm_ratio"] == pytest.approx(comm["compute_ms"] / comm["allreduce_ms"])
+    prof = summary["profile"]
+    assert prof["profiled_steps"] == 2 and prof["trace"] == "profile-rank0.json"
+    assert prof["gpu_events"] == 0 and prof["top_host_ops"][0]["self_cpu_ms_per_step"] > 0
     t = summary["timing"]
+    assert t["warmup_steps"] == 5 + 2  # the timing warm-up, then the profiled steps
     assert t["step_ms"] > 0 and t["forward_ms"] > 0 and t["backward_ms"] > 0
     assert t["step_ms"] == pytest.approx(
         t["data_ms"] + t["h2d_ms"] + t["forward_ms"] + t["backward_ms"] + t["optimizer_ms"],

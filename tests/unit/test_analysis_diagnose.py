@@ -48,6 +48,13 @@ def _comm_not_bottleneck(root: Path) -> None:
     )
 
 
+# train.profile_steps on a launch-bound GPU step: busy 0.6 of 2.0 ms
+_GPU_PROFILE = {
+    "profiled_steps": 5, "gpu_events": 900, "gpu_busy_ms_per_step": 0.6, "span_ms_per_step": 2.0,
+    "gpu_busy_fraction": 0.3, "launches_per_step": 180.0, "largest_gaps_us": [85.0, 40.0],
+}  # fmt: skip
+
+
 CASES: dict[str, Callable[[Path], None]] = {
     "negative_scaling": lambda r: (
         write_run(r, "ws1"),
@@ -83,6 +90,7 @@ CASES: dict[str, Callable[[Path], None]] = {
         write_run(r, "ws2", world_size=2, final_val_acc=0.80),
     ),
     "padding_waste": lambda r: write_run(r, "ws1", summary={"data": {"pad_to_max_len": True}}),
+    "gpu_idle": lambda r: write_run(r, "ws1", summary={"profile": _GPU_PROFILE}),
 }
 
 
@@ -181,3 +189,18 @@ def test_prediction_error_names_the_mismodelled_term(tmp_path):
     assert all("backward" in f.evidence and "all-reduce" in f.recommendation for f in fired)
     good = predict_scaling(base, [1, 2, 4], busbw_gbps=10.0, alpha_ms=0.05)
     assert not [f for f in diagnose(runs, good) if f.rule == "prediction_error"]
+
+
+def test_gpu_idle_quotes_the_profile_and_stays_silent_on_a_busy_gpu_or_a_cpu(tmp_path):
+    write_run(tmp_path, "ws1", summary={"profile": _GPU_PROFILE})
+    (f,) = [f for f in _findings(tmp_path) if f.rule == "gpu_idle"]
+    assert "GPU busy 0.6 ms of 2 ms per step (30%)" in f.evidence
+    assert "180 kernel launches" in f.evidence and "85 us" in f.evidence
+    assert "reduce-overhead" in f.recommendation
+    for name, profile in (
+        ("busy", {**_GPU_PROFILE, "gpu_busy_fraction": 0.9}),
+        ("cpu", {"profiled_steps": 5, "gpu_events": 0, "launches_per_step": 0.0}),
+    ):
+        root = tmp_path / name
+        write_run(root, "ws1", summary={"profile": profile})
+        assert "gpu_idle" not in {f.rule for f in _findings(root)}
