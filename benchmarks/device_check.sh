@@ -69,18 +69,20 @@ if sys.argv[1] == "cuda" and not cuda:
     sys.exit("device_check.sh: no CUDA device visible")
 EOF
 
-say "2. scalelab train, 1 epoch on the bundled sample (${train_over[*]})"
+say "2. scalelab train, 1 epoch on the bundled sample, 5 steps profiled (${train_over[*]})"
 run_dir=$OUT/train-run
 rm -rf "$run_dir"
 if timeout "$(left)" "$PY" -m scalelab train --config ag_news_small train.epochs=1 \
   "${train_over[@]}" output.dir="$OUT" output.run_name=train-run output.progress=plain \
-  train.save_checkpoint=false >>"$LOG" 2>&1; then
+  train.save_checkpoint=false train.profile_steps=5 >>"$LOG" 2>&1; then
   cp "$run_dir/summary.json" "$OUT/train-summary.json" 2>/dev/null
   "$PY" - "$OUT/train-summary.json" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, sys
 s = json.load(open(sys.argv[1]))
 keys = ("device_name", "precision", "final_val_acc", "samples_per_s", "peak_mem_mb", "timing")
 print("train: OK;", json.dumps({k: s.get(k) for k in keys}))
+p = s.get("profile") or {}
+print("train profile:", json.dumps({k: v for k, v in p.items() if k != "top_host_ops"}))
 EOF
 else
   echo "train: FAILED (see $LOG)" | tee -a "$LOG"

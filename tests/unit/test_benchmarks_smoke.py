@@ -107,6 +107,7 @@ def test_device_check_smoke_runs_every_step_on_cpu(tmp_path: Path) -> None:
     assert "train: OK" in res.stdout and "0 failed step(s)" in res.stdout
     summary = json.loads((out / "train-summary.json").read_text())
     assert summary["device_type"] == "cpu" and summary["samples_per_s"] > 0
+    assert summary["profile"]["profiled_steps"] == 5 and "train profile:" in res.stdout
     bench = json.loads((out / "gpu.json").read_text())
     assert bench["smoke_test"] is True and bench["complete"] is True and bench["cases"]
     assert not (out / "train-run").exists()  # the run folder is removed, its summary kept
