@@ -753,6 +753,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                     "metrics": st.metrics,
                     "rng": rngs,
                     "comm_hook_state": hook_states,
+                    "profile": profiler.result,  # train.profile_steps of an earlier invocation
                     "world_size": env.world_size,
                     "config": cfg.to_dict(),
                 },
@@ -765,6 +766,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     if cfg.train.profile_steps and state.global_step == 0:
         n_profile = min(cfg.train.profile_steps, max(1, (steps_per_epoch - warmup) // 2))
     profiler = StepProfiler(n_profile, warmup, env.device, run_dir / f"profile-rank{env.rank}.json")
+    if resume_state is not None and resume_state.get("profile"):
+        profiler.result = resume_state["profile"]  # profiled before the run was stopped
     timer = StepTimer(env.device, warmup_steps=warmup + n_profile)
     train_split_lengths = data.train.lengths
     steps_this_invocation = 0

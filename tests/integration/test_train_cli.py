@@ -93,15 +93,23 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     base = ["train", *common(tmp_path, cache_dir), "train.epochs=2", "train.max_steps_per_epoch=6",
             "train.num_threads=1"]  # fmt: skip
     assert scalelab([*base, "output.run_name=full"]).returncode == 0
-    # stop mid-epoch 2 (as if preempted), then resume
-    stopped = scalelab([*base, "output.run_name=cut", "train.stop_after_steps=8"])
+    # stop mid-epoch 2 (as if preempted), then resume; the cut run also profiles a step of
+    # epoch 1 (train.profile_steps), which must not change what it trains
+    cut = [*base, "output.run_name=cut", "train.profile_steps=2"]
+    stopped = scalelab([*cut, "train.stop_after_steps=8"])
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped after 8 steps" in stopped.stdout
     assert not (tmp_path / "exp" / "cut" / "summary.json").exists()
-    resumed = scalelab([*base, "output.run_name=cut", "train.resume=auto"])
+    resumed = scalelab([*cut, "train.resume=auto"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
     _assert_same_run(tmp_path / "exp" / "full", tmp_path / "exp" / "cut")
+    # the profile of the first invocation reaches the summary the second one wrote
+    summary = json.loads((tmp_path / "exp" / "cut" / "summary.json").read_text())
+    assert summary["profile"]["trace"] == "profile-rank0.json"
+    # 6 steps per epoch: warm-up 3, then at most half of the other 3: one step profiled
+    assert summary["profile"]["profiled_steps"] == 1
+    assert (tmp_path / "exp" / "cut" / "profile-rank0.json").is_file()
 
 
 def _assert_same_run(full_dir: Path, cut_dir: Path) -> dict:
