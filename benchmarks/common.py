@@ -168,15 +168,6 @@ def print_table(rows: list[list[str]], header: list[str]) -> None:
 # ----------------------------------------------------------------------------- scalelab's own loop
 
 
-def data_on(data, device: torch.device):  # (EncodedData, device) -> EncodedData
-    """The encoded data with both splits on `device` (what fit does with data.on_device on CUDA)."""
-    import dataclasses
-
-    if device.type == "cpu":
-        return data
-    return dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device))
-
-
 class ScalelabStepper:
     """scalelab's trainer pieces, driven step by step: the exact `train_step` that `fit` runs.
 
@@ -202,7 +193,9 @@ class ScalelabStepper:
         self.cfg = cfg
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.env = D.DistEnv(device=self.device)
-        self.data = data_on(data, self.device) if cfg.data.on_device else data
+        # as fit: with data.on_device on CUDA both splits live on the GPU
+        on_gpu = cfg.data.on_device and self.device.type == "cuda"
+        self.data = data.to(self.device) if on_gpu else data
         self.amp = _resolve_precision(cfg, self.device)
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model, data.vocab_size, cfg.model.num_classes or data.num_classes)

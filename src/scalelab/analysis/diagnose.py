@@ -326,6 +326,27 @@ def _run_rules(run: Run) -> list[Finding]:
                 name,
             )
         )
+    prof = run.summary.get("profile") or {}
+    busy = prof.get("gpu_busy_fraction")
+    if prof.get("gpu_events") and busy is not None and busy < GPU_BUSY_MIN:
+        gaps = prof.get("largest_gaps_us") or []
+        findings.append(
+            Finding(
+                "warning",
+                "GPU idle between kernels: the step is host-bound",
+                f"{prof.get('profiled_steps')} profiled steps: GPU busy "
+                f"{_ms(prof.get('gpu_busy_ms_per_step') or 0.0)} of "
+                f"{_ms(prof.get('span_ms_per_step') or 0.0)} per step ({busy:.0%}), "
+                f"{prof.get('launches_per_step', 0):.0f} kernel launches per step"
+                + (f", largest gap {gaps[0]:.0f} us" if gaps else ""),
+                "Faster kernels will not help while the GPU waits for Python and launches: "
+                "compile the step (train.compile = true; train.compile_mode = reduce-overhead "
+                "for CUDA graphs, with data.pad_multiple = 16), raise the per-rank batch, and "
+                "keep data.on_device = true. The trace (profile-rank0.json) shows each gap.",
+                "gpu_idle",
+                name,
+            )
+        )
     findings.extend(_config_rules(run))
     return findings
 
@@ -368,27 +389,6 @@ def _config_rules(run: Run) -> list[Finding]:
                 "Turn it off unless the model really has unused parameters "
                 "(or set distributed.static_graph = true).",
                 "find_unused_parameters",
-                name,
-            )
-        )
-    prof = run.summary.get("profile") or {}
-    busy = prof.get("gpu_busy_fraction")
-    if prof.get("gpu_events") and busy is not None and busy < GPU_BUSY_MIN:
-        gaps = prof.get("largest_gaps_us") or []
-        findings.append(
-            Finding(
-                "warning",
-                "GPU idle between kernels: the step is host-bound",
-                f"{prof.get('profiled_steps')} profiled steps: GPU busy "
-                f"{_ms(prof.get('gpu_busy_ms_per_step') or 0.0)} of "
-                f"{_ms(prof.get('span_ms_per_step') or 0.0)} per step ({busy:.0%}), "
-                f"{prof.get('launches_per_step', 0):.0f} kernel launches per step"
-                + (f", largest gap {gaps[0]:.0f} us" if gaps else ""),
-                "Faster kernels will not help while the GPU waits for Python and launches: "
-                "compile the step (train.compile = true; train.compile_mode = reduce-overhead "
-                "for CUDA graphs, with data.pad_multiple = 16), raise the per-rank batch, and "
-                "keep data.on_device = true. The trace (profile-rank0.json) shows each gap.",
-                "gpu_idle",
                 name,
             )
         )

@@ -152,7 +152,7 @@ def make_batch(
     if pad_to is not None:
         width = pad_to
     else:
-        width = -(-longest // pad_multiple) * pad_multiple if pad_multiple > 1 else longest
+        width = -(-longest // pad_multiple) * pad_multiple  # longest, rounded up
         if max_len is not None:
             width = max(longest, min(width, max_len))
     src = split.tokens.device
