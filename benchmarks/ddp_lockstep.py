@@ -5,22 +5,26 @@
 The same ranks, model and batches (ag_news_small's trainer pieces, built as `scalelab.train` builds
 them) take steps in three modes, in rotating blocks so that machine noise hits all alike:
 
-* ``independent``: forward + backward under DDP's no_sync and the optimizer step; no collective
-  at all, so each rank runs at its own pace (what two separate runs would do);
+* ``plain``: forward + backward of the unwrapped model and the optimizer step: no DDP and no
+  collective, so each rank runs at its own pace (what two separate runs would do);
+* ``independent``: the same through the DDP wrapper under its no_sync: what the wrapper's own
+  forward and gradient hooks cost, still without any collective;
 * ``lock_step``: the same plus one 4-byte all-reduce per step: the ranks now wait for each
   other once per step but move no gradient bytes;
 * ``ddp``: scalelab's real `train_step` (DDP's gradient buckets and the embedding-row sum).
 
 A mode's figure is its mean step time per rank, averaged over the ranks (in the two synchronised
 modes both ranks' means equal the wall-clock time per step; a barrier, not timed, starts each
-block). ``lock_step - independent`` is the cost of synchronising ranks whose step times jitter apart;
-``ddp - lock_step`` is the cost of moving and summing the gradients. The weights trained here
+block). ``independent - plain`` is the DDP wrapper's own cost, ``lock_step - independent`` the cost of
+synchronising ranks whose step times jitter apart, ``ddp - lock_step`` the cost of moving and
+summing the gradients. The weights trained here
 mean nothing (the ranks drift apart in the modes without gradient sums); only timings are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -33,7 +37,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from common import load_preset  # noqa: E402
 
-MODES = ("independent", "lock_step", "ddp")
+MODES = ("plain", "independent", "lock_step", "ddp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
                     train_step(ddp, micro, data, optimizer, scheduler, None, timer, cfg, env, None,
                                emb_rows=emb, global_batch=global_batch)  # fmt: skip
                 else:
-                    with ddp.no_sync():
+                    net = ddp.module if mode == "plain" else ddp
+                    with contextlib.nullcontext() if mode == "plain" else ddp.no_sync():
                         for idx in micro:
                             batch = make_batch(data.train, idx, **padding)
-                            _forward_loss(ddp, batch, None, env.device).backward()
+                            _forward_loss(net, batch, None, env.device).backward()
                     if emb is not None:
                         emb.finish(global_batch, sync=False)
                     if mode == "lock_step":
@@ -116,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     if env.is_main:
         mean = {m: float(np.mean([np.mean(r[m]) for r in per_rank])) for m in MODES}
         result = {
-            "what": "ag_news_small trainer pieces on 2 ranks, steps in rotating blocks of three "
-            "modes: independent (no collective), lock_step (+ one 4-byte all-reduce per step), "
-            "ddp (scalelab's train_step); mean step ms per rank, averaged over ranks",
+            "what": "ag_news_small trainer pieces on 2 ranks, steps in rotating blocks of four "
+            "modes: plain (the unwrapped model, no collective), independent (through DDP under "
+            "no_sync), lock_step (+ one 4-byte all-reduce per step), ddp (scalelab's "
+            "train_step); mean step ms per rank, averaged over ranks",
             "world_size": env.world_size,
             "threads_per_rank": torch.get_num_threads(),
             "steps_per_mode": len(per_rank[0]["ddp"]),
             "step_ms": mean,
+            "ddp_wrapper_ms": mean["independent"] - mean["plain"],
             "synchronisation_ms": mean["lock_step"] - mean["independent"],
             "gradient_communication_ms": mean["ddp"] - mean["lock_step"],
             "overrides": args.overrides,
@@ -132,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "step ms (mean per rank): "
             + ", ".join(f"{m} {mean[m]:.1f}" for m in MODES)
-            + f" | synchronisation {result['synchronisation_ms']:+.1f}, gradient communication "
+            + f" | DDP wrapper {result['ddp_wrapper_ms']:+.1f}, synchronisation "
+            f"{result['synchronisation_ms']:+.1f}, gradient communication "
             f"{result['gradient_communication_ms']:+.1f}",
             flush=True,
         )

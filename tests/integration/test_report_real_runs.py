@@ -43,7 +43,8 @@ def test_slow_input_pipeline_is_diagnosed_as_input_bound(slow_input_runs: Path) 
     assert "data" in input_bound[0].evidence.lower()
     # the measured data wait really is the injected delay (30 ms per batch)
     for r in runs:
-        assert r.summary["timing"]["data_ms"] == pytest.approx(30.0, rel=0.3)
+        # (at least the sleep; the gather and a loaded machine may add to it)
+        assert 29.9 <= r.summary["timing"]["data_ms"] < 60, r.summary["timing"]
 
 
 def test_report_numbers_match_the_run_folders(slow_input_runs: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from tests.conftest import REPO, rank_errors, tiny_slow_run, torchrun
 from tests.slurm_cluster import LocalSlurm, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))]
-TINY = tiny_slow_run(steps=30, delay_s=0.1)
+TINY = tiny_slow_run(steps=36, delay_s=0.15)  # ~4.5 s of training left after step 5
 
 
 @pytest.fixture(scope="module")

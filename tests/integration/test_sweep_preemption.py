@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO, subprocess_env, tiny_slow_run
 
 pytestmark = pytest.mark.slow
-TINY = tiny_slow_run(steps=20, delay_s=0.05)
+TINY = tiny_slow_run(steps=36, delay_s=0.08)  # ~2.5 s of training left after the signal
 
 
 def test_sigterm_to_the_sweep_checkpoints_the_running_run_and_resume_finishes(

@@ -79,10 +79,11 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     t = summary["timing"]
     assert t["warmup_steps"] == 5 + 2  # the timing warm-up, then the profiled steps
     assert t["step_ms"] > 0 and t["forward_ms"] > 0 and t["backward_ms"] > 0
-    assert t["step_ms"] == pytest.approx(
-        t["data_ms"] + t["h2d_ms"] + t["forward_ms"] + t["backward_ms"] + t["optimizer_ms"],
-        rel=1e-3,
-    )
+    # the phase laps (their sum is step_ms) account for the epoch's wall clock, timed apart:
+    # epoch 2 has no warm-up, so its steps' laps cover nearly all of it and never exceed it
+    ep2 = rows[1]
+    laps_s = float(ep2["step_ms"]) * int(ep2["num_steps"]) / 1000
+    assert 0.5 * float(ep2["epoch_time_s"]) <= laps_s <= 1.1 * float(ep2["epoch_time_s"])
     # only rank 0 prints progress
     assert res.stdout.count("epoch 2/2:") == 1
 

@@ -57,6 +57,7 @@ def test_run_quick_writes_json(tmp_path: Path) -> None:
     for key in ("scalelab_samples_per_s", "study_samples_per_s", "ratio", "eval_examples_per_s"):
         assert key in tp
     assert tp["scalelab_samples_per_s"]["median"] > 0 and tp["study_samples_per_s"]["median"] > 0
+    assert res["checks"], "the run wrote no checks"
     assert {c["verdict"] for c in res["checks"]} <= {"PASS", "FAIL", "SKIP", "info"}
 
 
@@ -86,7 +87,8 @@ def test_ddp_lockstep_splits_the_2_rank_step(tmp_path: Path, cache_dir: Path) ->
     got = json.loads(out.read_text())
     assert got["world_size"] == 2 and got["steps_per_mode"] == 2  # the warm-up round is dropped
     step = got["step_ms"]
-    assert set(step) == {"independent", "lock_step", "ddp"} and min(step.values()) > 0
+    assert set(step) == {"plain", "independent", "lock_step", "ddp"} and min(step.values()) > 0
+    assert got["ddp_wrapper_ms"] == pytest.approx(step["independent"] - step["plain"])
     assert got["synchronisation_ms"] == pytest.approx(step["lock_step"] - step["independent"])
     assert got["gradient_communication_ms"] == pytest.approx(step["ddp"] - step["lock_step"])
 

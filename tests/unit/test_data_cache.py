@@ -271,6 +271,10 @@ def test_an_error_in_the_encoding_child_reaches_the_caller(cfg, monkeypatch):
 def test_a_dead_encoding_child_is_replaced_by_this_process(cfg, monkeypatch):
     import os
 
+    from scalelab.data.forked import fork_context
+
+    assert fork_context() is not None, "this test needs fork and two cores"
+
     real = cache.encode_texts
     test_texts = load_raw(cfg.data).test_texts
     parent = os.getpid()

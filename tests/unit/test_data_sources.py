@@ -177,6 +177,9 @@ def test_missing_file(tmp_path):
 
 def test_test_split_read_in_a_child_equals_the_one_read_here(tmp_path, monkeypatch):
     from scalelab.data import sources
+    from scalelab.data.forked import fork_context
+
+    assert fork_context() is not None, "this test needs fork and two cores"
 
     train = write(tmp_path / "train.csv", "text,label\n" + "good film,1\nbad one,0\n" * 20)
     test = write(tmp_path / "test.csv.gz", "text,label\ngreat <br />fun,1\nawful,0\n", gz=True)

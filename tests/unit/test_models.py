@@ -12,12 +12,29 @@ from scalelab.models.transformer import (
 )
 
 
-def test_study_parameter_counts() -> None:
-    # embeddings dominate: 20k x d_model; the study quotes ~2M (small) and ~10M (large)
-    small = build_model(load_config("configs/ag_news_small.yaml").model, 20000, 4)
-    large = build_model(load_config("configs/ag_news_large.yaml").model, 20000, 4)
-    assert count_parameters(small) == 2_842_116
-    assert count_parameters(large) == 8_346_116
+def expected_parameters(vocab: int, d: int, layers: int, d_ff: int, seq: int, classes: int) -> int:
+    """The architecture's count by hand: token + position tables, per block two LayerNorms, the
+    fused QKV and output projections and the two FFN layers (weights + biases), the final
+    LayerNorm and the linear head."""
+    block = 2 * (2 * d) + (d * 3 * d + 3 * d) + (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d)
+    return vocab * d + seq * d + layers * block + 2 * d + (d * classes + classes)
+
+
+@pytest.mark.parametrize(
+    ("preset", "classes", "count"),
+    [
+        ("ag_news_small", 4, 2_842_116),  # the README's preset table
+        ("ag_news_large", 4, 8_346_116),
+        ("imdb_small", 2, 2_891_010),
+        ("imdb_large", 2, 8_411_138),
+    ],
+)
+def test_preset_parameter_counts(preset: str, classes: int, count: int) -> None:
+    # embeddings dominate: 20k x d_model (the study quotes ~2M for its small model)
+    cfg = load_config(f"configs/{preset}.yaml").model
+    model = build_model(cfg, 20000, classes)
+    shape = (cfg.d_model, cfg.num_layers, cfg.d_ff, cfg.max_seq_len, classes)
+    assert count_parameters(model) == expected_parameters(20000, *shape) == count
 
 
 def test_padding_does_not_change_the_output() -> None:

@@ -83,8 +83,9 @@ def test_untimed_lap_counts_in_no_phase() -> None:
         timer.lap("data")
         timer.lap("forward")
         timer.end_step()
-        time.sleep(0.05)  # e.g. a trace being written
+        time.sleep(0.2)  # e.g. a trace being written
         timer.untimed()
     out = timer.epoch_summary()
     assert out["measured_steps"] == 2
-    assert out["data_ms"] < 20 and out["step_ms"] < 20  # the 50 ms sleeps are in no phase
+    # the 200 ms sleeps are in no phase (counted, the mean would be >= 100 ms)
+    assert out["data_ms"] < 50 and out["step_ms"] < 50

@@ -9,9 +9,12 @@ through a pipe. The tokenizers library turns its own thread pool off in a forked
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import multiprocessing.context
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,18 +34,46 @@ def fork_context() -> multiprocessing.context.BaseContext | None:
     return multiprocessing.get_context("fork") if cores > 1 else None
 
 
-def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel kills this child when its parent dies (a SIGKILLed trainer would
+    otherwise leave it encoding for nobody, then failing to answer). Elsewhere: nothing.
+    (Linux ties this to the forking thread: should that thread end first, the child is killed
+    early and `result()` computes the answer in the parent instead, as for any dead child.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _child(
+    conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], parent_pid: int | None = None
+) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     try:
         answer: tuple[str, Any] = ("ok", fn(*args))
     except BaseException as exc:  # the parent re-raises it, with the child's traceback as a note
         if hasattr(exc, "add_note"):  # Python 3.11+
             exc.add_note(f"in the forked child process:\n{traceback.format_exc()}")
         answer = ("error", exc)
+    gone = (BrokenPipeError, ConnectionResetError)  # the parent left the block early, or died
     try:
         conn.send(answer)
+    except gone:
+        pass  # nobody to tell
     except Exception as exc:  # an exception that does not pickle
-        conn.send(("error", RuntimeError(f"{fn.__name__} failed in a child process: {exc!r}")))
-    conn.close()
+        with contextlib.suppress(*gone):
+            conn.send(("error", RuntimeError(f"{fn.__name__} failed in a child process: {exc!r}")))
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager
@@ -57,7 +88,7 @@ def forked(fn: Callable[..., Any], *args: Any, enabled: bool = True) -> Iterator
         yield lambda: fn(*args)
         return
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(send, fn, args), daemon=True)  # type: ignore[attr-defined]
+    child = ctx.Process(target=_child, args=(send, fn, args, os.getpid()), daemon=True)  # type: ignore[attr-defined]
     child.start()
     send.close()
     answered = False
