@@ -63,7 +63,7 @@ class DataConfig:
     lowercase: bool = True
     """Lower-case and strip accents before tokenizing (BERT 'uncased')."""
     cache_dir: str = ""
-    """Where encoded datasets are cached; empty = $SCALELAB_CACHE or ~/.cache/scalelab. Local rank 0 of every node builds a missing cache (nodes need not share the folder; a shared one is written atomically)."""
+    """Where encoded datasets are cached; empty = $SCALELAB_CACHE or ~/.cache/scalelab. Local rank 0 of every node builds a missing cache (nodes need not share the folder; a shared one is written atomically; a trained vocabulary is the same on every build). Before training, all ranks compare their tokenizer and split sizes and stop with one line naming the rank and cache file that differ."""
     pad_to_max_len: bool = False
     """Pad every batch to model.max_seq_len (the study's way) instead of to the longest sequence in the batch."""
     pad_multiple: int = 1
@@ -116,7 +116,7 @@ class TrainConfig:
     """Write checkpoints at all."""
     log_every_steps: int = 50
     """Update the progress line every N steps; each update is a host-device sync for the loss.
-    Ranks also agree every N steps (one tiny all-reduce) whether any got SIGTERM/SIGUSR1."""
+    Ranks also agree every N steps (one tiny all-reduce) whether any got SIGTERM/SIGUSR1, and stop together."""
     timing_warmup_steps: int = 5
     """First optimizer steps of the run excluded from the per-phase timing (warm-up, compile)."""
     profile_steps: int = 0
