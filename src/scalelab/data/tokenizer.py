@@ -83,6 +83,7 @@ def prenormalize(
 _ASCII_PRINTABLE = [bytes([c]) for c in range(33, 127)]
 _ASCII_IN_WORD = [c for c in _ASCII_PRINTABLE if c.isalnum()]
 _BYTE_IN_WORD = np.array([bytes([c]).isalnum() for c in range(256)])  # False from 128 on
+_CHUNK_TEXTS = 4096  # texts joined per scan (bounds the temporary bytes and masks)
 
 
 def word_characters(texts: list[str], pieces: set[str]) -> tuple[list[str], list[str]]:
@@ -98,8 +99,8 @@ def word_characters(texts: list[str], pieces: set[str]) -> tuple[list[str], list
     """
     seen: set[bytes] = set()
     later: set[bytes] = set()
-    for i in range(0, len(texts), 4096):
-        data = " ".join(texts[i : i + 4096]).encode()
+    for i in range(0, len(texts), _CHUNK_TEXTS):
+        data = " ".join(texts[i : i + _CHUNK_TEXTS]).encode()
         seen.update(c for c in _ASCII_PRINTABLE if c not in seen and c in data)  # memchr
         b = np.frombuffer(data, np.uint8)
         in_word = _BYTE_IN_WORD[b]
