@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 benchmarks/ddp_lockstep.py --out F.json
 
 The same ranks, model and batches (ag_news_small's trainer pieces, built as `scalelab.train` builds
-them) take steps in three modes, in rotating blocks so that machine noise hits all alike:
+them) take steps in four modes, in rotating blocks so that machine noise hits all alike:
 
 * ``plain``: forward + backward of the unwrapped model and the optimizer step: no DDP and no
   collective, so each rank runs at its own pace (what two separate runs would do);
@@ -15,10 +15,10 @@ them) take steps in three modes, in rotating blocks so that machine noise hits a
 
 A mode's figure is its mean step time per rank, averaged over the ranks (in the two synchronised
 modes both ranks' means equal the wall-clock time per step; a barrier, not timed, starts each
-block). ``independent - plain`` is the DDP wrapper's own cost, ``lock_step - independent`` the cost of
-synchronising ranks whose step times jitter apart, ``ddp - lock_step`` the cost of moving and
-summing the gradients. The weights trained here
-mean nothing (the ranks drift apart in the modes without gradient sums); only timings are kept.
+block). ``independent - plain`` is the DDP wrapper's own cost, ``lock_step - independent`` the
+cost of synchronising ranks whose step times jitter apart, ``ddp - lock_step`` the cost of
+moving and summing the gradients. The weights trained here mean nothing (the ranks drift apart
+in the modes without gradient sums); only timings are kept.
 """
 
 from __future__ import annotations

@@ -38,8 +38,9 @@ _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Linux: the kernel kills this child when its parent dies (a SIGKILLed trainer would
-    otherwise leave it encoding for nobody, then failing to answer). Elsewhere: nothing.
+    """Linux: the kernel kills this child when its parent dies. Otherwise a SIGKILLed trainer
+    left it working for nobody, and then blocked for good sending a result larger than the
+    pipe holds (the child's own copy of the read end kept the pipe open). Elsewhere: nothing.
     (Linux ties this to the forking thread: should that thread end first, the child is killed
     early and `result()` computes the answer in the parent instead, as for any dead child.)"""
     if not sys.platform.startswith("linux"):
