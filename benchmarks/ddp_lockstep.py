@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from common import load_preset  # noqa: E402
+from common import load_preset, run_header  # noqa: E402
 
 MODES = ("plain", "independent", "lock_step", "ddp")
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if env.is_main:
         mean = {m: float(np.mean([np.mean(r[m]) for r in per_rank])) for m in MODES}
         result = {
+            **run_header(),  # command, date, commit, machine (run.py records its own command)
             "what": "ag_news_small trainer pieces on 2 ranks, steps in rotating blocks of four "
             "modes: plain (the unwrapped model, no collective), independent (through DDP under "
             "no_sync), lock_step (+ one 4-byte all-reduce per step), ddp (scalelab's "

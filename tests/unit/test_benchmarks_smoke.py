@@ -86,6 +86,7 @@ def test_ddp_lockstep_splits_the_2_rank_step(tmp_path: Path, cache_dir: Path) ->
     assert res.returncode == 0, rank_errors(res) or res.stderr[-3000:]
     got = json.loads(out.read_text())
     assert got["world_size"] == 2 and got["steps_per_mode"] == 2  # the warm-up round is dropped
+    assert {"command", "date", "git_commit", "device", "torch_version"} <= got.keys()
     step = got["step_ms"]
     assert set(step) == {"plain", "independent", "lock_step", "ddp"} and min(step.values()) > 0
     assert got["ddp_wrapper_ms"] == pytest.approx(step["independent"] - step["plain"])
