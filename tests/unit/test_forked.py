@@ -26,6 +26,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _started_child(pid_file: Path) -> int:
+    """The pid the child wrote into `pid_file` once it started (and still runs)."""
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert _alive(child)
+    return child
+
+
 @needs_fork
 def test_the_child_dies_with_its_sigkilled_parent(tmp_path):
     pid_file = tmp_path / "child.pid"
@@ -46,12 +57,7 @@ def test_the_child_dies_with_its_sigkilled_parent(tmp_path):
     parent = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    deadline = time.monotonic() + 30
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the child never started"
-        time.sleep(0.05)
-    child = int(pid_file.read_text())
-    assert _alive(child)
+    child = _started_child(pid_file)
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
     deadline = time.monotonic() + 10
@@ -74,12 +80,9 @@ def _write_pid_and_sleep(pid_file: Path) -> None:
 def test_leaving_the_block_early_stops_the_child_quietly(tmp_path, capfd):
     pid_file = tmp_path / "child.pid"
     with forked(_write_pid_and_sleep, pid_file):
-        deadline = time.monotonic() + 30
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline, "the child never started"
-            time.sleep(0.05)
+        child = _started_child(pid_file)
         # result() never called: the block is left while the child still works
-    assert not _alive(int(pid_file.read_text())), "the child still runs after the block"
+    assert not _alive(child), "the child still runs after the block"
     assert capfd.readouterr().err == ""
 
 

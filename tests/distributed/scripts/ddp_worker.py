@@ -80,10 +80,10 @@ def main() -> None:
             seen.append([m.tolist() for m in micro])
         val_loss, val_acc = evaluate(model, data, cfg, env, None)
         net = getattr(model, "module", model)
-        logging = model._get_ddp_logging_data() if env.is_distributed else {}
+        ddp_log = model._get_ddp_logging_data() if env.is_distributed else {}
         psgd = getattr(model, "scalelab_hook", None)  # PowerSGD's state holder, if registered
         result = {
-            "comm_hook": logging.get("comm_hook"),  # DDP's own record of the registered hook
+            "comm_hook": ddp_log.get("comm_hook"),  # DDP's own record of the registered hook
             # PowerSGD compressed (error feedback exists) from its 2nd step, counted per step
             "powersgd_iter": psgd.state.iter if psgd else None,
             "powersgd_error_buckets": len(psgd.state.error_dict) if psgd else None,
