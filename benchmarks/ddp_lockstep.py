@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 benchmarks/ddp_lockstep.py --out F.json
 
 The same ranks, model and batches (ag_news_small's trainer pieces, built as `scalelab.train` builds
-them) take steps in four modes, in rotating blocks so that machine noise hits all alike:
+them, with the same CPU binding) take steps in four modes, in blocks whose order rotates so that
+machine noise and the slow first steps after each block's barrier hit all modes alike:
 
 * ``plain``: forward + backward of the unwrapped model and the optimizer step: no DDP and no
   collective, so each rank runs at its own pace (what two separate runs would do);
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if env.world_size < 2:
         raise SystemExit("ddp_lockstep.py: run it under torchrun with 2 or more processes")
     data = prepare_data(cfg, is_main=env.local_rank == 0, barrier=lambda: D.barrier(env))
+    if cfg.distributed.pin_cpus:  # as the trainer does
+        D.bind_cpus(env, torch.get_num_threads())
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.vocab_size, cfg.model.num_classes or data.num_classes)
     emb = make_embedding_rows(model, cfg, env, data.train.tokens)
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {m: [] for m in MODES}
     ddp.train()
     for block in range(args.blocks):
-        for mode in MODES:
+        # Each block starts with another mode: a block's first steps after the barrier run slower
+        # than the rest, and a fixed order charged that to one mode.
+        for mode in MODES[block % len(MODES) :] + MODES[: block % len(MODES)]:
             D.barrier(env)  # all ranks start the block together
             for _ in range(args.steps):
                 micro = next_batch()

@@ -43,6 +43,38 @@ class DistEnv:
         return self.world_size > 1
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS/Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def bind_cpus(env: DistEnv, threads: int) -> list[int] | None:
+    """On CPU with several ranks per node, bind this rank's threads to its own ``threads`` CPUs.
+
+    Local rank r takes the r-th slice of the CPUs this process may use (taskset, cgroup or SLURM's
+    binding decide which), so ranks neither share a core nor migrate between cores, and a rank's
+    communication threads wake on the core its compute just left. Every thread started so far is
+    bound (gloo's, the tokenizer's); threads started later inherit the binding. Returns the CPUs,
+    or None where nothing was bound: a GPU run, one rank per node, no sched_setaffinity, or
+    slices that do not fit (SLURM may already have given each task its own CPUs).
+    """
+    if env.device.type != "cpu" or env.local_world_size < 2 or threads < 1:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if env.local_world_size * threads > len(allowed):
+        return None
+    mine = allowed[env.local_rank * threads : (env.local_rank + 1) * threads]
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), mine)
+    return mine
+
+
 def _env_int(*names: str, default: int) -> int:
     for name in names:
         value = os.environ.get(name)

@@ -105,7 +105,7 @@ def _set_threads(cfg: Config, env: D.DistEnv) -> int:
         n = (
             torch.get_num_threads()
             if os.environ.get("OMP_NUM_THREADS")
-            else max(1, (os.cpu_count() or 1) // env.local_world_size)
+            else max(1, D.available_cpus() // env.local_world_size)
         )
     torch.set_num_threads(n)
     return n
@@ -632,6 +632,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     # node builds a missing cache (nodes need not share data.cache_dir); the others wait.
     data = prepare_data(cfg, is_main=env.local_rank == 0, barrier=lambda: D.barrier(env))
     _check_same_data(data, env)
+    # After the data: preparing a missing cache may use every core.
+    job_cpus = D.available_cpus()  # before binding narrows this rank's share
+    bound_cpus = D.bind_cpus(env, num_threads) if cfg.distributed.pin_cpus else None
     host_train_tokens = data.train.tokens
     if cfg.data.on_device and env.device.type == "cuda":
         # whole encoded dataset on the GPU: batches are gathered there, only indices travel
@@ -913,7 +916,17 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     comm = measure_communication(model, data, sampler, cfg, env, amp, emb_rows)
     if env.is_main:
         summary = _summary(
-            cfg, env, run_dir, data, state, comm, num_params, num_threads, timer, amp
+            cfg,
+            env,
+            run_dir,
+            data,
+            state,
+            comm,
+            num_params,
+            num_threads,
+            timer,
+            amp,
+            cpus=(job_cpus, bound_cpus),
         )
         if profiler.result is not None:
             summary["profile"] = profiler.result
@@ -982,7 +995,11 @@ def _summary(
     num_threads: int,
     timer: StepTimer,
     amp: torch.dtype | None = None,
+    *,
+    cpus: tuple[int, list[int] | None],
 ) -> dict[str, Any]:
+    """summary.json. ``cpus``: how many CPUs the job may use, and rank 0's share of them under
+    distributed.pin_cpus (every rank has its own slice; None = unbound)."""
     rows = state.metrics
     last = rows[-1] if rows else {}
     timing_keys = [f"{p}_ms" for p in PHASES] + ["step_ms", "step_ms_max", "data_ms_max"]
@@ -1027,7 +1044,8 @@ def _summary(
         "comm": comm,
         "system": {
             "hostname": socket.gethostname(),
-            "num_cpus": os.cpu_count(),
+            "num_cpus": cpus[0],
+            "bound_cpus": cpus[1],
             "num_threads_per_rank": num_threads,
             "num_loader_workers": 0,
             "find_unused_parameters": cfg.distributed.find_unused_parameters,

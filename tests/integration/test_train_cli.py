@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -61,6 +62,13 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     )
     assert summary["num_params"] > 0 and 0 < summary["final_val_acc"] <= 1
     assert summary["num_test_samples"] == 203
+    # distributed.pin_cpus (on by default): rank 0's threads on the first CPUs this job may use
+    threads = summary["system"]["num_threads_per_rank"]
+    allowed = sorted(os.sched_getaffinity(0))
+    assert summary["system"]["num_cpus"] == len(allowed)
+    assert summary["system"]["bound_cpus"] == (
+        allowed[:threads] if 2 * threads <= len(allowed) else None
+    )
     comm = summary["comm"]
     # a real 2-process run measures non-zero, plausible communication
     # gloo: the token embedding's gradient is all-reduced as the rows a global batch used (d_model 32)

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from scalelab.config import ConfigError, load_config
-from scalelab.distributed import LaunchError
+from scalelab.distributed import LaunchError, available_cpus
 
 # run_sweep sets these itself; a user override would make the returned run folders wrong
 _RESERVED_OVERRIDES = ("output.dir", "output.run_name")
@@ -53,14 +53,6 @@ def torchrun_argv(
     if nnodes > 1:
         argv.append(f"--nnodes={nnodes}")
     return [*argv, f"--nproc_per_node={nproc}", "-m", "scalelab", *module_args]
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS/Windows have no sched_getaffinity
-        return os.cpu_count() or 1
 
 
 # Forwarded to the running child: preemption (SIGTERM) and SLURM's time-limit warning (SIGUSR1).
