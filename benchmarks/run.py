@@ -14,7 +14,8 @@ Figures, each printed with PASS/FAIL against its target and written to one JSON 
    AG News files from the shared data folder into a fresh cache, cold and then warm.
 3. CPU data parallelism (small preset): 2 ranks x 1 thread under torchrun vs 1 rank x 1
    thread and 1 rank x 2 threads, from the trainer's own metrics.csv (epoch 2, so start-up
-   and warm-up are excluded); the ceiling of 2x1 on these cores: two independent 1-rank
+   and warm-up are excluded); 2x1 once more with distributed.pin_cpus=true (what binding each
+   rank to its own core buys); the ceiling of 2x1 on these cores: two independent 1-rank
    runs at the per-rank batch started together (no communication, no waiting on each other);
    and the 2x1 step split into compute, the DDP wrapper, synchronisation and gradient
    communication (`ddp_lockstep.py`: the same ranks on the unwrapped model, through DDP
@@ -298,6 +299,7 @@ def _run_figures(
         "val_acc": last["val_acc"],
         "exposed_comm_ms": summary["comm"].get("exposed_comm_ms"),
         "allreduce_ms": summary["comm"].get("allreduce_ms"),
+        "bound_cpus": summary["system"].get("bound_cpus"),  # rank 0's, under distributed.pin_cpus
         "wall_s": wall,
         "command": " ".join(argv),
     }
@@ -323,19 +325,25 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
 
     # Build the cache here, so no run's peak memory includes tokenizer training.
     prepare_data(load_preset("ag_news_small", overrides))
-    layouts = [(1, 1), (1, 2), (2, 1)]
+    # (key, ranks, threads, extra overrides); "2x1-pinned": each rank bound to its own core
+    # (distributed.pin_cpus=true) instead of left to the OS scheduler, what the binding buys
+    layouts = [
+        ("1x1", 1, 1, []),
+        ("1x2", 1, 2, []),
+        ("2x1", 2, 1, []),
+        ("2x1-pinned", 2, 1, ["distributed.pin_cpus=true"]),
+    ]
     repeats = 1 if quick else 3
     out_dir = Path(tempfile.mkdtemp(prefix="scalelab-bench-ddp-"))
-    runs: dict[str, list[dict[str, Any]]] = {f"{n}x{t}": [] for n, t in layouts}
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in layouts}
     per_rank_batch = 32 // 2
     ceiling: list[float] = []  # samples/s of two independent runs side by side, per repeat
     try:
         for rep in range(repeats):
             for k in range(len(layouts)):
-                n, t = layouts[(k + rep) % len(layouts)]  # rotate the order each repeat
-                key = f"{n}x{t}"
+                key, n, t, extra = layouts[(k + rep) % len(layouts)]  # rotate the order each repeat
                 quiet = wait_for_quiet(max_wait_s=QUIET_WAIT_S)
-                (r,) = _train_runs([(n, t, f"{key}-rep{rep}")], out_dir, overrides)
+                (r,) = _train_runs([(n, t, f"{key}-rep{rep}")], out_dir, [*overrides, *extra])
                 r["background_load_before"] = quiet
                 runs[key].append(r)
                 print(
@@ -369,6 +377,10 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
         return median([r[field] for r in runs[key]])
 
     sps = {k: med(k, "samples_per_s") for k in runs}
+    pinned_ratios = [
+        a["samples_per_s"] / b["samples_per_s"]
+        for a, b in zip(runs["2x1-pinned"], runs["2x1"], strict=True)
+    ]
     speedup = sps["2x1"] / sps["1x1"]
     return {
         "what": "ag_news_small, global batch 32, train.epochs=2; figures are epoch 2 of each run "
@@ -398,6 +410,13 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
             "speedup_2x1_of_ceiling": sps["2x1"] / median(ceiling),
         },
         "ratio_2x1_vs_1x2": sps["2x1"] / sps["1x2"],
+        "pinned_vs_unpinned_2x1": {
+            "what": "2x1 with distributed.pin_cpus=true (each rank's threads bound to its own "
+            "core) against 2x1 as run by default (placement left to the OS scheduler): the "
+            "samples/s ratio of each repeat's pair and their median",
+            "ratio": median(pinned_ratios),
+            "per_repeat": pinned_ratios,
+        },
         "step_decomposition_2x1": decomposition,
         "runs": runs,
     }
@@ -555,6 +574,16 @@ def main(argv: list[str] | None = None) -> int:
                     f"{s['2x1']:,.1f} vs {s['1x2']:,.1f}: {ddp['ratio_2x1_vs_1x2']:.2f}x",
                     ">= 1.0x",
                     verdict(ddp["ratio_2x1_vs_1x2"], TARGETS["ddp_2x1_vs_1x2"]),
+                ]
+            )
+            pin = ddp["pinned_vs_unpinned_2x1"]
+            checks.append(
+                [
+                    "DDP 2x1 pinned vs unpinned (distributed.pin_cpus)",
+                    f"{s['2x1-pinned']:,.1f} vs {s['2x1']:,.1f}: {pin['ratio']:.2f}x (median of "
+                    "repeats " + ", ".join(f"{x:.2f}" for x in pin["per_repeat"]) + ")",
+                    "-",
+                    "info",
                 ]
             )
             dec = ddp["step_decomposition_2x1"]

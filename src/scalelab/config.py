@@ -156,8 +156,8 @@ class DistributedConfig:
     """How ranks sum the token-embedding gradient: 'dense' (DDP all-reduces all vocab_size x d_model values), 'rows' (one all-reduce of only the rows the global batch used: the same sum, ~20x fewer bytes with a 20k vocabulary) or 'auto' (rows with gloo, dense with nccl)."""
     timeout_s: int = 600
     """Collective timeout in seconds."""
-    pin_cpus: bool = True
-    """CPU runs with several ranks per node: bind each rank's threads to its own train.num_threads cores, out of those the job may use, when they fit (false = leave placement to the OS scheduler)."""
+    pin_cpus: bool = False
+    """CPU runs with several ranks per node: bind each rank's threads to its own train.num_threads cores, out of those the job may use, when they fit (false: placement is left to the OS scheduler)."""
 
 
 @dataclass

@@ -39,7 +39,7 @@ def common(tmp: Path, cache: Path) -> list[str]:
 def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path) -> None:
     res = torchrun(
         ["-m", "scalelab", "train", "--config", "configs/ag_news_small.yaml", *common(tmp_path, cache_dir),
-         "train.epochs=2", "output.run_name=e2e", "train.profile_steps=2"],
+         "train.epochs=2", "output.run_name=e2e", "train.profile_steps=2", "distributed.pin_cpus=true"],
         nproc=2,
     )  # fmt: skip
     assert res.returncode == 0, rank_errors(res)
@@ -62,7 +62,8 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     )
     assert summary["num_params"] > 0 and 0 < summary["final_val_acc"] <= 1
     assert summary["num_test_samples"] == 203
-    # distributed.pin_cpus (on by default): rank 0's threads on the first CPUs this job may use
+    # distributed.pin_cpus: rank 0's threads on the first CPUs this job may use (the other
+    # ranks' slices: tests/unit/test_cpu_binding.py; unbound by default: the benchmark smoke test)
     threads = summary["system"]["num_threads_per_rank"]
     allowed = sorted(os.sched_getaffinity(0))
     assert summary["system"]["num_cpus"] == len(allowed)

@@ -6,6 +6,7 @@ These check the plumbing (scripts start, measure something, write every key), no
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,35 @@ def test_run_quick_writes_json(tmp_path: Path) -> None:
     assert tp["scalelab_samples_per_s"]["median"] > 0 and tp["study_samples_per_s"]["median"] > 0
     assert res["checks"], "the run wrote no checks"
     assert {c["verdict"] for c in res["checks"]} <= {"PASS", "FAIL", "SKIP", "info"}
+
+
+@pytest.mark.slow
+def test_run_quick_ddp_section_writes_every_layout(tmp_path: Path) -> None:
+    out = tmp_path / "ddp.json"
+    _run([
+        str(BENCH / "run.py"), "--quick", "--skip", "throughput,prep", "--max-quiet-wait", "0",
+        "--out", str(out),
+    ], timeout=900)  # fmt: skip
+    ddp = json.loads(out.read_text())["ddp_cpu"]
+    sps = ddp["samples_per_s"]
+    assert set(sps) == {"1x1", "1x2", "2x1", "2x1-pinned"} and min(sps.values()) > 0
+    assert ddp["speedup_2x1_vs_1x1"] == pytest.approx(sps["2x1"] / sps["1x1"])
+    # the pinned run was bound (one core per rank), the default one was not
+    runs = ddp["runs"]
+    two_cpus = len(os.sched_getaffinity(0)) >= 2
+    first = sorted(os.sched_getaffinity(0))[:1]
+    assert runs["2x1-pinned"][0]["bound_cpus"] == (first if two_cpus else None)
+    assert runs["2x1"][0]["bound_cpus"] is None
+    pin = ddp["pinned_vs_unpinned_2x1"]
+    assert pin["per_repeat"] == [pytest.approx(sps["2x1-pinned"] / sps["2x1"])]
+    assert pin["ratio"] == pin["per_repeat"][0]
+    assert len(ddp["two_independent_runs"]["samples_per_s"]) == 1
+    assert set(ddp["step_decomposition_2x1"]["step_ms"]) == {
+        "plain",
+        "independent",
+        "lock_step",
+        "ddp",
+    }
 
 
 @pytest.mark.slow
