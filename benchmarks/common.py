@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 # one definition each for run folders and benchmark results
+from scalelab.distributed import available_cpus
 from scalelab.train import cpu_model, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def machine_info() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu: {cpu_model()}",
         "device_type": "cuda" if cuda else "cpu",
-        "num_cpus": os.cpu_count(),
+        "num_cpus": available_cpus(),  # the CPUs this process may use (affinity, cgroup)
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
