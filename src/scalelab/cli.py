@@ -153,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.commbench:
         alpha_ms, busbw, _ = load_commbench(args.commbench)
         sync = load_sync_latency(args.commbench)
-    elif args.busbw_gbps:
+    elif args.busbw_gbps is not None:
         alpha_ms, busbw = args.alpha_ms or 0.0, args.busbw_gbps
     else:
         from scalelab.config import ConfigError

@@ -395,6 +395,8 @@ def commbench_main(argv: list[str]) -> int:
         return _user_error(f"commbench --min-bytes {args.min_bytes} > --max-bytes {args.max_bytes}")
     if args.iters is not None and args.iters < 1:
         return _user_error(f"commbench --iters must be >= 1, got {args.iters}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        return _user_error(f"commbench --out {args.out}: exists and is not a folder")
     try:
         env = init_distributed(DistributedConfig(backend=args.backend))
         if not env.is_distributed:
@@ -410,7 +412,10 @@ def commbench_main(argv: list[str]) -> int:
             factor=args.factor,
         )
         if env.is_main:
-            json_path, png_path = save_commbench(result, args.out)
+            try:
+                json_path, png_path = save_commbench(result, args.out)
+            except OSError as exc:
+                return _user_error(f"commbench: cannot write into {args.out} ({exc})")
             print(format_table(result))
             print(f"wrote {json_path} and {png_path}")
         return 0

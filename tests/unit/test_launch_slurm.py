@@ -54,6 +54,13 @@ def test_no_submit_writes_only_the_script(tmp_path: Path, capsys: pytest.Capture
         (["output.run_name=x"], "set by the job itself"),
         (["--cpus-per-task", "1", "--procs-per-node", "2"], "at least one CPU"),
         (["train.batchsize=3"], "train.batchsize"),
+        (["--procs-per-node", "0"], "--procs-per-node must be >= 1"),  # was a silent 1-rank job
+        # an #SBATCH line ends at the newline: the rest would have run as a shell command
+        (
+            ["--time", "1:00:00\ntouch /tmp/pwned"],
+            "--time '1:00:00\\ntouch /tmp/pwned': contains a line break",
+        ),
+        (["--partition", "gpu\rx"], "contains a line break"),
     ],
 )
 def test_impossible_jobs_are_one_line_errors_and_write_nothing(
@@ -64,6 +71,16 @@ def test_impossible_jobs_are_one_line_errors_and_write_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("scalelab: error:") and fragment in err[0], err
     assert not any(tmp_path.iterdir())
+
+
+def test_out_below_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "afile").write_text("x")
+    code = slurm_main(
+        ["--config", "ag_news_small", "--out", str(tmp_path / "afile"), "--no-submit"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot write" in err[0], err
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_missing_sbatch_is_one_line(

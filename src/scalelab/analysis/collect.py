@@ -65,6 +65,7 @@ class Run:
         value = self.summary.get("mean_epoch_time_s")
         if value is None and self.metrics:
             times = [r["epoch_time_s"] for r in self.metrics if r.get("epoch_time_s") is not None]
+            times = times[1:] if len(times) > 1 else times  # as the trainer: without epoch 1
             value = sum(times) / len(times) if times else None
         return None if value is None else float(value)
 
@@ -112,25 +113,98 @@ def load_run(path: str | Path) -> Run:
     if missing:
         raise AnalysisError(f"{folder}: not a complete run folder, missing {', '.join(missing)}")
     try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AnalysisError(f"{folder / SUMMARY_FILE}: unreadable JSON ({exc})") from None
     if not isinstance(summary, dict):
         raise AnalysisError(f"{folder / SUMMARY_FILE}: expected a JSON object")
+    _check_summary(folder / SUMMARY_FILE, summary)
     try:
         metrics = _read_metrics(folder / METRICS_FILE)
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise AnalysisError(f"{folder / METRICS_FILE}: unreadable CSV ({exc})") from None
-    config: dict[str, Any] = {}
+    _check_metrics(folder / METRICS_FILE, metrics)
+    config: Any = {}
     config_path = folder / CONFIG_FILE
     if config_path.is_file():
         try:
-            config = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise AnalysisError(
-                f"{config_path}: unreadable YAML ({str(exc).splitlines()[0]})"
-            ) from None
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AnalysisError(f"{config_path}: unreadable YAML ({first})") from None
+        if not isinstance(config, dict):
+            raise AnalysisError(f"{config_path}: expected a mapping of config sections")
     return Run(path=folder, config=config, metrics=metrics, summary=summary)
+
+
+# What the analysis reads from summary.json, by type: a wrong type must fail at load time with
+# the file and field named, not as a traceback deep inside a table or plot.
+_TEXT_FIELDS = (
+    "run_name", "preset", "dataset", "model_arch", "torch_version", "python_version",
+    "device_type", "device_name", "backend", "git_commit", "precision",
+)  # fmt: skip
+_NUMBER_FIELDS = (
+    "world_size", "num_nodes", "local_world_size", "device_count", "num_params", "global_batch",
+    "per_rank_batch", "grad_accum_steps", "num_epochs", "num_train_samples", "num_test_samples",
+    "mean_tokens_per_sample", "final_val_acc", "final_val_loss", "mean_epoch_time_s",
+    "samples_per_s", "tokens_per_s", "peak_mem_mb",
+)  # fmt: skip
+_SECTIONS = ("timing", "comm", "system", "data", "profile")
+# comm's fields that are not numbers
+_COMM_TEXT = ("comm_hook", "embedding_grad_sync", "embedding_grad", "method")
+_COMM_LISTS = ("bucket_bytes",)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_summary(path: Path, summary: dict[str, Any]) -> None:
+    def bad(field: str, want: str) -> AnalysisError:
+        return AnalysisError(
+            f"{path}: field {field!r} should be {want}, got {summary_get(field)!r}"
+        )
+
+    def summary_get(field: str) -> Any:
+        node: Any = summary
+        for part in field.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    for key in _TEXT_FIELDS:
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            raise bad(key, "text")
+    for key in _NUMBER_FIELDS:
+        value = summary.get(key)
+        if value is not None and not (_is_number(value) and math.isfinite(value)):
+            raise bad(key, "a number")
+    if _is_number(summary.get("world_size")) and summary["world_size"] < 1:
+        raise bad("world_size", "at least 1")
+    for section in _SECTIONS:
+        if summary.get(section) is not None and not isinstance(summary[section], dict):
+            raise bad(section, "an object")
+    for key, value in (summary.get("timing") or {}).items():
+        if value is not None and not _is_number(value):
+            raise bad(f"timing.{key}", "a number")
+    for key, value in (summary.get("comm") or {}).items():
+        if value is None or key in _COMM_TEXT:
+            continue
+        if key in _COMM_LISTS:
+            if not (isinstance(value, list) and all(_is_number(v) for v in value)):
+                raise bad(f"comm.{key}", "a list of numbers")
+        elif not _is_number(value):
+            raise bad(f"comm.{key}", "a number")
+    threads = (summary.get("system") or {}).get("num_threads_per_rank")
+    if threads is not None and not _is_number(threads):
+        raise bad("system.num_threads_per_rank", "a number")
+
+
+def _check_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Every metrics.csv cell the trainer writes is a number (or empty)."""
+    for i, row in enumerate(rows, start=2):  # line 1 is the header
+        for key, value in row.items():
+            if value is not None and not _is_number(value):
+                raise AnalysisError(f"{path}: line {i}, column {key!r} is not a number: {value!r}")
 
 
 def _looks_like_run(folder: Path) -> bool:

@@ -148,13 +148,25 @@ def _scaling_rules(group: ScalingGroup) -> list[Finding]:
                 )
             )
         elif point.efficiency < EFFICIENCY_MIN:
+            cores, base_cores = _cpu_cores(run), _mean_cores(group.baseline_runs())
+            if cores is not None and base_cores is not None and cores <= base_cores:
+                advice = (
+                    f"These {n} ranks share {cores:g} CPU threads in all, no more than the "
+                    f"baseline's {base_cores:g}: the ideal speedup of {point.ideal_speedup:.3g}x "
+                    "assumes added cores that were never added. On a fixed core budget compare "
+                    "with one rank using all the threads, and add ranks only with cores."
+                )
+            else:
+                advice = (
+                    "Part of the added hardware is idle; address the dominant excess phase "
+                    "(see the other findings) or use fewer ranks for this workload."
+                )
             findings.append(
                 Finding(
                     "warning",
                     f"Sub-linear scaling at {n} ranks (efficiency {point.efficiency:.0%})",
                     head + cause,
-                    "Part of the added hardware is idle; address the dominant excess phase "
-                    "(see the other findings) or use fewer ranks for this workload.",
+                    advice,
                     "sublinear_scaling",
                     run.name,
                 )
@@ -185,8 +197,31 @@ def _scaling_rules(group: ScalingGroup) -> list[Finding]:
     return findings
 
 
+def _threads_per_rank(runs: Sequence[Run]) -> float | None:
+    """Mean CPU threads per rank of CPU runs (None for GPU runs or when not recorded): on a CPU,
+    a rank's compute speed scales with its threads."""
+    threads = [r.system.get("num_threads_per_rank") for r in runs]
+    if any(r.summary.get("device_type") != "cpu" for r in runs) or not all(threads):
+        return None
+    return _mean([float(t) for t in threads])
+
+
+def _cpu_cores(run: Run) -> float | None:
+    """CPU threads the run's ranks used in all (ranks x threads per rank); None off CPU."""
+    threads = _threads_per_rank([run])
+    return None if threads is None else run.world_size * threads
+
+
+def _mean_cores(runs: Sequence[Run]) -> float | None:
+    cores = [_cpu_cores(r) for r in runs]
+    return None if not cores or None in cores else _mean([c for c in cores if c is not None])
+
+
 def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
-    """Launch-bound symptom: forward time barely drops when the per-rank batch is cut."""
+    """Launch-bound symptom: forward time barely drops when the per-rank batch is cut.
+
+    On CPU a rank's threads count too: 1 rank x 2 threads -> 2 ranks x 1 thread halves the
+    batch and the threads per rank, so the ideal per-rank forward does not shrink at all."""
     by_n: dict[int, list[Run]] = defaultdict(list)
     for run in group.runs:
         if run.phase("forward_ms"):
@@ -196,7 +231,13 @@ def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
     for small, large in zip(sizes, sizes[1:], strict=False):
         f_small = _mean([r.phase("forward_ms") for r in by_n[small]])
         f_large = _mean([r.phase("forward_ms") for r in by_n[large]])
-        achieved = (1 - f_large / f_small) / (1 - small / large)
+        ideal_ratio = small / large
+        t_small, t_large = _threads_per_rank(by_n[small]), _threads_per_rank(by_n[large])
+        if t_small and t_large:
+            ideal_ratio *= t_small / t_large
+        if ideal_ratio >= 1:
+            continue  # no faster per-rank compute to expect: the ranks split the same cores
+        achieved = (1 - f_large / f_small) / (1 - ideal_ratio)
         run = by_n[large][0]
         per_rank = run.summary.get("per_rank_batch")
         if achieved >= FORWARD_SHRINK_MIN_FRACTION or (
@@ -208,7 +249,7 @@ def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
                 "warning",
                 f"Compute does not shrink with the per-rank batch ({small} -> {large} ranks)",
                 f"forward time {_ms(f_small)} at {small} ranks -> {_ms(f_large)} at {large} "
-                f"ranks (ideal {_ms(f_small * small / large)}); per-rank batch {per_rank}",
+                f"ranks (ideal {_ms(f_small * ideal_ratio)}); per-rank batch {per_rank}",
                 "Fixed per-step overhead (kernel launches, Python) dominates: raise the global "
                 "batch, use gradient accumulation, or compile the step (train.compile = true; "
                 "on GPUs train.compile_mode = reduce-overhead for CUDA graphs, with "
@@ -266,14 +307,20 @@ def _run_rules(run: Run) -> list[Finding]:
                 )
             if hook == "none":
                 tips.append("a bf16/fp16 comm hook (distributed.comm_hook) halves the bytes sent")
-            tips.append(
-                f"a larger distributed.bucket_cap_mb (now {run.comm.get('bucket_cap_mb')}) "
-                "means fewer, more efficient all-reduces"
+            # DDP's own buckets (the embedding rows, when summed row-wise, are one more)
+            ddp_buckets = int(run.comm_value("num_buckets") or 0) - (
+                1 if run.comm.get("embedding_grad_sync") == "rows" else 0
             )
+            if ddp_buckets > 1:
+                tips.append(
+                    f"a larger distributed.bucket_cap_mb (now {run.comm.get('bucket_cap_mb')}, "
+                    f"{ddp_buckets} buckets) means fewer, more efficient all-reduces"
+                )
             tips.append(
-                "gradient accumulation (train.grad_accum_steps) all-reduces once per k micro-batches"
+                "a bigger global batch gives more compute per all-reduce (with "
+                "train.grad_accum_steps if the per-rank batch must stay small; at the same global "
+                "batch accumulation does not cut communication)"
             )
-            tips.append("a bigger global batch gives more compute per all-reduce")
             findings.append(
                 Finding(
                     "critical" if exposed >= CRITICAL_SHARE * step else "warning",

@@ -20,14 +20,15 @@ the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
 * on CPU, a step's first collective is reached straight from compute, not from the warm loop of
   the size sweep: it costs the commbench's measured sync latency L (4 bytes, last rank to arrive
   after 20 ms of compute) instead of alpha, so exposed += max(0, L - alpha) once per step when
-  the commbench file holds L (gloo on the 2-core test machine: L of a few ms against an alpha
-  of ~0.1 ms, from thread wake-ups while both cores compute);
+  the commbench file holds L, whatever the overlap (gloo on the 2-core test machine: L has a
+  median near alpha, ~1 ms, and a p90 of ~4 ms, from thread wake-ups while both cores compute);
 * step_n = data_n + h2d_n + forward_n + backward_n + optimizer + other + exposed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,9 +107,9 @@ def predict_scaling(
     name = summary_1rank.get("run_name")
     if int(summary_1rank.get("world_size") or 1) != 1:
         raise AnalysisError(f"run {name}: prediction needs a 1-rank run as its base")
-    if busbw_gbps <= 0:
+    if not (math.isfinite(busbw_gbps) and busbw_gbps > 0):
         raise AnalysisError(f"bus bandwidth must be > 0 GB/s, got {busbw_gbps}")
-    if alpha_ms < 0:
+    if not (math.isfinite(alpha_ms) and alpha_ms >= 0):
         raise AnalysisError(f"all-reduce latency alpha must be >= 0 ms, got {alpha_ms}")
     if overlap is not None and not 0.0 <= overlap <= 1.0:
         raise AnalysisError(f"overlap must be in [0, 1], got {overlap}")
@@ -137,11 +138,12 @@ def predict_scaling(
         )
         opt = base["optimizer_ms"]
         times = [allreduce_ms(b, n, busbw_gbps=busbw_gbps, alpha_ms=alpha) for b in buckets]
-        if n > 1:
-            times[0] += wake_ms
+        wake = wake_ms if n > 1 else 0.0
+        times[0] += wake
         t_ar = sum(times)
         if overlap is not None:
-            exposed = (1.0 - overlap) * t_ar
+            # the wake-up is paid in full: no compute is left to hide it behind (module doc)
+            exposed = (1.0 - overlap) * (t_ar - wake) + wake
         else:
             t_last = times[-1]
             hidden_window = bwd / accum * (1.0 - 1.0 / len(buckets))
@@ -233,9 +235,18 @@ def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int) -> tuple[
 
 def _read_commbench(path: str | Path) -> Any:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AnalysisError(f"{path}: cannot read commbench JSON ({exc})") from None
+
+
+def _finite(path: str | Path, field: str, value: Any, *, positive: bool = False) -> float:
+    """A number from a commbench file, or one line naming the field (also NaN and infinity)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        want = "a number > 0" if positive else "a finite number"
+        raise AnalysisError(f"{path}: commbench field {field!r} should be {want}, got {value!r}")
+    return float(value)
 
 
 def load_commbench(path: str | Path) -> tuple[float, float, int]:
@@ -243,13 +254,27 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
     bench = _read_commbench(path)
     if not isinstance(bench, dict) or "world_size" not in bench:
         raise AnalysisError(f"{path}: not a commbench result (no world_size)")
-    world_size = int(bench["world_size"])
+    world_size = bench["world_size"]
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise AnalysisError(
+            f"{path}: commbench field 'world_size' should be a whole number >= 1, got {world_size!r}"
+        )
     fit = bench.get("fit") or {}
-    if fit.get("busbw_gbps"):
-        return max(0.0, float(fit.get("alpha_ms") or 0.0)), float(fit["busbw_gbps"]), world_size
-    if not bench.get("results"):
+    if not isinstance(fit, dict):
+        raise AnalysisError(f"{path}: commbench field 'fit' should be an object, got {fit!r}")
+    if fit.get("busbw_gbps") is not None:
+        busbw = _finite(path, "fit.busbw_gbps", fit["busbw_gbps"], positive=True)
+        alpha = _finite(path, "fit.alpha_ms", fit.get("alpha_ms") or 0.0)
+        return max(0.0, alpha), busbw, world_size
+    results = bench.get("results")
+    if not results:
         raise AnalysisError(f"{path}: commbench file has neither a fit nor results")
-    alpha, busbw = fit_alpha_beta(bench["results"], world_size)
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise AnalysisError(f"{path}: commbench field 'results' should be a list of objects")
+    for i, row in enumerate(results):
+        for key in ("bytes", "time_ms"):
+            _finite(path, f"results[{i}].{key}", row.get(key), positive=True)
+    alpha, busbw = fit_alpha_beta(results, world_size)
     return alpha, busbw, world_size
 
 
@@ -259,7 +284,7 @@ def load_sync_latency(path: str | Path) -> float | None:
     lat = bench.get("sync_latency") if isinstance(bench, dict) else None
     if not isinstance(lat, dict) or lat.get("median_ms") is None:
         return None
-    return max(0.0, float(lat["median_ms"]))
+    return max(0.0, _finite(path, "sync_latency.median_ms", lat["median_ms"]))
 
 
 def bandwidth_from_run(run: Run) -> tuple[float, float] | None:

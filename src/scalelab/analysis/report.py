@@ -9,7 +9,11 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import math
+import os
 import re
+import shutil
+import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -236,11 +240,12 @@ def analyse_runs(
 # ----------------------------------------------------------------------------- tables
 def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
     """One row per run with the columns of comprehensive_summary.csv."""
-    by_run = {c.run_name: c for c in analysis.comparisons}
+    # by the run itself: sweeps name their runs <preset>-ws<n>, so names repeat across sweeps
+    by_run = {id(c.run): c for c in analysis.comparisons}
     rows = []
     for run in analysis.runs:
         point = find_point(analysis.groups, run)
-        cmp = by_run.get(run.name)
+        cmp = by_run.get(id(run))
         s = run.summary
         rows.append(
             {
@@ -590,17 +595,27 @@ def _amdahl_text(group: ScalingGroup) -> str:
         for p in group.points
         if p.karp_flatt is not None
     )
+    n0 = group.baseline_world_size
+    s = a.serial_fraction
+    # Amdahl's T(n) = s + (1-s)/n, so relative to the n0-rank baseline S(inf) = (s + (1-s)/n0)/s
     limit = (
-        f"an upper bound on speedup of {1 / a.serial_fraction:.3g}x"
-        if a.serial_fraction > 0
+        f"an upper bound on speedup of {(s + (1 - s) / n0) / s:.3g}x"
+        + (f" over the {n0}-rank baseline" if n0 > 1 else "")
+        if s > 0
         else "no speedup limit"
     )
     note = f" Note: {a.note}." if a.note else ""
+    units = (
+        f" (n counted in units of the {n0}-rank baseline, i.e. n/{n0} ranks, so e is on another "
+        "scale than s)"
+        if n0 > 1
+        else ""
+    )
     return (
-        f"Amdahl fit: serial fraction s = {a.serial_fraction:.4f} (RMS error {a.rmse:.3f}), i.e. {limit}."
-        f"{note} Karp-Flatt serial fraction e(n) = (1/S - 1/n)/(1 - 1/n): {kf}. An e(n) that grows "
-        "with n means overhead that grows with the number of ranks (communication, synchronisation), "
-        "a constant e(n) means a fixed serial part."
+        f"Amdahl fit: serial fraction s = {s:.4f} (RMS error {a.rmse:.3f}), i.e. {limit}."
+        f"{note} Karp-Flatt serial fraction e(n) = (1/S - 1/n)/(1 - 1/n){units}: {kf}. An e(n) "
+        "that grows with n means overhead that grows with the number of ranks (communication, "
+        "synchronisation), a constant e(n) means a fixed serial part."
     )
 
 
@@ -943,11 +958,11 @@ def write_report(
     from scalelab.analysis.plots import plot_all  # matplotlib is only needed for a full report
 
     # Bad bandwidth flags are the user's error, not a report without predictions.
-    if busbw_gbps is not None and busbw_gbps <= 0:
+    if busbw_gbps is not None and not (math.isfinite(busbw_gbps) and busbw_gbps > 0):
         raise AnalysisError(f"--busbw-gbps must be > 0 GB/s, got {busbw_gbps}")
     if alpha_ms is not None and busbw_gbps is None:
         raise AnalysisError("--alpha-ms needs --busbw-gbps (a commbench file brings its own alpha)")
-    if alpha_ms is not None and alpha_ms < 0:
+    if alpha_ms is not None and not (math.isfinite(alpha_ms) and alpha_ms >= 0):
         raise AnalysisError(f"--alpha-ms must be >= 0 ms, got {alpha_ms}")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise AnalysisError(f"--out {out_dir}: exists and is not a folder")
@@ -956,31 +971,46 @@ def write_report(
     runs = [r for r in items if isinstance(r, Run)] + (load_runs(paths) if paths else [])
     if not runs:
         raise AnalysisError("no runs to report on")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     analysis = analyse_runs(runs, commbench=commbench, busbw_gbps=busbw_gbps, alpha_ms=alpha_ms)
-    figures = plot_all(analysis.groups, runs, analysis.predictions, out)
-    files: dict[str, Path] = {f"plot_{k}": v for k, v in figures.items()}
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Everything is built in a staging folder first (same filesystem), then each file
+        # replaces its old version: a failure half-way leaves the previous report as it was.
+        staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=out))
+    except OSError as exc:
+        raise AnalysisError(f"--out {out_dir}: cannot create the folder ({exc})") from None
+    try:
+        figures = plot_all(analysis.groups, runs, analysis.predictions, staging)
+        staged: dict[str, Path] = {f"plot_{k}": v for k, v in figures.items()}
 
-    files["csv"] = out / "comprehensive_summary.csv"
-    with files["csv"].open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(csv_rows(analysis))
+        staged["csv"] = staging / "comprehensive_summary.csv"
+        with staged["csv"].open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(csv_rows(analysis))
 
-    files["summary_table"] = out / "summary_table.tex"
-    files["summary_table"].write_text(latex_table(_summary_table(analysis), standalone=True) + "\n")
+        staged["summary_table"] = staging / "summary_table.tex"
+        staged["summary_table"].write_text(
+            latex_table(_summary_table(analysis), standalone=True) + "\n"
+        )
 
-    title = "scalelab performance report"
-    doc = build_document(analysis, figures)
-    for key, name, text in (
-        ("markdown", "performance_report.md", render_markdown(doc, title)),
-        ("text", "performance_report.txt", render_text(doc, title)),
-        ("html", "report.html", render_html(doc, title)),
-        ("latex", "report.tex", render_latex(doc, title)),
-    ):
-        files[key] = out / name
-        files[key].write_text(text, encoding="utf-8")
+        title = "scalelab performance report"
+        doc = build_document(analysis, figures)
+        for key, name, text in (
+            ("markdown", "performance_report.md", render_markdown(doc, title)),
+            ("text", "performance_report.txt", render_text(doc, title)),
+            ("html", "report.html", render_html(doc, title)),
+            ("latex", "report.tex", render_latex(doc, title)),
+        ):
+            staged[key] = staging / name
+            staged[key].write_text(text, encoding="utf-8")
+        files = {}
+        for key, path in staged.items():
+            files[key] = out / path.name
+            os.replace(path, files[key])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return files
 
 

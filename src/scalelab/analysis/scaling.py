@@ -7,7 +7,7 @@ the smallest world size n0 and every number is relative to it (ideal speedup = n
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +30,33 @@ def group_key(summary: dict[str, Any]) -> tuple[Any, ...]:
         summary.get("global_batch"),
         summary.get("precision"),
         summary.get("num_train_samples"),
+        summary.get(
+            "device_type"
+        ),  # a CPU run is no baseline for GPU runs, nor one GPU for another
+        summary.get("device_name"),
     )
 
 
-def group_label(summary: dict[str, Any]) -> str:
+def group_label(summary: dict[str, Any], detailed: bool = False) -> str:
+    """A group's name in tables and plots; ``detailed`` adds the rest of `group_key` (model,
+    size, training examples), for groups whose short labels coincide."""
+    extra = ""
+    if detailed:
+        params, samples = summary.get("num_params"), summary.get("num_train_samples")
+        extra = (
+            f", {summary.get('model_arch')}, "
+            + (f"{params:,} parameters" if isinstance(params, int) else f"{params} parameters")
+            + ", "
+            + (
+                f"{samples:,} training examples"
+                if isinstance(samples, int)
+                else f"{samples} training examples"
+            )
+        )
     return (
         f"{summary.get('preset')} ({summary.get('dataset')}, global batch "
-        f"{summary.get('global_batch')}, {summary.get('precision')})"
+        f"{summary.get('global_batch')}, {summary.get('precision')}, "
+        f"{summary.get('device_name') or summary.get('device_type')}{extra})"
     )
 
 
@@ -185,8 +205,18 @@ def analyse(runs: Sequence[Run]) -> list[ScalingGroup]:
     grouped: dict[tuple[Any, ...], list[Run]] = defaultdict(list)
     for run in runs:
         grouped[group_key(run.summary)].append(run)
-    groups = [analyse_group(members) for members in grouped.values()]
-    return [g for g in groups if g is not None]
+    groups = [g for g in (analyse_group(members) for members in grouped.values()) if g]
+    # Labels name groups in the report (and key its predictions): they must differ.
+    counts = Counter(g.label for g in groups)
+    for g in groups:
+        if counts[g.label] > 1:
+            g.label = group_label(g.runs[0].summary, detailed=True)
+    seen: Counter[str] = Counter()
+    for g in groups:  # what the detailed label still cannot tell apart gets a number
+        seen[g.label] += 1
+        if seen[g.label] > 1:
+            g.label = f"{g.label} #{seen[g.label]}"
+    return groups
 
 
 def find_point(groups: Sequence[ScalingGroup], run: Run) -> ScalingPoint | None:

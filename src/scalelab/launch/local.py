@@ -119,6 +119,8 @@ def _check_sweep(
             cfg.validate(world_size=n)
     except ConfigError as exc:
         raise SweepError(str(exc)) from None
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise SweepError(f"--out {out_dir}: exists and is not a folder")
     if out_dir is not None and not cfg.train.resume:
         # `train` would refuse these folders too, but only after the earlier runs had finished,
         # and with its own error line on top of the sweep's

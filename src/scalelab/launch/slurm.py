@@ -167,6 +167,14 @@ def check_job(job: SlurmJob) -> None:
         )
     if job.signal_seconds < 1 or job.max_requeues < 0:
         raise SlurmError("--signal-seconds must be >= 1 and --max-requeues >= 0")
+    # An #SBATCH line ends at a newline: what follows one would run as a shell command.
+    for name, value in (
+        ("--time", job.time), ("--partition", job.partition), ("--account", job.account),
+        ("--run-name", job.run_name), ("--out", str(job.out_dir)),
+        *(("--sbatch-arg", a) for a in job.sbatch_args), *(("override", o) for o in job.overrides),
+    ):  # fmt: skip
+        if value and any(c in value for c in "\n\r\0"):
+            raise SlurmError(f"{name} {value!r}: contains a line break or NUL")
     for item in job.overrides:
         if item.partition("=")[0].strip() in _RESERVED_OVERRIDES:
             raise SlurmError(f"override '{item}' is set by the job itself; use --out/--run-name")
@@ -180,9 +188,12 @@ def write_script(job: SlurmJob) -> Path:
     from scalelab.checkpoint import atomic_write_text
 
     check_job(job)
-    job.script_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job.script_path, render_sbatch(job))
-    job.script_path.chmod(0o755)
+    try:
+        job.script_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(job.script_path, render_sbatch(job))
+        job.script_path.chmod(0o755)
+    except OSError as exc:
+        raise SlurmError(f"cannot write {job.script_path} ({exc})") from None
     return job.script_path
 
 
@@ -241,7 +252,9 @@ def slurm_main(argv: list[str]) -> int:
             preset = load_config(config, args.overrides).name
         except ConfigError as exc:
             raise SlurmError(str(exc)) from None
-        procs = args.procs_per_node or max(1, args.gpus_per_node)
+        procs = (
+            args.procs_per_node if args.procs_per_node is not None else max(1, args.gpus_per_node)
+        )
         job = SlurmJob(
             config=config,
             run_name=args.run_name or f"{preset}-ws{args.nodes * procs}",

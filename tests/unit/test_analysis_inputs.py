@@ -1,0 +1,226 @@
+"""Analysis edge cases found in review: which runs group together, what the report's numbers and
+tips rest on, and bad run folders or commbench files as one-line errors (not tracebacks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scalelab.analysis import AnalysisError, load_runs
+from scalelab.analysis.collect import load_run
+from scalelab.analysis.diagnose import diagnose
+from scalelab.analysis.predict import load_commbench, load_sync_latency, predict_scaling
+from scalelab.analysis.report import _amdahl_text, analyse_runs, csv_rows, write_report
+from scalelab.analysis.scaling import analyse
+from tests.unit.runfolders import write_run, write_sweep
+
+CPU = {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo"}
+
+
+def test_cpu_and_gpu_runs_are_separate_groups(tmp_path: Path) -> None:
+    write_sweep(tmp_path, [1, 2])  # GPU runs
+    write_run(tmp_path, "cpu-ws1", epoch_time_s=100.0, summary=CPU)
+    groups = analyse(load_runs([tmp_path]))
+    assert len(groups) == 2
+    gpu = next(g for g in groups if "H100" in g.label)
+    cpu = next(g for g in groups if "AMD EPYC" in g.label)
+    assert [p.world_size for p in cpu.points] == [1]
+    # the GPU 2-rank run is measured against the GPU 1-rank run, not the 100 s CPU run
+    assert gpu.points[1].speedup < 2.5
+
+
+def test_groups_whose_short_labels_coincide_keep_their_own_predictions(tmp_path: Path) -> None:
+    # two sweeps that differ only in the training-set size; sweeps name runs <preset>-ws<n>
+    write_sweep(tmp_path / "a", [1, 2])
+    write_sweep(
+        tmp_path / "b", [1, 2], timing={"forward_ms": 300.0}, summary={"num_train_samples": 999}
+    )
+    analysis = analyse_runs(load_runs([tmp_path / "a", tmp_path / "b"]), busbw_gbps=10.0)
+    labels = [g.label for g in analysis.groups]
+    assert len(set(labels)) == 2 and any("999 training examples" in x for x in labels)
+    assert set(analysis.predictions) == set(labels)
+    # each run's CSV row carries its own group's prediction (names repeat across the sweeps)
+    for row, run in zip(csv_rows(analysis), analysis.runs, strict=True):
+        if run.world_size != 2:
+            continue
+        group = next(g for g in analysis.groups if run in g.runs)
+        (pred,) = [p for p in analysis.predictions[group.label] if p.world_size == 2]
+        assert row["predicted_step_ms"] == pytest.approx(pred.step_ms, rel=1e-3), run.path
+
+
+def test_amdahl_limit_is_relative_to_a_multi_rank_baseline(tmp_path: Path) -> None:
+    # exact Amdahl epoch times with s = 0.1, measured from 2 ranks up
+    for n in (2, 4, 8, 64):
+        write_run(tmp_path, f"ws{n}", world_size=n, epoch_time_s=100.0 * (0.1 + 0.9 / n))
+    (group,) = analyse(load_runs([tmp_path]))
+    assert group.amdahl.serial_fraction == pytest.approx(0.1, abs=2e-3)
+    text = _amdahl_text(group)
+    # (s + (1-s)/2) / s = 5.5 over the 2-rank baseline, not 1/s = 10
+    assert "upper bound on speedup of 5.5x over the 2-rank baseline" in text
+    assert "units of the 2-rank baseline" in text
+
+
+def test_the_sync_wake_up_is_paid_in_full_whatever_the_overlap(tmp_path: Path) -> None:
+    write_run(tmp_path, "cpu-ws1", summary=CPU)
+    summary = load_run(tmp_path / "cpu-ws1").summary
+    kw = {"busbw_gbps": 1.0, "alpha_ms": 0.1}
+    (plain,) = predict_scaling(summary, [2], overlap=0.5, **kw)
+    (woken,) = predict_scaling(summary, [2], overlap=0.5, sync_latency_ms=5.1, **kw)
+    # the 5.0 ms above alpha is added once, not halved by the overlap
+    assert woken.exposed_comm_ms - plain.exposed_comm_ms == pytest.approx(5.0)
+    assert woken.comm_ms - plain.comm_ms == pytest.approx(5.0)
+
+
+def test_comm_bound_tips_follow_from_the_run(tmp_path: Path) -> None:
+    write_run(tmp_path, "ws1")
+    comm = {"exposed_comm_ms": 25.0, "allreduce_ms": 26.0, "overlap_fraction": 0.04,
+            "num_buckets": 1, "bucket_bytes": [8_000_000]}  # fmt: skip
+    write_run(
+        tmp_path, "ws2", world_size=2, timing={"backward_ms": 55.0, "step_ms": 78.5},
+        summary={"comm": comm},
+    )  # fmt: skip
+    runs = load_runs([tmp_path])
+    (f,) = [f for f in diagnose(runs) if f.rule == "comm_bound"]
+    # one bucket already: a larger cap cannot mean fewer all-reduces
+    assert "bucket_cap_mb" not in f.recommendation
+    assert "at the same global batch accumulation does not cut communication" in f.recommendation
+
+
+def test_cpu_ranks_that_split_the_same_cores_are_not_called_launch_bound(tmp_path: Path) -> None:
+    # 1 rank x 2 threads -> 2 ranks x 1 thread: per-rank forward cannot shrink
+    cpu1 = {**CPU, "system": {"num_threads_per_rank": 2}}
+    cpu2 = {**CPU, "system": {"num_threads_per_rank": 1}}
+    write_run(tmp_path, "ws1", summary=cpu1, epoch_time_s=9.6)
+    write_run(tmp_path, "ws2", world_size=2, summary=cpu2, epoch_time_s=9.6,
+              timing={"forward_ms": 29.0, "step_ms": 96.0})  # fmt: skip
+    findings = diagnose(load_runs([tmp_path]))
+    assert not [f for f in findings if f.rule == "launch_bound"]
+    (sub,) = [f for f in findings if f.rule == "sublinear_scaling"]
+    assert "share 2 CPU threads in all, no more than the baseline's 2" in sub.recommendation
+    # with cores added (1 thread per rank at both sizes) the rule still fires
+    for name in ("ws1", "ws2"):
+        path = tmp_path / name / "summary.json"
+        s = json.loads(path.read_text())
+        s["system"]["num_threads_per_rank"] = 1
+        path.write_text(json.dumps(s))
+    findings = diagnose(load_runs([tmp_path]))
+    assert [f for f in findings if f.rule == "launch_bound"]
+
+
+def _break_summary(folder: Path, **fields: object) -> None:
+    path = folder / "summary.json"
+    s = json.loads(path.read_text())
+    s.update(fields)
+    path.write_text(json.dumps(s))
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"world_size": "two"}, "field 'world_size' should be a number"),
+        ({"world_size": 0}, "field 'world_size' should be at least 1"),
+        ({"mean_epoch_time_s": "fast"}, "field 'mean_epoch_time_s' should be a number"),
+        ({"samples_per_s": "n/a"}, "field 'samples_per_s' should be a number"),
+        ({"preset": ["x"]}, "field 'preset' should be text"),
+        ({"timing": "broken"}, "field 'timing' should be an object"),
+        ({"timing": {"step_ms": "slow"}}, "field 'timing.step_ms' should be a number"),
+        ({"comm": {"allreduce_ms": "1 ms"}}, "field 'comm.allreduce_ms' should be a number"),
+        ({"comm": {"bucket_bytes": ["a"]}}, "field 'comm.bucket_bytes' should be a list"),
+    ],
+)
+def test_wrongly_typed_summary_fields_are_one_line(
+    tmp_path: Path, fields: dict, fragment: str
+) -> None:
+    write_run(tmp_path, "ws1")
+    _break_summary(tmp_path / "ws1", **fields)
+    with pytest.raises(AnalysisError, match=fragment) as exc:
+        load_runs([tmp_path])
+    assert "summary.json" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unreadable_or_odd_files_in_a_run_folder_are_one_line(tmp_path: Path) -> None:
+    write_run(tmp_path, "ws1")
+    run = tmp_path / "ws1"
+    good = (run / "summary.json").read_bytes()
+    (run / "summary.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(AnalysisError, match="summary.json: unreadable JSON"):
+        load_run(run)
+    (run / "summary.json").write_bytes(good)
+    (run / "config.yaml").write_bytes(b"name: \xff\n")
+    with pytest.raises(AnalysisError, match="config.yaml: unreadable YAML"):
+        load_run(run)
+    (run / "config.yaml").write_text("- a\n- b\n")
+    with pytest.raises(AnalysisError, match="config.yaml: expected a mapping"):
+        load_run(run)
+    (run / "config.yaml").unlink()
+    lines = (run / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[1].split(",")
+    cells[header.index("val_acc")] = "0.8x"
+    (run / "metrics.csv").write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    with pytest.raises(
+        AnalysisError, match=r"metrics.csv: line 2, column 'val_acc' is not a number"
+    ):
+        load_run(run)
+
+
+def test_a_failed_report_leaves_the_previous_one_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sweep(tmp_path / "runs", [1, 2])
+    out = tmp_path / "report"
+    write_report([tmp_path / "runs"], out, busbw_gbps=10.0)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "speedup.png" in before and "report.tex" in before
+
+    def fail(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr("scalelab.analysis.report.render_latex", fail)  # the last file written
+    write_run(tmp_path / "runs", "ag_news_small-ws4", world_size=4)
+    with pytest.raises(RuntimeError, match="rendering failed"):
+        write_report([tmp_path / "runs"], out, busbw_gbps=10.0)
+    # every file as it was (plots included), and no staging folder left behind
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_report_out_below_a_file_is_one_line(tmp_path: Path) -> None:
+    write_sweep(tmp_path / "runs", [1])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(AnalysisError, match="cannot create the folder"):
+        write_report([tmp_path / "runs"], tmp_path / "afile" / "sub")
+
+
+@pytest.mark.parametrize(
+    ("bench", "fragment"),
+    [
+        ({"world_size": 2, "fit": [1, 2]}, "'fit' should be an object"),
+        ({"world_size": "two", "fit": {"busbw_gbps": 1.0}}, "'world_size' should be a whole number"),
+        ({"world_size": 2, "results": [{"time_ms": 1.0}, {"time_ms": 2.0}]}, r"'results\[0\].bytes'"),
+        ({"world_size": 2, "fit": {"busbw_gbps": float("nan")}}, "'fit.busbw_gbps' should be a number > 0"),
+        ({"world_size": 2, "fit": {"busbw_gbps": 1.0, "alpha_ms": "x"}}, "'fit.alpha_ms'"),
+    ],
+)  # fmt: skip
+def test_malformed_commbench_files_are_one_line(tmp_path: Path, bench: dict, fragment: str) -> None:
+    path = tmp_path / "commbench.json"
+    path.write_text(json.dumps(bench))
+    with pytest.raises(AnalysisError, match=fragment):
+        load_commbench(path)
+
+
+def test_malformed_sync_latency_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "commbench.json"
+    path.write_text(json.dumps({"world_size": 2, "sync_latency": {"median_ms": "slow"}}))
+    with pytest.raises(AnalysisError, match="'sync_latency.median_ms'"):
+        load_sync_latency(path)
+
+
+def test_non_finite_bandwidth_is_refused(tmp_path: Path) -> None:
+    write_run(tmp_path, "ws1")
+    summary = load_run(tmp_path / "ws1").summary
+    with pytest.raises(AnalysisError, match="bus bandwidth must be > 0"):
+        predict_scaling(summary, [2], busbw_gbps=float("nan"), alpha_ms=0.0)
+    with pytest.raises(AnalysisError, match="--busbw-gbps must be > 0"):
+        write_report([tmp_path], tmp_path / "report", busbw_gbps=float("nan"))
