@@ -224,3 +224,10 @@ def test_non_finite_bandwidth_is_refused(tmp_path: Path) -> None:
         predict_scaling(summary, [2], busbw_gbps=float("nan"), alpha_ms=0.0)
     with pytest.raises(AnalysisError, match="--busbw-gbps must be > 0"):
         write_report([tmp_path], tmp_path / "report", busbw_gbps=float("nan"))
+
+
+def test_a_diverged_run_with_nan_loss_still_loads(tmp_path: Path) -> None:
+    write_run(tmp_path, "ws1")
+    _break_summary(tmp_path / "ws1", final_val_loss=float("nan"), comm={"extra_field": "text"})
+    run = load_run(tmp_path / "ws1")  # NaN is a number; unknown comm fields are not checked
+    assert run.summary["final_val_loss"] != run.summary["final_val_loss"]

@@ -150,9 +150,11 @@ _NUMBER_FIELDS = (
     "samples_per_s", "tokens_per_s", "peak_mem_mb",
 )  # fmt: skip
 _SECTIONS = ("timing", "comm", "system", "data", "profile")
-# comm's fields that are not numbers
-_COMM_TEXT = ("comm_hook", "embedding_grad_sync", "embedding_grad", "method")
-_COMM_LISTS = ("bucket_bytes",)
+_COMM_NUMBERS = (
+    "grad_bytes", "num_buckets", "bucket_cap_mb", "embedding_grad_bytes",
+    "embedding_rows_per_step", "allreduce_ms", "exposed_comm_ms", "compute_ms",
+    "compute_to_comm_ratio", "overlap_fraction",
+)  # fmt: skip
 
 
 def _is_number(value: Any) -> bool:
@@ -174,9 +176,8 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
     for key in _TEXT_FIELDS:
         if summary.get(key) is not None and not isinstance(summary[key], str):
             raise bad(key, "text")
-    for key in _NUMBER_FIELDS:
-        value = summary.get(key)
-        if value is not None and not (_is_number(value) and math.isfinite(value)):
+    for key in _NUMBER_FIELDS:  # NaN counts as a number: a diverged run's loss is one
+        if summary.get(key) is not None and not _is_number(summary[key]):
             raise bad(key, "a number")
     if _is_number(summary.get("world_size")) and summary["world_size"] < 1:
         raise bad("world_size", "at least 1")
@@ -186,14 +187,15 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
     for key, value in (summary.get("timing") or {}).items():
         if value is not None and not _is_number(value):
             raise bad(f"timing.{key}", "a number")
-    for key, value in (summary.get("comm") or {}).items():
-        if value is None or key in _COMM_TEXT:
-            continue
-        if key in _COMM_LISTS:
-            if not (isinstance(value, list) and all(_is_number(v) for v in value)):
-                raise bad(f"comm.{key}", "a list of numbers")
-        elif not _is_number(value):
+    comm = summary.get("comm") or {}
+    for key in _COMM_NUMBERS:
+        if comm.get(key) is not None and not _is_number(comm[key]):
             raise bad(f"comm.{key}", "a number")
+    buckets = comm.get("bucket_bytes")
+    if buckets is not None and not (
+        isinstance(buckets, list) and all(_is_number(v) for v in buckets)
+    ):
+        raise bad("comm.bucket_bytes", "a list of numbers")
     threads = (summary.get("system") or {}).get("num_threads_per_rank")
     if threads is not None and not _is_number(threads):
         raise bad("system.num_threads_per_rank", "a number")

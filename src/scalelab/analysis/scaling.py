@@ -30,9 +30,8 @@ def group_key(summary: dict[str, Any]) -> tuple[Any, ...]:
         summary.get("global_batch"),
         summary.get("precision"),
         summary.get("num_train_samples"),
-        summary.get(
-            "device_type"
-        ),  # a CPU run is no baseline for GPU runs, nor one GPU for another
+        # a CPU run is no baseline for GPU runs, nor one GPU model for another
+        summary.get("device_type"),
         summary.get("device_name"),
     )
 
@@ -40,19 +39,17 @@ def group_key(summary: dict[str, Any]) -> tuple[Any, ...]:
 def group_label(summary: dict[str, Any], detailed: bool = False) -> str:
     """A group's name in tables and plots; ``detailed`` adds the rest of `group_key` (model,
     size, training examples), for groups whose short labels coincide."""
-    extra = ""
-    if detailed:
-        params, samples = summary.get("num_params"), summary.get("num_train_samples")
-        extra = (
-            f", {summary.get('model_arch')}, "
-            + (f"{params:,} parameters" if isinstance(params, int) else f"{params} parameters")
-            + ", "
-            + (
-                f"{samples:,} training examples"
-                if isinstance(samples, int)
-                else f"{samples} training examples"
-            )
-        )
+
+    def count(key: str) -> str:
+        value = summary.get(key)
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    extra = (
+        f", {summary.get('model_arch')}, {count('num_params')} parameters, "
+        f"{count('num_train_samples')} training examples"
+        if detailed
+        else ""
+    )
     return (
         f"{summary.get('preset')} ({summary.get('dataset')}, global batch "
         f"{summary.get('global_batch')}, {summary.get('precision')}, "
