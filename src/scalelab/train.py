@@ -66,7 +66,7 @@ METRIC_COLUMNS = [
     "epoch", "world_size", "global_batch", "num_steps", "train_loss", "val_loss", "val_acc",
     "epoch_time_s", "eval_time_s", "samples_per_s", "tokens_per_s", "peak_mem_mb",
     "data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms", "step_ms",
-    "step_ms_max", "data_ms_max",
+    "step_ms_max", "data_ms_max", "forward_ms_max",
 ]  # fmt: skip
 
 
@@ -891,6 +891,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             **mean_of,
             "step_ms_max": max_of["step_ms"],
             "data_ms_max": max_of["data_ms"],
+            # the forward has no collective, so a slow rank shows here; under DDP every rank's
+            # step lasts as long as the slowest one's (the others wait in their backward)
+            "forward_ms_max": max_of["forward_ms"],
         }
         state.metrics.append(row)
         log(
@@ -1002,7 +1005,9 @@ def _summary(
     distributed.pin_cpus (every rank has its own slice; None = unbound)."""
     rows = state.metrics
     last = rows[-1] if rows else {}
-    timing_keys = [f"{p}_ms" for p in PHASES] + ["step_ms", "step_ms_max", "data_ms_max"]
+    timing_keys = [f"{p}_ms" for p in PHASES] + [
+        "step_ms", "step_ms_max", "data_ms_max", "forward_ms_max",
+    ]  # fmt: skip
     cuda = env.device.type == "cuda"
     return {
         "run_name": run_dir.name,

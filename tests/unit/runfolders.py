@@ -42,6 +42,7 @@ def healthy_timing(world_size: int) -> dict[str, float]:
     t["step_ms"] = sum(t.values()) + OTHER_MS
     t["step_ms_max"] = t["step_ms"] * 1.02
     t["data_ms_max"] = t["data_ms"] * 1.1
+    t["forward_ms_max"] = t["forward_ms"] * 1.05
     return t
 
 
@@ -190,6 +191,7 @@ def write_run(
                     "step_ms",
                     "step_ms_max",
                     "data_ms_max",
+                    "forward_ms_max",
                 )
             }
             acc = final_val_acc - 0.05 * (num_epochs - epoch_idx)

@@ -345,14 +345,17 @@ def _run_rules(run: Run) -> list[Finding]:
                     name,
                 )
             )
-        step_max = run.phase("step_ms_max")
-        if n > 1 and step_max is not None and step_max > STRAGGLER_RATIO * step:
+        # DDP keeps the ranks' steps equal (the fast ones wait in their backward), so a slow
+        # rank shows in the forward, which has no collective
+        fwd, fwd_max = run.phase("forward_ms"), run.phase("forward_ms_max")
+        if n > 1 and fwd and fwd_max is not None and fwd_max > STRAGGLER_RATIO * fwd:
             findings.append(
                 Finding(
                     "warning",
                     "Straggler: ranks are imbalanced",
-                    f"slowest rank {_ms(step_max)} per step vs mean {_ms(step)} "
-                    f"({step_max / step:.2f}x) at {n} ranks",
+                    f"slowest rank's forward {_ms(fwd_max)} per step vs mean {_ms(fwd)} "
+                    f"({fwd_max / fwd:.2f}x) at {n} ranks; the others wait for it in every "
+                    "all-reduce",
                     "Every all-reduce waits for the slowest rank: check for uneven data "
                     "(sequence lengths per rank), shared or throttled devices, other processes.",
                     "straggler",
