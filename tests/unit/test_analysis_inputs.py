@@ -231,3 +231,15 @@ def test_a_diverged_run_with_nan_loss_still_loads(tmp_path: Path) -> None:
     _break_summary(tmp_path / "ws1", final_val_loss=float("nan"), comm={"extra_field": "text"})
     run = load_run(tmp_path / "ws1")  # NaN is a number; unknown comm fields are not checked
     assert run.summary["final_val_loss"] != run.summary["final_val_loss"]
+
+
+def test_a_simulated_slow_loader_is_predicted_to_stay(tmp_path: Path) -> None:
+    # data.delay_per_batch_s sleeps once per micro-batch whatever its size: 1.5 of the 2 ms
+    write_run(tmp_path, "slow", summary={"data": {"delay_per_batch_s": 0.0015}})
+    write_run(tmp_path, "fast")
+    kw = {"busbw_gbps": 10.0, "alpha_ms": 0.0}
+    (slow,) = predict_scaling(load_run(tmp_path / "slow").summary, [2], **kw)
+    (fast,) = predict_scaling(load_run(tmp_path / "fast").summary, [2], **kw)
+    assert fast.data_ms == pytest.approx(1.0)  # 2 ms / 2 ranks
+    assert slow.data_ms == pytest.approx(0.5 / 2 + 1.5)
+    assert slow.step_ms - fast.step_ms == pytest.approx(0.75)

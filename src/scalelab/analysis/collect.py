@@ -196,9 +196,10 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
         isinstance(buckets, list) and all(_is_number(v) for v in buckets)
     ):
         raise bad("comm.bucket_bytes", "a list of numbers")
-    threads = (summary.get("system") or {}).get("num_threads_per_rank")
-    if threads is not None and not _is_number(threads):
-        raise bad("system.num_threads_per_rank", "a number")
+    for section, key in (("system", "num_threads_per_rank"), ("data", "delay_per_batch_s")):
+        value = (summary.get(section) or {}).get(key)
+        if value is not None and not _is_number(value):
+            raise bad(f"{section}.{key}", "a number")
 
 
 def _check_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

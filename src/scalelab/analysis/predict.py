@@ -4,7 +4,8 @@ Cost model (global batch FIXED, so the per-rank batch shrinks as 1/n and every w
 the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
 
 * data_n = data_1/n, h2d_n = h2d_1/n, forward_n = forward_1/n, backward_n = backward_1/n
-  (work proportional to the per-rank batch);
+  (work proportional to the per-rank batch), except the sleep of ``data.delay_per_batch_s``
+  (a simulated slow loader: once per micro-batch, whatever its size), which stays;
 * optimizer_n = optimizer_1 (every rank updates ALL parameters, this never shrinks);
 * other = step_1 - (data+h2d+forward+backward+optimizer)_1, kept constant (host overheads);
 * all-reduce (ring, nccl-tests bus-bandwidth convention, GB = 1e9 bytes):
@@ -129,6 +130,9 @@ def predict_scaling(
         overlap = 0.0  # see module doc: CPU ranks have no idle cores to hide the all-reduce
     # see module doc: the step's first collective wakes ranks that were computing
     wake_ms = max(0.0, (sync_latency_ms or 0.0) - alpha) if on_cpu else 0.0
+    # the simulated slow loader's sleep per step (one per micro-batch), at most the data wait
+    delay_s = (summary_1rank.get("data") or {}).get("delay_per_batch_s") or 0.0
+    delay_ms = min(base["data_ms"], 1000.0 * float(delay_s) * accum)
     out = []
     for n in world_sizes:
         if n < 1:
@@ -136,6 +140,8 @@ def predict_scaling(
         data, h2d, fwd, bwd = (
             base[k] / n for k in ("data_ms", "h2d_ms", "forward_ms", "backward_ms")
         )
+        # data.delay_per_batch_s sleeps per micro-batch, whatever the batch size: it stays
+        data = (base["data_ms"] - delay_ms) / n + delay_ms
         opt = base["optimizer_ms"]
         times = [allreduce_ms(b, n, busbw_gbps=busbw_gbps, alpha_ms=alpha) for b in buckets]
         wake = wake_ms if n > 1 else 0.0

@@ -665,7 +665,8 @@ def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
         Heading("Cost model for prediction"),
         Para(
             "The global batch is fixed, so the per-rank batch shrinks as 1/n: data, host-to-device, "
-            "forward and backward time of the 1-rank run are divided by n; the optimizer step does not "
+            "forward and backward time of the 1-rank run are divided by n (except the sleep of "
+            "data.delay_per_batch_s, a simulated slow loader, which stays); the optimizer step does not "
             "shrink (every rank updates all parameters) and the remaining un-timed host time is kept "
             "constant. The gradient buckets are all-reduced with a ring (alpha-beta model, nccl-tests "
             "bus bandwidth, GB = 1e9 bytes); on GPUs DDP overlaps every bucket but the last with the backward of "
