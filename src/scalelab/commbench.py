@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shlex
 import socket
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from scalelab.analysis.predict import AnalysisError, fit_alpha_beta, ring_factor
+from scalelab.checkpoint import atomic_write_text
 from scalelab.config import DistributedConfig
 from scalelab.distributed import (
     DistEnv,
@@ -301,7 +303,6 @@ def save_commbench(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "commbench.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
     rows = result["results"]
     sizes = [r["bytes"] for r in rows]
@@ -349,8 +350,14 @@ def save_commbench(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, P
     )
     fig.tight_layout()
     png_path = out / "commbench.png"
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
+    # the plot first, then the JSON atomically: a failure leaves no new JSON beside an old plot
+    staged_png = out / ".commbench.png.tmp"
+    try:
+        fig.savefig(staged_png, dpi=120, format="png")
+    finally:
+        plt.close(fig)
+    os.replace(staged_png, png_path)
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
     return json_path, png_path
 
 

@@ -34,3 +34,14 @@ def test_commbench_user_errors_are_one_scalelab_error_line(
     assert len(lines) == 1, lines
     assert lines[0].startswith("scalelab: error:") and fragment in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_commbench_out_that_is_a_file_is_refused_before_the_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "afile").write_text("x")
+    assert main(["commbench", "--out", str(tmp_path / "afile")]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert "exists and is not a folder" in line and (tmp_path / "afile").read_text() == "x"

@@ -94,6 +94,9 @@ def test_sweep_checks_every_world_size_before_running(tmp_path: Path) -> None:
         run_sweep(SMALL, [1], ["output.dir=elsewhere"], out_dir=tmp_path, threads_per_rank=1)
     with pytest.raises(SweepError, match="distinct"):
         run_sweep(SMALL, [2, 2], [], out_dir=tmp_path, threads_per_rank=1)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SweepError, match="exists and is not a folder"):  # was the first run's error
+        run_sweep(SMALL, [1, 2], [], out_dir=tmp_path / "afile", threads_per_rank=1)
 
 
 def test_sweep_into_an_existing_sweep_is_refused_before_any_run(
