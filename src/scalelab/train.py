@@ -575,7 +575,8 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _mean_excluding_first(rows: list[dict[str, Any]], key: str) -> float:
-    vals = [r[key] for r in rows[1:]] if len(rows) > 1 else [r[key] for r in rows]
+    # .get: rows restored from a checkpoint of an older version may lack a newer column
+    vals = [r.get(key, math.nan) for r in (rows[1:] if len(rows) > 1 else rows)]
     vals = [v for v in vals if not (isinstance(v, float) and math.isnan(v))]
     return float(np.mean(vals)) if vals else float("nan")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,17 @@ def test_resume_auto_without_run_name_is_one_line_and_writes_nothing(
     assert len(lines) == 1, lines
     assert lines[0].startswith("scalelab: error: train.resume=auto needs output.run_name"), lines
     assert not (tmp_path / "exp").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_resumed_run_from_an_older_version_averages_only_the_rows_with_a_column() -> None:
+    from scalelab.train import _mean_excluding_first
+
+    # metrics rows restored from an older checkpoint lack forward_ms_max (a KeyError before)
+    rows = [
+        {"epoch_time_s": 9.0},
+        {"epoch_time_s": 5.0},
+        {"epoch_time_s": 7.0, "forward_ms_max": 3.0},
+    ]
+    assert _mean_excluding_first(rows, "epoch_time_s") == 6.0  # epoch 1 left out
+    assert _mean_excluding_first(rows, "forward_ms_max") == 3.0
+    assert math.isnan(_mean_excluding_first(rows[:2], "forward_ms_max"))  # none to average
