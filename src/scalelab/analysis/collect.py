@@ -157,7 +157,7 @@ _COMM_NUMBERS = (
 )  # fmt: skip
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -177,28 +177,28 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
         if summary.get(key) is not None and not isinstance(summary[key], str):
             raise bad(key, "text")
     for key in _NUMBER_FIELDS:  # NaN counts as a number: a diverged run's loss is one
-        if summary.get(key) is not None and not _is_number(summary[key]):
+        if summary.get(key) is not None and not is_number(summary[key]):
             raise bad(key, "a number")
-    if _is_number(summary.get("world_size")) and summary["world_size"] < 1:
+    if is_number(summary.get("world_size")) and summary["world_size"] < 1:
         raise bad("world_size", "at least 1")
     for section in _SECTIONS:
         if summary.get(section) is not None and not isinstance(summary[section], dict):
             raise bad(section, "an object")
     for key, value in (summary.get("timing") or {}).items():
-        if value is not None and not _is_number(value):
+        if value is not None and not is_number(value):
             raise bad(f"timing.{key}", "a number")
     comm = summary.get("comm") or {}
     for key in _COMM_NUMBERS:
-        if comm.get(key) is not None and not _is_number(comm[key]):
+        if comm.get(key) is not None and not is_number(comm[key]):
             raise bad(f"comm.{key}", "a number")
     buckets = comm.get("bucket_bytes")
     if buckets is not None and not (
-        isinstance(buckets, list) and all(_is_number(v) for v in buckets)
+        isinstance(buckets, list) and all(is_number(v) for v in buckets)
     ):
         raise bad("comm.bucket_bytes", "a list of numbers")
     for section, key in (("system", "num_threads_per_rank"), ("data", "delay_per_batch_s")):
         value = (summary.get(section) or {}).get(key)
-        if value is not None and not _is_number(value):
+        if value is not None and not is_number(value):
             raise bad(f"{section}.{key}", "a number")
 
 
@@ -206,7 +206,7 @@ def _check_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     """Every metrics.csv cell the trainer writes is a number (or empty)."""
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         for key, value in row.items():
-            if value is not None and not _is_number(value):
+            if value is not None and not is_number(value):
                 raise AnalysisError(f"{path}: line {i}, column {key!r} is not a number: {value!r}")
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from scalelab.analysis.collect import AnalysisError, Run
+from scalelab.analysis.collect import AnalysisError, Run, is_number
 from scalelab.analysis.scaling import group_key
 
 PHASES = ("data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
@@ -137,9 +137,7 @@ def predict_scaling(
     for n in world_sizes:
         if n < 1:
             raise AnalysisError(f"world size must be >= 1, got {n}")
-        data, h2d, fwd, bwd = (
-            base[k] / n for k in ("data_ms", "h2d_ms", "forward_ms", "backward_ms")
-        )
+        h2d, fwd, bwd = (base[k] / n for k in ("h2d_ms", "forward_ms", "backward_ms"))
         # data.delay_per_batch_s sleeps per micro-batch, whatever the batch size: it stays
         data = (base["data_ms"] - delay_ms) / n + delay_ms
         opt = base["optimizer_ms"]
@@ -248,8 +246,7 @@ def _read_commbench(path: str | Path) -> Any:
 
 def _finite(path: str | Path, field: str, value: Any, *, positive: bool = False) -> float:
     """A number from a commbench file, or one line naming the field (also NaN and infinity)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (positive and value <= 0):
+    if not (is_number(value) and math.isfinite(value)) or (positive and value <= 0):
         want = "a number > 0" if positive else "a finite number"
         raise AnalysisError(f"{path}: commbench field {field!r} should be {want}, got {value!r}")
     return float(value)
@@ -261,7 +258,7 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
     if not isinstance(bench, dict) or "world_size" not in bench:
         raise AnalysisError(f"{path}: not a commbench result (no world_size)")
     world_size = bench["world_size"]
-    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+    if not (is_number(world_size) and isinstance(world_size, int) and world_size >= 1):
         raise AnalysisError(
             f"{path}: commbench field 'world_size' should be a whole number >= 1, got {world_size!r}"
         )

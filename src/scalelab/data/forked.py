@@ -27,11 +27,9 @@ def fork_context() -> multiprocessing.context.BaseContext | None:
         return None
     if multiprocessing.current_process().daemon:
         return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return multiprocessing.get_context("fork") if cores > 1 else None
+    from scalelab.distributed import available_cpus
+
+    return multiprocessing.get_context("fork") if available_cpus() > 1 else None
 
 
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
