@@ -234,3 +234,15 @@ def test_lost_efficiency_table_splits_the_excess_by_phase(report):
         "+0.00",
         "+1.00",
     ]
+
+
+def test_time_breakdown_shows_the_slowest_ranks_forward(report):
+    # DDP makes every rank's step equally long, so a straggler shows in the forward (no
+    # collective there): the table shows the slowest rank's forward, 1.05 x the mean here.
+    lines = report["markdown"].read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| run | ranks | data |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    row = next(line for line in lines[start:] if line.startswith("| ag\\_news\\_small-ws2 | 2 |"))
+    cells = dict(zip(header, (c.strip() for c in row.strip("|").split("|")), strict=True))
+    assert cells["forward"] == "15"  # 30 ms at 1 rank, halved
+    assert cells["slowest forward"] == "15.8"  # 15 x 1.05

@@ -452,14 +452,16 @@ def _breakdown_table(runs: Sequence[Run]) -> Table:
                 *(_f(p) for p in phases),
                 _f(other),
                 _f(step),
-                _f(r.phase("step_ms_max")),
+                _f(r.phase("forward_ms_max")),
                 _f(r.comm_value("exposed_comm_ms")),
                 _f(r.comm_value("allreduce_ms")),
                 _pct(r.comm_value("overlap_fraction")),
             ]
         )
     return Table(
-        "Where the time goes: mean time per optimizer step (ms); backward includes the exposed all-reduce.",
+        "Where the time goes: mean time per optimizer step (ms); backward includes the exposed "
+        "all-reduce; slowest forward is the slowest rank's (no collective runs in the forward, so "
+        "a straggler shows there, while DDP makes every rank's step equally long).",
         [
             "run",
             "ranks",
@@ -470,7 +472,7 @@ def _breakdown_table(runs: Sequence[Run]) -> Table:
             "optimizer",
             "other",
             "step",
-            "step max",
+            "slowest forward",
             "exposed comm",
             "all-reduce",
             "overlap",
