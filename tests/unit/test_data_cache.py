@@ -62,7 +62,7 @@ def test_cold_then_warm_hit_without_retokenising(cfg, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("re-tokenised on a cache hit")
 
-    monkeypatch.setattr(cache, "build_tokenizer", boom)
+    monkeypatch.setattr(cache, "tokenizer_and_pad_id", boom)
     monkeypatch.setattr(cache, "encode_texts", boom)
     monkeypatch.setattr(cache, "load_raw", boom)
     warm = prepare_data(cfg)
@@ -101,7 +101,7 @@ def test_atomic_write_leaves_nothing_on_failure(cfg, monkeypatch, tmp_path):
         raise OSError("disk full")
 
     monkeypatch.setattr(cache.np, "savez", partial_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match="cannot write the data cache.*disk full"):
         prepare_data(cfg)
     assert list((tmp_path / "cache").iterdir()) == []
 
@@ -365,3 +365,137 @@ def test_a_daemonic_worker_prepares_data_without_a_child(cfg, monkeypatch):
     monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply(_prepare_in_a_daemonic_worker, (cfg,)) == 60
+
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _flip_a_byte(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside an array's bytes: its CRC no longer matches
+    p.write_bytes(bytes(data))
+
+
+def _empty(p: Path) -> None:
+    p.write_bytes(b"")
+
+
+def _foreign_npz(p: Path) -> None:
+    with p.open("wb") as f:
+        np.savez(f, weights=np.zeros(3))
+
+
+def _meta_without_fields(p: Path) -> None:
+    arrays = dict(np.load(p))
+    arrays["meta_json"] = np.frombuffer(b'{"x": 1}', dtype=np.uint8)
+    with p.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate, _flip_a_byte, _empty, _foreign_npz, _meta_without_fields]
+)
+def test_a_damaged_cache_file_is_rebuilt_listed_and_named(cfg, damage, capsys):
+    from scalelab.cli import main
+
+    good = prepare_data(cfg)
+    damage(good.cache_path)
+    # another rank of the node finds it unreadable: one line naming the file
+    with pytest.raises(DataError, match="data cache unreadable") as err:
+        prepare_data(cfg, is_main=False)
+    assert str(good.cache_path) in str(err.value) and "\n" not in str(err.value)
+    # it can be listed and cleared (it used to crash both commands)
+    (entry,) = cache.list_cache(good.cache_path.parent)
+    assert entry.path == good.cache_path
+    if damage is not _flip_a_byte:  # listing reads only the small meta array
+        assert "unreadable" in entry.description and not entry.current
+    assert main(["data", "--list", f"data.cache_dir={cfg.data.cache_dir}"]) == 0
+    assert good.cache_path.name in capsys.readouterr().out
+    # the builder rebuilds it in place
+    rebuilt = prepare_data(cfg)
+    assert not rebuilt.cache_hit and rebuilt.cache_path == good.cache_path
+    assert torch.equal(rebuilt.train.tokens, good.train.tokens)
+    assert prepare_data(cfg, is_main=False).cache_hit
+    damage(good.cache_path)
+    assert main(["data", "--clear", f"data.cache_dir={cfg.data.cache_dir}"]) == 0
+    assert not good.cache_path.exists()
+
+
+def test_cache_file_permissions_follow_the_umask(cfg):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = prepare_data(cfg).cache_path
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640  # mkstemp alone gives 0o600
+
+
+def test_an_unusable_cache_folder_is_one_line(cfg, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    cfg.data.cache_dir = str(tmp_path / "afile" / "sub")
+    with pytest.raises(DataError, match="cannot write the data cache here") as err:
+        prepare_data(cfg)
+    assert "afile" in str(err.value) and "data.cache_dir" in str(err.value)
+
+
+def test_description_names_this_configs_files_on_a_cache_hit(cfg, tmp_path):
+    import shutil
+
+    first = prepare_data(cfg)
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    for key in ("train_path", "test_path"):
+        dst = elsewhere / Path(getattr(cfg.data, key)).name
+        shutil.copy(getattr(cfg.data, key), dst)
+        setattr(cfg.data, key, str(dst))
+    hit = prepare_data(cfg)  # same content, so the same cache file
+    assert hit.cache_hit and hit.cache_path == first.cache_path
+    assert str(elsewhere) in hit.description and str(elsewhere) not in first.description
+
+
+def test_a_vocab_txt_with_repeated_lines_keeps_every_id_inside_the_embedding(cfg, tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS[:6], "the", *WORDS[6:]]
+    (tmp_path / "dup.txt").write_text("\n".join(vocab) + "\n")
+    cfg.data.vocab_path = str(tmp_path / "dup.txt")
+    data = prepare_data(cfg)
+    assert data.vocab_size == len(vocab)  # ids are line numbers: one line is never used
+    assert int(data.train.tokens.max()) < data.vocab_size
+
+
+def test_a_tokenizer_json_keeps_its_own_padding_token(cfg, tmp_path):
+    import json
+
+    vocab = {
+        "[UNK]": 0,
+        "[CLS]": 1,
+        "[SEP]": 2,
+        "<|pad|>": 3,
+        **{w: 4 + i for i, w in enumerate(WORDS)},
+    }
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": {
+            "strategy": "BatchLongest",
+            "direction": "Right",
+            "pad_to_multiple_of": None,
+            "pad_id": 3,
+            "pad_type_id": 0,
+            "pad_token": "<|pad|>",
+        },
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+    }
+    (tmp_path / "tok.json").write_text(json.dumps(spec))
+    cfg.data.vocab_path = str(tmp_path / "tok.json")
+    data = prepare_data(cfg)
+    assert data.pad_id == 3
+    short = int(np.argmin(data.train.lengths))
+    assert (data.train.tokens[short, data.train.lengths[short] :] == 3).all()

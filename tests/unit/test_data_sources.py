@@ -22,7 +22,12 @@ from scalelab.data import (
     load_raw,
     pad_id,
 )
-from scalelab.data.sources import read_aclimdb_dir, read_ag_news_csv, read_imdb_csv
+from scalelab.data.sources import (
+    read_aclimdb_dir,
+    read_ag_news_csv,
+    read_imdb_csv,
+    source_fingerprint,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/data beside the checkout (as in CI), not an absolute path of one machine
@@ -113,6 +118,46 @@ def test_folder_rejected_for_ag_news(tmp_path):
     make_acl(tmp_path / "t")
     with pytest.raises(DataError, match="only supported for dataset=imdb"):
         load_raw(files_cfg("ag_news", tmp_path / "t", tmp_path / "t"))
+    # the cache key is computed first: it must say the same, not "not an aclImdb folder"
+    with pytest.raises(DataError, match="only supported for dataset=imdb"):
+        source_fingerprint(files_cfg("ag_news", tmp_path / "t", tmp_path / "t"))
+
+
+def test_aclimdb_folder_with_an_empty_class_is_refused(tmp_path):
+    root = make_acl(tmp_path / "x")
+    for f in (root / "pos").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="no \\*.txt reviews in pos/"):
+        read_aclimdb_dir(root)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    texts, labels, _ = read_imdb_csv(
+        write(tmp_path / "i.csv", bom + b"text,label\nbad,0\ngood,1\n")
+    )
+    assert texts == ["bad", "good"] and labels.tolist() == [0, 1]
+    ag = write(tmp_path / "a.csv", bom + b'"1","t","d"\n"2","u","e"\n')
+    assert read_ag_news_csv(ag)[1].tolist() == [0, 1]
+
+
+def test_a_text_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    long = "word " * 40_000  # 200k characters; Python's csv stops at 131,072 by default
+    texts, _, _ = read_imdb_csv(write(tmp_path / "i.csv", f'text,label\n"{long}",1\nok,0\n'))
+    assert len(texts[0]) == len(long.strip()) and texts[1] == "ok"
+
+
+def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    path = write(tmp_path / "i.csv", "text,label\nok,1\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError, match="cannot read .Permission denied."):
+        read_imdb_csv(path)
+    with pytest.raises(DataError, match="cannot read"):
+        source_fingerprint(files_cfg("imdb", path, path))
 
 
 # --------------------------------------------------------------------------- validation

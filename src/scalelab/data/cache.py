@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import time
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -35,12 +36,18 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 
 from scalelab.config import Config
 from scalelab.data.forked import forked
-from scalelab.data.sources import DataError, RawData, load_raw, source_fingerprint
+from scalelab.data.sources import (
+    DataError,
+    RawData,
+    describe,
+    load_raw,
+    source_fingerprint,
+)
 from scalelab.data.tokenizer import (
     NOT_PLAIN_CHAR,
-    build_tokenizer,
-    pad_id,
+    id_space,
     split_not_plain,
+    tokenizer_and_pad_id,
     vocab_fingerprint,
 )
 
@@ -351,14 +358,15 @@ def _encode_splits(
 
 
 def _build(cfg: Config, raw: RawData) -> dict[str, np.ndarray]:
-    tok = build_tokenizer(cfg.data, cfg.model.vocab_size, raw.train_texts, cfg.model.max_seq_len)
-    pad = pad_id(tok)
+    tok, pad = tokenizer_and_pad_id(
+        cfg.data, cfg.model.vocab_size, raw.train_texts, cfg.model.max_seq_len
+    )
     (tr_tokens, tr_len), (te_tokens, te_len) = _encode_splits(
         tok, raw.train_texts, raw.test_texts, pad
     )
     meta = {
         "num_classes": raw.num_classes,
-        "vocab_size": tok.get_vocab_size(),
+        "vocab_size": id_space(tok),  # ids run 0..vocab_size-1 (a vocab.txt may repeat lines)
         "pad_id": pad,
         "description": raw.description,
         "max_seq_len": cfg.model.max_seq_len,
@@ -377,24 +385,65 @@ def _build(cfg: Config, raw: RawData) -> dict[str, np.ndarray]:
     }
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temp file in the same folder, then os.replace: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    """Write to a temp file in the same folder, then os.replace: readers never see a partial file.
+
+    The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600,
+    so a cache folder shared by a group stays readable by it.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataError(
+            f"{path.parent}: cannot write the data cache here ({exc.strerror or exc}); "
+            "set data.cache_dir (or $SCALELAB_CACHE) to a writable folder"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)  # uncompressed: loading is a memcpy, not a decompression
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write the data cache ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+#: The arrays of a cache file, and the fields of its meta_json.
+_ARRAYS = frozenset(
+    f"{split}_{part}" for split in ("train", "test") for part in ("tokens", "lengths", "labels")
+) | {"tokenizer_json", "meta_json"}
+_META = frozenset({"num_classes", "vocab_size", "pad_id", "max_seq_len", "cache_version"})
+#: What reading a damaged (truncated, bit-flipped, empty) or foreign .npz raises.
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _read_meta(z: np.lib.npyio.NpzFile) -> dict:
+    meta = json.loads(z["meta_json"].tobytes().decode())
+    if not isinstance(meta, dict) or not meta.keys() >= _META:
+        raise ValueError("not a scalelab cache file (meta_json lacks its fields)")
+    return meta
+
+
 def _read(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a cache file; raises one of ``_UNREADABLE`` for a damaged or foreign one."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        missing = _ARRAYS - set(z.files)
+        if missing:
+            raise KeyError(f"not a scalelab cache file (no {', '.join(sorted(missing))})")
+        _read_meta(z)
+        return {k: z[k] for k in z.files}  # reading checks each array's CRC
 
 
 def _split(arrays: dict[str, np.ndarray], name: str, pad: int) -> EncodedSplit:
@@ -406,19 +455,25 @@ def _split(arrays: dict[str, np.ndarray], name: str, pad: int) -> EncodedSplit:
     )
 
 
-def _assemble(arrays: dict[str, np.ndarray], path: Path, hit: bool, t0: float) -> EncodedData:
+def _assemble(
+    cfg: Config, arrays: dict[str, np.ndarray], path: Path, hit: bool, t0: float
+) -> EncodedData:
     meta = json.loads(arrays["meta_json"].tobytes().decode())
     pad = int(meta["pad_id"])
+    train, test = _split(arrays, "train", pad), _split(arrays, "test", pad)
+    num_classes = int(meta["num_classes"])
     return EncodedData(
-        train=_split(arrays, "train", pad),
-        test=_split(arrays, "test", pad),
-        num_classes=int(meta["num_classes"]),
+        train=train,
+        test=test,
+        num_classes=num_classes,
         vocab_size=int(meta["vocab_size"]),
         pad_id=pad,
         cache_path=path,
         cache_hit=hit,
         prep_time_s=time.perf_counter() - t0,
-        description=meta["description"],
+        # From this config, not the cache: the key is the files' content, so a cache built from
+        # a copy elsewhere (or the bundled sample) would otherwise name the other files.
+        description=describe(cfg.data, len(train.labels), len(test.labels), num_classes),
         tokenizer_json=arrays["tokenizer_json"].tobytes().decode(),
         max_seq_len=int(meta["max_seq_len"]),
     )
@@ -453,11 +508,14 @@ def list_cache(folder: Path) -> list[CacheEntry]:
         description, version = "", None
         try:
             with np.load(path, allow_pickle=False) as z:  # reads only the small meta array
-                meta = json.loads(z["meta_json"].tobytes().decode())
+                meta = _read_meta(z)
             description, version = meta.get("description", ""), meta.get("cache_version")
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: listed (and removable) all the same
-        st = path.stat()
+        except _UNREADABLE:
+            description = "(unreadable: damaged or not a scalelab cache file)"
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # removed meanwhile
+            continue
         entries.append(
             CacheEntry(path, st.st_size, st.st_mtime, description, version == CACHE_VERSION)
         )
@@ -472,9 +530,14 @@ def clear_cache(folder: Path, older_than_s: float = 0.0) -> list[tuple[Path, int
         (e.path, e.size_bytes) for e in list_cache(folder) if e.modified <= now - older_than_s
     ]
     for p in folder.iterdir() if folder.is_dir() else []:
-        st = p.stat()
+        if not _TEMP_NAME.match(p.name):
+            continue
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
         # a temp file younger than an hour may be a build in progress
-        if _TEMP_NAME.match(p.name) and st.st_mtime <= now - max(older_than_s, 3600.0):
+        if st.st_mtime <= now - max(older_than_s, 3600.0):
             doomed.append((p, st.st_size))
     for path, _ in doomed:
         path.unlink(missing_ok=True)
@@ -502,7 +565,14 @@ def prepare_data(
                 f"{path}: data cache missing after this node's local rank 0 prepared it "
                 "(see its error)"
             )
-        return _assemble(_read(path), path, True, t0)
+        try:
+            arrays = _read(path)
+        except _UNREADABLE as exc:
+            raise DataError(
+                f"{path}: data cache unreadable after this node's local rank 0 prepared it "
+                f"({type(exc).__name__}: {exc}); is data.cache_dir shared and being rewritten?"
+            ) from None
+        return _assemble(cfg, arrays, path, True, t0)
 
     try:
         fingerprint, raw = _fingerprint(cfg)
@@ -511,7 +581,7 @@ def prepare_data(
         if path.is_file():
             try:
                 arrays = _read(path)
-            except (OSError, ValueError, KeyError):  # corrupt or foreign file: rebuild it
+            except _UNREADABLE:  # damaged or foreign file: rebuild it (atomically replaced)
                 arrays = None
         hit = arrays is not None
         if arrays is None:
@@ -522,7 +592,7 @@ def prepare_data(
         barrier()  # release the other ranks; they find no cache and raise instead of hanging
         raise
     barrier()
-    return _assemble(arrays, path, hit, t0)
+    return _assemble(cfg, arrays, path, hit, t0)
 
 
 @contextlib.contextmanager

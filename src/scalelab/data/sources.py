@@ -17,6 +17,7 @@ Malformed input raises :class:`DataError` whose one-line message names the file 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
@@ -44,6 +45,7 @@ SAMPLE_FILES = {
 SUBSET_SEED = 0
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_MAX_FIELD_CHARS = 2**31 - 1  # one CSV field (a text) may be as long as it likes
 
 
 class DataError(ValueError):
@@ -118,7 +120,7 @@ def _read_bytes(path: Path) -> tuple[str, bytes]:
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a CSV file")
-    data = path.read_bytes()
+    data = _read_file(path)
     digest = _sha256(data)
     if data[:2] == _GZIP_MAGIC:
         try:
@@ -128,7 +130,16 @@ def _read_bytes(path: Path) -> tuple[str, bytes]:
     return digest, data
 
 
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # permissions, a dangling link, an I/O error
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def _decode(path: Path, data: bytes) -> str:
+    if data.startswith(codecs.BOM_UTF8):  # as Excel and Notepad write UTF-8
+        data = data[len(codecs.BOM_UTF8) :]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -141,6 +152,8 @@ def _decode(path: Path, data: bytes) -> str:
 
 def _csv_rows(path: Path, text: str) -> Iterable[tuple[int, list[str]]]:
     """Yield (1-based first line of the record, fields); records may span lines."""
+    # Python's default field limit (128 KiB) would reject long documents as "malformed"
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD_CHARS))
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     start = 1
     try:
@@ -242,9 +255,10 @@ def _acl_files(root: Path) -> list[tuple[Path, int]]:
             head = p.stem.split("_", 1)[0]
             return (int(head) if head.isdigit() else -1, p.name)
 
-        out += [(p, label) for p in sorted(folder.glob("*.txt"), key=review_id)]
-    if not out:
-        raise DataError(f"{root}: no *.txt reviews in neg/ or pos/")
+        files = sorted(folder.glob("*.txt"), key=review_id)
+        if not files:  # a half-copied tree would silently train on one class
+            raise DataError(f"{root}: no *.txt reviews in {sub}/ (an aclImdb split has both)")
+        out += [(p, label) for p in files]
     return out
 
 
@@ -254,7 +268,7 @@ def read_aclimdb_dir(root: Path) -> tuple[list[str], np.ndarray, str]:
     labels: list[int] = []
     h = hashlib.sha256()
     for path, label in _acl_files(root):
-        data = path.read_bytes()
+        data = _read_file(path)
         h.update(f"{path.parent.name}/{path.name}\0{len(data)}\0".encode())
         h.update(data)
         body = clean_imdb(_decode(path, data))
@@ -279,13 +293,15 @@ def read_split(dataset: str, path: Path) -> tuple[list[str], np.ndarray, str]:
     return read_imdb_csv(path)
 
 
-def file_fingerprint(path: Path) -> str:
+def file_fingerprint(path: Path, dataset: str = "imdb") -> str:
     """sha256 of the bytes as stored (cheap: no parsing, no gunzip) or of an aclImdb tree."""
     if path.is_dir():
+        if dataset != "imdb":
+            raise DataError(f"{path}: a folder (aclImdb tree) is only supported for dataset=imdb")
         return read_aclimdb_dir(path)[2]
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    return _sha256(path.read_bytes())
+    return _sha256(_read_file(path))
 
 
 def split_paths(cfg: DataConfig) -> tuple[Path, Path]:
@@ -310,7 +326,9 @@ def source_fingerprint(cfg: DataConfig) -> str:
     Equals ``load_raw(cfg).fingerprint`` for source=sample/files.
     """
     train, test = split_paths(cfg)
-    return _combine(cfg.dataset, file_fingerprint(train), file_fingerprint(test))
+    return _combine(
+        cfg.dataset, file_fingerprint(train, cfg.dataset), file_fingerprint(test, cfg.dataset)
+    )
 
 
 def _subset(texts: list[str], labels: np.ndarray, n: int) -> tuple[list[str], np.ndarray]:
@@ -373,7 +391,6 @@ def load_raw(cfg: DataConfig) -> RawData:
     if cfg.source == "hf":
         tr_x, tr_y, te_x, te_y = _load_hf(cfg.dataset)
         fingerprint = _content_fingerprint(cfg.dataset, (tr_x, tr_y), (te_x, te_y))
-        origin = "Hugging Face datasets"
     else:
         train_path, test_path = split_paths(cfg)
         # A large test split is read in a forked child meanwhile (CSV parsing is Python work
@@ -385,13 +402,22 @@ def load_raw(cfg: DataConfig) -> RawData:
             tr_x, tr_y, tr_fp = read_split(cfg.dataset, train_path)
             te_x, te_y, te_fp = test_split()
         fingerprint = _combine(cfg.dataset, tr_fp, te_fp)
-        origin = "bundled sample" if cfg.source == "sample" else f"{train_path}, {test_path}"
     for name, labels in (("train", tr_y), ("test", te_y)):
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(f"{cfg.dataset} {name} split: labels must be in 0..{num_classes - 1}")
     tr_x, tr_y = _subset(tr_x, tr_y, cfg.max_train_samples)
     te_x, te_y = _subset(te_x, te_y, cfg.max_test_samples)
-    description = (
-        f"{cfg.dataset} ({origin}): {len(tr_x):,} train / {len(te_x):,} test, {num_classes} classes"
-    )
+    description = describe(cfg, len(tr_x), len(te_x), num_classes)
     return RawData(tr_x, tr_y, te_x, te_y, num_classes, description, fingerprint)
+
+
+def describe(cfg: DataConfig, n_train: int, n_test: int, num_classes: int) -> str:
+    """One line naming the dataset, where its texts come from and its size."""
+    if cfg.source == "hf":
+        origin = "Hugging Face datasets"
+    elif cfg.source == "sample":
+        origin = "bundled sample"
+    else:
+        train_path, test_path = split_paths(cfg)
+        origin = f"{train_path}, {test_path}"
+    return f"{cfg.dataset} ({origin}): {n_train:,} train / {n_test:,} test, {num_classes} classes"

@@ -132,10 +132,12 @@ def _normalizer(lowercase: bool) -> BertNormalizer:
     return BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
 
 
-def _add_cls_sep(tok: Tokenizer) -> None:
+def _add_cls_sep(tok: Tokenizer, where: str) -> None:
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if cls_id is None or sep_id is None:
-        raise DataError("tokenizer has no [CLS]/[SEP] tokens; cannot add them around texts")
+        raise DataError(
+            f"{where}: tokenizer has no [CLS]/[SEP] tokens; cannot add them around texts"
+        )
     tok.post_processor = TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -143,7 +145,7 @@ def _add_cls_sep(tok: Tokenizer) -> None:
     )
 
 
-def pad_id(tokenizer: Tokenizer) -> int:
+def pad_id(tokenizer: Tokenizer, where: str = "tokenizer") -> int:
     """Id used for padding: the tokenizer's padding id if set, else the [PAD] token."""
     if tokenizer.padding is not None:
         return int(tokenizer.padding["pad_id"])
@@ -151,7 +153,7 @@ def pad_id(tokenizer: Tokenizer) -> int:
         tid = tokenizer.token_to_id(token)
         if tid is not None:
             return int(tid)
-    raise DataError("tokenizer has no padding token ([PAD] or <pad>)")
+    raise DataError(f"{where}: tokenizer has no padding token ([PAD] or <pad>)")
 
 
 def build_tokenizer(
@@ -168,6 +170,18 @@ def build_tokenizer(
     ``max_seq_len`` enables truncation (counting [CLS] and [SEP]). Padding stays off: the
     cache pads with numpy, which is faster than padding every encoding.
     """
+    return tokenizer_and_pad_id(cfg, vocab_size, train_texts, max_seq_len)[0]
+
+
+def tokenizer_and_pad_id(
+    cfg: DataConfig,
+    vocab_size: int,
+    train_texts: list[str],
+    max_seq_len: int | None = None,
+) -> tuple[Tokenizer, int]:
+    """``build_tokenizer`` and the id to pad with: a tokenizer.json's own padding token if it
+    sets one (read before padding is switched off), else its [PAD] or <pad> token."""
+    where = "the trained tokenizer"
     if not cfg.vocab_path:
         tok = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
         tok.normalizer = _normalizer(cfg.lowercase)
@@ -189,9 +203,10 @@ def build_tokenizer(
         )
         bare.train_from_iterator(normed, trainer=trainer, length=len(normed))
         tok.model = _canonical_ids(bare.get_vocab())
-        _add_cls_sep(tok)
+        _add_cls_sep(tok, where)
     else:
         path = resolve_path(cfg.vocab_path)
+        where = str(path)
         if not path.is_file():
             raise DataError(f"{path}: vocab file not found (data.vocab_path)")
         if path.suffix == ".json":
@@ -200,14 +215,21 @@ def build_tokenizer(
             except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
                 raise DataError(f"{path}: not a tokenizers tokenizer.json ({exc})") from None
             if tok.post_processor is None:
-                _add_cls_sep(tok)
+                _add_cls_sep(tok, where)
         else:
             tok = _from_vocab_txt(path, cfg.lowercase)
     tok.decoder = tok.decoder or decoders.WordPiece(prefix="##")
+    pad = pad_id(tok, where)
     tok.no_padding()
     if max_seq_len is not None:
         tok.enable_truncation(max_length=max_seq_len)
-    return tok
+    return tok, pad
+
+
+def id_space(tokenizer: Tokenizer) -> int:
+    """Highest token id + 1: the embedding rows the ids need. More than the number of distinct
+    tokens when a vocab.txt repeats a line (the repeat keeps its line number free)."""
+    return max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
 
 
 def _canonical_ids(vocab: dict[str, int]) -> WordPiece:
@@ -238,5 +260,5 @@ def _from_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
     tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
     tok.normalizer = _normalizer(lowercase)
     tok.pre_tokenizer = BertPreTokenizer()
-    _add_cls_sep(tok)
+    _add_cls_sep(tok, str(path))
     return tok
