@@ -116,9 +116,9 @@ class TrainConfig:
     """Write checkpoints at all."""
     log_every_steps: int = 50
     """Update the progress line every N steps; each update is a host-device sync for the loss.
-    Ranks also agree every N steps (one tiny all-reduce) whether any got SIGTERM/SIGUSR1, and stop together."""
+    (Whether any rank got SIGTERM/SIGUSR1 the ranks agree about every 5 s of training, one tiny all-reduce, and stop together.)"""
     timing_warmup_steps: int = 5
-    """First optimizer steps of the run excluded from the per-phase timing (warm-up, compile)."""
+    """First optimizer steps of each invocation excluded from the per-phase timing (warm-up, compile); a resumed run warms up again, over at most half of the epoch's steps left."""
     profile_steps: int = 0
     """Run N optimizer steps of the first epoch (right after the timing warm-up; at most half of the epoch's remaining steps) under torch.profiler: each rank writes profile-rank<r>.json (a chrome trace) into the run folder, and summary.json's `profile` holds rank 0's GPU busy/idle time, launches and top kernels and host ops. Profiled steps are left out of the phase timing. 0 = off."""
     comm_calibration_steps: int = 8
@@ -128,7 +128,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     """Stop each epoch after N optimizer steps (0 = full epoch). For smoke tests."""
     stop_after_steps: int = 0
-    """Checkpoint and exit after N optimizer steps of this invocation, as if preempted (0 = never); resume with train.resume=auto."""
+    """Checkpoint and exit after N optimizer steps of this invocation, as if preempted (0 = never; needs train.save_checkpoint); resume with train.resume=auto."""
     eval_batch_size: int = 0
     """Per-rank evaluation batch size; 0 = 2 x per-rank training batch."""
 
@@ -255,6 +255,11 @@ class Config:
             raise ConfigError("data.source=files needs both data.train_path and data.test_path")
         if m.pretrained and m.arch != "distilbert":
             raise ConfigError("model.pretrained is only used with model.arch=distilbert")
+        if t.stop_after_steps and not t.save_checkpoint:
+            raise ConfigError(
+                "train.stop_after_steps needs train.save_checkpoint=true: a stopped run without a "
+                "checkpoint cannot be continued"
+            )
         if t.resume not in ("", "auto") and not Path(t.resume).is_file():
             raise ConfigError(f"train.resume: checkpoint file not found: {t.resume}")
         if world_size is not None:

@@ -230,6 +230,15 @@ def all_reduce_max(value: float, env: DistEnv) -> float:
     return float(t.item())  # host-device sync (once per call, never per step)
 
 
+def all_reduce_maxes(values: list[float], env: DistEnv) -> list[float]:
+    """The largest of each of a few floats across ranks (one collective)."""
+    if not env.is_distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(env))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()  # host-device sync (once per call, never per step)
+
+
 def all_reduce_mean_max(values: list[float], env: DistEnv) -> tuple[list[float], list[float]]:
     """Per-value mean and max across ranks, for straggler-aware timing."""
     if not env.is_distributed:

@@ -92,6 +92,20 @@ class StepTimer:
         return out
 
 
+def merge_phase_means(before: dict[str, float] | None, after: dict[str, float]) -> dict[str, float]:
+    """`epoch_summary()` of one epoch trained in two parts (stopped, then resumed): the phase
+    means over both parts' measured steps."""
+    if not before or not before.get("measured_steps"):
+        return after
+    na, nb = before["measured_steps"], after["measured_steps"]
+    if not nb:
+        return dict(before)
+    out = {f"{p}_ms": (before[f"{p}_ms"] * na + after[f"{p}_ms"] * nb) / (na + nb) for p in PHASES}
+    out["step_ms"] = sum(out[f"{p}_ms"] for p in PHASES)
+    out["measured_steps"] = na + nb
+    return out
+
+
 class Stopwatch:
     """Wall-clock interval that waits for queued GPU work first (a host-device sync: use sparingly)."""
 

@@ -60,7 +60,7 @@ from scalelab.config import Config, ConfigError, save_config
 from scalelab.data import EncodedData, TrainBatchSampler, eval_shards, make_batch, prepare_data
 from scalelab.models import build_model, count_parameters
 from scalelab.profiling import StepProfiler
-from scalelab.timing import PHASES, StepTimer, Stopwatch
+from scalelab.timing import PHASES, StepTimer, Stopwatch, merge_phase_means
 
 METRIC_COLUMNS = [
     "epoch", "world_size", "global_batch", "num_steps", "train_loss", "val_loss", "val_acc",
@@ -79,6 +79,18 @@ class TrainState:
     global_step: int = 0
     epoch_loss_sum: float = 0.0  # loss summed over this rank's steps of the unfinished epoch
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    # Training time and this rank's real tokens of the unfinished epoch before a stop, so a
+    # resumed epoch reports its whole time; None: saved by a version that did not record it.
+    epoch_elapsed_s: float | None = 0.0
+    epoch_tokens: int = 0
+    # This rank's phase means of the epoch's steps before a stop (StepTimer.epoch_summary)
+    epoch_phases: dict[str, float] | None = None
+
+
+#: Seconds of training between two polls for a stop signal (one tiny collective each): a
+#: preempted run checkpoints within about this long, well inside torchrun's shutdown timeout and
+#: SLURM's warning, however long a step or train.log_every_steps is.
+STOP_POLL_S = 5.0
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -575,9 +587,15 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _mean_excluding_first(rows: list[dict[str, Any]], key: str) -> float:
-    # .get: rows restored from a checkpoint of an older version may lack a newer column
-    vals = [r.get(key, math.nan) for r in (rows[1:] if len(rows) > 1 else rows)]
-    vals = [v for v in vals if not (isinstance(v, float) and math.isnan(v))]
+    """Mean over the epochs after the first (warm caches, compiled graphs), skipping nan; the
+    first epoch's value when no later one has one (e.g. a resumed epoch timed no step)."""
+
+    def values(some: list[dict[str, Any]]) -> list[Any]:
+        # .get: rows restored from a checkpoint of an older version may lack a newer column
+        vals = [r.get(key, math.nan) for r in some]
+        return [v for v in vals if not (isinstance(v, float) and math.isnan(v))]
+
+    vals = values(rows[1:]) or values(rows[:1])
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -616,9 +634,15 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         resume_from = ckpt_path if ckpt_path.is_file() else None
     elif cfg.train.resume:
         resume_from = Path(cfg.train.resume)
+    holds_run = (run_dir / "metrics.csv").exists() or ckpt_path.exists()
+    if resume_from is not None and holds_run and resume_from.resolve() != ckpt_path.resolve():
+        raise ConfigError(
+            f"output folder {run_dir} already holds another run; resuming {resume_from} there "
+            "would overwrite it: choose another output.run_name"
+        )
     # A run stopped in its first epoch has a checkpoint but no metrics.csv yet: starting afresh
     # would silently overwrite that checkpoint.
-    if resume_from is None and ((run_dir / "metrics.csv").exists() or ckpt_path.exists()):
+    if resume_from is None and holds_run:
         hint = (
             f"it has no {CHECKPOINT_NAME} to continue from (train.save_checkpoint was off)"
             if cfg.train.resume == "auto"
@@ -692,7 +716,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 f"{resume_from}: saved with {len(rngs)} ranks, resumed with {env.world_size}; "
                 "resume with the same world size"
             )
-        _check_mid_epoch_resume(resume_state, cfg, resume_from, len(sampler))
+        _check_resume_config(resume_state, cfg, resume_from, len(sampler))
         set_rng_state(rngs[env.rank])
         if D.has_comm_hook_state(_ddp(model)):
             saved_hook = resume_state.get("comm_hook_state")
@@ -710,6 +734,11 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             global_step=resume_state["global_step"],
             epoch_loss_sum=resume_state.get("epoch_loss_sums", [0.0] * env.world_size)[env.rank],
             metrics=resume_state.get("metrics", []),
+            epoch_elapsed_s=resume_state.get(
+                "epoch_elapsed_s", None if resume_state["step_in_epoch"] else 0.0
+            ),
+            epoch_tokens=resume_state.get("epoch_tokens", [0] * env.world_size)[env.rank],
+            epoch_phases=resume_state.get("epoch_phases", [None] * env.world_size)[env.rank],
         )
         # A finished run (its summary written): nothing to train, and re-measuring would overwrite
         # its summary with one that lost the timing warm-up of the original run.
@@ -740,6 +769,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         # host-device sync + collective: only at checkpoint time
         rngs = D.gather_objects(rng_state(), env)
         sums = D.gather_objects(float(loss_sum_dev.item()), env)
+        tokens = D.gather_objects(st.epoch_tokens, env)
+        phases = D.gather_objects(st.epoch_phases, env)
         hook_state = D.comm_hook_state(_ddp(model))  # PowerSGD: per-rank error feedback
         hook_states = D.gather_objects(hook_state, env) if hook_state is not None else None
         if env.is_main:
@@ -754,6 +785,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                     "step_in_epoch": st.step_in_epoch,
                     "global_step": st.global_step,
                     "epoch_loss_sums": sums,
+                    "epoch_elapsed_s": st.epoch_elapsed_s,  # rank 0's
+                    "epoch_tokens": tokens,
+                    "epoch_phases": phases,
                     "metrics": st.metrics,
                     "rng": rngs,
                     "comm_hook_state": hook_states,
@@ -763,8 +797,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 },
             )
 
-    # Warm-up is excluded from timing, but never more than half of the first epoch.
-    warmup = min(cfg.train.timing_warmup_steps, steps_per_epoch // 2)
+    # Warm-up is excluded from timing, but never more than half of the first epoch (of what is
+    # left of it, when resumed mid-epoch).
+    warmup = min(cfg.train.timing_warmup_steps, (steps_per_epoch - state.step_in_epoch) // 2)
     # Profiled steps (a fresh run's, right after the warm-up) are slower: timed as warm-up too.
     n_profile = 0
     if cfg.train.profile_steps and state.global_step == 0:
@@ -781,6 +816,12 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     def max_over_ranks(x: float) -> float:
         return D.all_reduce_max(x, env)
 
+    def poll_stop(seconds_per_step: float) -> tuple[int | None, int]:
+        """Collective: the signal to stop for (any rank's), and the steps until the next poll,
+        STOP_POLL_S of the slowest rank's steps (the same number on every rank)."""
+        signum, slowest = D.all_reduce_maxes([float(stops.received or 0), seconds_per_step], env)
+        return (int(signum) or None), max(1, int(STOP_POLL_S / max(slowest, 1e-9)))
+
     for epoch in range(state.epoch, cfg.train.epochs):
         sampler.set_epoch(epoch)
         sampler.set_start_step(state.step_in_epoch)
@@ -788,11 +829,15 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         progress = Progress(cfg, env, steps_per_epoch, epoch, cfg.train.epochs)
         loss_sum = torch.tensor(state.epoch_loss_sum, device=env.device)
         first_step = state.step_in_epoch
-        num_tokens = 0
+        num_tokens = state.epoch_tokens
+        carried_s = state.epoch_elapsed_s  # trained in this epoch before a stop (None: unknown)
         watch = Stopwatch(env.device)
         watch.start()  # host-device sync: once per epoch (waits for queued work, then starts)
         timer.start_epoch()
         window_t, window_n = time.perf_counter(), 0
+        # the first poll after one step: its time sets the interval (STOP_POLL_S)
+        poll_every, since_poll, poll_t = 1, 0, time.perf_counter()
+
         for micro_batches in sampler:
             if state.step_in_epoch >= steps_per_epoch:
                 break
@@ -841,22 +886,32 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 cfg.train.checkpoint_every_steps
                 and state.global_step % cfg.train.checkpoint_every_steps == 0
             ):
+                _keep_position(state, num_tokens, carried_s, watch)
                 checkpoint(state, loss_sum)
             if cfg.train.stop_after_steps and steps_this_invocation >= cfg.train.stop_after_steps:
                 stop_requested = True
-            if not stop_requested and state.step_in_epoch % cfg.train.log_every_steps == 0:
-                # collective (one float) every log_every_steps: did any rank get SIGTERM/SIGUSR1?
-                stopped_by = stops.agreed(max_over_ranks)
+            since_poll += 1
+            if not stop_requested and since_poll >= poll_every:
+                # collective (two floats) every ~STOP_POLL_S: did any rank get SIGTERM/SIGUSR1?
+                now = time.perf_counter()
+                stopped_by, poll_every = poll_stop((now - poll_t) / since_poll)
                 stop_requested = stopped_by is not None
+                since_poll, poll_t = 0, now
             if stop_requested and state.step_in_epoch < steps_per_epoch:
                 break  # mid-epoch: checkpoint below; at an epoch's end, finish the epoch first
         profiler.close()  # the epoch ended (or stopped) before the profiled steps did
-        epoch_time_s = watch.elapsed_s()  # host-device sync: once per epoch
+        train_time_s = watch.elapsed_s()  # host-device sync: once per epoch
         progress.close()
         if stop_requested and state.step_in_epoch < steps_per_epoch:
+            _keep_position(state, num_tokens, carried_s, watch)
+            # host-device sync: the phase times of the steps so far, kept for the resumed epoch
+            state.epoch_phases = merge_phase_means(state.epoch_phases, timer.epoch_summary())
             checkpoint(state, loss_sum)
-            _stop(env, steps_this_invocation, run_dir, stopped_by)
+            D.barrier(env)  # rank 0 has written it before any rank exits
+            _stop(env, steps_this_invocation, run_dir, stopped_by, cfg.train.save_checkpoint)
             return run_dir
+        # the whole epoch's training time when it was resumed (steps before the stop included)
+        epoch_time_s = train_time_s + (carried_s or 0.0)
 
         steps_done = state.step_in_epoch
         steps_timed = steps_done - first_step
@@ -868,7 +923,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         eval_watch.start()  # host-device sync: once per epoch
         val_loss, val_acc = evaluate(model, data, cfg, env, amp)
         eval_time_s = eval_watch.elapsed_s()  # host-device sync: once per epoch
-        phase = timer.epoch_summary()
+        phase = merge_phase_means(state.epoch_phases, timer.epoch_summary())
         keys = [f"{p}_ms" for p in PHASES] + ["step_ms"]
         means, maxes = D.all_reduce_mean_max([phase[k] for k in keys], env)
         mean_of = dict(zip(keys, means, strict=True))
@@ -883,11 +938,16 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             "val_acc": val_acc,
             "epoch_time_s": epoch_time_s,
             "eval_time_s": eval_time_s,
-            # nan, not 0, when a resume landed on the epoch's last step and no step ran here
-            "samples_per_s": steps_timed * cfg.train.batch_size / epoch_time_s
-            if steps_timed
+            # over the whole epoch; if a resumed epoch's earlier time is unknown (a checkpoint of
+            # an older version), over this invocation's steps, or nan when none ran here
+            "samples_per_s": (steps_done if carried_s is not None else steps_timed)
+            * cfg.train.batch_size
+            / epoch_time_s
+            if steps_timed or carried_s
             else math.nan,
-            "tokens_per_s": tokens_all / epoch_time_s if steps_timed else math.nan,
+            "tokens_per_s": tokens_all / epoch_time_s
+            if carried_s is not None and (steps_timed or carried_s)
+            else math.nan,
             "peak_mem_mb": max(D.all_reduce_mean_max([_peak_mem_mb(env.device)], env)[1]),
             **mean_of,
             "step_ms_max": max_of["step_ms"],
@@ -914,7 +974,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             stopped_by = stops.agreed(max_over_ranks)  # collective, once per epoch
             stop_requested = stopped_by is not None
         if stop_requested:
-            _stop(env, steps_this_invocation, run_dir, stopped_by)
+            _stop(env, steps_this_invocation, run_dir, stopped_by, cfg.train.save_checkpoint)
             return run_dir
 
     comm = measure_communication(model, data, sampler, cfg, env, amp, emb_rows)
@@ -943,6 +1003,16 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     return run_dir
 
 
+def _keep_position(
+    state: TrainState, num_tokens: int, carried_s: float | None, watch: Stopwatch
+) -> None:
+    """Put the epoch's training time and tokens so far into `state`, for a checkpoint."""
+    state.epoch_tokens = num_tokens
+    state.epoch_elapsed_s = (
+        None if carried_s is None else carried_s + watch.elapsed_s()  # host-device sync
+    )
+
+
 # Keys that define an epoch's sequence of global batches (TrainBatchSampler); the position saved
 # mid-epoch only means something with the same values.
 _BATCH_ORDER_KEYS = (
@@ -953,22 +1023,39 @@ _BATCH_ORDER_KEYS = (
 )
 
 
-def _check_mid_epoch_resume(
+# Restored from the checkpoint's optimizer and scheduler, whatever the config says: a changed
+# value would be recorded in config.yaml but never used.
+_OPTIMIZER_KEYS = (("train", "lr"), ("train", "weight_decay"))
+
+
+def _check_resume_config(
     saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int
 ) -> None:
-    """Refuse a mid-epoch resume whose config would draw other batches (one line, not a traceback)."""
+    """Refuse a resume whose config the checkpoint cannot honour (one line, not a traceback):
+    another learning rate or weight decay, or mid-epoch, a config that draws other batches."""
+    saved_cfg = saved.get("config") or {}
+    now = cfg.to_dict()
+
+    def changed(keys: tuple[tuple[str, str], ...]) -> tuple[str, Any, Any] | None:
+        for section, key in keys:
+            before = saved_cfg.get(section, {}).get(key)
+            if before is not None and before != now[section][key]:
+                return f"{section}.{key}", before, now[section][key]
+        return None
+
+    if diff := changed(_OPTIMIZER_KEYS):
+        raise CheckpointError(
+            f"{path}: trained with {diff[0]}={diff[1]}, resumed with {diff[2]}; the optimizer "
+            "state keeps the saved value, so resume with it (or start a new run)"
+        )
     step = int(saved["step_in_epoch"])
     if step == 0:
         return  # at an epoch boundary any batching may follow
-    saved_cfg = saved.get("config") or {}
-    now = cfg.to_dict()
-    for section, key in _BATCH_ORDER_KEYS:
-        before = saved_cfg.get(section, {}).get(key)
-        if before is not None and before != now[section][key]:
-            raise CheckpointError(
-                f"{path}: saved at step {step} of an epoch with {section}.{key}={before}, "
-                f"resumed with {now[section][key]}; resume mid-epoch with the same value"
-            )
+    if diff := changed(_BATCH_ORDER_KEYS):
+        raise CheckpointError(
+            f"{path}: saved at step {step} of an epoch with {diff[0]}={diff[1]}, "
+            f"resumed with {diff[2]}; resume mid-epoch with the same value"
+        )
     if step > epoch_steps:
         raise CheckpointError(
             f"{path}: saved at step {step} of an epoch, but this config's epoch has only "
@@ -976,14 +1063,17 @@ def _check_mid_epoch_resume(
         )
 
 
-def _stop(env: D.DistEnv, steps: int, run_dir: Path, signum: int | None) -> None:
+def _stop(
+    env: D.DistEnv, steps: int, run_dir: Path, signum: int | None, checkpointed: bool
+) -> None:
     """Say where the run stopped and how to continue it; raise TrainingStopped for a signal."""
     why = f"on {signal.Signals(signum).name}" if signum else "as asked (train.stop_after_steps)"
-    log(
-        env,
-        f"stopped after {steps} steps {why}; "
-        f"continue with train.resume=auto output.dir={run_dir.parent} output.run_name={run_dir.name}",
+    how = (
+        f"continue with train.resume=auto output.dir={run_dir.parent} output.run_name={run_dir.name}"
+        if checkpointed
+        else "no checkpoint was written (train.save_checkpoint=false), so it cannot be continued"
     )
+    log(env, f"stopped after {steps} steps {why}; {how}")
     if signum:
         raise TrainingStopped(signum)
 

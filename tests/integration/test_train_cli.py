@@ -110,10 +110,22 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped after 8 steps" in stopped.stdout
     assert not (tmp_path / "exp" / "cut" / "summary.json").exists()
+    # the 2 steps of epoch 2 before the stop: their time, tokens and phase means are kept
+    saved = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 2)
+    assert saved["epoch_elapsed_s"] > 0 and saved["epoch_tokens"][0] > 0
+    assert saved["epoch_phases"][0]["measured_steps"] == 2  # the warm-up was in epoch 1
     resumed = scalelab([*cut, "train.resume=auto"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
     _assert_same_run(tmp_path / "exp" / "full", tmp_path / "exp" / "cut")
+    # the resumed epoch reports its whole time (it used to count only the steps after the resume)
+    ep2 = list(csv.DictReader((tmp_path / "exp" / "cut" / "metrics.csv").open()))[1]
+    assert float(ep2["epoch_time_s"]) > saved["epoch_elapsed_s"]
+    assert float(ep2["samples_per_s"]) == pytest.approx(
+        6 * int(ep2["global_batch"]) / float(ep2["epoch_time_s"]), rel=1e-4
+    )
+    assert float(ep2["step_ms"]) > 0
     # the profile of the first invocation reaches the summary the second one wrote
     summary = json.loads((tmp_path / "exp" / "cut" / "summary.json").read_text())
     assert summary["profile"]["trace"] == "profile-rank0.json"
@@ -444,3 +456,20 @@ def test_compiled_run_trains_and_its_checkpoint_resumes_without_compile(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "exp" / "c" / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_resuming_a_checkpoint_into_another_runs_folder_is_refused(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    base = ["train", *common(tmp_path, cache_dir), "train.epochs=1", "train.max_steps_per_epoch=6",
+            "train.num_threads=1", "train.stop_after_steps=2"]  # fmt: skip
+    for name in ("a", "b"):
+        assert scalelab([*base, f"output.run_name={name}"]).returncode == 0
+    b_ckpt = tmp_path / "exp" / "b" / "checkpoint.pt"
+    before = b_ckpt.read_bytes()
+    # b's files would have been replaced by a's run continued there
+    res = scalelab(
+        [*base, "output.run_name=b", f"train.resume={tmp_path / 'exp' / 'a' / 'checkpoint.pt'}"]
+    )
+    assert_one_line_error(res, "already holds another run")
+    assert b_ckpt.read_bytes() == before

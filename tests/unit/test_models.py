@@ -144,3 +144,43 @@ def test_training_forward_compiles_without_graph_breaks_on_cpu() -> None:
     a = dropout(x, 0.5, True)
     torch.manual_seed(1)
     assert torch.equal(a, x * cpu_dropout_mask(x.shape, 0.5, x.dtype))
+
+
+def _save_tiny_distilbert(folder, **kw) -> None:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    cfg = DistilBertConfig(
+        vocab_size=kw.get("vocab_size", 500),
+        max_position_embeddings=kw.get("positions", 64),
+        n_layers=1,
+        n_heads=2,
+        dim=16,
+        hidden_dim=32,
+        num_labels=kw.get("labels", 2),
+        dropout=kw.get("dropout", 0.3),
+        attention_dropout=kw.get("dropout", 0.3),
+    )
+    DistilBertForSequenceClassification(cfg).save_pretrained(folder)
+
+
+def test_distilbert_pretrained_folder_is_checked_against_the_config(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from scalelab.config import ConfigError, ModelConfig
+
+    _save_tiny_distilbert(tmp_path / "bert", labels=4)
+    cfg = ModelConfig(arch="distilbert", max_seq_len=32, pretrained=str(tmp_path / "bert"))
+    cfg.dropout = 0.0
+    # another number of labels: the body loads, the head is new; model.dropout wins
+    model = build_model(cfg, 500, 2)
+    assert model.net.config.num_labels == 2 and model.net.config.dropout == 0.0
+    assert model.net.config.attention_dropout == 0.0
+    ids = torch.randint(0, 500, (2, 32))
+    assert model(ids, torch.ones(2, 32, dtype=torch.bool)).shape == (2, 2)
+    # more positions or token ids than the weights have: one line now, not a traceback later
+    cfg.max_seq_len = 65
+    with pytest.raises(ConfigError, match=r"model\.max_seq_len=65 .* has 64 positions"):
+        build_model(cfg, 500, 2)
+    cfg.max_seq_len = 32
+    with pytest.raises(ConfigError, match=r"1,000 ids .* has 500 embedding rows") as exc:
+        build_model(cfg, 1000, 2)
+    assert "\n" not in str(exc.value)

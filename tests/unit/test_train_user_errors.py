@@ -39,20 +39,43 @@ def _saved(step: int, **train: object) -> dict:
 def test_mid_epoch_resume_with_other_batching_is_refused_not_a_traceback() -> None:
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import load_config
-    from scalelab.train import _check_mid_epoch_resume
+    from scalelab.train import _check_resume_config
 
     now = load_config(None, ["train.batch_size=64"])
     ckpt = Path("run/checkpoint.pt")
     # the sampler would have raised ValueError (start step 10 outside 0..4) with a traceback
     with pytest.raises(CheckpointError, match="train.batch_size=16, resumed with 64"):
-        _check_mid_epoch_resume(_saved(10, batch_size=16), now, ckpt, epoch_steps=4)
+        _check_resume_config(_saved(10, batch_size=16), now, ckpt, epoch_steps=4)
     with pytest.raises(CheckpointError, match="train.seed=1"):
-        _check_mid_epoch_resume(_saved(2, batch_size=64, seed=1), now, ckpt, epoch_steps=4)
+        _check_resume_config(_saved(2, batch_size=64, seed=1), now, ckpt, epoch_steps=4)
     with pytest.raises(CheckpointError, match="only 4 steps"):
-        _check_mid_epoch_resume(_saved(10, batch_size=64), now, ckpt, epoch_steps=4)
+        _check_resume_config(_saved(10, batch_size=64), now, ckpt, epoch_steps=4)
     # fine: same batching mid-epoch; anything at an epoch boundary; accumulation may change
-    _check_mid_epoch_resume(_saved(3, batch_size=64, grad_accum_steps=2), now, ckpt, epoch_steps=4)
-    _check_mid_epoch_resume(_saved(0, batch_size=16), now, ckpt, epoch_steps=4)
+    _check_resume_config(_saved(3, batch_size=64, grad_accum_steps=2), now, ckpt, epoch_steps=4)
+    _check_resume_config(_saved(0, batch_size=16), now, ckpt, epoch_steps=4)
+
+
+def test_resume_with_another_lr_or_weight_decay_is_refused() -> None:
+    from scalelab.checkpoint import CheckpointError
+    from scalelab.config import load_config
+    from scalelab.train import _check_resume_config
+
+    # the optimizer and scheduler state bring the saved values back: config.yaml would lie
+    now = load_config(None, ["train.lr=0.01"])
+    ckpt = Path("run/checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"train\.lr=0\.0005, resumed with 0\.01"):
+        _check_resume_config(_saved(0, lr=0.0005), now, ckpt, epoch_steps=4)
+    now = load_config(None, ["train.lr=0.01", "train.weight_decay=0.5"])
+    with pytest.raises(CheckpointError, match=r"train\.weight_decay=0\.01, resumed with 0\.5"):
+        _check_resume_config(_saved(0, lr=0.01, weight_decay=0.01), now, ckpt, epoch_steps=4)
+    _check_resume_config(_saved(2, lr=0.01, weight_decay=0.5, epochs=9), now, ckpt, 4)
+
+
+def test_stop_after_steps_without_checkpoints_is_refused() -> None:
+    from scalelab.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.stop_after_steps needs train.save_checkpoint"):
+        load_config(None, ["train.stop_after_steps=3", "train.save_checkpoint=false"]).validate()
 
 
 def test_resume_auto_without_run_name_is_one_line_and_writes_nothing(
@@ -83,3 +106,6 @@ def test_a_resumed_run_from_an_older_version_averages_only_the_rows_with_a_colum
     assert _mean_excluding_first(rows, "epoch_time_s") == 6.0  # epoch 1 left out
     assert _mean_excluding_first(rows, "forward_ms_max") == 3.0
     assert math.isnan(_mean_excluding_first(rows[:2], "forward_ms_max"))  # none to average
+    # a resumed last epoch that timed no step (nan): the first epoch's value, not nan
+    rows = [{"data_ms": 2.0}, {"data_ms": math.nan}]
+    assert _mean_excluding_first(rows, "data_ms") == 2.0

@@ -38,13 +38,32 @@ class DistilBertClassifier(nn.Module):
                 )
             try:
                 self.net = DistilBertForSequenceClassification.from_pretrained(
-                    pretrained, num_labels=num_classes, local_files_only=True
+                    pretrained,
+                    num_labels=num_classes,
+                    # model.dropout applies to loaded weights too (not the saved config's)
+                    dropout=dropout,
+                    attention_dropout=dropout,
+                    # a saved classifier with another number of labels: a new head, same body
+                    ignore_mismatched_sizes=True,
+                    local_files_only=True,
                 )
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RuntimeError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConfigError(
                     f"model.pretrained={pretrained}: not loadable DistilBERT weights ({first})"
                 ) from None
+            saved = self.net.config
+            if max_seq_len > saved.max_position_embeddings:
+                raise ConfigError(
+                    f"model.max_seq_len={max_seq_len} but model.pretrained={pretrained} has "
+                    f"{saved.max_position_embeddings} positions: lower model.max_seq_len"
+                )
+            if vocab_size > saved.vocab_size:
+                raise ConfigError(
+                    f"the tokenizer has {vocab_size:,} ids but model.pretrained={pretrained} has "
+                    f"{saved.vocab_size:,} embedding rows: use the vocabulary it was trained with "
+                    "(data.vocab_path)"
+                )
         else:
             cfg = DistilBertConfig(
                 vocab_size=vocab_size,
