@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -83,16 +84,35 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
+def _slurm_step() -> dict[str, int]:
+    """World size, rank, local rank and local world size of a task that plain `srun` started;
+    {} elsewhere. Only a job step has SLURM_STEP_NUM_TASKS: an sbatch or salloc shell also has
+    SLURM_NTASKS and SLURM_PROCID, but it is one process, not one rank of many."""
+    if not os.environ.get("SLURM_STEP_NUM_TASKS"):
+        return {}
+    per_node = re.match(r"\d+", os.environ.get("SLURM_STEP_TASKS_PER_NODE", ""))  # "2(x3),1"
+    world = _env_int("SLURM_STEP_NUM_TASKS", default=1)
+    return {
+        "world_size": world,
+        "rank": _env_int("SLURM_PROCID", default=0),
+        "local_rank": _env_int("SLURM_LOCALID", default=0),
+        "local_world_size": int(per_node.group()) if per_node else world,
+    }
+
+
 def init_distributed(cfg: DistributedConfig) -> DistEnv:
     """Join the process group described by torchrun's (or SLURM's) environment; single process otherwise.
 
     torchrun sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; under plain `srun` we map the
     SLURM_* variables instead so one task per GPU works without torchrun.
     """
-    world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
-    local_world_size = _env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", default=world_size)
+    slurm = _slurm_step()
+    world_size = _env_int("WORLD_SIZE", default=slurm.get("world_size", 1))
+    rank = _env_int("RANK", default=slurm.get("rank", 0))
+    local_rank = _env_int("LOCAL_RANK", default=slurm.get("local_rank", 0))
+    local_world_size = _env_int(
+        "LOCAL_WORLD_SIZE", default=slurm.get("local_world_size", world_size)
+    )
     num_nodes = max(1, world_size // max(1, local_world_size))
     use_cuda = torch.cuda.is_available()
 
@@ -111,10 +131,12 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
     if backend == "nccl" and not use_cuda:
         raise LaunchError("distributed.backend=nccl needs CUDA GPUs; use gloo on CPU")
-    if "MASTER_ADDR" not in os.environ:
-        raise LaunchError(
-            "WORLD_SIZE > 1 but MASTER_ADDR is not set: start with torchrun (or srun under scalelab's sbatch)"
-        )
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise LaunchError(
+                f"WORLD_SIZE > 1 but {var} is not set: start with torchrun (or srun under "
+                "scalelab's sbatch)"
+            )
     os.environ.setdefault("RANK", str(rank))
     os.environ.setdefault("WORLD_SIZE", str(world_size))
     kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=cfg.timeout_s)}
@@ -458,4 +480,4 @@ def ddp_bucket_sizes(model: nn.Module) -> list[int] | None:
 
 def is_main_process() -> bool:
     """Rank 0 (or no launcher); usable before the process group exists, e.g. to print errors once."""
-    return _env_int("RANK", "SLURM_PROCID", default=0) == 0
+    return _env_int("RANK", default=_slurm_step().get("rank", 0)) == 0

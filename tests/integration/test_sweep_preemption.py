@@ -17,8 +17,11 @@ pytestmark = pytest.mark.slow
 TINY = tiny_slow_run(steps=36, delay_s=0.08)  # ~2.5 s of training left after the signal
 
 
-def test_sigterm_to_the_sweep_checkpoints_the_running_run_and_resume_finishes(
-    tmp_path: Path, cache_dir: Path
+# SIGUSR1 (SLURM's time-limit warning) reaches the ranks as SIGTERM: torchrun forwards that one,
+# while SIGUSR1 would kill torchrun itself and leave its ranks training on as orphans
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_to_the_sweep_checkpoints_the_running_run_and_resume_finishes(
+    tmp_path: Path, cache_dir: Path, sig: signal.Signals
 ) -> None:
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "scalelab", "sweep", "--config", "ag_news_small",
@@ -32,13 +35,14 @@ def test_sigterm_to_the_sweep_checkpoints_the_running_run_and_resume_finishes(
         seen.append(line)
         in_ws2 = in_ws2 or line.startswith("[sweep] world size 2")
         if in_ws2 and "epoch 1/1 step 5/" in line:
-            proc.send_signal(signal.SIGTERM)  # to the sweep process only, not its children
+            proc.send_signal(sig)  # to the sweep process only, not its children
             break
     rest, err = proc.communicate(timeout=120)
     log = "".join(seen) + rest
     assert proc.returncode == 2, (log, err)
     last = err.strip().splitlines()[-1]
-    assert last.startswith("scalelab: error: sweep stopped by SIGTERM during the world-size-2"), err
+    assert last.startswith(f"scalelab: error: sweep stopped by {sig.name} during the world-size-2")
+    assert "train.resume=auto" in last, err
     assert re.search(r"stopped after \d+ steps on SIGTERM", log), log
     assert (out / "ag_news_small-ws1" / "summary.json").is_file()
     assert (out / "ag_news_small-ws2" / "checkpoint.pt").is_file()

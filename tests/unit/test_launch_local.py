@@ -53,7 +53,7 @@ def test_threads_per_rank() -> None:
 def test_sweep_runs_every_world_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_run(argv: list[str], env: dict[str, str]) -> tuple[int, None]:
+    def fake_run(argv: list[str], env: dict[str, str], **kw: object) -> tuple[int, None]:
         calls.append((argv, env))
         return 0, None
 
@@ -106,7 +106,9 @@ def test_sweep_into_an_existing_sweep_is_refused_before_any_run(
     (tmp_path / "ag_news_small-ws2").mkdir()
     (tmp_path / "ag_news_small-ws2" / "metrics.csv").write_text("epoch\n")
     calls: list[list[str]] = []
-    monkeypatch.setattr(local, "_run_child", lambda argv, env: (calls.append(argv), (0, None))[1])
+    monkeypatch.setattr(
+        local, "_run_child", lambda argv, env, **kw: (calls.append(argv), (0, None))[1]
+    )
     with pytest.raises(SweepError, match="ag_news_small-ws2 already holds a run"):
         run_sweep(SMALL, [1, 2], [], out_dir=tmp_path, threads_per_rank=1)
     assert calls == []
@@ -149,7 +151,9 @@ def test_demo_runs_hide_gpus_and_plain_sweeps_do_not(
     from scalelab.analysis import report
 
     envs: list[dict[str, str]] = []
-    monkeypatch.setattr(local, "_run_child", lambda argv, env: (envs.append(env), (0, None))[1])
+    monkeypatch.setattr(
+        local, "_run_child", lambda argv, env, **kw: (envs.append(env), (0, None))[1]
+    )
     monkeypatch.setattr(
         report, "write_report", lambda *a, **k: {"markdown": "r.md", "html": "r.html"}
     )
@@ -165,3 +169,56 @@ def test_demo_runs_hide_gpus_and_plain_sweeps_do_not(
     envs.clear()
     run_sweep(SMALL, [1, 2], [], out_dir=tmp_path / "sweep", threads_per_rank=1)
     assert len(envs) == 2 and all("CUDA_VISIBLE_DEVICES" not in env for env in envs)
+
+
+_TRAPS = (
+    "import signal, sys, time; "
+    "signal.signal(signal.SIGTERM, lambda s, f: sys.exit(100 + s)); "
+    "signal.signal(signal.SIGUSR1, lambda s, f: sys.exit(200 + s)); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+@pytest.mark.parametrize(("torchrun", "child_gets"), [(True, "SIGTERM"), (False, "SIGUSR1")])
+def test_sigusr1_reaches_a_torchrun_child_as_sigterm(torchrun: bool, child_gets: str) -> None:
+    # torchrun handles SIGTERM (and forwards it to its ranks); SIGUSR1 would kill torchrun and
+    # orphan its ranks, so a sweep passes SIGUSR1 to a torchrun child as SIGTERM
+    import os
+    import signal
+    import threading
+
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    try:
+        code, forwarded = local._run_child([sys.executable, "-c", _TRAPS], dict(os.environ),
+                                           torchrun=torchrun)  # fmt: skip
+    finally:
+        timer.cancel()
+    assert forwarded == "SIGUSR1"
+    base = 100 if child_gets == "SIGTERM" else 200
+    assert code == base + getattr(signal, child_gets)
+
+
+def test_sweep_children_get_time_to_checkpoint_before_torchrun_kills_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
+    assert local._child_env(1, False)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "120"  # torch: 30
+    monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")  # the user's own value stays
+    assert local._child_env(1, False)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "600"
+
+
+def test_more_ranks_than_gpus_is_refused_and_than_cores_noted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SweepError, match="world size 4 needs 4 GPUs, this machine has 2"):
+        local._check_devices([1, 2, 4], cpu_only=False)
+    local._check_devices([1, 2], cpu_only=False)
+    monkeypatch.setattr(local, "available_cpus", lambda: 2)
+    local._check_devices([1, 2, 4], cpu_only=True)  # the GPUs are hidden: CPU ranks
+    out = capsys.readouterr().out
+    assert "world size(s) 4 > 2 cores" in out

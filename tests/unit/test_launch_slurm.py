@@ -91,3 +91,59 @@ def test_missing_sbatch_is_one_line(
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sbatch not found" in err[0] and "--no-submit" in err[0]
+
+
+def test_user_values_are_never_expanded_by_the_batch_shell(tmp_path: Path) -> None:
+    # "$(...)" in an override used to be left unquoted (any word holding '"$' was)
+    evil = 'data.test_path="$(touch ' + str(tmp_path / "PWNED") + ')"'
+    job = SlurmJob(config=SMALL, run_name="r", out_dir=tmp_path / "o u t", procs_per_node=2,
+                   overrides=[evil, "data.train_path=it's here.csv"])  # fmt: skip
+    text = render_sbatch(job)
+    srun = next(ln for ln in text.splitlines() if ln.startswith("srun "))
+    # run the srun line with srun replaced by a printer of its arguments
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    (fake / "srun").chmod(0o755)
+    res = subprocess.run(
+        ["bash", "-c", f"head_node=h; port=1; {srun.removesuffix(' &')}"],
+        env={"PATH": f"{fake}:/usr/bin:/bin", "SLURM_NNODES": "1", "SLURM_JOB_ID": "7",
+             "SLURM_CPUS_PER_TASK": "2"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    args = res.stdout.splitlines()
+    assert res.returncode == 0 and evil in args and "data.train_path=it's here.csv" in args
+    assert f"output.dir={tmp_path / 'o u t'}" in args
+    assert "--rdzv-endpoint=h:1" in args and "--rdzv-id=7" in args and "--nnodes=1" in args
+    assert not (tmp_path / "PWNED").exists()
+    assert "export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=120" in text.splitlines()
+
+
+def test_a_percent_in_the_log_path_is_literal(tmp_path: Path) -> None:
+    job = SlurmJob(config=SMALL, run_name="r%x", out_dir=tmp_path / "100%")
+    assert f"#SBATCH --output={tmp_path}/100%%/slurm/r%%x-%j.out" in render_sbatch(job).splitlines()
+    assert job.log_path("42") == tmp_path / "100%" / "slurm" / "r%x-42.out"
+
+
+def test_an_existing_run_needs_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "ag_news_small-ws1"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch\n1\n")
+    base = ["--config", "ag_news_small", "--out", str(tmp_path), "--no-submit"]
+    assert slurm_main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a run; pass --resume" in err[0], err
+    assert not (tmp_path / "slurm").exists()
+    assert slurm_main([*base, "--resume"]) == 0
+    assert (tmp_path / "slurm" / "ag_news_small-ws1.sbatch").is_file()
+
+
+@pytest.mark.parametrize("name", ["a/../../b", "..", "x/y"])
+def test_run_name_must_be_a_folder_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture, name: str
+) -> None:
+    assert (
+        slurm_main(["--config", "ag_news_small", "--out", str(tmp_path), "--run-name", name]) == 2
+    )
+    assert "must be a folder name" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

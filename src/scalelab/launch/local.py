@@ -55,21 +55,31 @@ def torchrun_argv(
     return [*argv, f"--nproc_per_node={nproc}", "-m", "scalelab", *module_args]
 
 
+#: Seconds torchrun waits for its ranks to exit after a stop signal before it kills them.
+SHUTDOWN_TIMEOUT_S = 120
+
 # Forwarded to the running child: preemption (SIGTERM) and SLURM's time-limit warning (SIGUSR1).
 # The ranks checkpoint and exit with 128 + the signal; the sweep then stops (see run_sweep).
 _FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
 
 
-def _run_child(argv: list[str], env: dict[str, str]) -> tuple[int, str | None]:
+def _run_child(
+    argv: list[str], env: dict[str, str], *, torchrun: bool = False
+) -> tuple[int, str | None]:
     """Run one child (it inherits stdout/stderr); return its exit code and the name of the signal
     passed on to it, if any. SIGTERM/SIGUSR1 sent to this process go to the child, so a killed
-    sweep leaves no orphaned training run (torchrun itself exits 1 after forwarding one)."""
+    sweep leaves no orphaned training run (torchrun itself exits 1 after forwarding one).
+
+    A `torchrun` child gets SIGTERM for either: torchrun forwards SIGTERM to its ranks, while
+    SIGUSR1 would kill torchrun itself (it handles only TERM, INT, HUP and QUIT by default) and
+    leave its ranks, in their own sessions, training on as orphans. The ranks treat both alike.
+    """
     proc = subprocess.Popen(argv, env=env)
     forwarded: list[str] = []
 
     def forward(signum: int, frame: object) -> None:
         forwarded.append(signal.Signals(signum).name)
-        proc.send_signal(signum)
+        proc.send_signal(signal.SIGTERM if torchrun else signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -93,6 +103,29 @@ def rank_threads(world_size: int, threads: int | None = None, cpus: int | None =
             raise ValueError(f"threads per rank must be >= 1, got {threads}")
         return threads
     return max(1, (cpus if cpus is not None else available_cpus()) // world_size)
+
+
+def _check_devices(world_sizes: list[int], cpu_only: bool) -> None:
+    """Refuse world sizes with more ranks than GPUs (each rank needs its own); note the ones with
+    more ranks than cores on CPU (they share cores: timings then measure the OS scheduler)."""
+    import torch
+
+    if not cpu_only and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if max(world_sizes) > gpus:
+            raise SweepError(
+                f"world size {max(world_sizes)} needs {max(world_sizes)} GPUs, this machine has "
+                f"{gpus}: two ranks would share one GPU (use --world-sizes up to {gpus})"
+            )
+        return
+    cores = available_cpus()
+    crowded = [n for n in world_sizes if n > cores]
+    if crowded:
+        print(
+            f"[sweep] note: world size(s) {', '.join(map(str, crowded))} > {cores} cores: ranks "
+            "share cores, so those timings say more about the OS scheduler than about DDP",
+            flush=True,
+        )
 
 
 def _check_sweep(
@@ -153,6 +186,7 @@ def run_sweep(
     Raises SweepError naming the world size and exit code of the first run that fails.
     """
     config_file, preset = _check_sweep(config_path, world_sizes, overrides, out_dir)
+    _check_devices(world_sizes, cpu_only)
     runs: list[Path] = []
     for n in world_sizes:
         run_name = f"{preset}-ws{n}"
@@ -168,11 +202,18 @@ def run_sweep(
         threads = rank_threads(n, threads_per_rank)
         env = _child_env(threads, cpu_only)
         print(f"[sweep] world size {n} ({threads} thread(s)/rank): {shlex.join(argv)}", flush=True)
-        code, stopped_by = _run_child(argv, env)
+        code, stopped_by = _run_child(argv, env, torchrun=n > 1)
         if stopped_by:  # the run checkpointed (or finished); start no further run
+            from scalelab.checkpoint import CHECKPOINT_NAME
+
+            saved = (Path(out_dir) / run_name / CHECKPOINT_NAME).is_file()
             raise SweepError(
                 f"sweep stopped by {stopped_by} during the world-size-{n} run; "
-                "run the same command with train.resume=auto to continue"
+                + (
+                    "run the same command with train.resume=auto to continue"
+                    if saved
+                    else "it stopped before writing a checkpoint: run the same command again"
+                )
             )
         if code != 0:
             raise SweepError(f"sweep stopped: the world-size-{n} run failed with exit code {code}")
@@ -184,6 +225,9 @@ def _child_env(threads: int, cpu_only: bool) -> dict[str, str]:
     """Environment of a sweep's child: its threads per rank (torchrun would force
     OMP_NUM_THREADS=1), unbuffered output so it streams line by line, GPUs hidden if `cpu_only`."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    # torchrun SIGKILLs its ranks this long after forwarding a SIGTERM (default 30 s): enough for
+    # the ranks to finish a step, a stop poll (train.STOP_POLL_S) and their checkpoint
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
     if cpu_only:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env

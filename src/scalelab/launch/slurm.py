@@ -52,6 +52,7 @@ class SlurmJob:
     max_requeues: int = 3
     python: str = sys.executable
     sbatch_args: list[str] = field(default_factory=list)
+    resume: bool = False  # the run folder may already hold this run: continue it
 
     @property
     def world_size(self) -> int:
@@ -67,8 +68,13 @@ class SlurmJob:
         return self.out_dir / "slurm" / f"{self.run_name}.sbatch"
 
     @property
-    def log_pattern(self) -> Path:
-        return self.out_dir / "slurm" / f"{self.run_name}-%j.out"  # %j: SLURM's job id
+    def log_pattern(self) -> str:
+        """sbatch's --output pattern: %j is SLURM's job id; a literal % is written %%."""
+        folder = str(self.out_dir / "slurm").replace("%", "%%")
+        return f"{folder}/{self.run_name.replace('%', '%%')}-%j.out"
+
+    def log_path(self, job_id: str) -> Path:
+        return self.out_dir / "slurm" / f"{self.run_name}-{job_id}.out"
 
 
 def render_sbatch(job: SlurmJob) -> str:
@@ -79,7 +85,7 @@ def render_sbatch(job: SlurmJob) -> str:
         f"--nodes={job.nodes}",
         "--ntasks-per-node=1",  # one torchrun per node; it starts the node's ranks
         f"--cpus-per-task={job.cpus}",
-        f"--output={q(str(job.log_pattern))}",
+        f"--output={q(job.log_pattern)}",
         "--open-mode=append",  # a requeued job appends to the same log
         "--requeue",
         f"--signal=B:USR1@{job.signal_seconds}",
@@ -94,16 +100,18 @@ def render_sbatch(job: SlurmJob) -> str:
         sbatch.append(f"--account={q(job.account)}")
     sbatch += job.sbatch_args
     threads = max(1, job.cpus // job.procs_per_node)
+    # the script's own variables, filled in at run time; every other word is quoted, so no user
+    # value (a path, an override) is ever expanded by the shell
+    rendezvous = '--nnodes="$SLURM_NNODES" --rdzv-backend=c10d --rdzv-endpoint="$head_node:$port" --rdzv-id="$SLURM_JOB_ID"'
     train = [
-        job.python, "-m", "torch.distributed.run",
-        '--nnodes="$SLURM_NNODES"', f"--nproc-per-node={job.procs_per_node}",
-        "--rdzv-backend=c10d", '--rdzv-endpoint="$head_node:$port"', '--rdzv-id="$SLURM_JOB_ID"',
         "-m", "scalelab", "train", "--config", str(job.config),
         f"output.dir={job.out_dir}", f"output.run_name={job.run_name}", "train.resume=auto",
         *job.overrides,
     ]  # fmt: skip
-    # quote everything but the shell variables the script fills in at run time
-    train_cmd = " ".join(a if '"$' in a else q(a) for a in train)
+    train_cmd = (
+        f"{q(job.python)} -m torch.distributed.run {rendezvous} "
+        f"--nproc-per-node={job.procs_per_node} {shlex.join(train)}"
+    )
     lines = [
         "#!/bin/bash",
         f"# Written by `scalelab slurm` for run {job.run_name} ({job.world_size} ranks = "
@@ -113,6 +121,9 @@ def render_sbatch(job: SlurmJob) -> str:
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "port=$((20000 + SLURM_JOB_ID % 20000))  # rendezvous port, distinct per job",
         f"export OMP_NUM_THREADS={threads}",
+        "# torchrun kills its ranks this long after passing them a SIGTERM (its default: 30 s);",
+        "# they poll for a stop every few seconds and then checkpoint",
+        f"export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={job.signal_seconds}",
         'echo "scalelab: job $SLURM_JOB_ID start ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST,'
         ' rendezvous $head_node:$port"',
         "",
@@ -175,9 +186,22 @@ def check_job(job: SlurmJob) -> None:
     ):  # fmt: skip
         if value and any(c in value for c in "\n\r\0"):
             raise SlurmError(f"{name} {value!r}: contains a line break or NUL")
+    if "/" in job.run_name or job.run_name in ("", ".", ".."):
+        raise SlurmError(f"--run-name {job.run_name!r}: must be a folder name, without '/'")
     for item in job.overrides:
         if item.partition("=")[0].strip() in _RESERVED_OVERRIDES:
             raise SlurmError(f"override '{item}' is set by the job itself; use --out/--run-name")
+    from scalelab.checkpoint import CHECKPOINT_NAME
+
+    run_dir = job.out_dir / job.run_name
+    holds_run = (run_dir / "metrics.csv").exists() or (run_dir / CHECKPOINT_NAME).exists()
+    if holds_run and not job.resume:
+        # the job itself always resumes (a requeued job must), so a new job would silently
+        # continue the old run, or find it finished and train nothing
+        raise SlurmError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+            "--run-name or --out"
+        )
     try:
         load_config(job.config, job.overrides).validate(world_size=job.world_size)
     except ConfigError as exc:
@@ -237,6 +261,11 @@ def _parser() -> argparse.ArgumentParser:
         "--sbatch-arg", action="append", default=[], help="extra #SBATCH option, repeatable"
     )
     p.add_argument("--no-submit", action="store_true", help="only write the script")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="the run folder already holds this run: continue it (refused otherwise)",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides like train.epochs=5")
     return p
 
@@ -271,6 +300,7 @@ def slurm_main(argv: list[str]) -> int:
             max_requeues=args.max_requeues,
             python=args.python,
             sbatch_args=args.sbatch_arg,
+            resume=args.resume,
         )
         script = write_script(job)
         print(f"wrote {script}")
@@ -281,5 +311,5 @@ def slurm_main(argv: list[str]) -> int:
         print(f"scalelab: error: {exc}", file=sys.stderr)
         return 2
     print(f"submitted job {job_id}: run {job.out_dir / job.run_name}")
-    print(f"log: {str(job.log_pattern).replace('%j', job_id)}")
+    print(f"log: {job.log_path(job_id)}")
     return 0

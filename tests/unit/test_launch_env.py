@@ -1,0 +1,47 @@
+"""init_distributed reads torchrun's variables, or a plain `srun` step's; never an sbatch/salloc shell's."""
+
+from __future__ import annotations
+
+import pytest
+
+from scalelab import distributed as D
+from scalelab.config import DistributedConfig
+
+_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+         "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE",
+         "SLURM_STEP_NUM_TASKS", "SLURM_STEP_TASKS_PER_NODE")  # fmt: skip
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for var in _VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_an_sbatch_or_salloc_shell_is_one_process(clean_env: pytest.MonkeyPatch) -> None:
+    # `salloc -n4` / `sbatch -n4`: the shell has SLURM_NTASKS=4 and SLURM_PROCID=0, no job step
+    clean_env.setenv("SLURM_NTASKS", "4")
+    clean_env.setenv("SLURM_PROCID", "0")
+    clean_env.setenv("SLURM_NTASKS_PER_NODE", "4")
+    env = D.init_distributed(DistributedConfig())
+    assert not env.is_distributed and env.world_size == 1 and env.rank == 0
+    assert D.is_main_process()
+
+
+def test_a_plain_srun_task_is_a_rank_of_its_step(clean_env: pytest.MonkeyPatch) -> None:
+    for var, value in (("SLURM_STEP_NUM_TASKS", "4"), ("SLURM_PROCID", "3"),
+                       ("SLURM_LOCALID", "1"), ("SLURM_STEP_TASKS_PER_NODE", "2(x2)")):  # fmt: skip
+        clean_env.setenv(var, value)
+    assert D._slurm_step() == {"world_size": 4, "rank": 3, "local_rank": 1, "local_world_size": 2}
+    assert not D.is_main_process()
+    # without a rendezvous address it cannot join: one line naming the variable
+    with pytest.raises(D.LaunchError, match="MASTER_ADDR is not set"):
+        D.init_distributed(DistributedConfig())
+
+
+def test_a_missing_master_port_is_one_line_not_a_traceback(clean_env: pytest.MonkeyPatch) -> None:
+    for var, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        clean_env.setenv(var, value)
+    with pytest.raises(D.LaunchError, match="MASTER_PORT is not set"):
+        D.init_distributed(DistributedConfig())
