@@ -541,6 +541,9 @@ def measure_communication(
     sampler.set_epoch(10_000)  # batches the run did not train on; only their timing matters
     sampler.set_start_step(0)
     batches = [(mb[-1], sampler.current_global_batch) for mb in itertools.islice(sampler, n + 1)]
+    if len(batches) < 2:  # the first pair only warms up: nothing would be measured
+        comm["method"] += " (not calibrated: fewer than 2 steps per epoch)"
+        return comm
     sync_ms, nosync_ms = [], []
     watch = Stopwatch(env.device)
     for i, (idx, global_batch) in enumerate(batches):
@@ -716,7 +719,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 f"{resume_from}: saved with {len(rngs)} ranks, resumed with {env.world_size}; "
                 "resume with the same world size"
             )
-        _check_resume_config(resume_state, cfg, resume_from, len(sampler))
+        _check_resume_config(resume_state, cfg, resume_from, steps_per_epoch, data.cache_path.name)
         set_rng_state(rngs[env.rank])
         if D.has_comm_hook_state(_ddp(model)):
             saved_hook = resume_state.get("comm_hook_state")
@@ -794,6 +797,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                     "profile": profiler.result,  # train.profile_steps of an earlier invocation
                     "world_size": env.world_size,
                     "config": cfg.to_dict(),
+                    # the encoded data's cache key: its files, tokenizer and max_seq_len
+                    "data_key": data.cache_path.name,
                 },
             )
 
@@ -1029,10 +1034,11 @@ _OPTIMIZER_KEYS = (("train", "lr"), ("train", "weight_decay"))
 
 
 def _check_resume_config(
-    saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int
+    saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int, data_key: str = ""
 ) -> None:
     """Refuse a resume whose config the checkpoint cannot honour (one line, not a traceback):
-    another learning rate or weight decay, or mid-epoch, a config that draws other batches."""
+    another learning rate or weight decay, or mid-epoch, a config that draws other batches
+    (other batching keys, or other encoded data: `data_key` is the cache file's name)."""
     saved_cfg = saved.get("config") or {}
     now = cfg.to_dict()
 
@@ -1056,10 +1062,17 @@ def _check_resume_config(
             f"{path}: saved at step {step} of an epoch with {diff[0]}={diff[1]}, "
             f"resumed with {diff[2]}; resume mid-epoch with the same value"
         )
+    if data_key and saved.get("data_key") not in (None, data_key):
+        raise CheckpointError(
+            f"{path}: saved at step {step} of an epoch of other encoded data (cache "
+            f"{saved['data_key']}, now {data_key}): resume mid-epoch with the same data files, "
+            "tokenizer and model.max_seq_len"
+        )
     if step > epoch_steps:
         raise CheckpointError(
             f"{path}: saved at step {step} of an epoch, but this config's epoch has only "
-            f"{epoch_steps} steps; resume with the data and train.batch_size it was saved with"
+            f"{epoch_steps} steps; resume with the data, train.batch_size and "
+            "train.max_steps_per_epoch it was saved with"
         )
 
 

@@ -3,6 +3,7 @@ and one-line refusals before anything is written or submitted."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,7 +27,7 @@ def test_script_is_valid_bash_with_rendezvous_requeue_and_resume(tmp_path: Path)
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --cpus-per-task=32", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120",
                  "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu",
-                 "export OMP_NUM_THREADS=8"):  # fmt: skip
+                 "export OMP_NUM_THREADS=8", f"#SBATCH --chdir={shlex.quote(str(Path.cwd()))}"):  # fmt: skip
         assert line in text.splitlines(), line
     srun = next(ln for ln in text.splitlines() if ln.startswith("srun "))
     for part in ("--nproc-per-node=4", '--nnodes="$SLURM_NNODES"', "--rdzv-backend=c10d",

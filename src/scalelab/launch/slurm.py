@@ -53,6 +53,7 @@ class SlurmJob:
     python: str = sys.executable
     sbatch_args: list[str] = field(default_factory=list)
     resume: bool = False  # the run folder may already hold this run: continue it
+    workdir: Path = field(default_factory=Path.cwd)  # the job's working directory
 
     @property
     def world_size(self) -> int:
@@ -89,6 +90,8 @@ def render_sbatch(job: SlurmJob) -> str:
         "--open-mode=append",  # a requeued job appends to the same log
         "--requeue",
         f"--signal=B:USR1@{job.signal_seconds}",
+        # relative paths in overrides mean what they meant where the script was written
+        f"--chdir={q(str(job.workdir))}",
     ]
     if job.gpus_per_node:
         sbatch.append(f"--gpus-per-node={job.gpus_per_node}")
@@ -119,7 +122,8 @@ def render_sbatch(job: SlurmJob) -> str:
         *(f"#SBATCH {a}" for a in sbatch),
         "",
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "port=$((20000 + SLURM_JOB_ID % 20000))  # rendezvous port, distinct per job",
+        "# rendezvous port, distinct per job, below Linux's ephemeral ports (32768 and up)",
+        "port=$((20000 + SLURM_JOB_ID % 12000))",
         f"export OMP_NUM_THREADS={threads}",
         "# torchrun kills its ranks this long after passing them a SIGTERM (its default: 30 s);",
         "# they poll for a stop every few seconds and then checkpoint",
@@ -182,6 +186,7 @@ def check_job(job: SlurmJob) -> None:
     for name, value in (
         ("--time", job.time), ("--partition", job.partition), ("--account", job.account),
         ("--run-name", job.run_name), ("--out", str(job.out_dir)),
+        ("working directory", str(job.workdir)),
         *(("--sbatch-arg", a) for a in job.sbatch_args), *(("override", o) for o in job.overrides),
     ):  # fmt: skip
         if value and any(c in value for c in "\n\r\0"):
