@@ -637,6 +637,11 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         resume_from = ckpt_path if ckpt_path.is_file() else None
     elif cfg.train.resume:
         resume_from = Path(cfg.train.resume)
+    # Every rank decides alike, or all stop with one line: a run folder that the nodes do not
+    # share would make one node resume and another start afresh.
+    _check_same_resume(
+        D.gather_objects((socket.gethostname(), str(resume_from or "")), env), run_dir
+    )
     holds_run = (run_dir / "metrics.csv").exists() or ckpt_path.exists()
     if resume_from is not None and holds_run and resume_from.resolve() != ckpt_path.resolve():
         raise ConfigError(
@@ -1006,6 +1011,21 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         )
     D.barrier(env)
     return run_dir
+
+
+def _check_same_resume(views: list[tuple[str, str]], run_dir: Path) -> None:
+    """`views`: each rank's (host, checkpoint it would resume from or ''). Raise the same
+    LaunchError on every rank if they differ."""
+
+    def does(resume: str) -> str:
+        return f"resumes {resume}" if resume else "finds no checkpoint"
+
+    for r, (host, resume) in enumerate(views):
+        if resume != views[0][1]:
+            raise D.LaunchError(
+                f"rank {r} ({host}) {does(resume)} but rank 0 ({views[0][0]}) {does(views[0][1])}"
+                f" in {run_dir}: output.dir must be a folder every node shares"
+            )
 
 
 def _keep_position(

@@ -126,3 +126,17 @@ def test_mid_epoch_resume_on_other_encoded_data_is_refused() -> None:
     _check_resume_config(saved, now, ckpt, 4, "ag_news-aaaa.npz")
     _check_resume_config({**saved, "step_in_epoch": 0}, now, ckpt, 4, "ag_news-bbbb.npz")
     _check_resume_config(_saved(3), now, ckpt, 4, "ag_news-bbbb.npz")  # older checkpoint: no key
+
+
+def test_ranks_that_disagree_about_resuming_all_stop_with_one_line() -> None:
+    from scalelab.distributed import LaunchError
+    from scalelab.train import _check_same_resume
+
+    run = Path("/exp/r")
+    _check_same_resume([("a", "/exp/r/checkpoint.pt"), ("b", "/exp/r/checkpoint.pt")], run)
+    _check_same_resume([("a", ""), ("b", "")], run)
+    # node b does not see node a's run folder: it would start afresh while rank 0 resumes
+    views = [("a", "/exp/r/checkpoint.pt"), ("a", "/exp/r/checkpoint.pt"), ("b", "")]
+    with pytest.raises(LaunchError, match=r"rank 2 \(b\) finds no checkpoint but rank 0 \(a\) "
+                       r"resumes /exp/r/checkpoint.pt in /exp/r: output.dir must be a folder"):  # fmt: skip
+        _check_same_resume(views, run)
