@@ -163,7 +163,7 @@ class DistributedConfig:
 @dataclass
 class OutputConfig:
     dir: str = "experiments"
-    """Parent folder of run folders."""
+    """Parent folder of run folders; on several nodes, a folder they all share (rank 0 writes, every rank resumes from it; ranks that disagree about resuming stop with one line)."""
     run_name: str = ""
     """Run folder name; empty = '<config name>-ws<world size>-<timestamp>'."""
     progress: str = "auto"
