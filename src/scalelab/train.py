@@ -774,13 +774,18 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     def checkpoint(st: TrainState, loss_sum_dev: torch.Tensor) -> None:
         if not cfg.train.save_checkpoint:
             return
-        # host-device sync + collective: only at checkpoint time
-        rngs = D.gather_objects(rng_state(), env)
-        sums = D.gather_objects(float(loss_sum_dev.item()), env)
-        tokens = D.gather_objects(st.epoch_tokens, env)
-        phases = D.gather_objects(st.epoch_phases, env)
+        # host-device sync + one collective (every rank's own state): only at checkpoint time
         hook_state = D.comm_hook_state(_ddp(model))  # PowerSGD: per-rank error feedback
-        hook_states = D.gather_objects(hook_state, env) if hook_state is not None else None
+        mine = (
+            rng_state(),
+            float(loss_sum_dev.item()),
+            st.epoch_tokens,
+            st.epoch_phases,
+            hook_state,
+        )
+        every = D.gather_objects(mine, env)
+        rngs, sums, tokens, phases, hooks = (list(col) for col in zip(*every, strict=True))
+        hook_states = hooks if hook_state is not None else None
         if env.is_main:
             save_checkpoint(
                 ckpt_path,
