@@ -9,9 +9,10 @@ Event points, in order (read `fit` top to bottom):
         for step:                                   # StepTimer laps: data | h2d | forward | backward | optimizer
             for micro-step: batch -> forward -> backward (no_sync on all but the last micro-step)
             clip -> optimizer.step -> scheduler.step
-            [every log_every_steps: read the loss (sync) and update progress; SIGTERM/SIGUSR1 from
-             any rank -> checkpoint and stop (exit 128 + signal), train.resume=auto continues]
-            [every checkpoint_every_steps: checkpoint]
+            [every log_every_steps: read the loss (sync) and update progress]
+            [every checkpoint_every_steps: checkpoint (its time is in no phase)]
+            [every ~STOP_POLL_S: SIGTERM/SIGUSR1 on any rank? -> checkpoint and stop
+             (exit 128 + signal); train.resume=auto continues]
         evaluate (exact under DDP) -> reduce timings across ranks -> metrics.csv row -> checkpoint
     after the last epoch: measure communication (calibration + bucket all-reduce) -> summary.json
 """
@@ -902,7 +903,11 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 and state.global_step % cfg.train.checkpoint_every_steps == 0
             ):
                 _keep_position(state, num_tokens, carried_s, watch)
+                # host-device sync: the phase times so far go into the checkpoint too, so an
+                # epoch resumed from it after a crash keeps them (the epoch's end merges the rest)
+                state.epoch_phases = merge_phase_means(state.epoch_phases, timer.epoch_summary())
                 checkpoint(state, loss_sum)
+                timer.untimed()  # writing the checkpoint is not the next step's data time
             if cfg.train.stop_after_steps and steps_this_invocation >= cfg.train.stop_after_steps:
                 stop_requested = True
             since_poll += 1

@@ -134,6 +134,41 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     assert (tmp_path / "exp" / "cut" / "profile-rank0.json").is_file()
 
 
+def test_crash_after_a_periodic_checkpoint_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # slow batches so the kill lands mid-epoch 2, after a train.checkpoint_every_steps checkpoint
+    base = ["train", *common(tmp_path, cache_dir), "train.epochs=2", "train.max_steps_per_epoch=9",
+            "train.num_threads=1", "train.checkpoint_every_steps=3"]  # fmt: skip
+    assert scalelab([*base, "output.run_name=full"]).returncode == 0
+    cmd = [sys.executable, "-m", "scalelab", *base, "output.run_name=cut",
+           "data.delay_per_batch_s=0.15"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env({"OMP_NUM_THREADS": "1"}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    ckpt, seen, saved = tmp_path / "exp" / "cut" / "checkpoint.pt", None, None
+    try:
+        while proc.poll() is None:  # each checkpoint appears whole (written aside, renamed)
+            stamp = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+            if stamp is not None and stamp != seen:
+                seen, saved = stamp, torch.load(ckpt, weights_only=False)
+                if saved["epoch"] == 1 and saved["step_in_epoch"] > 0:
+                    proc.kill()  # a crash: no signal handler, no stop checkpoint
+                    break
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    assert saved["step_in_epoch"] % 3 == 0
+    # the checkpoint carries the epoch's phase means so far (the warm-up was in epoch 1)
+    assert saved["epoch_phases"][0]["measured_steps"] == saved["step_in_epoch"]
+    assert saved["epoch_phases"][0]["step_ms"] > 0 and saved["epoch_elapsed_s"] > 0
+    resumed = scalelab([*base, "output.run_name=cut", "train.resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(tmp_path / "exp" / "full", tmp_path / "exp" / "cut")
+    ep2 = list(csv.DictReader((tmp_path / "exp" / "cut" / "metrics.csv").open()))[1]
+    assert float(ep2["epoch_time_s"]) > saved["epoch_elapsed_s"] and float(ep2["step_ms"]) > 0
+
+
 def _assert_same_run(full_dir: Path, cut_dir: Path) -> dict:
     """The resumed run ends with exactly the uninterrupted run's weights and per-epoch metrics.
     Returns the resumed run's checkpoint."""

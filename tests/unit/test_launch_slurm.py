@@ -31,7 +31,7 @@ def test_script_is_valid_bash_with_rendezvous_requeue_and_resume(tmp_path: Path)
         assert line in text.splitlines(), line
     srun = next(ln for ln in text.splitlines() if ln.startswith("srun "))
     for part in ("--nproc-per-node=4", '--nnodes="$SLURM_NNODES"', "--rdzv-backend=c10d",
-                 '--rdzv-endpoint="$head_node:$port"', f"output.dir={tmp_path}",
+                 '--rdzv-endpoint="$head_addr:$port"', f"output.dir={tmp_path}",
                  "output.run_name=r", "train.resume=auto", "train.epochs=5"):  # fmt: skip
         assert part in srun, part
     assert 'scancel --signal=TERM "$SLURM_JOB_ID"' in text
@@ -107,7 +107,7 @@ def test_user_values_are_never_expanded_by_the_batch_shell(tmp_path: Path) -> No
     (fake / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
     (fake / "srun").chmod(0o755)
     res = subprocess.run(
-        ["bash", "-c", f"head_node=h; port=1; {srun.removesuffix(' &')}"],
+        ["bash", "-c", f"head_addr=h; port=1; {srun.removesuffix(' &')}"],
         env={"PATH": f"{fake}:/usr/bin:/bin", "SLURM_NNODES": "1", "SLURM_JOB_ID": "7",
              "SLURM_CPUS_PER_TASK": "2"},
         capture_output=True, text=True,
@@ -118,6 +118,38 @@ def test_user_values_are_never_expanded_by_the_batch_shell(tmp_path: Path) -> No
     assert "--rdzv-endpoint=h:1" in args and "--rdzv-id=7" in args and "--nnodes=1" in args
     assert not (tmp_path / "PWNED").exists()
     assert "export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=120" in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("show_node", "expected"),
+    [
+        (
+            "NodeName=n1 Arch=x86_64 CoresPerSocket=8 NodeAddr=10.0.0.5 NodeHostName=n1-eth",
+            "10.0.0.5",
+        ),
+        ("", "n1"),  # node details hidden from users (PrivateData=nodes): the node name it is
+    ],
+)
+def test_rendezvous_uses_the_head_nodes_slurm_address(
+    tmp_path: Path, show_node: str, expected: str
+) -> None:
+    lines = render_sbatch(SlurmJob(config=SMALL, run_name="r", out_dir=tmp_path)).splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("head_node="))
+    head = [ln for ln in lines[first : first + 6] if ln.startswith(("head_node=", "head_addr="))]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text(
+        '#!/bin/bash\ncase "$*" in\n  "show hostnames n[1-2]") printf "n1\\nn2\\n";;\n'
+        f'  "-o show node n1") printf "%s\\n" "{show_node}";;\n  *) exit 1;;\nesac\n'
+    )
+    (fake / "scontrol").chmod(0o755)
+    res = subprocess.run(
+        ["bash", "-c", "\n".join([*head, 'echo "$head_addr"'])],
+        env={"PATH": f"{fake}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "n[1-2]"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert len(head) == 3 and res.returncode == 0, res.stderr
+    assert res.stdout.strip() == expected
 
 
 def test_a_percent_in_the_log_path_is_literal(tmp_path: Path) -> None:

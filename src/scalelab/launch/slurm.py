@@ -105,7 +105,7 @@ def render_sbatch(job: SlurmJob) -> str:
     threads = max(1, job.cpus // job.procs_per_node)
     # the script's own variables, filled in at run time; every other word is quoted, so no user
     # value (a path, an override) is ever expanded by the shell
-    rendezvous = '--nnodes="$SLURM_NNODES" --rdzv-backend=c10d --rdzv-endpoint="$head_node:$port" --rdzv-id="$SLURM_JOB_ID"'
+    rendezvous = '--nnodes="$SLURM_NNODES" --rdzv-backend=c10d --rdzv-endpoint="$head_addr:$port" --rdzv-id="$SLURM_JOB_ID"'
     train = [
         "-m", "scalelab", "train", "--config", str(job.config),
         f"output.dir={job.out_dir}", f"output.run_name={job.run_name}", "train.resume=auto",
@@ -122,6 +122,9 @@ def render_sbatch(job: SlurmJob) -> str:
         *(f"#SBATCH {a}" for a in sbatch),
         "",
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "# the address SLURM itself reaches that node by: a node name need not resolve as a host",
+        'head_addr=$(scontrol -o show node "$head_node" 2>/dev/null | tr " " "\\n" | sed -n "s/^NodeAddr=//p")',
+        "head_addr=${head_addr:-$head_node}",
         "# rendezvous port, distinct per job, below Linux's ephemeral ports (32768 and up)",
         "port=$((20000 + SLURM_JOB_ID % 12000))",
         f"export OMP_NUM_THREADS={threads}",
@@ -129,7 +132,7 @@ def render_sbatch(job: SlurmJob) -> str:
         "# they poll for a stop every few seconds and then checkpoint",
         f"export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={job.signal_seconds}",
         'echo "scalelab: job $SLURM_JOB_ID start ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST,'
-        ' rendezvous $head_node:$port"',
+        ' rendezvous $head_addr:$port"',
         "",
         "# SIGUSR1 (time limit near) or SIGTERM (preemption): every rank checkpoints and stops.",
         '# scancel signals the job step (torchrun and its ranks), not this shell; "kill" on srun',
