@@ -15,11 +15,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 # one definition each for run folders and benchmark results
@@ -169,6 +171,24 @@ def print_table(rows: list[list[str]], header: list[str]) -> None:
 # ----------------------------------------------------------------------------- scalelab's own loop
 
 
+def padded_width(
+    longest: int, pad_to: int | None = None, pad_multiple: int = 1, max_len: int | None = None
+) -> int:
+    """The width `scalelab.data.make_batch` pads a batch whose longest sequence is `longest` to.
+
+    The same arithmetic as make_batch (which has no separate function for it): `pad_to` when
+    given (`data.pad_to_max_len`), else `longest` rounded up to a multiple of `pad_multiple`,
+    capped at `max_len` but never below `longest`. The keyword arguments are
+    `scalelab.train.batch_padding(cfg)`, what `train_step` passes to make_batch.
+    """
+    if pad_to is not None:
+        return pad_to
+    width = -(-longest // pad_multiple) * pad_multiple
+    if max_len is not None:
+        width = max(longest, min(width, max_len))
+    return width
+
+
 class ScalelabStepper:
     """scalelab's trainer pieces, driven step by step: the exact `train_step` that `fit` runs.
 
@@ -217,8 +237,18 @@ class ScalelabStepper:
         self.epoch = 0
         self._it = None
         self.tokens = 0  # real (unpadded) tokens of the steps taken
-        self.padded_tokens = 0  # what the batches cost (padded to each batch's longest)
+        self.padded_tokens = 0  # what the batches cost (padded as make_batch pads them)
         self.real_tokens_sq = 0  # sum of squared real lengths (attention FLOPs)
+        self.samples = 0  # examples of the steps taken
+        self.width_steps: Counter[int] = Counter()  # micro-batches per padded width (batch shape)
+
+    def width(self, idx: np.ndarray, padding: dict[str, Any] | None = None) -> int:
+        """The width `train_step` pads the micro-batch `idx` to (its tensors' sequence length);
+        `padding`: `scalelab.train.batch_padding(cfg)`, if already at hand."""
+        from scalelab.train import batch_padding
+
+        padding = batch_padding(self.cfg) if padding is None else padding
+        return padded_width(int(self.data.train.lengths[idx].max()), **padding)
 
     def _next(self):
         if self._it is None:
@@ -232,10 +262,16 @@ class ScalelabStepper:
             self._it = iter(self.sampler)
             return next(self._it)
 
-    def step(self) -> None:
-        from scalelab.train import train_step
+    def step(self, micro: list[np.ndarray] | None = None) -> None:
+        """One optimizer step on the sampler's next batch, or on `micro` (this rank's
+        micro-batches, e.g. to run a chosen batch shape; the sampler does not advance)."""
+        from scalelab.train import batch_padding, train_step
 
-        micro = self._next()
+        if micro is None:
+            micro = self._next()
+            global_batch = self.sampler.current_global_batch
+        else:
+            global_batch = np.concatenate(micro)
         self.loss_sum += train_step(
             self.net,
             micro,
@@ -248,13 +284,19 @@ class ScalelabStepper:
             self.env,
             self.amp,
             emb_rows=self.emb_rows,
-            global_batch=self.sampler.current_global_batch,
+            global_batch=global_batch,
         )
         self.timer.end_step()
         lengths = self.data.train.lengths
-        self.tokens += int(sum(lengths[mb].sum() for mb in micro))
-        self.padded_tokens += int(sum(len(mb) * lengths[mb].max() for mb in micro))
-        self.real_tokens_sq += int(sum((lengths[mb] ** 2).sum() for mb in micro))
+        padding = batch_padding(self.cfg)  # what train_step padded with
+        for mb in micro:
+            n = lengths[mb]
+            width = padded_width(int(n.max()), **padding)
+            self.tokens += int(n.sum())
+            self.padded_tokens += len(mb) * width
+            self.real_tokens_sq += int((n**2).sum())
+            self.samples += len(mb)
+            self.width_steps[width] += 1
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -266,7 +308,8 @@ class ScalelabStepper:
             self.step()
         self.sync()
         self.timer.start_epoch()  # phase laps of the timed steps only
-        tok0, pad0, sq0 = self.tokens, self.padded_tokens, self.real_tokens_sq
+        tok0, pad0, sq0, n0 = self.tokens, self.padded_tokens, self.real_tokens_sq, self.samples
+        widths0 = Counter(self.width_steps)
         t0 = time.perf_counter()
         for _ in range(num_steps):
             self.step()
@@ -282,6 +325,8 @@ class ScalelabStepper:
             "real_tokens": self.tokens - tok0,
             "padded_tokens": self.padded_tokens - pad0,
             "real_tokens_sq": self.real_tokens_sq - sq0,
+            "samples": self.samples - n0,
+            "widths": sorted(self.width_steps - widths0),  # padded widths of these steps
             "phase_ms": {k: v for k, v in phases.items() if k != "measured_steps"},
         }
 

@@ -13,32 +13,48 @@ to their longest sequence or to a multiple of 16 (``data.pad_multiple``: a handf
 so compile and CUDA graphs see few), and for the small launch-bound model CUDA graphs via
 ``torch.compile(mode="reduce-overhead")`` (one graph per batch shape, so on padded shapes).
 
-Variants run in priority order (the issue's target configurations first, then the rest) and
-the JSON is rewritten after each one, so a run cut short by ``--budget-s`` or a timeout still
-holds what it measured. Each variant: warm-up steps (compile happens here; timed as
-``warmup_s``), a short calibration that sizes the timed block to about ``--seconds``, the timed
-block, and ``--profile-steps`` steps under ``torch.profiler``, whose trace gives GPU busy
-time, the idle gaps between kernels and the top kernels (``profile``). Priority-0 variants also
-time one whole 120,000-sample epoch (``epoch_time_s_measured``; the bundled or given rows are
-cycled, as the study's full split would be read once).
+Every case's data is prepared before the first variant runs (no data code, which may fork a
+child, runs once CUDA and Inductor's threads exist). Variants run in priority order (the
+issue's target configurations first, then the rest) and the JSON is rewritten after each one,
+so a run cut short by ``--budget-s`` or a timeout still holds what it measured; a CUDA error
+(sticky: every later variant would fail too) stops the run there, exit status 1. Before each
+variant compile caches are reset and freed memory returned (``mem_baseline_mb``: what is still
+allocated then). Each variant: warm-up (timed as ``warmup_s``): compiled variants first run one
+batch of every width a batch can be padded to (3 times each with CUDA graphs: warm-up,
+recording, replay), so no compile or CUDA-graph recording lands in the timed block
+(``warmup_widths``; ``timed_new_widths`` checks it), then the usual warm-up steps; a short
+calibration that sizes the timed block to about ``--seconds``; the timed block; and
+``--profile-steps`` steps under ``torch.profiler``, whose trace gives GPU busy time, the idle
+gaps between kernels, the top kernels and the CUDA-graph launches (``profile``). Priority-0
+variants also time one whole epoch of floor(120,000 / batch) steps, as the sampler drops the
+incomplete tail (``epoch_time_s_measured``, ``epoch_samples_measured``; the bundled or given
+rows are cycled, as the study's full split would be read once). ``cuda_graphs`` is the mode
+asked for; ``cudagraph_skips`` counts the graphs Inductor ran without CUDA graphs, and
+``profile.graph_launches_per_step`` shows the replays.
 
 MFU (model FLOPs utilisation) = achieved model FLOP/s / the device's dense bf16 peak
 (``PEAK_BF16_TFLOPS``; the bf16 peak is used for fp32 runs too, so fp32 MFU reads low by
-design). Training FLOPs per step are counted analytically from REAL tokens (padding excluded,
-so the figure measures useful work; the padding each batch still computes is reported
-separately as ``padding_overhead``)::
+design; fp32 matmuls run as TF32, ``tf32``). Training FLOPs per step are counted analytically
+from REAL tokens (padding excluded, so the figure measures useful work; the padding each batch
+still computes, at the width ``make_batch`` pads it to, is reported separately as
+``padding_overhead``)::
 
-    6 * N_nonembedding * real_tokens            # matmuls: forward 2N, backward 4N per token
+    6 * N_body * real_tokens                    # matmuls: forward 2N, backward 4N per token
+    + 6 * N_head * samples                      # the classification head: once per sample
     + sum over samples of 12 * L * T_i**2 * d   # attention scores QK^T and weights x V:
                                                 # 2 matmuls x 2 T^2 d FLOPs forward, x3 with backward
 
-where N_nonembedding excludes the token/position embedding tables (a lookup, not a matmul),
-L = layers, d = model width, T_i = the sample's real length.
+where N_body = the parameters less the token/position embedding tables (a lookup, not a matmul)
+and the head, N_head = the head's parameters (scalelab's ``head`` on the pooled tokens,
+DistilBERT's ``pre_classifier`` and ``classifier`` on the first token), L = layers, d = model
+width, T_i = the sample's real length.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import math
 import re
 import sys
@@ -48,6 +64,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -62,46 +80,82 @@ from common import (  # noqa: E402
     write_result,
 )
 
-#: Dense bf16 tensor-core peak (TFLOP/s, no sparsity), matched against the device name in order.
+#: Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by device-name key. A key matches as whole
+#: words, case-insensitively ("A100" not in "RTX A1000", "H200" not in "GH200"); the longest
+#: (most specific) matching key wins, so "H100 PCIe" is found before "H100".
 PEAK_BF16_TFLOPS = (
-    ("H200", 989.0),
-    ("H100", 989.0),  # SXM; the PCIe card's peak is lower (756), so its MFU reads low here
-    ("A100", 312.0),
+    ("H200 NVL", 835.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("GH200", 989.0),
+    ("H200", 989.0),  # SXM
+    ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("A100", 312.0),  # SXM and PCIe alike
 )
 EPOCH_SAMPLES = 120_000  # the full AG News training split
 PAD_MULTIPLE = 16
+#: Modules applied once per sample (to the pooled or first token), not to every token.
+HEAD_MODULES = ("head", "pre_classifier", "classifier")
+#: A CUDA error leaves the context unusable: every later variant would fail the same way.
+STICKY_CUDA_ERRORS = ("CUDA error", "illegal memory access")
 
 
 def peak_tflops(device_name: str) -> float | None:
-    for key, peak in PEAK_BF16_TFLOPS:
-        if key.lower() in device_name.lower():
+    for key, peak in sorted(PEAK_BF16_TFLOPS, key=lambda kp: -len(kp[0])):
+        words = r"[\s_-]*".join(re.escape(w) for w in key.split())
+        if re.search(rf"(?<![a-z0-9]){words}(?![a-z0-9])", device_name, re.IGNORECASE):
             return peak
     return None
 
 
-def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(non-embedding parameters, layers, width) of a scalelab transformer or DistilBERT."""
-    n_emb = sum(
-        p.numel()
-        for name, p in model.named_parameters()
-        if "emb" in name  # tok_emb/pos_emb, DistilBERT's embeddings.* tables
-        and "norm" not in name.lower()
-        and "LayerNorm" not in name
-    )
+def sticky_cuda_error(message: str) -> bool:
+    return any(m in message for m in STICKY_CUDA_ERRORS)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_body: int  # parameters applied to every token: all less embedding tables and the head
+    n_head: int  # the classification head's parameters, applied once per sample
+    layers: int
+    width: int
+
+    @property
+    def n_nonembedding(self) -> int:
+        return self.n_body + self.n_head
+
+
+def model_shape(model: torch.nn.Module) -> ModelShape:
+    """Parameter split, layers and width of a scalelab transformer or DistilBERT."""
+    n_emb = n_head = 0
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if "emb" in name and "norm" not in name.lower():
+            n_emb += p.numel()  # tok_emb/pos_emb, DistilBERT's embeddings.* tables (not LayerNorm)
+        elif len(parts) > 1 and parts[-2] in HEAD_MODULES:
+            n_head += p.numel()
     n_total = sum(p.numel() for p in model.parameters())
     if hasattr(model, "blocks"):
         layers, width = len(model.blocks), model.tok_emb.embedding_dim
     else:  # DistilBERT wrapper
         cfg = model.net.config
         layers, width = cfg.n_layers, cfg.dim
-    return n_total - n_emb, layers, width
+    return ModelShape(n_total - n_emb - n_head, n_head, layers, width)
 
 
-def train_flops(
-    n_nonemb: int, layers: int, width: int, real_tokens: int, real_tokens_sq: int
-) -> float:
+def train_flops(shape: ModelShape, real_tokens: int, real_tokens_sq: int, samples: int) -> float:
     """Analytic training FLOPs (see the module docstring)."""
-    return 6.0 * n_nonemb * real_tokens + 12.0 * layers * width * real_tokens_sq
+    return (
+        6.0 * shape.n_body * real_tokens
+        + 6.0 * shape.n_head * samples
+        + 12.0 * shape.layers * shape.width * real_tokens_sq
+    )
+
+
+def inductor_counter(name: str) -> int:
+    """torch._dynamo's counters["inductor"][name], 0 where it was never counted."""
+    from torch._dynamo.utils import counters
+
+    return int(counters.get("inductor", {}).get(name, 0))
 
 
 # ----------------------------------------------------------------------------- what runs, in order
@@ -192,17 +246,82 @@ def profile_steps(stepper: ScalelabStepper, steps: int) -> dict[str, Any]:
 
     stepper.sync()
     with tempfile.TemporaryDirectory() as tmp:
-        prof = StepProfiler(steps, 0, stepper.device, Path(tmp) / "trace.json")
+        trace = Path(tmp) / "trace.json"
+        prof = StepProfiler(steps, 0, stepper.device, trace)
         prof.before_step(0)
         for _ in range(steps):
             stepper.step()
             prof.after_step()
         out = dict(prof.result or {})
+        try:  # (the figures above must survive an unreadable trace)
+            out["graph_launches_per_step"] = graph_launches(trace) / steps
+        except (OSError, ValueError) as exc:
+            out["graph_launches_error"] = f"{type(exc).__name__}: {exc}"
     out.pop("trace", None)  # a temporary file
     return out
 
 
+def graph_launches(trace_path: Path) -> int:
+    """CUDA-graph replays in a chrome trace: cudaGraphLaunch (or the driver's cuGraphLaunch) calls."""
+    events = json.loads(trace_path.read_text(encoding="utf-8")).get("traceEvents", [])
+    return sum(
+        1
+        for e in events
+        if isinstance(e, dict)
+        and e.get("cat") in ("cuda_runtime", "cuda_driver")
+        and "GraphLaunch" in str(e.get("name", ""))
+    )
+
+
 # ----------------------------------------------------------------------------- one variant
+
+
+def width_batches(stepper: ScalelabStepper) -> dict[int, np.ndarray]:
+    """One per-rank batch for every width a training batch can be padded to, by width.
+
+    A batch's width is that of its longest example (`ScalelabStepper.width`), and an example can
+    be a batch's longest only with at least per_rank - 1 examples no longer than it; so these are
+    all the widths any epoch's batches can have (the sampler yields some of them). For each
+    width the batch is the per_rank examples up to the shortest such longest example.
+    """
+    lengths = np.asarray(stepper.data.train.lengths)
+    per_rank = stepper.sampler.per_rank
+    order = np.argsort(lengths, kind="stable")
+    by_len = lengths[order]
+    out: dict[int, np.ndarray] = {}
+    for longest in np.unique(by_len[per_rank - 1 :]):  # ascending
+        i = max(per_rank - 1, int(np.searchsorted(by_len, longest)))
+        idx = np.ascontiguousarray(order[i - per_rank + 1 : i + 1])
+        out.setdefault(stepper.width(idx), idx)
+    return out
+
+
+def warm_every_width(stepper: ScalelabStepper, repeats: int) -> int:
+    """Run each width's batch (`width_batches`) `repeats` times in a row; the steps taken.
+
+    torch.compile compiles a new shape on its first step; with CUDA graphs (reduce-overhead)
+    the first step of a shape warms up, the second records its graph, the third replays it.
+    """
+    steps = 0
+    for idx in width_batches(stepper).values():
+        micro = [idx] * stepper.cfg.train.grad_accum_steps
+        for _ in range(repeats):
+            stepper.step(micro)
+            steps += 1
+    return steps
+
+
+def fresh_device_state(device: torch.device) -> int | None:
+    """Drop compile caches (and CUDA graphs) and freed memory before a variant; bytes still
+    allocated on the GPU then (None on CPU). Peak memory counts from here."""
+    torch._dynamo.reset()  # each variant compiles from scratch, not on another's graphs
+    gc.collect()
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
 
 
 def bench_variant(
@@ -224,24 +343,25 @@ def bench_variant(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from torch._dynamo.utils import counters
 
-    if v.compile:
-        torch._dynamo.reset()  # each variant compiles from scratch, not on another's graphs
+    baseline = fresh_device_state(device)
     graphs_before = int(counters["stats"].get("unique_graphs", 0))  # reset() keeps counters
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    skips_before = inductor_counter("cudagraph_skips")
     stepper = ScalelabStepper(cfg, data, device=device)
     t0 = time.perf_counter()
+    width_steps = warm_every_width(stepper, 1 if v.compile == "default" else 3) if v.compile else 0
     for _ in range(warmup):
         stepper.step()
     stepper.sync()
     warmup_s = time.perf_counter() - t0
+    warm_widths = set(stepper.width_steps)
     if steps is None:  # size the timed block from a short calibration
         calib = stepper.run(10, warmup_steps=0)
         steps = int(min(3000, max(20, math.ceil(seconds / max(calib["elapsed_s"] / 10, 1e-6)))))
+    seen = set(stepper.width_steps)  # warm-up and calibration
     res = stepper.run(steps, warmup_steps=0)
-    n_nonemb, layers, width = model_shape(stepper.model)
-    flops = train_flops(n_nonemb, layers, width, res["real_tokens"], res["real_tokens_sq"])
+    timed_new = sorted(set(res["widths"]) - seen)
+    shape = model_shape(stepper.model)
+    flops = train_flops(shape, res["real_tokens"], res["real_tokens_sq"], res["samples"])
     achieved = flops / res["elapsed_s"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops(name)
@@ -250,7 +370,7 @@ def bench_variant(
         "priority": v.priority,
         "precision": v.precision,
         "compile": v.compile or "off",
-        "cuda_graphs": v.compile == "reduce-overhead",
+        "cuda_graphs": v.compile == "reduce-overhead",  # asked for; see cudagraph_skips
         "padding": v.padding,
         "pad_multiple": cfg.data.pad_multiple,
         "pad_to_max_len": cfg.data.pad_to_max_len,
@@ -263,18 +383,31 @@ def bench_variant(
         "mfu": achieved / (peak * 1e12) if peak else None,
         "peak_bf16_tflops": peak,
         "num_params": stepper.num_params,
-        "num_params_nonembedding": n_nonemb,
+        "num_params_nonembedding": shape.n_nonembedding,
+        "num_params_head": shape.n_head,
         "timed_steps": steps,
         "warmup_steps": warmup,
         "warmup_s": warmup_s,
         "phase_ms": res["phase_ms"],
     }
+    if v.compile:  # a new batch width compiles (and with CUDA graphs records) a graph
+        out["warmup_width_steps"] = width_steps  # each width's batch first (warm_every_width)
+        out["warmup_widths"] = len(warm_widths)  # distinct widths seen in the warm-up
+        out["timed_widths"] = len(res["widths"])
+        out["timed_new_widths"] = timed_new  # widths first seen in the timed block
+        out["timed_saw_new_width"] = bool(timed_new)
+    if v.precision == "fp32":  # TF32 tensor-core matmuls (main() enables them on CUDA)
+        out["tf32"] = device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
     if full_epoch:
-        n = math.ceil(EPOCH_SAMPLES / cfg.train.batch_size)
+        n = EPOCH_SAMPLES // cfg.train.batch_size  # the sampler drops an epoch's incomplete tail
+        seen = set(stepper.width_steps)
         ep = stepper.run(n, warmup_steps=0)
-        ep_flops = train_flops(n_nonemb, layers, width, ep["real_tokens"], ep["real_tokens_sq"])
+        ep_flops = train_flops(shape, ep["real_tokens"], ep["real_tokens_sq"], ep["samples"])
         out["epoch_time_s_measured"] = ep["elapsed_s"]
         out["epoch_steps"] = n
+        out["epoch_samples_measured"] = ep["samples"]
+        if v.compile:
+            out["epoch_new_widths"] = sorted(set(ep["widths"]) - seen)
         out["epoch_mfu"] = ep_flops / ep["elapsed_s"] / (peak * 1e12) if peak else None
     if profile:
         try:
@@ -282,13 +415,58 @@ def bench_variant(
         except Exception as exc:  # a profiler failure must not lose the timing
             out["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
     if device.type == "cuda":
-        out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        peak_bytes = torch.cuda.max_memory_allocated(device)
+        out["peak_mem_mb"] = peak_bytes / 2**20
+        out["mem_baseline_mb"] = baseline / 2**20
+        out["peak_mem_mb_above_baseline"] = (peak_bytes - baseline) / 2**20
     else:
-        out["peak_mem_mb"] = None
+        out["peak_mem_mb"] = out["mem_baseline_mb"] = out["peak_mem_mb_above_baseline"] = None
     if v.compile:  # graphs dynamo compiled for this variant (recompiles for new shapes too)
         out["compiled_graphs"] = int(counters["stats"].get("unique_graphs", 0)) - graphs_before
+        # graphs Inductor ran without CUDA graphs (e.g. a CPU op or a mutated input); 0 with
+        # reduce-overhead means every compiled graph was eligible
+        out["cudagraph_skips"] = inductor_counter("cudagraph_skips") - skips_before
     del stepper
     return out
+
+
+def prepare_cases(
+    jobs: list[tuple[str, str, list[str], Variant]],
+    data_over: list[str],
+    start: float,
+    budget_s: float,
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, str], dict[str, float]]:
+    """Config and prepared data of every case the jobs need, in run order, before any variant
+    runs: ({case: (cfg, data)}, {case: why skipped}, {case: seconds}). Stops preparing once
+    `budget_s` is spent (those cases' variants are then skipped for the budget)."""
+    from scalelab.data import prepare_data
+
+    prepared: dict[str, tuple[Any, Any]] = {}
+    skipped: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for case, preset, overrides, _ in jobs:
+        if case in prepared or case in skipped:
+            continue
+        if time.perf_counter() - start > budget_s:
+            break
+        t0 = time.perf_counter()
+        try:
+            cfg = load_preset(preset, [*data_over, *overrides, "output.progress=none"])
+            if cfg.model.arch == "distilbert":
+                try:
+                    import transformers  # noqa: F401
+                except ImportError:
+                    skipped[case] = "skipped: needs `transformers` (pip install 'scalelab[hf]')"
+            if case not in skipped:
+                prepared[case] = (cfg, prepare_data(cfg))
+        except Exception as exc:  # a case that cannot start must not stop the others
+            skipped[case] = f"skipped: {type(exc).__name__}: {exc}"
+        seconds[case] = time.perf_counter() - t0
+        if case in skipped:
+            print(f"{case}: {skipped[case]}", flush=True)
+        else:
+            print(f"{case}: data prepared ({seconds[case]:.1f} s)", flush=True)
+    return prepared, skipped, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup",
         type=int,
         default=None,
-        help="untimed steps first (default 10; 40 with compile, 80 with CUDA graphs)",
+        help="untimed steps first (default 10; 40 with compile, 80 with CUDA graphs); compiled "
+        "variants first also run one batch of every width",
     )
     p.add_argument(
         "--profile-steps",
@@ -333,12 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    from scalelab.config import ConfigError
-    from scalelab.data import DataError, prepare_data
-
     start = time.perf_counter()
-    cuda = torch.cuda.is_available()
-    device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    cuda = torch.cuda.is_available()  # (no CUDA context yet: get_device_name below makes one)
     if not cuda and not args.tiny:
         print("gpu.py: no CUDA device; run with --tiny for a CPU smoke test", file=sys.stderr)
         return 2
@@ -350,10 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     data_over = shared_data_overrides(args.data_dir) if args.data_dir else ["data.source=sample"]
     if args.cache_dir:
         data_over.append(f"data.cache_dir={args.cache_dir}")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = (
-            True  # fp32 matmuls on tensor cores, as users run them
-        )
+    only = [o for o in args.only.split(",") if o]
+    jobs = [j for j in plan(args.tiny, cuda, only) if j[3].priority <= args.max_priority]
+    # All data first: the data code may fork a child, which can deadlock once CUDA and
+    # Inductor's compile threads exist.
+    prepared, skipped, prep_s = prepare_cases(jobs, data_over, start, args.budget_s)
+
+    device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    if cuda:  # fp32 matmuls on tensor cores (TF32), as users run them; each fp32 row says so
+        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
     day = datetime.now().strftime("%Y-%m-%d")
@@ -365,39 +545,24 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(args.data_dir / "ag_news") if args.data_dir else "bundled sample",
         "epoch_samples": EPOCH_SAMPLES,
         "mfu_definition": "analytic training FLOPs from real (unpadded) tokens: "
-        "6*N_nonembedding*tokens + 12*L*T^2*d per sample; / dense bf16 peak of the device",
+        "6*N_body*tokens + 6*N_head*samples + 12*L*T^2*d per sample (N_body: parameters less "
+        "embedding tables and the classification head); / dense bf16 peak of the device",
         "peak_bf16_tflops": peak_tflops(device_name),
         "complete": False,
+        "data_prep_s": prep_s,
         "cases": {},
-        "skipped": {},
+        "skipped": skipped,
     }
-    only = [o for o in args.only.split(",") if o]
-    jobs = [j for j in plan(args.tiny, cuda, only) if j[3].priority <= args.max_priority]
-    prepared: dict[str, Any] = {}
     rows = []
-    for case, preset, overrides, v in jobs:
+    for i, (case, _preset, _overrides, v) in enumerate(jobs):
         key = f"{case} {v.label}"
         if case in result["skipped"]:
             continue
-        if time.perf_counter() - start > args.budget_s:
+        if time.perf_counter() - start > args.budget_s or case not in prepared:
+            # (a case is unprepared only when the budget ran out while preparing data)
             result["skipped"][key] = f"time budget ({args.budget_s:.0f} s) spent"
             print(f"{key}: skipped, time budget spent", flush=True)
             continue
-        if case not in prepared:
-            try:
-                cfg = load_preset(preset, [*data_over, *overrides, "output.progress=none"])
-                if cfg.model.arch == "distilbert":
-                    import transformers  # noqa: F401
-                prepared[case] = (cfg, prepare_data(cfg))
-            except ImportError:
-                msg = "skipped: needs `transformers` (pip install 'scalelab[hf]')"
-                print(f"{case}: {msg}", flush=True)
-                result["skipped"][case] = msg
-                continue
-            except (ConfigError, DataError, ValueError) as exc:
-                print(f"{case}: skipped: {exc}", flush=True)
-                result["skipped"][case] = f"skipped: {exc}"
-                continue
         cfg, data = prepared[case]
         warmup = args.warmup
         if warmup is None:
@@ -426,24 +591,36 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             rows.append([case, v.label, "-", "-", "-", "-", "-", r["error"][:60]])
             print(f"{key}: {r['error'][:200]}", flush=True)
-            continue
-        prof = r.get("profile") or {}
-        busy = prof.get("gpu_busy_fraction")
-        epoch = r.get("epoch_time_s_measured", r["epoch_time_s_120k"])
-        rows.append(
-            [
-                case,
-                v.label,
-                f"{r['samples_per_s']:,.0f}",
-                f"{epoch:,.2f}" + ("" if "epoch_time_s_measured" in r else " *"),
-                f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a",
-                f"{100 * busy:.0f} %" if busy is not None else "n/a",
-                f"{r['peak_mem_mb']:,.0f}" if r["peak_mem_mb"] is not None else "n/a",
-                "",
-            ]
-        )
-        print(f"{key}: {r['samples_per_s']:,.0f} samples/s, epoch {epoch:.2f} s", flush=True)
-    result["complete"] = not any("budget" in m for m in result["skipped"].values())
+        else:
+            prof = r.get("profile") or {}
+            busy = prof.get("gpu_busy_fraction")
+            epoch = r.get("epoch_time_s_measured", r["epoch_time_s_120k"])
+            rows.append(
+                [
+                    case,
+                    v.label,
+                    f"{r['samples_per_s']:,.0f}",
+                    f"{epoch:,.2f}" + ("" if "epoch_time_s_measured" in r else " *"),
+                    f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a",
+                    f"{100 * busy:.0f} %" if busy is not None else "n/a",
+                    f"{r['peak_mem_mb']:,.0f}" if r["peak_mem_mb"] is not None else "n/a",
+                    "",
+                ]
+            )
+            print(f"{key}: {r['samples_per_s']:,.0f} samples/s, epoch {epoch:.2f} s", flush=True)
+        error = r.get("error") or (r.get("profile") or {}).get("error") or ""
+        if sticky_cuda_error(error):  # the context is broken: stop here (the JSON is written)
+            result["aborted"] = f"{key}: {error[:500]}"
+            for later, *_, lv in jobs[i + 1 :]:
+                if later not in result["skipped"]:
+                    result["skipped"][f"{later} {lv.label}"] = f"not run: CUDA error in {key}"
+            print(
+                f"gpu.py: stopped after a CUDA error in {key}; later variants not run", flush=True
+            )
+            break
+    result["complete"] = "aborted" not in result and not any(
+        "budget" in m for m in result["skipped"].values()
+    )
     result["wall_s"] = time.perf_counter() - start
     write_result(out, result)
     print()
@@ -455,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         print("\n--tiny: smoke test with tiny models, not a measurement")
     print(f"wrote {out}")
-    return 0
+    return 1 if "aborted" in result else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -22,10 +23,22 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (one clear line for the user)."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+#: What a plain ``open`` gives a new file (0666 less the umask); mkstemp's own 0600 would hide
+#: run folders and caches from the group that shares them.
+PLAIN_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call write(fileobj) on a temp file beside `path`, fsync it, then rename over `path`.
 
-    A crash at any moment leaves either the old file or the new one, never half of one.
+    A crash at any moment leaves either the old file or the new one, never half of one. The
+    file gets `PLAIN_FILE_MODE`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -34,6 +47,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, PLAIN_FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -50,28 +64,80 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def numpy_rng_plain(state: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`np.random.get_state()` with its key array as a tensor: a checkpoint then holds only
+    tensors and plain values, which `torch.load(weights_only=True)` reads without running code."""
+    name, keys, *rest = state
+    return (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), *rest)
+
+
+def numpy_rng_state(plain: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Undo `numpy_rng_plain` (an older checkpoint's numpy array passes through)."""
+    name, keys, *rest = plain
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    return (name, keys.astype(np.uint32), *rest)
+
+
 def rng_state() -> dict[str, Any]:
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_rng_plain(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    # only where this process used CUDA: a CPU run on a GPU machine creates no CUDA context
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(numpy_rng_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically; a failed write (a full disk) is one line, and the previous
+    checkpoint stays as it was."""
     state = {"format_version": FORMAT_VERSION, **state}
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    try:
+        atomic_write_bytes(path, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as exc:  # torch.save reports a short write as RuntimeError
+        lines = str(exc).strip().splitlines()
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 1e9:.2f} GB free there"
+        except OSError:
+            free = ""
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint ({lines[0] if lines else type(exc).__name__})"
+            f"{free}; the previous checkpoint, if any, is unchanged"
+        ) from None
+
+
+def _numpy_array_globals() -> list[Any]:
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+_OLD_NUMPY_GLOBALS = _numpy_array_globals()
+
+
+def _why(exc: Exception) -> str:
+    """The telling line of a torch.load failure (weights_only's starts with advice to load
+    unsafely, which a user should not take for a file of unknown origin)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        found = next((ln for ln in lines[1:] if "global" in ln.lower()), "")
+        text = "it holds objects other than tensors and plain values, which scalelab does not load"
+        text += f": {found}" if found else ""
+    else:
+        telling = lines[0] if lines else ""
+        if isinstance(exc, (RuntimeError, OSError, EOFError)):
+            telling = f"truncated or corrupt: {telling}" if telling else "truncated or corrupt"
+        text = f"{type(exc).__name__}: {telling}" if telling else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng")
@@ -82,10 +148,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        # weights_only=False: our own file holds RNG states (numpy/python tuples), not just tensors.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain values only, so a foreign file cannot run code; the
+        # numpy array types admit the RNG states of checkpoints from before numpy_rng_plain
+        with torch.serialization.safe_globals(_OLD_NUMPY_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_why(exc)})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a scalelab checkpoint (format version mismatch)")
     missing = [k for k in REQUIRED_KEYS if k not in state]

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import os
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -120,7 +122,7 @@ class TrainConfig:
     timing_warmup_steps: int = 5
     """First optimizer steps of each invocation excluded from the per-phase timing (warm-up, compile); a resumed run warms up again, over at most half of the epoch's steps left."""
     profile_steps: int = 0
-    """Run N optimizer steps of the first epoch (right after the timing warm-up; at most half of the epoch's remaining steps) under torch.profiler: each rank writes profile-rank<r>.json (a chrome trace) into the run folder, and summary.json's `profile` holds rank 0's GPU busy/idle time, launches and top kernels and host ops. Profiled steps are left out of the phase timing. 0 = off."""
+    """Run N optimizer steps of the first epoch (right after the timing warm-up; at most half of the epoch's remaining steps, but at least one when more epochs follow) under torch.profiler: each rank writes profile-rank<r>.json (a chrome trace) into the run folder, and summary.json's `profile` holds rank 0's GPU busy/idle time, launches and top kernels and host ops. Profiled steps are left out of the phase timing. 0 = off."""
     comm_calibration_steps: int = 8
     """Steps timed with and without gradient all-reduce after training to measure exposed communication (0 = skip)."""
     num_threads: int = 0
@@ -186,6 +188,15 @@ class Config:
     def validate(self, world_size: int | None = None) -> Config:
         """Check values and combinations; raise ConfigError naming the key."""
         m, d, t, dist, o = self.model, self.data, self.train, self.distributed, self.output
+        # every float field of every section: nan/inf pass all the range checks below
+        for sec_name in _SECTIONS:
+            if sec_name == "name":
+                continue
+            section = getattr(self, sec_name)
+            for key, typ in _section_types(type(section)).items():
+                value = getattr(section, key)
+                if typ is float and not math.isfinite(value):
+                    raise ConfigError(f"{sec_name}.{key} must be a finite number, got {value}")
         _choice("model.arch", m.arch, ("transformer", "distilbert"))
         _choice("data.dataset", d.dataset, ("ag_news", "imdb"))
         _choice("data.source", d.source, ("sample", "files", "hf"))
@@ -251,6 +262,10 @@ class Config:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+        if dist.bucket_cap_mb <= 0:
+            raise ConfigError(f"distributed.bucket_cap_mb must be > 0, got {dist.bucket_cap_mb}")
+        if not 0 <= t.seed <= 2**32 - 1:
+            raise ConfigError(f"train.seed must be in [0, 2**32 - 1], got {t.seed}")
         if d.source == "files" and not (d.train_path and d.test_path):
             raise ConfigError("data.source=files needs both data.train_path and data.test_path")
         if m.pretrained and m.arch != "distilbert":
@@ -332,6 +347,82 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise AssertionError(f"unsupported field type {typ} for {key}")
 
 
+def _is_str_type(typ: Any) -> bool:
+    """str, or str | None / Optional[str]."""
+    if typ is str:
+        return True
+    if get_origin(typ) in (Union, types.UnionType):
+        return set(get_args(typ)) == {str, type(None)}
+    return False
+
+
+def _field_type(key: str) -> Any:
+    """Declared type of a dotted key, or None for an unknown key."""
+    if key == "name":
+        return str
+    sec, _, name = key.partition(".")
+    if sec == "name" or sec not in _SECTIONS:
+        return None
+    return _section_types(_SECTIONS[sec].default_factory).get(name)
+
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_RESOLVER = yaml.resolver.Resolver()  # SafeLoader's implicit tags (YAML 1.1)
+
+
+def _resolves_to_null(text: str) -> bool:
+    """'', '~', 'null', 'Null', 'NULL': what YAML reads as "no value" (a str field's '')."""
+    return _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _NULL_TAG
+
+
+def _str_override(raw: str) -> str:
+    """A str field's override text as written: YAML 1.1 would read 010 as 8, 12:30 as 750,
+    0x10 as 16, yes as True and 2024-12-01 as a date. A quoted value is unquoted; null is ''."""
+    text = raw.strip()
+    if text[:1] in ("'", '"'):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        return value if isinstance(value, str) else text
+    return "" if _resolves_to_null(text) else text
+
+
+def _keep_plain_strings(raw: Any, node: yaml.Node | None) -> None:
+    """In a loaded config file, give str fields the text of an unquoted value back (as for
+    CLI overrides: `run_name: 010` is '010', not 8). Quoted and block values are already str."""
+
+    def text(value_node: yaml.Node) -> str | None:
+        if not isinstance(value_node, yaml.ScalarNode) or value_node.style is not None:
+            return None
+        return "" if value_node.tag == _NULL_TAG else value_node.value
+
+    if not isinstance(raw, dict) or not isinstance(node, yaml.MappingNode):
+        return
+    for key_node, value_node in node.value:  # merge keys (<<) are flattened in place already
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        sec = key_node.value
+        if sec == "name" and "name" in raw and (value := text(value_node)) is not None:
+            raw["name"] = value
+        elif (
+            sec in _SECTIONS
+            and sec != "name"
+            and isinstance(raw.get(sec), dict)
+            and isinstance(value_node, yaml.MappingNode)
+        ):
+            body = raw[sec]
+            hints = _section_types(_SECTIONS[sec].default_factory)
+            for k_node, v_node in value_node.value:
+                if (
+                    isinstance(k_node, yaml.ScalarNode)
+                    and k_node.value in body
+                    and _is_str_type(hints.get(k_node.value))
+                    and (value := text(v_node)) is not None
+                ):
+                    body[k_node.value] = value
+
+
 def _unknown(key: str, known: list[str]) -> ConfigError:
     hint = difflib.get_close_matches(key, known, n=1)
     extra = f" (did you mean '{hint[0]}'?)" if hint else ""
@@ -384,11 +475,14 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'train.batch_size=128' -> ('train.batch_size', 128) with YAML scalar parsing."""
+    """'train.batch_size=128' -> ('train.batch_size', 128) with YAML scalar parsing; a str
+    field keeps its text ('output.run_name=010' -> '010'), see _str_override."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value")
     key, _, raw = text.partition("=")
     key = key.strip()
+    if _is_str_type(_field_type(key)):
+        return key, _str_override(raw)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -396,6 +490,43 @@ def parse_override(text: str) -> tuple[str, Any]:
     if isinstance(value, (dict, list)):
         value = raw
     return key, value
+
+
+def _read_yaml(p: Path) -> Any:
+    """Parse a config file; every problem (missing, unreadable, bad YAML) is one ConfigError line."""
+    try:
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a folder, not a YAML config file")
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{p}: cannot read config file: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not valid YAML: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        context = getattr(exc, "context", None)
+        if problem and context and problem.startswith("but "):  # "expected one document, but ..."
+            problem = f"{context}, {problem}"
+        if mark is not None and problem:
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            raise ConfigError(f"{p}: not valid YAML at {where}: {problem}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{p}: not valid YAML: {first}") from None
+    finally:
+        loader.dispose()
+    _keep_plain_strings(raw, node)
+    return raw
 
 
 def load_config(
@@ -406,14 +537,9 @@ def load_config(
         cfg = Config()
     else:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"{p}: not valid YAML: {first}") from None
-        cfg = from_dict(raw or {}, source=str(p))
+        raw = _read_yaml(p)
+        # an empty file (or only comments) is an empty config; 0, [] or false is not a config
+        cfg = from_dict({} if raw is None else raw, source=str(p))
         if cfg.name == "custom":
             cfg.name = p.stem
     for item in overrides or []:
@@ -423,7 +549,11 @@ def load_config(
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write cfg as YAML atomically: config.yaml is rewritten on every resume, and a crash must
+    leave the old file or the new one, never half of one."""
+    from scalelab.checkpoint import atomic_write_text  # imports torch: only when saving
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def describe() -> str:

@@ -17,10 +17,13 @@ uninterrupted one (tested: equal weights under torchrun, 2 ranks).
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+
+from scalelab.checkpoint import numpy_rng_plain, numpy_rng_state
 
 # the per-bucket dicts of PowerSGDState; everything else in its __slots__ is plain values
 _BUCKET_DICTS = {"error": "error_dict", "p": "p_memory_dict", "q": "q_memory_dict"}
@@ -83,12 +86,17 @@ class PowerSGDHook:
             for slot in type(self.state).__slots__
             if slot != "process_group" and slot not in _BUCKET_DICTS.values()
         }
+        if isinstance(plain.get("rng"), np.random.RandomState):  # kept as tensors and values
+            plain["rng"] = ("RandomState", numpy_rng_plain(plain["rng"].get_state()))
         cpu = {n: {k: t.detach().cpu().clone() for k, t in p.items()} for n, p in pieces.items()}
         return {"slots": plain, "per_parameter": cpu}
 
     def load_state_dict(self, saved: dict[str, Any], device: torch.device) -> None:
         """Restore `state_dict()` (before the first step); laid out into buckets as they run."""
         for slot, value in saved["slots"].items():
+            if isinstance(value, tuple) and value[:1] == ("RandomState",):
+                value = np.random.RandomState()
+                value.set_state(numpy_rng_state(saved["slots"][slot][1]))
             setattr(self.state, slot, value)
         for attr in _BUCKET_DICTS.values():
             getattr(self.state, attr).clear()

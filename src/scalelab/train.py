@@ -500,6 +500,7 @@ def measure_communication(
     plus the token-embedding rows when `distributed.embedding_grad_sync` sums them row-wise),
     so a 1-rank run records it too, for predictions.
     """
+    from scalelab.analysis.predict import wire_bucket_bytes
     from scalelab.commbench import measure_buckets
 
     net = _unwrap(model)
@@ -516,9 +517,12 @@ def measure_communication(
     )
     if rows_mode:
         buckets = [*buckets, row_bytes]  # one all-reduce after the backward
+    # what an fp16/bf16 hook puts on the wire (None: PowerSGD, whose traffic is not the buckets)
+    wire = wire_bucket_bytes(buckets, cfg.distributed.comm_hook, rows_mode)
     comm: dict[str, Any] = {
         "grad_bytes": int(sum(buckets)),
         "bucket_bytes": buckets,
+        "wire_bucket_bytes": wire,
         "num_buckets": len(buckets),
         "bucket_cap_mb": cfg.distributed.bucket_cap_mb,
         "comm_hook": cfg.distributed.comm_hook,
@@ -532,7 +536,8 @@ def measure_communication(
         "compute_to_comm_ratio": None,
         "overlap_fraction": None,
         "method": "calibration: median(fwd+bwd with DDP sync) - median(fwd+bwd under no_sync); "
-        "allreduce_ms: gradient buckets all-reduced back to back",
+        "allreduce_ms: gradient buckets all-reduced back to back"
+        + ("" if wire is None else ", at the bytes the comm hook sends"),
     }
     n = cfg.train.comm_calibration_steps
     if not env.is_distributed or n == 0:
@@ -564,17 +569,19 @@ def measure_communication(
     t_sync = float(np.median(sync_ms))
     t_nosync = float(np.median(nosync_ms))
     (t_sync, t_nosync), _ = D.all_reduce_mean_max([t_sync, t_nosync], env)
-    allreduce_ms = measure_buckets(buckets, env)
+    allreduce_ms = measure_buckets(wire or buckets, env)
     exposed = max(0.0, t_sync - t_nosync)
+    # against PowerSGD's exposed time, the fp32 buckets' all-reduce time means nothing
+    comparable = allreduce_ms > 0 and wire is not None
     comm.update(
         allreduce_ms=allreduce_ms,
         exposed_comm_ms=exposed,
         compute_ms=t_nosync,
-        compute_to_comm_ratio=t_nosync / allreduce_ms if allreduce_ms > 0 else None,
-        overlap_fraction=min(1.0, max(0.0, 1.0 - exposed / allreduce_ms))
-        if allreduce_ms > 0
-        else None,
+        compute_to_comm_ratio=t_nosync / allreduce_ms if comparable else None,
+        overlap_fraction=min(1.0, max(0.0, 1.0 - exposed / allreduce_ms)) if comparable else None,
     )
+    if wire is None:
+        comm["method"] += " (fp32 buckets: PowerSGD sends less; no R or overlap)"
     return comm
 
 
@@ -708,6 +715,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
 
     state = TrainState()
     if resume_state is not None:
+        # before the checkpoint's RNG and comm-hook state are restored: its draws do not count
+        _settle_ddp_buckets(model, data, sampler, cfg, env, amp)
         try:
             _unwrap(model).load_state_dict(resume_state["model"])
             optimizer.load_state_dict(resume_state["optimizer"])
@@ -763,6 +772,10 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
 
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # temp files of a process killed while writing (each file is written aside, renamed)
+        for name in (CHECKPOINT_NAME, "config.yaml", "metrics.csv", "summary.json"):
+            for stale in run_dir.glob(f".{name}.*"):
+                stale.unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     log(
         env,
@@ -819,7 +832,12 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     # Profiled steps (a fresh run's, right after the warm-up) are slower: timed as warm-up too.
     n_profile = 0
     if cfg.train.profile_steps and state.global_step == 0:
-        n_profile = min(cfg.train.profile_steps, max(1, (steps_per_epoch - warmup) // 2))
+        # at most half the rest of the first epoch; a 1-epoch run keeps at least one timed step
+        room = (steps_per_epoch - warmup) // 2
+        n_profile = min(cfg.train.profile_steps, max(1, room) if cfg.train.epochs > 1 else room)
+        if not n_profile:
+            log(env, f"note: train.profile_steps: {steps_per_epoch} steps are too few to profile "
+                "and still time one; not profiled")  # fmt: skip
     profiler = StepProfiler(n_profile, warmup, env.device, run_dir / f"profile-rank{env.rank}.json")
     if resume_state is not None and resume_state.get("profile"):
         profiler.result = resume_state["profile"]  # profiled before the run was stopped
@@ -1023,6 +1041,34 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     return run_dir
 
 
+def _settle_ddp_buckets(
+    model: nn.Module,
+    data: EncodedData,
+    sampler: TrainBatchSampler,
+    cfg: Config,
+    env: D.DistEnv,
+    amp: torch.dtype | None,
+) -> None:
+    """Let DDP rebuild its buckets before a resumed run's first step, so it is exact.
+
+    DDP all-reduces its first step in one bucket layout (parameter order) and every later step
+    in the layout it rebuilds from the first backward's gradient order. With 3 or more ranks the
+    rounding of a sum depends on where a value sits in the bucket, so a resumed run's first step
+    would not be the uninterrupted run's (2 ranks add two numbers: the same either way). One
+    forward and backward with no optimizer step does the rebuild; its gradients are dropped, and
+    the caller restores the RNG and comm-hook state it used from the checkpoint afterwards.
+    """
+    if not (env.is_distributed and isinstance(_ddp(model), D.DDP)):
+        return
+    sampler.set_epoch(0)
+    sampler.set_start_step(0)
+    idx = next(iter(sampler))[-1]
+    batch = tuple(t.to(env.device) for t in make_batch(data.train, idx, **batch_padding(cfg)))
+    model.train()
+    _forward_loss(model, batch, amp, env.device).backward()
+    model.zero_grad(set_to_none=True)
+
+
 def _check_same_resume(views: list[tuple[str, str]], run_dir: Path) -> None:
     """`views`: each rank's (host, checkpoint it would resume from or ''). Raise the same
     LaunchError on every rank if they differ."""
@@ -1061,13 +1107,20 @@ _BATCH_ORDER_KEYS = (
 # Restored from the checkpoint's optimizer and scheduler, whatever the config says: a changed
 # value would be recorded in config.yaml but never used.
 _OPTIMIZER_KEYS = (("train", "lr"), ("train", "weight_decay"))
+# Keys that define the function the saved weights compute: some changes (model.num_heads) keep
+# every tensor's shape, so loading the weights alone would not notice.
+_MODEL_KEYS = tuple(
+    ("model", k)
+    for k in ("arch", "vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len",
+              "num_classes")
+)  # fmt: skip
 
 
 def _check_resume_config(
     saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int, data_key: str = ""
 ) -> None:
     """Refuse a resume whose config the checkpoint cannot honour (one line, not a traceback):
-    another learning rate or weight decay, or mid-epoch, a config that draws other batches
+    another learning rate or weight decay, another model shape or PowerSGD rank, or mid-epoch, a config that draws other batches
     (other batching keys, or other encoded data: `data_key` is the cache file's name)."""
     saved_cfg = saved.get("config") or {}
     now = cfg.to_dict()
@@ -1083,6 +1136,18 @@ def _check_resume_config(
         raise CheckpointError(
             f"{path}: trained with {diff[0]}={diff[1]}, resumed with {diff[2]}; the optimizer "
             "state keeps the saved value, so resume with it (or start a new run)"
+        )
+    if diff := changed(_MODEL_KEYS):
+        raise CheckpointError(
+            f"{path}: its weights are of a model with {diff[0]}={diff[1]}, resumed with "
+            f"{diff[2]}; resume with the saved model config (or start a new run)"
+        )
+    if cfg.distributed.comm_hook == "powersgd" and (
+        diff := changed((("distributed", "powersgd_rank"),))
+    ):
+        raise CheckpointError(
+            f"{path}: its PowerSGD state is of {diff[0]}={diff[1]}, resumed with {diff[2]}; "
+            "resume with the saved rank (or start a new run)"
         )
     step = int(saved["step_in_epoch"])
     if step == 0:
@@ -1162,6 +1227,8 @@ def _summary(
         "global_batch": cfg.train.batch_size,
         "per_rank_batch": cfg.train.per_rank_batch(env.world_size),
         "grad_accum_steps": cfg.train.grad_accum_steps,
+        "steps_per_epoch": last.get("num_steps"),
+        "compile": cfg.train.compile_mode if cfg.train.compile else None,
         # resolved ('auto' -> bf16/fp32), so an 'auto' run groups with its explicit twin in reports
         "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32"),
         "num_epochs": len(rows),
@@ -1192,6 +1259,7 @@ def _summary(
         "data": {
             "pad_to_max_len": cfg.data.pad_to_max_len,
             "pad_multiple": cfg.data.pad_multiple,
+            "on_device": cfg.data.on_device,
             "delay_per_batch_s": cfg.data.delay_per_batch_s,
             "cache_hit": data.cache_hit,
             "prep_time_s": data.prep_time_s,

@@ -165,7 +165,7 @@ def test_comm_bound_on_a_dense_embedding_gradient_suggests_row_sync(tmp_path, sy
 
 
 def test_findings_are_sorted_by_severity(tmp_path):
-    write_run(tmp_path, "ws1")
+    write_run(tmp_path, "ws1", summary={"data": {"pad_to_max_len": True}})  # same group as ws2
     write_run(
         tmp_path,
         "ws2",

@@ -170,3 +170,66 @@ def test_sync_latency_after_compute_replaces_alpha_once_per_step_on_cpu(base, tm
         json.dumps({"world_size": 2, "sync_latency": {"median_ms": 2.5, "p90_ms": 4.0}})
     )
     assert load_sync_latency(bench) == 2.5
+
+
+def test_commbench_busbw_zero_means_refit_and_pure_noise_is_a_note_not_a_failure(tmp_path):
+    from scalelab.analysis.predict import NoBandwidthFit
+    from scalelab.analysis.report import analyse_runs
+
+    rows = [{"bytes": b, "time_ms": 0.01 + b / 5e7} for b in (1e5, 1e6, 1e7)]
+    refit = tmp_path / "refit.json"  # commbench writes busbw 0 when its own fit failed
+    refit.write_text(json.dumps({"world_size": 2, "results": rows, "fit": {"busbw_gbps": 0.0}}))
+    assert load_commbench(refit)[1] == pytest.approx(50.0)
+    noise = tmp_path / "noise.json"
+    flat = [{"bytes": b, "time_ms": t} for b, t in ((1e5, 3.0), (1e6, 2.0), (1e7, 1.0))]
+    noise.write_text(json.dumps({"world_size": 2, "results": flat, "fit": {"busbw_gbps": 0}}))
+    with pytest.raises(NoBandwidthFit, match="noise.json"):
+        load_commbench(noise)
+    write_sweep(tmp_path / "runs", [1, 2])
+    analysis = analyse_runs(load_runs([tmp_path / "runs"]), commbench=noise)
+    assert not analysis.predictions and analysis.groups
+    assert any("does not grow with message size" in n for n in analysis.bandwidth_notes)
+
+
+def test_nan_timing_is_no_measurement(tmp_path):
+    # every step of the run was warm-up: the trainer writes NaN phase means
+    nan = {k: float("nan") for k in ("data_ms", "forward_ms", "step_ms")}
+    run = load_run(write_run(tmp_path, "r", timing=nan))
+    assert run.phase("forward_ms") is None and run.phase("h2d_ms") is not None
+    with pytest.raises(AnalysisError, match="no measured data_ms, forward_ms, step_ms"):
+        predict_scaling(run.summary, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+
+
+def test_fp16_hook_halves_the_bytes_of_ddps_buckets_and_powersgd_is_not_predicted(tmp_path):
+    hooked = load_run(write_run(tmp_path, "h", summary={"comm": {"comm_hook": "fp16"}})).summary
+    plain = load_run(write_run(tmp_path, "p")).summary
+    (h,) = predict_scaling(hooked, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    (p,) = predict_scaling(plain, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    # 3 buckets: alpha each, plus half the 1.5 * 8 MB / 10 GB/s = 1.2 ms
+    assert p.comm_ms == pytest.approx(3 * ALPHA + 1.2) and h.comm_ms == pytest.approx(
+        3 * ALPHA + 0.6
+    )
+    # with the embedding rows summed row-wise, the last bucket is those rows: not hooked
+    rows = {"comm": {"comm_hook": "bf16", "embedding_grad_sync": "rows"}}
+    (r,) = predict_scaling(
+        load_run(write_run(tmp_path, "r", summary=rows)).summary, [4], busbw_gbps=BUSBW, alpha_ms=0
+    )
+    assert r.comm_ms == pytest.approx(1.5 * (1.5e6 + 1.5e6 + 2e6) / 1e7)
+    psgd = load_run(write_run(tmp_path, "s", summary={"comm": {"comm_hook": "powersgd"}})).summary
+    with pytest.raises(AnalysisError, match="comm_hook=powersgd is not modelled"):
+        predict_scaling(psgd, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA)
+
+
+def test_runs_of_different_work_are_not_one_scaling_group(tmp_path):
+    from scalelab.analysis.scaling import analyse
+
+    write_run(tmp_path, "ws1", summary={"steps_per_epoch": 100})
+    write_run(tmp_path, "ws2", world_size=2, summary={"steps_per_epoch": 100})
+    # a 2-rank run of 20 steps per epoch (train.max_steps_per_epoch) is no point of that curve
+    write_run(
+        tmp_path, "ws2-short", world_size=2, epoch_time_s=1.0, summary={"steps_per_epoch": 20}
+    )
+    write_run(tmp_path, "ws2-fp16", world_size=2, summary={"steps_per_epoch": 100, "comm": {"comm_hook": "fp16"}})  # fmt: skip
+    groups = analyse(load_runs([tmp_path]))
+    names = sorted(sorted(r.name for r in g.runs) for g in groups)
+    assert names == [["ws1", "ws2"], ["ws2-fp16"], ["ws2-short"]]

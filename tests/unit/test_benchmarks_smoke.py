@@ -30,12 +30,13 @@ def test_gpu_tiny_writes_smoke_json(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     _run([str(BENCH / "gpu.py"), "--tiny", "--out", str(out), "--cache-dir", str(tmp_path / "c")])
     res = json.loads(out.read_text())
-    for key in ("device", "torch_version", "date", "command", "git_commit", "cases"):
+    for key in ("device", "torch_version", "date", "command", "git_commit", "cases", "data_prep_s"):
         assert key in res
     assert res["smoke_test"] is True  # a CPU smoke run must never pass for a measurement
     variants = res["cases"]["ag_news_small-b32"]
     assert variants and "error" not in variants[0], variants
-    for key in ("samples_per_s", "epoch_time_s_120k", "mfu", "peak_mem_mb", "real_tokens_per_step"):
+    for key in ("samples_per_s", "epoch_time_s_120k", "mfu", "peak_mem_mb", "real_tokens_per_step",
+                "mem_baseline_mb", "peak_mem_mb_above_baseline", "tf32", "padding_overhead"):  # fmt: skip
         assert key in variants[0]
     assert variants[0]["samples_per_s"] > 0
     assert res["complete"] is True and res["skipped"] == {}

@@ -125,3 +125,160 @@ def test_compile_model_passes_the_configured_mode(monkeypatch) -> None:
         cfg = load_config(None, ["train.compile=true", f"train.compile_mode={mode}"])
         assert compile_model(model, cfg) is model
     assert seen == [None, "reduce-overhead", "max-autotune"]  # None: torch's default mode
+
+
+FLOAT_KEYS = [
+    "model.dropout",
+    "data.delay_per_batch_s",
+    "train.lr",
+    "train.weight_decay",
+    "train.warmup_ratio",
+    "train.max_grad_norm",
+    "distributed.bucket_cap_mb",
+]
+
+
+def test_the_float_key_list_is_every_float_field() -> None:
+    from scalelab.config import _field_type, all_keys
+
+    assert sorted(k for k in all_keys() if _field_type(k) is float) == sorted(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-inf", ".inf", "1e999"])
+def test_float_fields_must_be_finite(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}={value}"])
+    assert str(err.value).startswith(f"{key} must be a finite number, got ")
+    assert "\n" not in str(err.value)
+
+
+def test_float_fields_must_be_finite_in_a_file_too(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("train:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=r"^train\.lr must be a finite number, got nan$"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distributed.bucket_cap_mb=-5", "distributed.bucket_cap_mb must be > 0, got -5.0"),
+        ("distributed.bucket_cap_mb=0", "distributed.bucket_cap_mb must be > 0, got 0.0"),
+        ("train.seed=-1", "train.seed must be in [0, 2**32 - 1], got -1"),
+        ("train.seed=4294967296", "train.seed must be in [0, 2**32 - 1], got 4294967296"),
+    ],
+)
+def test_bucket_cap_and_seed_ranges(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == message
+
+
+def test_bucket_cap_and_seed_limits_are_accepted() -> None:
+    cfg = load_config(None, ["distributed.bucket_cap_mb=0.5", "train.seed=4294967295"])
+    assert cfg.distributed.bucket_cap_mb == 0.5 and cfg.train.seed == 2**32 - 1
+    assert load_config(None, ["train.seed=0"]).train.seed == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("010", "010"),  # YAML 1.1: octal 8
+        ("12:30", "12:30"),  # sexagesimal 750
+        ("0x10", "0x10"),  # hex 16
+        ("2024-12-01", "2024-12-01"),  # a datetime.date
+        ("yes", "yes"),  # True
+        ("1e3", "1e3"),
+        ("a: b", "a: b"),  # a mapping
+        ("[1, 2]", "[1, 2]"),
+        ("run # 3", "run # 3"),  # not a comment
+        ("  spaced  ", "spaced"),
+        ("'010'", "010"),  # quoted: unquoted
+        ('"a b"', "a b"),
+        ("null", ""),  # no value, as in a file
+        ("~", ""),
+        ("", ""),
+    ],
+)
+def test_string_overrides_keep_their_text(text: str, expected: str) -> None:
+    cfg = load_config(None, [f"output.run_name={text}", f"data.vocab_path={text}"])
+    assert cfg.output.run_name == expected and cfg.data.vocab_path == expected
+    assert load_config(None, [f"name={text}"]).name == expected
+    # typed fields still get YAML's reading
+    assert parse_override("train.batch_size=0x10") == ("train.batch_size", 16)
+
+
+def test_string_fields_in_a_file_keep_their_text(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "name: 2024-12-01\n"
+        "output:\n  run_name: 010\n  dir: 12:30\n"
+        "data:\n  vocab_path: ~\n  cache_dir: '0x10'\n  train_path: yes\n"
+        "train:\n  batch_size: 0x10\n"
+    )
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.name, cfg.output.run_name, cfg.output.dir) == ("2024-12-01", "010", "12:30")
+    assert (cfg.data.vocab_path, cfg.data.cache_dir, cfg.data.train_path) == ("", "0x10", "yes")
+    assert cfg.train.batch_size == 16
+
+
+@pytest.mark.parametrize(("text", "kind"), [("0\n", "int"), ("[]\n", "list"), ("false\n", "bool")])
+def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path, text: str, kind: str) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=f"top level must be a mapping of sections, got {kind}$"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_an_empty_file_is_the_default_config(tmp_path: Path) -> None:
+    for text in ("", "# nothing yet\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        cfg = load_config(tmp_path / "empty.yaml")
+        assert cfg.name == "empty" and cfg.train == Config().train
+
+
+def test_yaml_syntax_errors_name_line_and_column(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("model:\n  d_model: 128\n\tnum_layers: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "bad.yaml")
+    assert "bad.yaml: not valid YAML at line 3, column 1: found character" in str(err.value)
+    assert "\n" not in str(err.value)
+    (tmp_path / "two.yaml").write_text("name: a\n---\nname: b\n")
+    with pytest.raises(ConfigError, match=r"at line 2, column 1: expected a single document"):
+        load_config(tmp_path / "two.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not valid YAML: not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
+
+
+def test_unreadable_config_file_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ConfigError, match=r"is a folder, not a YAML config file$"):
+        load_config(tmp_path)
+    (tmp_path / "c.yaml").write_text("name: x\n")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.yaml")
+    assert str(err.value) == f"{tmp_path / 'c.yaml'}: cannot read config file: Permission denied"
+
+
+def test_save_config_is_atomic_and_round_trips(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from scalelab.config import save_config
+
+    path = tmp_path / "config.yaml"
+    cfg = load_config(None, ["name=study", "output.run_name=010", "train.lr=1e-3"])
+    save_config(cfg, path)
+    assert load_config(path).to_dict() == cfg.to_dict()
+    before = path.read_text()
+
+    def crash(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)  # a crash before the rename: the old file stays
+    with pytest.raises(OSError, match="disk gone"):
+        save_config(load_config(None, ["train.lr=2e-3"]), path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temp file left

@@ -422,15 +422,26 @@ def test_a_damaged_cache_file_is_rebuilt_listed_and_named(cfg, damage, capsys):
     assert not good.cache_path.exists()
 
 
-def test_cache_file_permissions_follow_the_umask(cfg):
-    import os
+def test_cache_and_run_files_get_the_permissions_the_umask_gives(cfg, tmp_path):
+    import subprocess
+    import sys
 
-    old = os.umask(0o027)
-    try:
-        path = prepare_data(cfg).cache_path
-    finally:
-        os.umask(old)
-    assert path.stat().st_mode & 0o777 == 0o640  # mkstemp alone gives 0o600
+    from tests.conftest import subprocess_env
+
+    # the umask is read once, at import: set it before, in a fresh process
+    code = (
+        "import os, sys; os.umask(0o027); from pathlib import Path; "
+        "from scalelab.checkpoint import atomic_write_text; from scalelab.config import load_config; "
+        "from scalelab.data import prepare_data; atomic_write_text(Path(sys.argv[1]), 'x'); "
+        "c = load_config(None, ['data.cache_dir=' + sys.argv[2], 'data.max_train_samples=200', "
+        "'data.max_test_samples=50', 'model.vocab_size=500']); print(prepare_data(c).cache_path)"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.json"), str(tmp_path / "c")],
+                         capture_output=True, text=True, env=subprocess_env(), timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    cache = Path(res.stdout.strip().splitlines()[-1])
+    for path in (tmp_path / "f.json", cache):  # mkstemp alone gives 0o600
+        assert path.stat().st_mode & 0o777 == 0o640, path
 
 
 def test_an_unusable_cache_folder_is_one_line(cfg, tmp_path):

@@ -184,3 +184,112 @@ def test_distilbert_pretrained_folder_is_checked_against_the_config(tmp_path) ->
     with pytest.raises(ConfigError, match=r"1,000 ids .* has 500 embedding rows") as exc:
         build_model(cfg, 1000, 2)
     assert "\n" not in str(exc.value)
+
+
+def test_distilbert_model_dropout_reaches_the_classifier_head(tmp_path) -> None:
+    """model.dropout is DistilBERT's seq_classif_dropout too (its default 0.2 stayed active)."""
+    pytest.importorskip("transformers")
+    from scalelab.config import ModelConfig
+
+    cfg = ModelConfig(arch="distilbert", max_seq_len=16, dropout=0.0)
+    _save_tiny_distilbert(tmp_path / "db", dropout=0.3)
+    for pretrained in ("", str(tmp_path / "db")):
+        cfg.pretrained = pretrained
+        torch.manual_seed(0)
+        model = build_model(cfg, 500, 3).train()
+        assert model.net.config.seq_classif_dropout == 0.0 and model.net.dropout.p == 0.0
+        drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert drops and all(p == 0.0 for p in drops), drops
+        ids = torch.randint(5, 500, (2, 16))
+        mask = torch.ones(2, 16, dtype=torch.bool)
+        assert torch.equal(model(ids, mask), model(ids, mask))  # nothing random in train mode
+    cfg.dropout, cfg.pretrained = 0.25, ""
+    assert build_model(cfg, 500, 3).net.dropout.p == 0.25
+
+
+def test_distilbert_pretrained_folder_of_another_model_type_is_refused(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from scalelab.config import ConfigError, ModelConfig
+
+    bert = BertConfig(
+        vocab_size=500,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    BertForSequenceClassification(bert).save_pretrained(tmp_path / "bert")
+    cfg = ModelConfig(arch="distilbert", max_seq_len=32, pretrained=str(tmp_path / "bert"))
+    with pytest.raises(ConfigError) as exc:
+        build_model(cfg, 500, 2)
+    assert str(exc.value) == (
+        f"model.pretrained={tmp_path / 'bert'}: config.json has model_type 'bert', not "
+        "'distilbert' (give a folder saved from a DistilBERT model)"
+    )
+    # a DistilBERT folder still loads, also one without a classification head
+    from transformers import DistilBertConfig, DistilBertModel
+
+    _save_tiny_distilbert(tmp_path / "db")
+    cfg.pretrained = str(tmp_path / "db")
+    assert build_model(cfg, 500, 2).net.config.model_type == "distilbert"
+    body = DistilBertConfig(
+        vocab_size=500, max_position_embeddings=64, n_layers=1, n_heads=2, dim=16, hidden_dim=32
+    )
+    torch.manual_seed(0)
+    base = DistilBertModel(body)
+    base.save_pretrained(tmp_path / "base")
+    cfg.pretrained = str(tmp_path / "base")
+    model = build_model(cfg, 500, 2)
+    torch.testing.assert_close(
+        model.net.distilbert.embeddings.word_embeddings.weight,
+        base.embeddings.word_embeddings.weight,
+    )
+
+
+def test_distilbert_weights_missing_body_tensors_are_refused(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    from scalelab.config import ConfigError, ModelConfig
+
+    folder = tmp_path / "db"
+    _save_tiny_distilbert(folder)
+    weights = load_file(folder / "model.safetensors")
+    dropped = sorted(k for k in weights if ".layer.0.ffn." in k)
+    assert dropped
+    save_file(
+        {k: v for k, v in weights.items() if k not in dropped},
+        folder / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    cfg = ModelConfig(arch="distilbert", max_seq_len=32, pretrained=str(folder))
+    with pytest.raises(ConfigError) as exc:
+        build_model(cfg, 500, 2)
+    msg = str(exc.value)
+    assert msg.startswith(f"model.pretrained={folder}: the weights lack {len(dropped)} DistilBERT")
+    assert "ffn.lin1" in msg and "only the classification head" in msg and "\n" not in msg
+
+
+def test_distilbert_truncated_safetensors_is_a_config_error(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from scalelab.config import ConfigError, ModelConfig
+
+    folder = tmp_path / "db"
+    _save_tiny_distilbert(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    cfg = ModelConfig(arch="distilbert", max_seq_len=32, pretrained=str(folder))
+    with pytest.raises(ConfigError) as exc:
+        build_model(cfg, 500, 2)
+    assert str(exc.value).startswith(
+        f"model.pretrained={folder}: not loadable DistilBERT weights ("
+    )
+    assert "\n" not in str(exc.value)
+    # a broken config.json: one line too
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r": not loadable DistilBERT weights \(") as exc:
+        build_model(cfg, 500, 2)
+    assert "\n" not in str(exc.value)

@@ -30,8 +30,9 @@ PLOTS = (
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     write_sweep(root / "sweep", [1, 2, 4])
-    # A second preset without a 1-rank run, with an input-bound, padded 4-rank run.
-    write_run(root / "sweep", "imdb_small-ws2", world_size=2, preset="imdb_small")
+    # A second preset without a 1-rank run, padded, with an input-bound 4-rank run.
+    padded = {"data": {"pad_to_max_len": True, "delay_per_batch_s": 0.02}}
+    write_run(root / "sweep", "imdb_small-ws2", world_size=2, preset="imdb_small", summary=padded)
     write_run(
         root / "sweep",
         "imdb_small-ws4",
@@ -39,7 +40,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         preset="imdb_small",
         timing={"data_ms": 20.0, "step_ms": 51.0},
         epoch_time_s=5.1,
-        summary={"data": {"pad_to_max_len": True, "delay_per_batch_s": 0.02}},
+        summary=padded,
     )
     return write_report([root / "sweep"], root / "report", busbw_gbps=10.0, alpha_ms=0.05)
 

@@ -71,6 +71,26 @@ def test_resume_with_another_lr_or_weight_decay_is_refused() -> None:
     _check_resume_config(_saved(2, lr=0.01, weight_decay=0.5, epochs=9), now, ckpt, 4)
 
 
+def test_resume_with_another_model_shape_or_powersgd_rank_is_refused() -> None:
+    from scalelab.checkpoint import CheckpointError
+    from scalelab.config import load_config
+    from scalelab.train import _check_resume_config
+
+    ckpt = Path("run/checkpoint.pt")
+    saved = {"step_in_epoch": 0, "config": load_config(None, []).to_dict()}
+    # num_heads keeps every tensor's shape: the weights would load and compute another function
+    with pytest.raises(CheckpointError, match=r"model\.num_heads=4, resumed with 8"):
+        _check_resume_config(saved, load_config(None, ["model.num_heads=8"]), ckpt, 4)
+    _check_resume_config(saved, load_config(None, ["model.dropout=0.3"]), ckpt, 4)  # allowed
+    psgd = ["distributed.comm_hook=powersgd"]
+    saved = {"step_in_epoch": 0, "config": load_config(None, psgd).to_dict()}
+    with pytest.raises(CheckpointError, match=r"powersgd_rank=4, resumed with 2"):
+        _check_resume_config(
+            saved, load_config(None, [*psgd, "distributed.powersgd_rank=2"]), ckpt, 4
+        )
+    _check_resume_config(saved, load_config(None, ["distributed.powersgd_rank=2"]), ckpt, 4)
+
+
 def test_stop_after_steps_without_checkpoints_is_refused() -> None:
     from scalelab.config import ConfigError, load_config
 

@@ -70,13 +70,19 @@ class Run:
         return None if value is None else float(value)
 
     def phase(self, key: str) -> float | None:
-        """A per-step timing (ms) from summary.timing, e.g. 'data_ms'; None when absent."""
-        value = self.timing.get(key)
-        return None if value is None else float(value)
+        """A per-step timing (ms) from summary.timing, e.g. 'data_ms'; None when absent or not
+        finite (NaN: no step of the run was timed, e.g. all were warm-up)."""
+        return _finite_or_none(self.timing.get(key))
 
     def comm_value(self, key: str) -> float | None:
-        value = self.comm.get(key)
-        return None if value is None else float(value)
+        """A value from summary.comm; None when absent or not finite."""
+        return _finite_or_none(self.comm.get(key))
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if not is_number(value) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _number(text: str) -> int | float | str | None:

@@ -251,7 +251,8 @@ def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
                 f"forward time {_ms(f_small)} at {small} ranks -> {_ms(f_large)} at {large} "
                 f"ranks (ideal {_ms(f_small * ideal_ratio)}); per-rank batch {per_rank}",
                 "Fixed per-step overhead (kernel launches, Python) dominates: raise the global "
-                "batch, use gradient accumulation, or compile the step (train.compile = true; "
+                "batch (gradient accumulation at the same global batch would make each "
+                "micro-batch smaller still), or compile the step (train.compile = true; "
                 "on GPUs train.compile_mode = reduce-overhead for CUDA graphs, with "
                 "data.pad_multiple = 16 so few batch shapes need a graph).",
                 "launch_bound",
@@ -274,16 +275,26 @@ def _run_rules(run: Run) -> list[Finding]:
                 if delay > 0
                 else ""
             )
+            fixes = []
+            if delay > 0:
+                fixes.append("remove data.delay_per_batch_s")
+            if run.data.get("on_device") is False and run.summary.get("device_type") == "cuda":
+                fixes.append("keep the encoded data on the GPU (data.on_device = true)")
+            fixes += [
+                "update progress less often (train.log_every_steps: each update waits for the "
+                "device), and a periodic checkpoint less often",
+                "check that no other process competes for the host's cores (ranks x threads "
+                f"per rank against the {run.system.get('num_cpus') or '?'} CPUs this job had)",
+            ]
             findings.append(
                 Finding(
                     "critical" if data >= CRITICAL_SHARE * step else "warning",
                     "Input-bound: the input pipeline is the bottleneck, not the network",
                     f"data wait {_ms(data)} of a {_ms(step)} step ({data / step:.0%}) at "
                     f"{n} rank{'s' if n > 1 else ''}{note}",
-                    "Speed up the loader: more loader workers, pinned memory, pre-tokenised "
-                    "cached data kept on the device (data.on_device), prefetching"
-                    + ("; remove data.delay_per_batch_s" if delay > 0 else "")
-                    + ". More ranks will not help while every step waits for input.",
+                    "The data phase is batch assembly from the encoded cache plus host time "
+                    "between steps: " + "; ".join(fixes) + ". More ranks will not help while "
+                    "every step waits for input.",
                     "input_bound",
                     name,
                 )
@@ -306,7 +317,8 @@ def _run_rules(run: Run) -> list[Finding]:
                     f"the token-embedding gradient, and only the rows a batch uses need summing{used}"
                 )
             if hook == "none":
-                tips.append("a bf16/fp16 comm hook (distributed.comm_hook) halves the bytes sent")
+                kind = "fp16" if run.summary.get("backend") == "gloo" else "bf16 or fp16"
+                tips.append(f"an {kind} comm hook (distributed.comm_hook) halves the bytes sent")
             # DDP's own buckets (the embedding rows, when summed row-wise, are one more)
             ddp_buckets = int(run.comm_value("num_buckets") or 0) - (
                 1 if run.comm.get("embedding_grad_sync") == "rows" else 0
@@ -371,7 +383,8 @@ def _run_rules(run: Run) -> list[Finding]:
                 f"per-rank batch {per_rank} samples (global {run.summary.get('global_batch')} "
                 f"over {n} rank{'s' if n > 1 else ''})",
                 "Kernels this small cannot fill the device and fixed per-step costs dominate: "
-                "raise the global batch (scale the LR with it) or use gradient accumulation.",
+                "raise the global batch (scale the LR with it); gradient accumulation at the "
+                "same global batch would shrink the micro-batch further.",
                 "small_batch",
                 name,
             )

@@ -7,9 +7,13 @@ the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
   (work proportional to the per-rank batch), except the sleep of ``data.delay_per_batch_s``
   (a simulated slow loader: once per micro-batch, whatever its size), which stays;
 * optimizer_n = optimizer_1 (every rank updates ALL parameters, this never shrinks);
-* other = step_1 - (data+h2d+forward+backward+optimizer)_1, kept constant (host overheads);
+* other = step_1 - (data+h2d+forward+backward+optimizer)_1, kept constant: 0 for scalelab's own
+  timer, whose phases add up to the step (host time between steps, such as progress updates and
+  the stop poll, is in data and so is divided by n too: a slightly optimistic simplification);
 * all-reduce (ring, nccl-tests bus-bandwidth convention, GB = 1e9 bytes):
-  T_ar(n) = sum over buckets b of [alpha + 2(n-1)/n * bytes_b / busbw];
+  T_ar(n) = sum over buckets b of [alpha + 2(n-1)/n * bytes_b / busbw], with bytes_b what the
+  bucket sends: half its fp32 size under an fp16/bf16 comm hook (the casts are not modelled);
+  PowerSGD runs are not predicted;
 * exposed (non-overlapped) communication: with a measured overlap fraction o,
   exposed = (1-o) * T_ar; on CPU, o = 0 (gloo's all-reduce needs the cores that the ranks'
   compute keeps busy: the overlap measured on the 2-core test machine was 0 %); otherwise
@@ -41,6 +45,10 @@ from scalelab.analysis.collect import AnalysisError, Run, is_number
 from scalelab.analysis.scaling import group_key
 
 PHASES = ("data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
+
+
+class NoBandwidthFit(AnalysisError):
+    """Valid all-reduce timings from which no bandwidth can be fitted (pure noise)."""
 
 
 def ring_factor(world_size: int) -> float:
@@ -91,6 +99,38 @@ def _bucket_bytes(summary: dict[str, Any]) -> list[int]:
     return buckets
 
 
+#: bytes a comm hook sends per gradient byte (DDP's buckets; the embedding rows go unhooked)
+HOOK_WIRE_FACTOR = {"none": 1.0, "fp16": 0.5, "bf16": 0.5}
+
+
+def wire_bucket_bytes(
+    buckets: Sequence[int], comm_hook: str | None, embedding_rows: bool
+) -> list[int] | None:
+    """The bytes each bucket of `buckets` puts on the wire under `comm_hook` (fp16/bf16 send
+    half; the last bucket is the token-embedding rows when ``embedding_rows``, which no hook
+    compresses). None for PowerSGD, whose low-rank all-reduces this model does not describe."""
+    factor = HOOK_WIRE_FACTOR.get(comm_hook or "none")
+    if factor is None:
+        return None
+    hooked = len(buckets) - 1 if embedding_rows else len(buckets)
+    return [int(b * factor) if i < hooked else int(b) for i, b in enumerate(buckets)]
+
+
+def _wire_bytes(summary: dict[str, Any]) -> list[int]:
+    """What a run's buckets send per step (`wire_bucket_bytes` of its comm record)."""
+    comm = summary.get("comm") or {}
+    hook = comm.get("comm_hook") or "none"
+    wire = wire_bucket_bytes(
+        _bucket_bytes(summary), hook, comm.get("embedding_grad_sync") == "rows"
+    )
+    if wire is None:
+        raise AnalysisError(
+            f"run {summary.get('run_name')}: distributed.comm_hook={hook} is not modelled "
+            "(its low-rank all-reduces are not the gradient buckets)"
+        )
+    return wire
+
+
 def predict_scaling(
     summary_1rank: dict[str, Any],
     world_sizes: Sequence[int],
@@ -115,14 +155,24 @@ def predict_scaling(
     if overlap is not None and not 0.0 <= overlap <= 1.0:
         raise AnalysisError(f"overlap must be in [0, 1], got {overlap}")
     timing = summary_1rank.get("timing") or {}
-    missing = [k for k in (*PHASES, "step_ms") if timing.get(k) is None]
+    missing = [
+        k
+        for k in (*PHASES, "step_ms")
+        if not (is_number(timing.get(k)) and math.isfinite(timing[k]))
+    ]
     if missing:
-        raise AnalysisError(f"run {name}: summary.json timing lacks {', '.join(missing)}")
+        raise AnalysisError(
+            f"run {name}: summary.json timing has no measured {', '.join(missing)} "
+            "(absent, or NaN: no step was timed)"
+        )
     base = {k: float(timing[k]) for k in PHASES}
     step_1 = float(timing["step_ms"])
-    # Host work outside the timed phases; clipped at 0 so timer jitter cannot make it a credit.
+    if step_1 <= 0:
+        raise AnalysisError(f"run {name}: summary.json timing.step_ms must be > 0, got {step_1}")
+    # Host work outside the timed phases (0 for scalelab's own timer, whose phases add up to the
+    # step: host time between steps is in data); clipped at 0 so jitter cannot make it a credit.
     other = max(0.0, step_1 - sum(base.values()))
-    buckets = _bucket_bytes(summary_1rank)
+    buckets = _wire_bytes(summary_1rank)
     accum = max(1, int(summary_1rank.get("grad_accum_steps") or 1))
     alpha = max(0.0, alpha_ms)
     on_cpu = summary_1rank.get("device_type") == "cpu"
@@ -196,7 +246,7 @@ def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comp
     out = []
     for pred in predictions:
         for run in runs:
-            if run.world_size != pred.world_size or run.phase("step_ms") is None:
+            if run.world_size != pred.world_size or not run.phase("step_ms"):
                 continue
             if pred.group and group_key(run.summary) != pred.group:
                 continue
@@ -233,7 +283,9 @@ def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int) -> tuple[
         alpha = 0.0
         slope = float((x * t).sum() / (x * x).sum())
     if slope <= 0:
-        raise AnalysisError("all-reduce time does not grow with message size; cannot fit bandwidth")
+        raise NoBandwidthFit(
+            "all-reduce time does not grow with message size; cannot fit bandwidth"
+        )
     return float(alpha), float(1.0 / (slope * 1e6))
 
 
@@ -265,7 +317,8 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
     fit = bench.get("fit") or {}
     if not isinstance(fit, dict):
         raise AnalysisError(f"{path}: commbench field 'fit' should be an object, got {fit!r}")
-    if fit.get("busbw_gbps") is not None:
+    # busbw 0 is commbench's own "no fit" (its sweep's times did not grow with size): refit below
+    if fit.get("busbw_gbps") is not None and fit["busbw_gbps"] != 0:
         busbw = _finite(path, "fit.busbw_gbps", fit["busbw_gbps"], positive=True)
         alpha = _finite(path, "fit.alpha_ms", fit.get("alpha_ms") or 0.0)
         return max(0.0, alpha), busbw, world_size
@@ -277,7 +330,10 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
     for i, row in enumerate(results):
         for key in ("bytes", "time_ms"):
             _finite(path, f"results[{i}].{key}", row.get(key), positive=True)
-    alpha, busbw = fit_alpha_beta(results, world_size)
+    try:
+        alpha, busbw = fit_alpha_beta(results, world_size)
+    except NoBandwidthFit as exc:
+        raise NoBandwidthFit(f"{path}: {exc}") from None
     return alpha, busbw, world_size
 
 
@@ -299,8 +355,11 @@ def bandwidth_from_run(run: Run) -> tuple[float, float] | None:
     measured = run.comm_value("allreduce_ms")
     if run.world_size < 2 or not measured:
         return None
+    # the bytes the trainer timed: under an fp16/bf16 hook, what the hook sends (older runs
+    # recorded no wire_bucket_bytes and timed the fp32 buckets)
+    timed = run.comm.get("wire_bucket_bytes")
     try:
-        total = sum(_bucket_bytes(run.summary))
-    except AnalysisError:
+        total = sum(int(b) for b in timed) if timed else sum(_bucket_bytes(run.summary))
+    except (AnalysisError, TypeError, ValueError):
         return None
     return 0.0, ring_factor(run.world_size) * total / (measured * 1e6)

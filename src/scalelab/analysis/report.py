@@ -24,6 +24,7 @@ from scalelab.analysis.collect import AnalysisError, Run, load_runs
 from scalelab.analysis.diagnose import Finding, diagnose, excess_breakdown
 from scalelab.analysis.predict import (
     Comparison,
+    NoBandwidthFit,
     Prediction,
     bandwidth_from_run,
     compare,
@@ -186,6 +187,20 @@ def _bandwidth(
     return None
 
 
+def _overlap_note(group: ScalingGroup) -> str:
+    """On CPU the cost model assumes no overlap: set it beside what the group's runs measured."""
+    base = group.baseline_runs()[0]
+    if base.summary.get("device_type") != "cpu":
+        return ""
+    measured = [
+        f"{r.name} {100 * o:.0f} %"
+        for r in sorted(group.runs, key=lambda r: (r.world_size, r.name))
+        if r.world_size > 1 and (o := r.comm_value("overlap_fraction")) is not None
+    ]
+    seen = f"; measured by this group's runs: {', '.join(measured)}" if measured else ""
+    return f" Overlap of all-reduce and backward assumed 0 (CPU){seen}."
+
+
 def analyse_runs(
     runs: Sequence[Run],
     *,
@@ -203,7 +218,11 @@ def analyse_runs(
         if not group.has_single_rank_baseline:
             notes.append(f"{group.label}: no prediction (the cost model needs a 1-rank run).")
             continue
-        bandwidth = _bandwidth(group, commbench, busbw_gbps, alpha_ms)
+        try:
+            bandwidth = _bandwidth(group, commbench, busbw_gbps, alpha_ms)
+        except NoBandwidthFit as exc:  # a valid but noisy sweep: the rest of the report stands
+            notes.append(f"{group.label}: no prediction ({exc}).")
+            continue
         if bandwidth is None:
             notes.append(
                 f"{group.label}: no prediction (no commbench file, no --busbw-gbps and no "
@@ -225,6 +244,7 @@ def analyse_runs(
         wake = f", sync latency after compute {sync:.3g} ms (CPU runs)" if sync else ""
         notes.append(
             f"{group.label}: bus bandwidth {busbw:.3g} GB/s, alpha {alpha:.3g} ms{wake}, {source}."
+            + _overlap_note(group)
         )
     all_predictions = [p for preds in predictions.values() for p in preds]
     return Analysis(
@@ -552,8 +572,9 @@ def _method_text(runs: Sequence[Run]) -> str:
     methods = _unique(runs, lambda r: r.comm.get("method") if r.world_size > 1 else None)
     return (
         "Every rank times each optimizer step with phase timers (data wait, host-to-device copy, "
-        "forward, backward, optimizer; synchronised with the device on CUDA) and excludes the first "
-        f"{warmup} steps as warm-up. A phase time is the mean over steps, then over ranks; the _max "
+        "forward, backward, optimizer; on CUDA these are events on the GPU timeline, read once per "
+        "epoch, so data wait is time the GPU waited for its input) and excludes the first "
+        f"{warmup} steps as warm-up (and the whole first epoch when there are several). A phase time is the mean over steps, then over ranks; the _max "
         "columns keep the slowest rank. Under DDP the backward time includes the part of the gradient "
         "all-reduce that is not hidden behind computation. After training, communication is "
         "calibrated: steps are timed with gradient synchronisation and under no_sync, and the "
@@ -561,8 +582,10 @@ def _method_text(runs: Sequence[Run]) -> str:
         "back, to measure the total all-reduce time T_ar (overlap = 1 - exposed / T_ar, "
         f"R = compute / T_ar; method recorded by the runs: {methods}). Speedup is the baseline's mean "
         "epoch time (first epoch excluded when there are several) divided by the run's mean epoch "
-        "time. The global batch is fixed across world sizes (strong scaling), so every run performs "
-        "the same number of optimizer steps per epoch."
+        "time. The global batch is fixed across world sizes (strong scaling), and runs are only "
+        "compared within a group of the same preset, data, model size, global batch, steps per "
+        "epoch, micro-batching, padding, precision, compile mode, comm hook and device, so the runs "
+        "of a group perform the same optimizer steps per epoch."
     )
 
 
@@ -669,12 +692,14 @@ def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
             "The global batch is fixed, so the per-rank batch shrinks as 1/n: data, host-to-device, "
             "forward and backward time of the 1-rank run are divided by n (except the sleep of "
             "data.delay_per_batch_s, a simulated slow loader, which stays); the optimizer step does not "
-            "shrink (every rank updates all parameters) and the remaining un-timed host time is kept "
-            "constant. The gradient buckets are all-reduced with a ring (alpha-beta model, nccl-tests "
-            "bus bandwidth, GB = 1e9 bytes); on GPUs DDP overlaps every bucket but the last with the backward of "
+            "shrink (every rank updates all parameters); host time between steps is part of data, so it "
+            "is divided by n too (other, the step's un-timed rest, is 0 for scalelab's runs). The gradient buckets are all-reduced with a ring (alpha-beta model, nccl-tests "
+            "bus bandwidth, GB = 1e9 bytes; an fp16/bf16 comm hook halves the bytes of DDP's buckets, "
+            "PowerSGD runs are not predicted); on GPUs DDP overlaps every bucket but the last with the backward of "
             "the remaining layers (k = gradient accumulation steps, N_b = number of buckets); on CPUs "
-            "nothing is hidden (exposed = T_ar), because gloo's all-reduce needs the cores the compute "
-            "keeps busy, and a step's first collective, reached straight from compute, costs the "
+            "the model assumes nothing is hidden (exposed = T_ar: gloo's all-reduce needs the cores the "
+            "compute keeps busy; the notes below set this beside the overlap the runs measured), and "
+            "a step's first collective, reached straight from compute, costs the "
             "commbench's sync latency after compute L instead of alpha (T_ar += max(0, L - alpha) "
             "when the commbench file records L). Speedup "
             "is step(1)/step(n) because every world size runs the same number of steps per epoch."

@@ -1,7 +1,7 @@
 """Strong-scaling metrics: speedup, efficiency, Amdahl serial fraction, Karp–Flatt, R.
 
 Runs are grouped so that only runs doing the same work are compared (same preset, data, model,
-GLOBAL batch and precision). Within a group the baseline is the 1-rank run; without one it is
+GLOBAL batch, steps per epoch, micro-batching, padding, precision, compile and comm hook). Within a group the baseline is the 1-rank run; without one it is
 the smallest world size n0 and every number is relative to it (ideal speedup = n/n0).
 """
 
@@ -30,10 +30,24 @@ def group_key(summary: dict[str, Any]) -> tuple[Any, ...]:
         summary.get("global_batch"),
         summary.get("precision"),
         summary.get("num_train_samples"),
+        summary.get("steps_per_epoch"),  # train.max_steps_per_epoch shortens epochs
+        summary.get("mean_tokens_per_sample"),  # the same texts, tokenizer and max_seq_len
+        summary.get("grad_accum_steps") or 1,
+        _data(summary, "pad_to_max_len"),
+        _data(summary, "pad_multiple"),
+        _data(summary, "delay_per_batch_s"),
+        summary.get("compile"),
+        # a sweep applies its hook at every world size (1 rank: no collective to hook)
+        (summary.get("comm") or {}).get("comm_hook") or "none",
         # a CPU run is no baseline for GPU runs, nor one GPU model for another
         summary.get("device_type"),
         summary.get("device_name"),
     )
+
+
+def _data(summary: dict[str, Any], key: str) -> Any:
+    data = summary.get("data")
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def group_label(summary: dict[str, Any], detailed: bool = False) -> str:

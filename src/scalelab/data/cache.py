@@ -34,6 +34,7 @@ from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 
+from scalelab.checkpoint import PLAIN_FILE_MODE
 from scalelab.config import Config
 from scalelab.data.forked import forked
 from scalelab.data.sources import (
@@ -385,12 +386,6 @@ def _build(cfg: Config, raw: RawData) -> dict[str, np.ndarray]:
     }
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write to a temp file in the same folder, then os.replace: readers never see a partial file.
 
@@ -410,7 +405,7 @@ def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(f, **arrays)  # uncompressed: loading is a memcpy, not a decompression
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, PLAIN_FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -9,6 +9,26 @@ from torch import nn
 
 from scalelab.config import ConfigError
 
+#: Parameters of DistilBertForSequenceClassification outside the DistilBERT body: a folder may
+#: lack them (a saved DistilBertModel or masked-LM) or hold another number of labels.
+HEAD_PREFIXES = ("pre_classifier.", "classifier.")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _body_keys(keys) -> list[str]:
+    """Names among `keys` (str, or (name, shape, shape) for mismatched keys) outside the head."""
+    names = (k[0] if isinstance(k, tuple) else k for k in keys)
+    return sorted(n for n in names if not n.startswith(HEAD_PREFIXES))
+
+
+def _few(names: list[str]) -> str:
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
 
 class DistilBertClassifier(nn.Module):
     """Thin wrapper so DistilBERT takes (input_ids, attention_mask) and returns logits like our model."""
@@ -23,7 +43,12 @@ class DistilBertClassifier(nn.Module):
     ) -> None:
         super().__init__()
         try:
-            from transformers import DistilBertConfig, DistilBertForSequenceClassification
+            from safetensors import SafetensorError
+            from transformers import (
+                DistilBertConfig,
+                DistilBertForSequenceClassification,
+                PretrainedConfig,
+            )
         except ImportError:
             raise ConfigError(
                 "model.arch=distilbert needs the `transformers` package: pip install 'scalelab[hf]'"
@@ -36,22 +61,59 @@ class DistilBertClassifier(nn.Module):
                     f"model.pretrained: no such folder: {pretrained} (give a local folder saved "
                     "with save_pretrained: config.json and the weights; nothing is downloaded)"
                 )
+            where = f"model.pretrained={pretrained}"
+            if not (Path(pretrained) / "config.json").is_file():
+                raise ConfigError(
+                    f"{where}: not loadable DistilBERT weights (no config.json in the folder; "
+                    "save it with save_pretrained)"
+                )
             try:
-                self.net = DistilBertForSequenceClassification.from_pretrained(
+                saved_dict, _ = PretrainedConfig.get_config_dict(pretrained, local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"{where}: not loadable DistilBERT weights ({_first_line(exc)})"
+                ) from None
+            # another model type (a saved BERT, say) would "load" with every DistilBERT weight
+            # newly initialised
+            model_type = saved_dict.get("model_type")
+            if model_type != "distilbert":
+                raise ConfigError(
+                    f"{where}: config.json has model_type {model_type!r}, not 'distilbert' "
+                    "(give a folder saved from a DistilBERT model)"
+                )
+            try:
+                self.net, info = DistilBertForSequenceClassification.from_pretrained(
                     pretrained,
                     num_labels=num_classes,
                     # model.dropout applies to loaded weights too (not the saved config's)
                     dropout=dropout,
                     attention_dropout=dropout,
+                    seq_classif_dropout=dropout,
                     # a saved classifier with another number of labels: a new head, same body
                     ignore_mismatched_sizes=True,
                     local_files_only=True,
+                    output_loading_info=True,
                 )
-            except (OSError, ValueError, RuntimeError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+                # SafetensorError (a truncated model.safetensors) is no OSError
                 raise ConfigError(
-                    f"model.pretrained={pretrained}: not loadable DistilBERT weights ({first})"
+                    f"{where}: not loadable DistilBERT weights ({_first_line(exc)})"
                 ) from None
+            # only the classification head may be new: a body tensor missing from the weights,
+            # or of another shape, would be trained from random initialisation without a word
+            missing = _body_keys(info.get("missing_keys", ()))
+            if missing:
+                raise ConfigError(
+                    f"{where}: the weights lack {len(missing)} DistilBERT body tensor(s) "
+                    f"({_few(missing)}); only the classification head (pre_classifier, "
+                    "classifier) may be new"
+                )
+            mismatched = _body_keys(info.get("mismatched_keys", ()))
+            if mismatched:
+                raise ConfigError(
+                    f"{where}: {len(mismatched)} DistilBERT body tensor(s) have another shape "
+                    f"than config.json says ({_few(mismatched)})"
+                )
             saved = self.net.config
             if max_seq_len > saved.max_position_embeddings:
                 raise ConfigError(
@@ -71,6 +133,7 @@ class DistilBertClassifier(nn.Module):
                 num_labels=num_classes,
                 dropout=dropout,
                 attention_dropout=dropout,
+                seq_classif_dropout=dropout,
                 attn_implementation="sdpa",
             )
             self.net = DistilBertForSequenceClassification(cfg)
