@@ -233,3 +233,12 @@ def test_runs_of_different_work_are_not_one_scaling_group(tmp_path):
     groups = analyse(load_runs([tmp_path]))
     names = sorted(sorted(r.name for r in g.runs) for g in groups)
     assert names == [["ws1", "ws2"], ["ws2-fp16"], ["ws2-short"]]
+
+
+def test_only_world_sizes_that_split_the_global_batch_are_predicted(tmp_path):
+    from scalelab.analysis.report import analyse_runs
+
+    write_sweep(tmp_path / "runs", [1, 2], summary={"global_batch": 12})
+    analysis = analyse_runs(load_runs([tmp_path / "runs"]), busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    (preds,) = analysis.predictions.values()
+    assert [p.world_size for p in preds] == [1, 2, 4]  # not 8: 12 samples do not split in 8

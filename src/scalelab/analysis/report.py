@@ -158,9 +158,14 @@ class Analysis:
 
 
 def _prediction_sizes(group: ScalingGroup) -> list[int]:
-    """Measured world sizes plus powers of two up to twice the largest (extrapolation)."""
+    """Measured world sizes plus powers of two up to twice the largest (extrapolation), those
+    that can split the global batch into whole micro-batches (the trainer refuses the others)."""
     top = max(8, 2 * max(group.world_sizes))
     powers = {2**k for k in range(top.bit_length()) if 2**k <= top}
+    base = group.baseline_runs()[0].summary
+    batch, accum = base.get("global_batch"), base.get("grad_accum_steps") or 1
+    if isinstance(batch, int) and isinstance(accum, int) and batch > 0 and accum > 0:
+        powers = {n for n in powers if batch % (n * accum) == 0}
     return sorted(set(group.world_sizes) | powers)
 
 
