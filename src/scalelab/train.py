@@ -1120,8 +1120,9 @@ def _check_resume_config(
     saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int, data_key: str = ""
 ) -> None:
     """Refuse a resume whose config the checkpoint cannot honour (one line, not a traceback):
-    another learning rate or weight decay, another model shape or PowerSGD rank, or mid-epoch, a config that draws other batches
-    (other batching keys, or other encoded data: `data_key` is the cache file's name)."""
+    another learning rate or weight decay, another model shape or PowerSGD rank, or mid-epoch,
+    a config that draws other batches (other batching keys, or other encoded data: `data_key`
+    is the cache file's name)."""
     saved_cfg = saved.get("config") or {}
     now = cfg.to_dict()
 
