@@ -150,11 +150,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     run = load_run(args.run)
     sync = None
-    if args.commbench:
+    # as `scalelab report`: a bandwidth the user gives wins over a commbench file
+    if args.busbw_gbps is not None:
+        alpha_ms, busbw = args.alpha_ms or 0.0, args.busbw_gbps
+    elif args.commbench:
         alpha_ms, busbw, _ = load_commbench(args.commbench)
         sync = load_sync_latency(args.commbench)
-    elif args.busbw_gbps is not None:
-        alpha_ms, busbw = args.alpha_ms or 0.0, args.busbw_gbps
     else:
         from scalelab.config import ConfigError
 
@@ -260,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--commbench", help="commbench.json for predictions")
     sp.add_argument(
-        "--busbw-gbps", type=float, help="link bus bandwidth (GB/s), if no commbench file"
+        "--busbw-gbps", type=float, help="link bus bandwidth (GB/s); overrides --commbench"
     )
     sp.add_argument("--alpha-ms", type=float, help="all-reduce latency (ms), with --busbw-gbps")
     sp.set_defaults(fn=cmd_report)
@@ -268,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("predict", help="predict speedup at N ranks from a 1-rank run + bandwidth")
     sp.add_argument("run", help="a 1-rank run folder")
     sp.add_argument("--commbench", help="commbench.json")
-    sp.add_argument("--busbw-gbps", type=float)
-    sp.add_argument("--alpha-ms", type=float)
+    sp.add_argument(
+        "--busbw-gbps", type=float, help="link bus bandwidth (GB/s); overrides --commbench"
+    )
+    sp.add_argument("--alpha-ms", type=float, help="all-reduce latency (ms), with --busbw-gbps")
     sp.add_argument(
         "--overlap",
         type=float,

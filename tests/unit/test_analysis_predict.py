@@ -242,3 +242,24 @@ def test_only_world_sizes_that_split_the_global_batch_are_predicted(tmp_path):
     analysis = analyse_runs(load_runs([tmp_path / "runs"]), busbw_gbps=BUSBW, alpha_ms=ALPHA)
     (preds,) = analysis.predictions.values()
     assert [p.world_size for p in preds] == [1, 2, 4]  # not 8: 12 samples do not split in 8
+
+
+def test_predict_cli_takes_the_users_bandwidth_over_a_commbench_file(tmp_path, monkeypatch):
+    import scalelab.analysis.predict as predict_mod
+    from scalelab.cli import main
+
+    run = write_run(tmp_path, "base")
+    bench = tmp_path / "cb.json"
+    bench.write_text(json.dumps({"world_size": 2, "fit": {"alpha_ms": 1.0, "busbw_gbps": 150.0}}))
+    seen = {}
+    real = predict_mod.predict_scaling
+
+    def spy(summary, sizes, **kw):
+        seen.update(kw)
+        return real(summary, sizes, **kw)
+
+    monkeypatch.setattr(predict_mod, "predict_scaling", spy)
+    args = ["predict", str(run), "--commbench", str(bench), "--world-sizes", "2"]
+    assert main([*args, "--busbw-gbps", "7", "--alpha-ms", "0.5"]) == 0
+    assert (seen["busbw_gbps"], seen["alpha_ms"]) == (7.0, 0.5)  # as `scalelab report` does
+    assert main(args) == 0 and seen["busbw_gbps"] == 150.0
