@@ -117,8 +117,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _numpy_array_globals() -> list[Any]:
+    """numpy arrays and RandomState (PowerSGD's), as checkpoints from before numpy_rng_plain
+    pickled them: constructors of data, none that runs arbitrary code."""
+    from numpy.random import _mt19937, _pickle
+
     core = getattr(np, "_core", None) or np.core
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return [
+        core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+        _pickle.__randomstate_ctor, _pickle.__bit_generator_ctor, _mt19937.MT19937,
+        np.random.RandomState,
+    ]  # fmt: skip
 
 
 _OLD_NUMPY_GLOBALS = _numpy_array_globals()
@@ -149,7 +157,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         # weights_only: tensors and plain values only, so a foreign file cannot run code; the
-        # numpy array types admit the RNG states of checkpoints from before numpy_rng_plain
+        # numpy types admit the RNG states of checkpoints from before numpy_rng_plain
         with torch.serialization.safe_globals(_OLD_NUMPY_GLOBALS):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable

@@ -55,6 +55,14 @@ def test_a_checkpoint_of_an_older_version_with_numpy_rng_arrays_still_loads(tmp_
     assert np.random.rand() == draw
 
 
+def test_an_older_powersgd_checkpoint_with_a_pickled_randomstate_loads(tmp_path: Path) -> None:
+    rng = np.random.RandomState(3)
+    torch.save({**_state(), "format_version": 1, "comm_hook_state": [{"slots": {"rng": rng}}]},
+               tmp_path / "old.pt")  # fmt: skip
+    loaded = load_checkpoint(tmp_path / "old.pt")["comm_hook_state"][0]["slots"]["rng"]
+    assert loaded.rand() == rng.rand()
+
+
 def test_truncated_and_empty_files_say_so(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "c.pt", _state())
     (tmp_path / "cut.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:300])
