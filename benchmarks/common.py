@@ -219,7 +219,8 @@ class ScalelabStepper:
         self.data = data.to(self.device) if on_gpu else data
         self.amp = _resolve_precision(cfg, self.device)
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, data.vocab_size, cfg.model.num_classes or data.num_classes)
+        classes = cfg.model.num_classes or data.num_classes
+        model = build_model(cfg.model, data.vocab_size, classes, data.train.pad_id)
         self.model = model.to(self.device)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.net = self.model

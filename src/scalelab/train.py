@@ -692,7 +692,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             f"model.num_classes={num_classes} but the data has {data.num_classes} classes"
         )
 
-    model = build_model(cfg.model, data.vocab_size, num_classes).to(env.device)
+    model = build_model(cfg.model, data.vocab_size, num_classes, data.train.pad_id).to(env.device)
     num_params = count_parameters(model)
     emb_rows = make_embedding_rows(model, cfg, env, host_train_tokens)
     ddp_skips = [emb_rows.name] if emb_rows is not None and emb_rows.sync_rows else []

@@ -293,3 +293,16 @@ def test_distilbert_truncated_safetensors_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r": not loadable DistilBERT weights \(") as exc:
         build_model(cfg, 500, 2)
     assert "\n" not in str(exc.value)
+
+
+def test_distilbert_keeps_the_tokenizers_padding_row_out_of_training(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from scalelab.config import ModelConfig
+
+    cfg = ModelConfig(arch="distilbert", max_seq_len=32, d_model=32)
+    model = build_model(cfg, 500, 4, pad_id=3)
+    emb = model.net.distilbert.embeddings.word_embeddings
+    assert emb.padding_idx == 3 and torch.count_nonzero(emb.weight[3]) == 0
+    model.net.save_pretrained(tmp_path / "saved")  # the pretrained path takes it too
+    loaded = build_model(ModelConfig(arch="distilbert", max_seq_len=32, pretrained=str(tmp_path / "saved")), 500, 4, pad_id=3)  # fmt: skip
+    assert loaded.net.distilbert.embeddings.word_embeddings.padding_idx == 3

@@ -8,8 +8,10 @@ from scalelab.config import ModelConfig
 from scalelab.models.transformer import TransformerClassifier
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int) -> nn.Module:
-    """Build the classifier named by cfg.arch for a tokenizer of `vocab_size` ids."""
+def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int, pad_id: int = 0) -> nn.Module:
+    """Build the classifier named by cfg.arch for a tokenizer of `vocab_size` ids whose padding
+    id is `pad_id` (DistilBERT keeps that embedding row out of training; scalelab's transformer
+    masks padding and needs no such row)."""
     if cfg.arch == "transformer":
         return TransformerClassifier(
             vocab_size=vocab_size,
@@ -25,7 +27,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, num_classes: int) -> nn.Modul
         from scalelab.models.distilbert import DistilBertClassifier
 
         return DistilBertClassifier(
-            vocab_size, num_classes, cfg.max_seq_len, cfg.dropout, cfg.pretrained
+            vocab_size, num_classes, cfg.max_seq_len, cfg.dropout, cfg.pretrained, pad_id
         )
     raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
 

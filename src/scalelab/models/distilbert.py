@@ -40,6 +40,7 @@ class DistilBertClassifier(nn.Module):
         max_seq_len: int,
         dropout: float,
         pretrained: str = "",
+        pad_token_id: int = 0,
     ) -> None:
         super().__init__()
         try:
@@ -89,6 +90,7 @@ class DistilBertClassifier(nn.Module):
                     dropout=dropout,
                     attention_dropout=dropout,
                     seq_classif_dropout=dropout,
+                    pad_token_id=pad_token_id,  # the tokenizer's: its row gets no gradient
                     # a saved classifier with another number of labels: a new head, same body
                     ignore_mismatched_sizes=True,
                     local_files_only=True,
@@ -134,6 +136,7 @@ class DistilBertClassifier(nn.Module):
                 dropout=dropout,
                 attention_dropout=dropout,
                 seq_classif_dropout=dropout,
+                pad_token_id=pad_token_id,  # the tokenizer's: its row gets no gradient
                 attn_implementation="sdpa",
             )
             self.net = DistilBertForSequenceClassification(cfg)
