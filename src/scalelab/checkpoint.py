@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from scalelab.config import first_line
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
@@ -105,13 +107,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     try:
         atomic_write_bytes(path, lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as exc:  # torch.save reports a short write as RuntimeError
-        lines = str(exc).strip().splitlines()
         try:
             free = f"; {shutil.disk_usage(path.parent).free / 1e9:.2f} GB free there"
         except OSError:
             free = ""
         raise CheckpointError(
-            f"{path}: cannot write the checkpoint ({lines[0] if lines else type(exc).__name__})"
+            f"{path}: cannot write the checkpoint ({first_line(exc)})"
             f"{free}; the previous checkpoint, if any, is unchanged"
         ) from None
 

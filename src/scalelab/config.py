@@ -26,6 +26,13 @@ class ConfigError(ValueError):
     """A problem with the user's configuration; the message names the key."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line, or its type's name: the part of a library's message
+    that fits a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @dataclass
 class ModelConfig:
     arch: str = "transformer"
@@ -521,8 +528,7 @@ def _read_yaml(p: Path) -> Any:
         if mark is not None and problem:
             where = f"line {mark.line + 1}, column {mark.column + 1}"
             raise ConfigError(f"{p}: not valid YAML at {where}: {problem}") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{p}: not valid YAML: {first}") from None
+        raise ConfigError(f"{p}: not valid YAML: {first_line(exc)}") from None
     finally:
         loader.dispose()
     _keep_plain_strings(raw, node)

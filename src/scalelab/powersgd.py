@@ -95,8 +95,9 @@ class PowerSGDHook:
         """Restore `state_dict()` (before the first step); laid out into buckets as they run."""
         for slot, value in saved["slots"].items():
             if isinstance(value, tuple) and value[:1] == ("RandomState",):
-                value = np.random.RandomState()
-                value.set_state(numpy_rng_state(saved["slots"][slot][1]))
+                rng = np.random.RandomState()
+                rng.set_state(numpy_rng_state(value[1]))
+                value = rng
             setattr(self.state, slot, value)
         for attr in _BUCKET_DICTS.values():
             getattr(self.state, attr).clear()

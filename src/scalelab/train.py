@@ -57,7 +57,7 @@ from scalelab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from scalelab.config import Config, ConfigError, save_config
+from scalelab.config import Config, ConfigError, first_line, save_config
 from scalelab.data import EncodedData, TrainBatchSampler, eval_shards, make_batch, prepare_data
 from scalelab.models import build_model, count_parameters
 from scalelab.profiling import StepProfiler
@@ -721,9 +721,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             _unwrap(model).load_state_dict(resume_state["model"])
             optimizer.load_state_dict(resume_state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
-                f"{resume_from}: does not fit this model/config ({first})"
+                f"{resume_from}: does not fit this model/config ({first_line(exc)})"
             ) from None
         scheduler.load_state_dict(resume_state["scheduler"])
         if scaler is not None and resume_state.get("scaler"):

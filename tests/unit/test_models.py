@@ -303,6 +303,7 @@ def test_distilbert_keeps_the_tokenizers_padding_row_out_of_training(tmp_path) -
     model = build_model(cfg, 500, 4, pad_id=3)
     emb = model.net.distilbert.embeddings.word_embeddings
     assert emb.padding_idx == 3 and torch.count_nonzero(emb.weight[3]) == 0
-    model.net.save_pretrained(tmp_path / "saved")  # the pretrained path takes it too
-    loaded = build_model(ModelConfig(arch="distilbert", max_seq_len=32, pretrained=str(tmp_path / "saved")), 500, 4, pad_id=3)  # fmt: skip
+    _save_tiny_distilbert(tmp_path / "saved")  # the pretrained path takes it too
+    cfg.pretrained = str(tmp_path / "saved")
+    loaded = build_model(cfg, 500, 4, pad_id=3)
     assert loaded.net.distilbert.embeddings.word_embeddings.padding_idx == 3

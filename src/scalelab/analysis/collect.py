@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from scalelab.config import first_line
+
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.yaml"
@@ -136,8 +138,7 @@ def load_run(path: str | Path) -> Run:
         try:
             config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AnalysisError(f"{config_path}: unreadable YAML ({first})") from None
+            raise AnalysisError(f"{config_path}: unreadable YAML ({first_line(exc)})") from None
         if not isinstance(config, dict):
             raise AnalysisError(f"{config_path}: expected a mapping of config sections")
     return Run(path=folder, config=config, metrics=metrics, summary=summary)

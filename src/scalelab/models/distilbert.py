@@ -7,16 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scalelab.config import ConfigError
+from scalelab.config import ConfigError, first_line
 
 #: Parameters of DistilBertForSequenceClassification outside the DistilBERT body: a folder may
 #: lack them (a saved DistilBertModel or masked-LM) or hold another number of labels.
 HEAD_PREFIXES = ("pre_classifier.", "classifier.")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _body_keys(keys) -> list[str]:
@@ -72,7 +67,7 @@ class DistilBertClassifier(nn.Module):
                 saved_dict, _ = PretrainedConfig.get_config_dict(pretrained, local_files_only=True)
             except (OSError, ValueError) as exc:
                 raise ConfigError(
-                    f"{where}: not loadable DistilBERT weights ({_first_line(exc)})"
+                    f"{where}: not loadable DistilBERT weights ({first_line(exc)})"
                 ) from None
             # another model type (a saved BERT, say) would "load" with every DistilBERT weight
             # newly initialised
@@ -99,7 +94,7 @@ class DistilBertClassifier(nn.Module):
             except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
                 # SafetensorError (a truncated model.safetensors) is no OSError
                 raise ConfigError(
-                    f"{where}: not loadable DistilBERT weights ({_first_line(exc)})"
+                    f"{where}: not loadable DistilBERT weights ({first_line(exc)})"
                 ) from None
             # only the classification head may be new: a body tensor missing from the weights,
             # or of another shape, would be trained from random initialisation without a word
