@@ -258,6 +258,94 @@ def test_hf_source_without_datasets_is_one_clear_line():
     assert "\n" not in str(exc.value)
 
 
+class _FakeSplit:
+    """The part of a `datasets.Dataset` that data.source=hf reads: columns by name."""
+
+    def __init__(self, **columns):
+        self.columns = columns
+        self.column_names = list(columns)
+
+    def __getitem__(self, name):
+        return self.columns[name]
+
+
+def _fake_datasets(monkeypatch, splits, calls=None):
+    import types
+
+    def load_dataset(name):
+        if calls is not None:
+            calls.append(name)
+        if isinstance(splits, Exception):
+            raise splits
+        return splits
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+
+
+def test_hf_source_reads_and_cleans_both_splits(monkeypatch):
+    calls = []
+    splits = {
+        "train": _FakeSplit(text=["a<br />b", "c  d", "e"], label=[0, 1, 1]),
+        "test": _FakeSplit(text=["f<br/>g", "h"], label=[1, 0]),
+        "unsupervised": _FakeSplit(text=["x"], label=[-1]),  # IMDB's extra split is ignored
+    }
+    _fake_datasets(monkeypatch, splits, calls)
+    raw = load_raw(DataConfig(dataset="imdb", source="hf"))
+    assert calls == ["imdb"]
+    assert raw.train_texts == ["a b", "c  d", "e"] and raw.train_labels.tolist() == [0, 1, 1]
+    assert raw.test_texts == ["f g", "h"] and raw.test_labels.tolist() == [1, 0]
+    assert "Hugging Face datasets" in raw.description
+    # the fingerprint (cache key) follows the content
+    first = raw.fingerprint
+    splits["test"] = _FakeSplit(text=["f<br/>g", "h!"], label=[1, 0])
+    assert load_raw(DataConfig(dataset="imdb", source="hf")).fingerprint != first
+
+
+@pytest.mark.parametrize(
+    ("splits", "message"),
+    [
+        (
+            {"train": _FakeSplit(text=["a"], label=[0])},
+            r"split 'test' is missing \(the hub copy has train\)",
+        ),
+        (
+            {
+                "train": _FakeSplit(sentence=["a"], label=[0]),
+                "test": _FakeSplit(text=["b"], label=[0]),
+            },
+            r"split 'train' needs 'text' and 'label' columns",
+        ),
+        (
+            {
+                "train": _FakeSplit(text=["a"], label=["pos"]),
+                "test": _FakeSplit(text=["b"], label=[0]),
+            },
+            r"split 'train': every 'label' must be an integer",
+        ),
+        (
+            {
+                "train": _FakeSplit(text=[None], label=[0]),
+                "test": _FakeSplit(text=["b"], label=[0]),
+            },
+            r"split 'train': every 'text' must be a string",
+        ),
+        (
+            {"train": _FakeSplit(text=["a"], label=[0]), "test": _FakeSplit(text=["b"], label=[2])},
+            r"imdb test split: labels must be in 0\.\.1",
+        ),
+        (
+            ConnectionError("no route to host\nmore detail"),
+            r"could not load 'imdb' .*ConnectionError: no route to host\)",
+        ),
+    ],
+)
+def test_hf_source_bad_datasets_are_one_clear_line(monkeypatch, splits, message):
+    _fake_datasets(monkeypatch, splits)
+    with pytest.raises(DataError, match=message) as exc:
+        load_raw(DataConfig(dataset="imdb", source="hf"))
+    assert "\n" not in str(exc.value)
+
+
 # --------------------------------------------------------------------------- bundled sample
 
 

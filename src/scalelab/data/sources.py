@@ -362,9 +362,22 @@ def _load_hf(dataset: str) -> tuple[list[str], np.ndarray, list[str], np.ndarray
     clean = clean_ag_news if dataset == "ag_news" else clean_imdb
     out = []
     for split in ("train", "test"):
-        texts = [clean(t) for t in ds[split]["text"]]
-        labels = np.asarray(ds[split]["label"], dtype=np.int64)
-        out += [texts, labels]
+        where = f"data.source=hf: '{dataset}' split '{split}'"
+        if split not in ds:
+            raise DataError(f"{where} is missing (the hub copy has {', '.join(ds) or 'none'})")
+        columns = ds[split].column_names
+        if "text" not in columns or "label" not in columns:
+            raise DataError(f"{where} needs 'text' and 'label' columns, has {columns}")
+        raw_texts, raw_labels = ds[split]["text"], ds[split]["label"]
+        if not all(isinstance(t, str) for t in raw_texts):
+            raise DataError(f"{where}: every 'text' must be a string")
+        try:
+            labels = np.asarray(raw_labels, dtype=np.int64)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: every 'label' must be an integer") from None
+        if labels.ndim != 1 or len(labels) != len(raw_texts):
+            raise DataError(f"{where}: one integer label per text expected")
+        out += [[clean(t) for t in raw_texts], labels]
     return out[0], out[1], out[2], out[3]
 
 
