@@ -9,9 +9,12 @@ is not a measurement.
 Cases: ``ag_news_small`` (global batch 32 and 256), ``ag_news_large`` (128) and a randomly
 initialised DistilBERT (max_seq_len 256 and 128, batch 128; needs ``transformers``, skipped
 with a message otherwise). Variants per case: fp32/bf16 x eager/torch.compile, batches padded
-to their longest sequence or to a multiple of 16 (``data.pad_multiple``: a handful of shapes,
-so compile and CUDA graphs see few), and for the small launch-bound model CUDA graphs via
-``torch.compile(mode="reduce-overhead")`` (one graph per batch shape, so on padded shapes).
+to their longest sequence or to a multiple of 16 (``data.pad_multiple``: a handful of
+tensor-core-aligned widths), and for the small launch-bound model CUDA graphs via
+``torch.compile(mode="reduce-overhead")`` (one recorded graph per batch shape, so on padded
+shapes). torch.compile itself marks the sequence length dynamic once it has seen a second width
+(automatic dynamic shapes), so one symbolic-length graph serves every later width, padded or
+not (``compiled_graphs``); padding bounds the CUDA-graph recordings, not the compiles.
 
 Every case's data is prepared before the first variant runs (no data code, which may fork a
 child, runs once CUDA and Inductor's threads exist). Variants run in priority order (the
@@ -56,10 +59,12 @@ import argparse
 import gc
 import json
 import math
+import os
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -334,7 +339,10 @@ def bench_variant(
     warmup: int,
     profile: int,
     full_epoch: bool,
+    publish: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """One variant's figures. `publish` gets them as they grow (after the timed block, after the
+    whole epoch), so a run cut off by the deadline inside the epoch or the profile keeps them."""
     cfg.train.precision = v.precision
     cfg.data.pad_to_max_len = v.padding == "max"
     cfg.data.pad_multiple = PAD_MULTIPLE if v.padding == "multiple" else 1
@@ -398,6 +406,8 @@ def bench_variant(
         out["timed_saw_new_width"] = bool(timed_new)
     if v.precision == "fp32":  # TF32 tensor-core matmuls (main() enables them on CUDA)
         out["tf32"] = device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+    if publish is not None:
+        publish({**out, "partial": "timed block only: the run ended inside this variant"})
     if full_epoch:
         n = EPOCH_SAMPLES // cfg.train.batch_size  # the sampler drops an epoch's incomplete tail
         seen = set(stepper.width_steps)
@@ -409,6 +419,8 @@ def bench_variant(
         if v.compile:
             out["epoch_new_widths"] = sorted(set(ep["widths"]) - seen)
         out["epoch_mfu"] = ep_flops / ep["elapsed_s"] / (peak * 1e12) if peak else None
+        if publish is not None and profile:
+            publish({**out, "partial": "no profile: the run ended inside this variant's profile"})
     if profile:
         try:
             out["profile"] = profile_steps(stepper, profile)
@@ -568,6 +580,19 @@ def main(argv: list[str] | None = None) -> int:
         if warmup is None:
             warmup = 1 if args.tiny else {"": 10, "default": 40}.get(v.compile, 80)
         t0 = time.perf_counter()
+        slot: dict[str, Any] = {
+            "variant": v.label,
+            "priority": v.priority,
+            "partial": "started: the run ended before this variant's timed block did",
+        }
+        result["cases"].setdefault(case, []).append(slot)
+        write_result(out, result)
+
+        def publish(partial: dict[str, Any], slot: dict[str, Any] = slot, t0: float = t0) -> None:
+            slot.clear()
+            slot.update(partial, wall_s=time.perf_counter() - t0)
+            write_result(out, result)
+
         try:
             r = bench_variant(
                 cfg,
@@ -578,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup=warmup,
                 profile=profile,
                 full_epoch=cuda and v.priority == 0 and not args.no_full_epoch,
+                publish=publish,
             )
         except Exception as exc:  # one failing variant (e.g. compile) must not lose the others
             r = {
@@ -586,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
                 "error": f"{type(exc).__name__}: {exc}",
             }
         r["wall_s"] = time.perf_counter() - t0
-        result["cases"].setdefault(case, []).append(r)
+        slot.clear()
+        slot.update(r)
         write_result(out, result)  # after every variant: a cut-short run keeps what it measured
         if "error" in r:
             rows.append([case, v.label, "-", "-", "-", "-", "-", r["error"][:60]])
@@ -636,4 +663,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()  # every result is written by now
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown: after torch.profiler on CUDA, CUPTI's teardown at exit can
+    # hang the process; keeping CUPTI attached instead (TEARDOWN_CUPTI=0) slows every later
+    # kernel launch, which would bias the variants timed after the first profile.
+    os._exit(code)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ class StepProfiler:
         self.result: dict[str, Any] | None = None
         self._prof: torch.profiler.profile | None = None
         self._done = 0
+        self.export_s = 0.0  # host time `close` took to stop, write and summarise (not training)
 
     def before_step(self, step: int) -> None:
         if self.steps and self._prof is None and self.result is None and step == self.start:
@@ -138,6 +140,7 @@ class StepProfiler:
             return False
         if self.cuda:
             torch.cuda.synchronize()  # the profiled steps' kernels finish inside the window
+        t0 = time.perf_counter()
         prof, self._prof = self._prof, None
         prof.stop()
         try:  # a rank on another node may not see the run folder rank 0 made
@@ -145,4 +148,5 @@ class StepProfiler:
             self.result = summarize(prof, max(1, self._done), self.trace_path)
         except (OSError, ValueError, RuntimeError) as exc:  # a diagnostic must not end the run
             self.result = {"profiled_steps": self._done, "error": f"{type(exc).__name__}: {exc}"}
+        self.export_s = time.perf_counter() - t0
         return True

@@ -107,11 +107,17 @@ def merge_phase_means(before: dict[str, float] | None, after: dict[str, float]) 
 
 
 class Stopwatch:
-    """Wall-clock interval that waits for queued GPU work first (a host-device sync: use sparingly)."""
+    """Wall-clock interval that waits for queued GPU work first (a host-device sync: use sparingly).
+
+    `pause`/`resume` (each a sync) and `exclude` leave out work that is not training, such as
+    writing a checkpoint or a profiler trace: `elapsed_s` is the time since `start` less those.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.start_s = 0.0
+        self.excluded_s = 0.0
+        self._paused_at: float | None = None
 
     def _sync(self) -> None:
         if self.cuda:
@@ -120,7 +126,23 @@ class Stopwatch:
     def start(self) -> None:
         self._sync()
         self.start_s = time.perf_counter()
+        self.excluded_s = 0.0
+        self._paused_at = None
+
+    def pause(self) -> None:
+        self._sync()  # the training work queued so far still counts
+        self._paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self.excluded_s += time.perf_counter() - self._paused_at
+            self._paused_at = None
+
+    def exclude(self, seconds: float) -> None:
+        """Leave out `seconds` measured elsewhere (after a sync, as `pause` would)."""
+        self.excluded_s += max(0.0, seconds)
 
     def elapsed_s(self) -> float:
         self._sync()
-        return time.perf_counter() - self.start_s
+        end = self._paused_at if self._paused_at is not None else time.perf_counter()
+        return end - self.start_s - self.excluded_s

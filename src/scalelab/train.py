@@ -894,7 +894,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             )
             timer.end_step()
             if profiler.after_step():
-                timer.untimed()  # writing the trace is not the next step's data time
+                watch.exclude(profiler.export_s)  # writing the trace is not training time
+                timer.untimed()  # nor the next step's data time
             num_tokens += int(sum(train_split_lengths[mb].sum() for mb in micro_batches))
             state.step_in_epoch += 1
             state.global_step += 1
@@ -919,12 +920,14 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 cfg.train.checkpoint_every_steps
                 and state.global_step % cfg.train.checkpoint_every_steps == 0
             ):
+                watch.pause()  # host-device sync: writing the checkpoint is not training time
                 _keep_position(state, num_tokens, carried_s, watch)
-                # host-device sync: the phase times so far go into the checkpoint too, so an
-                # epoch resumed from it after a crash keeps them (the epoch's end merges the rest)
+                # the phase times so far go into the checkpoint too, so an epoch resumed from
+                # it after a crash keeps them (the epoch's end merges the rest)
                 state.epoch_phases = merge_phase_means(state.epoch_phases, timer.epoch_summary())
                 checkpoint(state, loss_sum)
-                timer.untimed()  # writing the checkpoint is not the next step's data time
+                watch.resume()
+                timer.untimed()  # nor the next step's data time
             if cfg.train.stop_after_steps and steps_this_invocation >= cfg.train.stop_after_steps:
                 stop_requested = True
             since_poll += 1
@@ -936,7 +939,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 since_poll, poll_t = 0, now
             if stop_requested and state.step_in_epoch < steps_per_epoch:
                 break  # mid-epoch: checkpoint below; at an epoch's end, finish the epoch first
-        profiler.close()  # the epoch ended (or stopped) before the profiled steps did
+        if profiler.close():  # the epoch ended (or stopped) before the profiled steps did
+            watch.exclude(profiler.export_s)
         train_time_s = watch.elapsed_s()  # host-device sync: once per epoch
         progress.close()
         if stop_requested and state.step_in_epoch < steps_per_epoch:

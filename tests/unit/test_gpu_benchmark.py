@@ -257,3 +257,24 @@ def test_a_case_that_fails_to_prepare_is_skipped_with_its_error(
         c for c, *_ in gpu.plan(tiny=True, cuda=torch.cuda.is_available(), only=[])
     }
     assert all(why.startswith("skipped: KeyError:") for why in res["skipped"].values())
+
+
+def test_a_run_killed_inside_a_variant_keeps_its_timed_block(
+    tmp_path: Path, cache_dir: Path, monkeypatch
+) -> None:
+    """The JSON holds a variant's timed figures as soon as they exist: a run killed in the
+    variant's profile (here: an interrupt; on the device, the deadline's timeout) keeps them."""
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # not an Exception: bench_variant does not catch it either
+
+    monkeypatch.setattr(gpu, "profile_steps", killed)
+    out = tmp_path / "gpu.json"
+    argv = ["--tiny", "--out", str(out), "--cache-dir", str(cache_dir), "--profile-steps", "2"]
+    with pytest.raises(KeyboardInterrupt):
+        gpu.main(argv)
+    res = json.loads(out.read_text())
+    assert res["complete"] is False
+    ((row,),) = res["cases"].values()
+    assert row["partial"].startswith("timed block only") and row["samples_per_s"] > 0
+    assert row["timed_steps"] > 0 and "profile" not in row

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_phase_means_of_a_stopped_and_resumed_epoch_weigh_both_parts() -> None:
     from scalelab.timing import PHASES, merge_phase_means
@@ -18,3 +20,62 @@ def test_phase_means_of_a_stopped_and_resumed_epoch_weigh_both_parts() -> None:
     assert merged["step_ms"] == 2.0 * len(PHASES)
     assert merge_phase_means(part(1.0, 3), nan_part)["data_ms"] == 1.0
     assert merge_phase_means(None, part(5.0, 1))["data_ms"] == 5.0
+
+
+def test_stopwatch_leaves_out_paused_and_excluded_time(monkeypatch) -> None:
+    import torch
+
+    from scalelab import timing
+
+    now = [100.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    watch = timing.Stopwatch(torch.device("cpu"))
+    watch.start()
+    now[0] += 2.0  # training
+    watch.pause()
+    now[0] += 5.0  # e.g. a checkpoint being written
+    assert watch.elapsed_s() == 2.0  # read while paused: up to the pause
+    watch.resume()
+    now[0] += 1.0
+    watch.exclude(0.25)  # e.g. a profiler trace export timed by the profiler
+    watch.exclude(-3.0)  # never adds time
+    assert watch.elapsed_s() == 2.75
+    watch.resume()  # not paused: no-op
+    watch.start()  # a new interval forgets what the last one left out
+    now[0] += 1.5
+    assert watch.elapsed_s() == 1.5
+
+
+def test_epoch_time_leaves_out_the_profiler_trace_export(tmp_path, monkeypatch) -> None:
+    """A slow trace export (here 1.5 s) is neither training time nor in samples/s."""
+    import csv
+    import time
+
+    from scalelab import profiling
+    from scalelab.cli import main
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT", "SLURM_NTASKS", "SLURM_PROCID"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    real = profiling.summarize
+
+    def slow_summarize(*args, **kwargs):
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(profiling, "summarize", slow_summarize)
+    argv = ["train", "data.max_train_samples=64", "data.max_test_samples=16",
+            "train.batch_size=16", "train.epochs=1", "train.profile_steps=1",
+            "train.save_checkpoint=false", "model.vocab_size=500", "model.d_model=16",
+            "model.num_layers=1", "model.num_heads=2", "model.d_ff=16", "model.max_seq_len=32",
+            "train.num_threads=1", "output.progress=none", "output.run_name=r",
+            f"data.cache_dir={tmp_path / 'cache'}", f"output.dir={tmp_path / 'exp'}"]  # fmt: skip
+    t0 = time.perf_counter()
+    assert main(argv) == 0
+    assert time.perf_counter() - t0 > 1.5  # the export really ran
+    with open(tmp_path / "exp" / "r" / "metrics.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["num_steps"]) == 4
+    # 4 steps of a 1-layer, 16-wide model: far below the 1.5 s the export took
+    assert float(row["epoch_time_s"]) < 1.0, row
+    assert float(row["samples_per_s"]) == pytest.approx(64 / float(row["epoch_time_s"]), rel=1e-3)
