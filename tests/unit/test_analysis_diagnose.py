@@ -205,3 +205,46 @@ def test_gpu_idle_quotes_the_profile_and_stays_silent_on_a_busy_gpu_or_a_cpu(tmp
         root = tmp_path / name
         write_run(root, "ws1", summary={"profile": profile})
         assert "gpu_idle" not in {f.rule for f in _findings(root)}
+
+
+def test_comm_is_not_called_harmless_when_it_grew_most(tmp_path: Path) -> None:
+    """Every phase grows a little (+9 ms each) and exposed comm most (+10 ms): 10 ms is under a
+    quarter of the 46 ms net excess, but it is the largest excess, so it is no 'not' finding."""
+    cpu = {"device_type": "cpu", "device_name": "cpu"}
+    t1 = {"data_ms": 20.0, "h2d_ms": 20.0, "forward_ms": 20.0, "backward_ms": 20.0,
+          "optimizer_ms": 20.0, "step_ms": 100.0}  # fmt: skip
+    write_run(tmp_path, "ws1", world_size=1, timing=t1, summary=cpu)
+    t2 = {"data_ms": 19.0, "h2d_ms": 19.0, "forward_ms": 19.0, "backward_ms": 29.0,
+          "optimizer_ms": 19.0, "step_ms": 105.0}  # fmt: skip
+    comm = {"comm": {"exposed_comm_ms": 10.0, "allreduce_ms": 10.0}}
+    write_run(tmp_path, "ws2", world_size=2, epoch_time_s=10.5, timing=t2, summary={**cpu, **comm})
+    rules = [f.rule for f in diagnose(load_runs([tmp_path]))]
+    assert "comm_not_bottleneck" not in rules and "negative_scaling" in rules
+
+
+def test_input_bound_does_not_clear_the_network_when_comm_bound_fires(tmp_path: Path) -> None:
+    write_run(tmp_path, "ws1", world_size=1)
+    write_run(
+        tmp_path,
+        "ws2",
+        world_size=2,
+        timing={"data_ms": 30.0, "backward_ms": 66.0, "step_ms": 116.5},
+        summary={"comm": {"exposed_comm_ms": 35.0, "allreduce_ms": 36.0}},
+    )
+    found = {f.rule: f for f in diagnose(load_runs([tmp_path]))}
+    assert "comm_bound" in found
+    assert "not the network" not in found["input_bound"].title
+    _slow_data(tmp_path / "alone")  # without a comm finding the title says it
+    alone = {f.rule: f for f in diagnose(load_runs([tmp_path / "alone"]))}
+    assert alone["input_bound"].title.endswith("not the network")
+
+
+def test_accuracy_is_compared_only_between_runs_that_did_the_same_work(tmp_path: Path) -> None:
+    write_run(tmp_path, "ws1", world_size=1, final_val_acc=0.88)
+    # another global batch and training set: its accuracy says nothing about world size
+    write_run(tmp_path, "ws2-other", world_size=2, final_val_acc=0.80,
+              summary={"num_train_samples": 1000, "global_batch": 32})  # fmt: skip
+    assert "accuracy_change" not in [f.rule for f in diagnose(load_runs([tmp_path]))]
+    write_run(tmp_path, "ws2", world_size=2, final_val_acc=0.80)  # the same work
+    found = [f for f in diagnose(load_runs([tmp_path])) if f.rule == "accuracy_change"]
+    assert len(found) == 1 and "88.0% at 1 ranks" in found[0].evidence

@@ -82,7 +82,7 @@ def test_compare_reports_relative_error(tmp_path):
     base = next(r for r in runs if r.world_size == 1).summary
     preds = predict_scaling(base, [1, 2, 4, 8], busbw_gbps=BUSBW, alpha_ms=ALPHA)
     rows = {c.world_size: c for c in compare(preds, runs)}
-    assert sorted(rows) == [1, 2, 4]  # 8 was predicted but not measured
+    assert sorted(rows) == [2, 4]  # 8 was predicted but not measured; 1 is the base itself
     assert rows[4].measured_step_ms == pytest.approx(31.25)
     assert rows[4].error_pct == pytest.approx((30.6 - 31.25) / 31.25 * 100)
 
@@ -263,3 +263,39 @@ def test_predict_cli_takes_the_users_bandwidth_over_a_commbench_file(tmp_path, m
     assert main([*args, "--busbw-gbps", "7", "--alpha-ms", "0.5"]) == 0
     assert (seen["busbw_gbps"], seen["alpha_ms"]) == (7.0, 0.5)  # as `scalelab report` does
     assert main(args) == 0 and seen["busbw_gbps"] == 150.0
+
+
+def _cpu(threads: int) -> dict:
+    return {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo",
+            "system": {"num_cpus": 2, "num_threads_per_rank": threads}}  # fmt: skip
+
+
+def test_cpu_compute_follows_the_threads_per_rank(tmp_path):
+    """1 rank x 2 threads -> 2 ranks x 1 thread: half the batch on half the threads, so the
+    per-rank forward and backward stay as they were (optimizer and data are not scaled)."""
+    base = load_run(write_run(tmp_path, "base", world_size=1, summary=_cpu(2))).summary
+    same, fewer = predict_scaling(base, [2, 4], busbw_gbps=BUSBW, alpha_ms=ALPHA,
+                                  threads_per_rank={4: 1})  # fmt: skip
+    assert same.threads_per_rank == 2 and same.forward_ms == pytest.approx(15.0)
+    assert fewer.threads_per_rank == 1
+    assert (fewer.forward_ms, fewer.backward_ms) == (pytest.approx(15.0), pytest.approx(30.0))
+    assert fewer.optimizer_ms == 5.0 and fewer.data_ms == pytest.approx(0.5)
+    gpu = load_run(write_run(tmp_path, "gpu", world_size=1)).summary  # threads do not apply
+    (p,) = predict_scaling(gpu, [4], busbw_gbps=BUSBW, alpha_ms=ALPHA, threads_per_rank={4: 1})
+    assert p.threads_per_rank is None and p.forward_ms == pytest.approx(7.5)
+    with pytest.raises(AnalysisError, match="threads per rank must be > 0"):
+        predict_scaling(base, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, threads_per_rank={2: 0})
+
+
+def test_report_checks_each_cpu_run_against_a_prediction_with_its_threads(tmp_path):
+    from scalelab.analysis.report import analyse_runs
+
+    write_run(tmp_path, "r-1x2", world_size=1, epoch_time_s=6.0, summary=_cpu(2))
+    write_run(tmp_path, "r-1x1", world_size=1, epoch_time_s=9.0, summary=_cpu(1))
+    write_run(tmp_path, "r-2x1", world_size=2, epoch_time_s=6.5, summary=_cpu(1))
+    analysis = analyse_runs(load_runs([tmp_path]), busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    checked = {c.run_name: c.prediction.threads_per_rank for c in analysis.comparisons}
+    # the base (r-1x2, the faster 1-rank layout) is not checked against itself
+    assert checked == {"r-1x1": 1.0, "r-2x1": 1.0}
+    (preds,) = analysis.predictions.values()
+    assert {(p.world_size, p.threads_per_rank) for p in preds} >= {(1, 1.0), (1, 2.0), (2, 1.0)}

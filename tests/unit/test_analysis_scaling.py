@@ -130,3 +130,49 @@ def test_compute_to_comm_ratio(tmp_path):
     points = {p.run.name: p for g in analyse(load_runs([tmp_path])) for p in g.points}
     assert points["given"].compute_to_comm_ratio == pytest.approx(45 / 4)
     assert points["derived"].compute_to_comm_ratio == pytest.approx(22.5 / 4)
+
+
+def _cpu(threads: int) -> dict:
+    return {"device_type": "cpu", "device_name": "AMD EPYC",
+            "system": {"num_cpus": 2, "num_threads_per_rank": threads}}  # fmt: skip
+
+
+def test_cpu_baselines_with_other_threads_per_rank_are_not_averaged(tmp_path):
+    """1 x 1 (11.6 s) and 1 x 2 (6.6 s): the baseline is the faster layout, not their mean."""
+    write_run(tmp_path, "r-1x1", world_size=1, epoch_time_s=11.6, summary=_cpu(1))
+    write_run(tmp_path, "r-1x2", world_size=1, epoch_time_s=6.6, summary=_cpu(2))
+    write_run(tmp_path, "r-2x1", world_size=2, epoch_time_s=7.4, summary=_cpu(1))
+    (group,) = analyse(load_runs([tmp_path]))
+    assert group.baseline_epoch_time_s == pytest.approx(6.6)
+    assert [r.name for r in group.baseline_runs()] == ["r-1x2"]
+    speedup = {p.run.name: p.speedup for p in group.points}
+    assert speedup["r-2x1"] == pytest.approx(6.6 / 7.4)
+    assert speedup["r-1x1"] == pytest.approx(6.6 / 11.6)
+    statement = group.baseline_statement()
+    assert "2 thread(s) per rank" in statement and "r-1x1" in statement
+
+
+def test_repeats_of_one_layout_are_averaged(tmp_path):
+    for name, t in (("a", 10.0), ("b", 12.0)):
+        write_run(tmp_path, f"r-1x2{name}", world_size=1, epoch_time_s=t, summary=_cpu(2))
+    write_run(tmp_path, "r-2x1", world_size=2, epoch_time_s=6.0, summary=_cpu(1))
+    (group,) = analyse(load_runs([tmp_path]))
+    assert group.baseline_epoch_time_s == pytest.approx(11.0)
+    assert "mean of 2 1-rank runs" in group.baseline_statement()
+
+
+def test_single_epoch_runs_are_not_compared_with_multi_epoch_runs(tmp_path):
+    """A 1-epoch run's mean includes epoch 1 (warm-up, compilation); a 3-epoch run's does not."""
+    write_run(tmp_path, "e-ws1", world_size=1, num_epochs=1, epoch_time_s=35.0)
+    write_run(tmp_path, "e-ws2", world_size=2, num_epochs=3)
+    groups = analyse(load_runs([tmp_path]))
+    assert sorted(len(g.points) for g in groups) == [1, 1]
+
+
+def test_a_run_without_a_finite_epoch_time_is_left_out(tmp_path):
+    write_run(tmp_path, "f-ws1", world_size=1, summary={"mean_epoch_time_s": float("nan")})
+    write_run(tmp_path, "f-ws1b", world_size=1, epoch_time_s=10.0)
+    write_run(tmp_path, "f-ws2", world_size=2, epoch_time_s=6.0)
+    (group,) = analyse(load_runs([tmp_path]))
+    assert [p.run.name for p in group.points] == ["f-ws1b", "f-ws2"]
+    assert group.points[1].speedup == pytest.approx(10.0 / 6.0)

@@ -27,6 +27,12 @@ the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
   after 20 ms of compute) instead of alpha, so exposed += max(0, L - alpha) once per step when
   the commbench file holds L, whatever the overlap (gloo on the 2-core test machine: L has a
   median near alpha, ~1 ms, and a p90 of ~4 ms, from thread wake-ups while both cores compute);
+* CPU ranks: a rank's compute speed follows its threads, so with t_1 threads in the base run
+  and t_n per rank at n ranks, h2d, forward and backward are also scaled by t_1/t_n (perfect
+  thread scaling: optimistic when t_n > t_1, pessimistic when t_n < t_1; the optimizer, which
+  measured no gain from a second thread on the 2-core test machine, and the data phase, Python
+  work on one thread, are not scaled). t_n is the thread count of the measured run it is
+  compared with (`threads_per_rank`), else t_1;
 * step_n = data_n + h2d_n + forward_n + backward_n + optimizer + other + exposed.
 """
 
@@ -34,15 +40,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scalelab.analysis.collect import AnalysisError, Run, is_number
-from scalelab.analysis.scaling import group_key
+from scalelab.analysis.scaling import cpu_threads_per_rank, group_key
 
 PHASES = ("data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
 
@@ -84,6 +90,10 @@ class Prediction:
     base_run: str = ""
     group: tuple[Any, ...] = ()
     """scaling.group_key of the base run: predictions are only compared with that group."""
+    threads_per_rank: float | None = None
+    """CPU runs: the threads per rank this prediction assumes (None off CPU or not recorded)."""
+    base_summary_id: int = field(default=0, compare=False, repr=False)
+    """id() of the base run's summary dict: `compare` skips the base run itself."""
 
 
 def _bucket_bytes(summary: dict[str, Any]) -> list[int]:
@@ -139,11 +149,13 @@ def predict_scaling(
     alpha_ms: float,
     overlap: float | None = None,
     sync_latency_ms: float | None = None,
+    threads_per_rank: Mapping[int, float] | None = None,
 ) -> list[Prediction]:
     """Predict per-step time, communication and speedup at each world size (see module doc).
 
     ``sync_latency_ms``: the commbench's latency after compute (`load_sync_latency`); applied to
-    CPU runs only, where nothing overlaps the all-reduce.
+    CPU runs only, where nothing overlaps the all-reduce. ``threads_per_rank``: CPU threads per
+    rank at some world sizes (the others keep the base run's).
     """
     name = summary_1rank.get("run_name")
     if int(summary_1rank.get("world_size") or 1) != 1:
@@ -176,6 +188,12 @@ def predict_scaling(
     accum = max(1, int(summary_1rank.get("grad_accum_steps") or 1))
     alpha = max(0.0, alpha_ms)
     on_cpu = summary_1rank.get("device_type") == "cpu"
+    base_threads = (summary_1rank.get("system") or {}).get("num_threads_per_rank")
+    if not (on_cpu and is_number(base_threads) and base_threads > 0):
+        base_threads = None
+    for n, t in (threads_per_rank or {}).items():
+        if not (is_number(t) and t > 0):
+            raise AnalysisError(f"threads per rank must be > 0, got {t!r} at {n} ranks")
     if overlap is None and on_cpu:
         overlap = 0.0  # see module doc: CPU ranks have no idle cores to hide the all-reduce
     # see module doc: the step's first collective wakes ranks that were computing
@@ -187,7 +205,12 @@ def predict_scaling(
     for n in world_sizes:
         if n < 1:
             raise AnalysisError(f"world size must be >= 1, got {n}")
-        h2d, fwd, bwd = (base[k] / n for k in ("h2d_ms", "forward_ms", "backward_ms"))
+        threads = None
+        speed = 1.0  # see module doc: a CPU rank's compute follows its threads
+        if base_threads is not None:
+            threads = float((threads_per_rank or {}).get(n, base_threads))
+            speed = threads / float(base_threads)
+        h2d, fwd, bwd = (base[k] / n / speed for k in ("h2d_ms", "forward_ms", "backward_ms"))
         # data.delay_per_batch_s sleeps per micro-batch, whatever the batch size: it stays
         data = (base["data_ms"] - delay_ms) / n + delay_ms
         opt = base["optimizer_ms"]
@@ -221,6 +244,8 @@ def predict_scaling(
                 other_ms=other,
                 base_run=str(name or ""),
                 group=group_key(summary_1rank),
+                threads_per_rank=threads,
+                base_summary_id=id(summary_1rank),
             )
         )
     return out
@@ -241,7 +266,9 @@ class Comparison:
 def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comparison]:
     """Measured vs predicted step_ms for every run whose world size was predicted.
 
-    Predictions carrying a group key are only matched with runs of that group (same work).
+    Predictions carrying a group key are only matched with runs of that group (same work), CPU
+    predictions only with runs of the threads per rank they assume, and never with their own base
+    run (a prediction from a run is no check of it).
     """
     out = []
     for pred in predictions:
@@ -249,6 +276,11 @@ def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comp
             if run.world_size != pred.world_size or not run.phase("step_ms"):
                 continue
             if pred.group and group_key(run.summary) != pred.group:
+                continue
+            if pred.base_summary_id == id(run.summary):
+                continue
+            threads = cpu_threads_per_rank(run)
+            if pred.threads_per_rank and threads and threads != pred.threads_per_rank:
                 continue
             measured = run.phase("step_ms")
             out.append(

@@ -32,7 +32,7 @@ from scalelab.analysis.predict import (
     load_sync_latency,
     predict_scaling,
 )
-from scalelab.analysis.scaling import ScalingGroup, analyse, find_point
+from scalelab.analysis.scaling import ScalingGroup, analyse, cpu_threads_per_rank, find_point
 
 CSV_COLUMNS = [
     "run_name",
@@ -192,6 +192,24 @@ def _bandwidth(
     return None
 
 
+def _thread_layouts(group: ScalingGroup) -> list[dict[int, float]]:
+    """CPU groups: threads per rank of the measured runs at each world size, as maps for
+    `predict_scaling` (a second map for world sizes measured with a second thread count, and so
+    on), so each prediction is checked against a run with the threads it assumes. [{}] off CPU."""
+    seen: dict[int, list[float]] = {}
+    for run in group.runs:
+        threads = cpu_threads_per_rank(run)
+        if threads is not None and threads not in seen.setdefault(run.world_size, []):
+            seen[run.world_size].append(threads)
+    layouts: list[dict[int, float]] = [{}]
+    for n, options in sorted(seen.items()):
+        for i, threads in enumerate(sorted(options)):
+            if i == len(layouts):
+                layouts.append({})
+            layouts[i][n] = threads
+    return [layouts[0], *(m for m in layouts[1:] if m)]
+
+
 def _overlap_note(group: ScalingGroup) -> str:
     """On CPU the cost model assumes no overlap: set it beside what the group's runs measured."""
     base = group.baseline_runs()[0]
@@ -235,13 +253,22 @@ def analyse_runs(
             )
             continue
         alpha, busbw, source = bandwidth
+        base = group.baseline_runs()[0].summary
         try:
-            predictions[group.label] = predict_scaling(
-                group.baseline_runs()[0].summary,
-                _prediction_sizes(group),
-                busbw_gbps=busbw,
-                alpha_ms=alpha,
-                sync_latency_ms=sync,
+            layouts = _thread_layouts(group)
+            preds = []
+            for i, threads in enumerate(layouts):
+                sizes = _prediction_sizes(group) if i == 0 else sorted(threads)
+                preds += predict_scaling(
+                    base,
+                    sizes,
+                    busbw_gbps=busbw,
+                    alpha_ms=alpha,
+                    sync_latency_ms=sync,
+                    threads_per_rank=threads,
+                )
+            predictions[group.label] = sorted(
+                preds, key=lambda p: (p.world_size, p.threads_per_rank or 0.0)
             )
         except AnalysisError as exc:
             notes.append(f"{group.label}: no prediction ({exc}).")
@@ -510,27 +537,33 @@ def _breakdown_table(runs: Sequence[Run]) -> Table:
 def _prediction_table(
     label: str, preds: Sequence[Prediction], comparisons: Sequence[Comparison], index: int
 ) -> Table:
-    measured = {c.world_size: c for c in comparisons if c.prediction in preds}
     rows = []
     for p in preds:
-        c = measured.get(p.world_size)
-        rows.append(
-            [
-                str(p.world_size),
-                _f(p.step_ms),
-                _f(c.measured_step_ms) if c else "-",
-                f"{c.error_pct:+.1f}%" if c else "-",
-                _f(p.compute_ms),
-                _f(p.comm_ms),
-                _f(p.exposed_comm_ms),
-                f"{p.speedup:.2f}",
-                _pct(p.efficiency),
-            ]
-        )
+        # one row per measured run the prediction is checked against (repeats included)
+        for c in [c for c in comparisons if c.prediction is p] or [None]:
+            ranks = str(p.world_size)
+            if p.threads_per_rank is not None:  # CPU: ranks x threads per rank
+                ranks += f" x {p.threads_per_rank:g}"
+            rows.append(
+                [
+                    ranks,
+                    c.run_name if c else "-",
+                    _f(p.step_ms),
+                    _f(c.measured_step_ms) if c else "-",
+                    f"{c.error_pct:+.1f}%" if c else "-",
+                    _f(p.compute_ms),
+                    _f(p.comm_ms),
+                    _f(p.exposed_comm_ms),
+                    f"{p.speedup:.2f}",
+                    _pct(p.efficiency),
+                ]
+            )
     return Table(
-        f"Predicted vs measured step time for {label} (ms per optimizer step).",
+        f"Predicted vs measured step time for {label} (ms per optimizer step; on CPU, ranks x "
+        "threads per rank).",
         [
             "ranks",
+            "measured run",
             "predicted step",
             "measured step",
             "error",
@@ -706,7 +739,10 @@ def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
             "compute keeps busy; the notes below set this beside the overlap the runs measured), and "
             "a step's first collective, reached straight from compute, costs the "
             "commbench's sync latency after compute L instead of alpha (T_ar += max(0, L - alpha) "
-            "when the commbench file records L). Speedup "
+            "when the commbench file records L). On CPUs a rank's compute also follows its "
+            "threads: h2d, forward and backward are multiplied by t_1/t_n, the base run's threads "
+            "per rank over those of the run the prediction is checked against (perfect thread "
+            "scaling; the optimizer and data phases are not scaled). Speedup "
             "is step(1)/step(n) because every world size runs the same number of steps per epoch."
         ),
         Formula(COST_MODEL_TEXT, COST_MODEL_LATEX),

@@ -1,20 +1,24 @@
 """Strong-scaling metrics: speedup, efficiency, Amdahl serial fraction, Karp–Flatt, R.
 
 Runs are grouped so that only runs doing the same work are compared (same preset, data, model,
-GLOBAL batch, steps per epoch, micro-batching, padding, precision, compile and comm hook). Within a group the baseline is the 1-rank run; without one it is
-the smallest world size n0 and every number is relative to it (ideal speedup = n/n0).
+GLOBAL batch, steps per epoch, micro-batching, padding, precision, compile, comm hook, and
+whether the first epoch is left out of the mean epoch time). Within a group the baseline is the
+1-rank run; without one it is the smallest world size n0 and every number is relative to it
+(ideal speedup = n/n0). Repeats of the baseline are averaged; CPU baselines with different
+threads per rank (1 x 1 and 1 x 2) are not: the fastest layout is the baseline.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from scalelab.analysis.collect import Run
+from scalelab.analysis.collect import Run, is_number
 
 # Grid resolution of the Amdahl fit: 1e-4 in s is far below the run-to-run noise of timings.
 AMDAHL_GRID_POINTS = 10_001
@@ -37,6 +41,9 @@ def group_key(summary: dict[str, Any]) -> tuple[Any, ...]:
         _data(summary, "pad_multiple"),
         _data(summary, "delay_per_batch_s"),
         summary.get("compile"),
+        # the trainer leaves the first epoch (warm-up, compilation) out of the mean only when
+        # there are more: a 1-epoch run's time is not comparable with a 3-epoch run's
+        (summary.get("num_epochs") or 1) > 1,
         # a sweep applies its hook at every world size (1 rank: no collective to hook)
         (summary.get("comm") or {}).get("comm_hook") or "none",
         # a CPU run is no baseline for GPU runs, nor one GPU model for another
@@ -138,6 +145,9 @@ class ScalingGroup:
     baseline_epoch_time_s: float
     points: list[ScalingPoint]
     amdahl: AmdahlFit | None
+    baseline: list[Run] = field(default_factory=list)
+    """The runs averaged into the baseline time (`choose_baseline`)."""
+    baseline_note: str = ""
 
     @property
     def has_single_rank_baseline(self) -> bool:
@@ -148,17 +158,62 @@ class ScalingGroup:
         return sorted({p.world_size for p in self.points})
 
     def baseline_runs(self) -> list[Run]:
-        return [r for r in self.runs if r.world_size == self.baseline_world_size]
+        return list(self.baseline) or [
+            r for r in self.runs if r.world_size == self.baseline_world_size
+        ]
 
     def baseline_statement(self) -> str:
         n0 = self.baseline_world_size
+        note = f" {self.baseline_note}" if self.baseline_note else ""
         if n0 == 1:
-            return f"Baseline: the 1-rank run (epoch time {self.baseline_epoch_time_s:.3g} s)."
+            runs = len(self.baseline_runs())
+            what = "the 1-rank run" if runs == 1 else f"the mean of {runs} 1-rank runs"
+            return f"Baseline: {what} (epoch time {self.baseline_epoch_time_s:.3g} s).{note}"
         return (
             f"Baseline: no 1-rank run in this group, so the smallest world size ({n0} ranks, "
             f"epoch time {self.baseline_epoch_time_s:.3g} s) is the baseline; speedups are "
-            f"relative to it and the ideal speedup is n/{n0}."
+            f"relative to it and the ideal speedup is n/{n0}.{note}"
         )
+
+
+def cpu_threads_per_rank(run: Run) -> float | None:
+    """A CPU run's threads per rank (its compute speed scales with them); None off CPU or when
+    not recorded."""
+    threads = run.system.get("num_threads_per_rank")
+    if run.summary.get("device_type") != "cpu" or not is_number(threads) or threads <= 0:
+        return None
+    return float(threads)
+
+
+def _has_epoch_time(run: Run) -> bool:
+    t = run.epoch_time_s
+    return t is not None and math.isfinite(t) and t > 0
+
+
+def choose_baseline(at_n0: Sequence[Run]) -> tuple[list[Run], str]:
+    """The runs at the smallest world size to average into the baseline, and a note when some
+    were left out: CPU runs with other threads per rank did other work per rank, so only one
+    layout is averaged, the fastest (speedups are then never inflated by a slow baseline)."""
+    layouts: dict[float | None, list[Run]] = defaultdict(list)
+    for run in at_n0:
+        layouts[cpu_threads_per_rank(run)].append(run)
+    if len(layouts) == 1:
+        return list(at_n0), ""
+
+    def mean_time(runs: list[Run]) -> float:
+        return sum(r.epoch_time_s for r in runs) / len(runs)  # type: ignore[misc]
+
+    best = min(layouts, key=lambda t: (mean_time(layouts[t]), t is None, t or 0.0))
+    left_out = sorted(r.name for t, runs in layouts.items() if t != best for r in runs)
+
+    def layout(threads: float | None) -> str:
+        return "threads not recorded" if threads is None else f"{threads:g} thread(s) per rank"
+
+    return layouts[best], (
+        f"Its ranks ran {layout(best)}, the fastest layout at this world size; "
+        f"{', '.join(left_out)} ({', '.join(layout(t) for t in layouts if t != best)}) "
+        "did other work per rank and are not averaged in."
+    )
 
 
 def compute_to_comm_ratio(run: Run) -> float | None:
@@ -173,13 +228,13 @@ def compute_to_comm_ratio(run: Run) -> float | None:
 
 def analyse_group(runs: Sequence[Run]) -> ScalingGroup | None:
     """Scaling metrics for runs doing the same work; None if no run has an epoch time."""
-    timed = [r for r in runs if r.epoch_time_s]
+    timed = [r for r in runs if _has_epoch_time(r)]  # NaN or 0 would poison every speedup
     if not timed:
         return None
     n0 = min(r.world_size for r in timed)
     # Repeated baseline runs are averaged so one noisy repeat does not skew every speedup.
-    base_times = [r.epoch_time_s for r in timed if r.world_size == n0]
-    t0 = sum(base_times) / len(base_times)
+    baseline, baseline_note = choose_baseline([r for r in timed if r.world_size == n0])
+    t0 = sum(r.epoch_time_s for r in baseline) / len(baseline)  # type: ignore[misc]
     points = []
     for run in sorted(timed, key=lambda r: (r.world_size, r.name)):
         n = run.world_size
@@ -208,6 +263,8 @@ def analyse_group(runs: Sequence[Run]) -> ScalingGroup | None:
         baseline_epoch_time_s=t0,
         points=points,
         amdahl=amdahl,
+        baseline=baseline,
+        baseline_note=baseline_note,
     )
 
 
