@@ -174,7 +174,7 @@ class OutputConfig:
     dir: str = "experiments"
     """Parent folder of run folders; on several nodes, a folder they all share (rank 0 writes, every rank resumes from it; ranks that disagree about resuming stop with one line)."""
     run_name: str = ""
-    """Run folder name; empty = '<config name>-ws<world size>-<timestamp>'."""
+    """Run folder name inside output.dir (a plain name: no '/', not '.' or '..'); empty = '<config name>-ws<world size>-<timestamp>'."""
     progress: str = "auto"
     """'auto' (bar on a TTY, plain lines otherwise), 'bar', 'plain' or 'none'."""
 
@@ -216,6 +216,12 @@ class Config:
             "distributed.embedding_grad_sync", dist.embedding_grad_sync, ("auto", "dense", "rows")
         )
         _choice("output.progress", o.progress, ("auto", "bar", "plain", "none"))
+        # the run folder is output.dir/<run_name or name-ws<n>-<time>>: it must stay inside
+        for key, value in (("output.run_name", o.run_name), ("name", self.name)):
+            if value in (".", "..") or any(c in value for c in "/\\\0"):
+                raise ConfigError(
+                    f"{key} must be a plain folder name (no '/', not '.' or '..'), got {value!r}"
+                )
         _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
         for key, value in (
             ("model.vocab_size", m.vocab_size),

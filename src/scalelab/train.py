@@ -639,6 +639,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     np.random.seed(cfg.train.seed)
 
     run_dir = _run_dir(cfg, env)
+    for folder, what in ((run_dir.parent, "output.dir"), (run_dir, "the run folder")):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{what} {folder} is a file, not a folder")
     ckpt_path = run_dir / CHECKPOINT_NAME
     resume_from: Path | None = None
     if cfg.train.resume == "auto":

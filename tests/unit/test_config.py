@@ -282,3 +282,23 @@ def test_save_config_is_atomic_and_round_trips(tmp_path: Path, monkeypatch) -> N
         save_config(load_config(None, ["train.lr=2e-3"]), path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "output.run_name=a/b/../../..",
+        "output.run_name=/tmp/elsewhere",
+        "output.run_name=..",
+        "name=../../escaped",
+        "output.run_name=a\\\\b",
+    ],  # fmt: skip
+)
+def test_run_folder_names_cannot_leave_output_dir(override):
+    with pytest.raises(ConfigError, match=r"must be a plain folder name \(no '/'"):
+        load_config(None, [override])
+
+
+def test_plain_run_names_are_fine():
+    cfg = load_config(None, ["output.run_name=ws2-010.b", "name=my_study"])
+    assert (cfg.output.run_name, cfg.name) == ("ws2-010.b", "my_study")

@@ -160,3 +160,26 @@ def test_ranks_that_disagree_about_resuming_all_stop_with_one_line() -> None:
     with pytest.raises(LaunchError, match=r"rank 2 \(b\) finds no checkpoint but rank 0 \(a\) "
                        r"resumes /exp/r/checkpoint.pt in /exp/r: output.dir must be a folder"):  # fmt: skip
         _check_same_resume(views, run)
+
+
+@pytest.mark.parametrize("which", ["output.dir", "run folder"])
+def test_output_dir_or_run_folder_that_is_a_file_is_one_line_before_any_work(
+    which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "exp"
+    if which == "output.dir":
+        out.write_text("keep me")
+        blocker = out
+    else:
+        out.mkdir()
+        blocker = out / "r"
+        blocker.write_text("keep me")
+    argv = ["train", "data.max_train_samples=8", "model.vocab_size=500",
+            f"data.cache_dir={tmp_path / 'cache'}", f"output.dir={out}", "output.run_name=r"]  # fmt: skip
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "is a file, not a folder" in lines[0], lines
+    assert blocker.read_text() == "keep me"
+    assert not (tmp_path / "cache").exists()  # refused before the data was prepared
