@@ -400,6 +400,11 @@ def commbench_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.min_bytes > args.max_bytes:
         return _user_error(f"commbench --min-bytes {args.min_bytes} > --max-bytes {args.max_bytes}")
+    if len(sweep_sizes(args.min_bytes, args.max_bytes, args.factor)) < 2:
+        return _user_error(
+            f"commbench: --min-bytes {args.min_bytes} to --max-bytes {args.max_bytes} is one "
+            f"message size; the latency/bandwidth fit needs two (max >= {args.factor} x min)"
+        )
     if args.iters is not None and args.iters < 1:
         return _user_error(f"commbench --iters must be >= 1, got {args.iters}")
     if Path(args.out).exists() and not Path(args.out).is_dir():

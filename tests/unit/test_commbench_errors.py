@@ -16,6 +16,8 @@ _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_AD
     [
         (["--min-bytes", "1M", "--max-bytes", "4K"], "--min-bytes"),
         (["--iters", "0"], "--iters"),
+        (["--min-bytes", "4K", "--max-bytes", "4K"], "one message size"),
+        (["--min-bytes", "4K", "--max-bytes", "12K", "--factor", "4"], "max >= 4 x min"),
         ([], "needs >= 2 ranks"),
     ],
 )
