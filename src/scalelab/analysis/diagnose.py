@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 from scalelab.analysis.collect import Run
 from scalelab.analysis.predict import Prediction, compare
-from scalelab.analysis.scaling import ScalingGroup, ScalingPoint, analyse, group_key
+from scalelab.analysis.scaling import (
+    ScalingGroup,
+    ScalingPoint,
+    analyse,
+    cpu_threads_per_rank,
+    group_key,
+)
 
 # Parallel efficiency below 70 % means 30 % of the bought hardware is idle: worth explaining.
 EFFICIENCY_MIN = 0.7
@@ -211,10 +217,10 @@ def _scaling_rules(group: ScalingGroup) -> list[Finding]:
 def _threads_per_rank(runs: Sequence[Run]) -> float | None:
     """Mean CPU threads per rank of CPU runs (None for GPU runs or when not recorded): on a CPU,
     a rank's compute speed scales with its threads."""
-    threads = [r.system.get("num_threads_per_rank") for r in runs]
-    if any(r.summary.get("device_type") != "cpu" for r in runs) or not all(threads):
+    threads = [cpu_threads_per_rank(r.summary) for r in runs]
+    if any(t is None for t in threads):
         return None
-    return _mean([float(t) for t in threads])
+    return _mean(threads)
 
 
 def _cpu_cores(run: Run) -> float | None:

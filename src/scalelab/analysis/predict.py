@@ -188,9 +188,7 @@ def predict_scaling(
     accum = max(1, int(summary_1rank.get("grad_accum_steps") or 1))
     alpha = max(0.0, alpha_ms)
     on_cpu = summary_1rank.get("device_type") == "cpu"
-    base_threads = (summary_1rank.get("system") or {}).get("num_threads_per_rank")
-    if not (on_cpu and is_number(base_threads) and base_threads > 0):
-        base_threads = None
+    base_threads = cpu_threads_per_rank(summary_1rank)
     for n, t in (threads_per_rank or {}).items():
         if not (is_number(t) and t > 0):
             raise AnalysisError(f"threads per rank must be > 0, got {t!r} at {n} ranks")
@@ -209,7 +207,7 @@ def predict_scaling(
         speed = 1.0  # see module doc: a CPU rank's compute follows its threads
         if base_threads is not None:
             threads = float((threads_per_rank or {}).get(n, base_threads))
-            speed = threads / float(base_threads)
+            speed = threads / base_threads
         h2d, fwd, bwd = (base[k] / n / speed for k in ("h2d_ms", "forward_ms", "backward_ms"))
         # data.delay_per_batch_s sleeps per micro-batch, whatever the batch size: it stays
         data = (base["data_ms"] - delay_ms) / n + delay_ms
@@ -279,7 +277,7 @@ def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comp
                 continue
             if pred.base_summary_id == id(run.summary):
                 continue
-            threads = cpu_threads_per_rank(run)
+            threads = cpu_threads_per_rank(run.summary)
             if pred.threads_per_rank and threads and threads != pred.threads_per_rank:
                 continue
             measured = run.phase("step_ms")

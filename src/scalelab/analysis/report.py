@@ -198,7 +198,7 @@ def _thread_layouts(group: ScalingGroup) -> list[dict[int, float]]:
     on), so each prediction is checked against a run with the threads it assumes. [{}] off CPU."""
     seen: dict[int, list[float]] = {}
     for run in group.runs:
-        threads = cpu_threads_per_rank(run)
+        threads = cpu_threads_per_rank(run.summary)
         if threads is not None and threads not in seen.setdefault(run.world_size, []):
             seen[run.world_size].append(threads)
     layouts: list[dict[int, float]] = [{}]

@@ -176,11 +176,11 @@ class ScalingGroup:
         )
 
 
-def cpu_threads_per_rank(run: Run) -> float | None:
-    """A CPU run's threads per rank (its compute speed scales with them); None off CPU or when
-    not recorded."""
-    threads = run.system.get("num_threads_per_rank")
-    if run.summary.get("device_type") != "cpu" or not is_number(threads) or threads <= 0:
+def cpu_threads_per_rank(summary: dict[str, Any]) -> float | None:
+    """A CPU run's threads per rank, from its summary (its compute speed scales with them);
+    None off CPU or when not recorded."""
+    threads = (summary.get("system") or {}).get("num_threads_per_rank")
+    if summary.get("device_type") != "cpu" or not is_number(threads) or threads <= 0:
         return None
     return float(threads)
 
@@ -196,7 +196,7 @@ def choose_baseline(at_n0: Sequence[Run]) -> tuple[list[Run], str]:
     layout is averaged, the fastest (speedups are then never inflated by a slow baseline)."""
     layouts: dict[float | None, list[Run]] = defaultdict(list)
     for run in at_n0:
-        layouts[cpu_threads_per_rank(run)].append(run)
+        layouts[cpu_threads_per_rank(run.summary)].append(run)
     if len(layouts) == 1:
         return list(at_n0), ""
 
