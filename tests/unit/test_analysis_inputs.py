@@ -166,6 +166,32 @@ def test_unreadable_or_odd_files_in_a_run_folder_are_one_line(tmp_path: Path) ->
         load_run(run)
 
 
+def test_a_cut_off_or_mismatched_metrics_csv_is_one_line(tmp_path: Path) -> None:
+    write_run(tmp_path, "ws1", num_epochs=3)
+    path = tmp_path / "ws1" / "metrics.csv"
+    good = path.read_text()
+    lines = good.splitlines()
+    # a copy cut off mid-row: its missing cells must not read as empty figures
+    path.write_text("\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) // 2]]) + "\n")
+    with pytest.raises(AnalysisError, match=r"metrics.csv: line 4 has \d+ cells but the header"):
+        load_run(tmp_path / "ws1")
+    path.write_text("")
+    with pytest.raises(AnalysisError, match=r"metrics.csv: empty \(no header line\)"):
+        load_run(tmp_path / "ws1")
+    path.write_text("1,2,3\n")
+    with pytest.raises(AnalysisError, match=r"line 1 is not a metrics.csv header"):
+        load_run(tmp_path / "ws1")
+    # rows lost (header only) or added after summary.json was written (a run continued)
+    for text in (lines[0] + "\n", "\n".join(lines[:3]) + "\n", good + lines[-1] + "\n"):
+        path.write_text(text)
+        with pytest.raises(
+            AnalysisError, match=r"epoch row\(s\), but summary.json is of a run of 3"
+        ):
+            load_run(tmp_path / "ws1")
+    path.write_text(good + "\n")  # a trailing blank line is harmless
+    assert len(load_run(tmp_path / "ws1").metrics) == 3
+
+
 def test_a_failed_report_leaves_the_previous_one_untouched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

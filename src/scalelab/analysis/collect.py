@@ -104,8 +104,23 @@ def _number(text: str) -> int | float | str | None:
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.csv -> one dict per epoch row. A file without a header, or a row with more or
+    fewer cells than the header (a copy cut off mid-line, a hand edit), is refused: its missing
+    cells would otherwise read as empty and the row as an epoch without those figures."""
     with path.open(newline="") as fh:
-        return [{k: _number(v or "") for k, v in row.items() if k} for row in csv.DictReader(fh)]
+        table = [row for row in csv.reader(fh) if row]  # blank lines carry nothing
+    if not table:
+        raise AnalysisError(f"{path}: empty (no header line)")
+    header, *body = table
+    if "epoch" not in header:
+        raise AnalysisError(f"{path}: line 1 is not a metrics.csv header (no 'epoch' column)")
+    for i, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise AnalysisError(
+                f"{path}: line {i} has {len(row)} cells but the header has {len(header)} "
+                "(truncated or edited file)"
+            )
+    return [{k: _number(v) for k, v in zip(header, row, strict=True) if k} for row in body]
 
 
 def _missing(folder: Path) -> list[str]:
@@ -132,6 +147,13 @@ def load_run(path: str | Path) -> Run:
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise AnalysisError(f"{folder / METRICS_FILE}: unreadable CSV ({exc})") from None
     _check_metrics(folder / METRICS_FILE, metrics)
+    epochs = summary.get("num_epochs")
+    if is_number(epochs) and epochs != len(metrics):
+        raise AnalysisError(
+            f"{folder / METRICS_FILE}: {len(metrics)} epoch row(s), but {SUMMARY_FILE} is of a "
+            f"run of {epochs:g} epoch(s): the files are of different runs or stages of one "
+            "(a run continued and not finished, or a file cut off)"
+        )
     config: Any = {}
     config_path = folder / CONFIG_FILE
     if config_path.is_file():
