@@ -299,3 +299,28 @@ def test_report_checks_each_cpu_run_against_a_prediction_with_its_threads(tmp_pa
     assert checked == {"r-1x1": 1.0, "r-2x1": 1.0}
     (preds,) = analysis.predictions.values()
     assert {(p.world_size, p.threads_per_rank) for p in preds} >= {(1, 1.0), (1, 2.0), (2, 1.0)}
+
+
+def test_a_bandwidth_read_from_a_run_marks_that_runs_check_as_compute_only(tmp_path):
+    """Without commbench or --busbw-gbps the bandwidth comes from the 2-rank run's own
+    all-reduce time: its comparison is then no independent check of the communication model."""
+    from scalelab.analysis.report import _prediction_table, analyse_runs
+
+    write_sweep(tmp_path / "runs", [1, 2, 4])
+    analysis = analyse_runs(load_runs([tmp_path / "runs"]))
+    (note,) = analysis.bandwidth_notes
+    assert "implied by the measured bucket all-reduce time of run ag_news_small-ws2" in note
+    marked = {c.run_name: c.sets_bandwidth for c in analysis.comparisons}
+    assert marked == {"ag_news_small-ws2": True, "ag_news_small-ws4": False}
+    ((label, preds),) = analysis.predictions.items()
+    table = _prediction_table(label, preds, analysis.comparisons, 0)
+    assert [row[1] for row in table.rows if row[1] != "-"] == [
+        "ag_news_small-ws2 *",
+        "ag_news_small-ws4",
+    ]
+    assert "*: the run whose measured all-reduce time set the bandwidth" in table.caption
+    # an independent bandwidth: nothing is marked
+    given = analyse_runs(load_runs([tmp_path / "runs"]), busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    assert not any(c.sets_bandwidth for c in given.comparisons)
+    ((label, preds),) = given.predictions.items()
+    assert "*" not in _prediction_table(label, preds, given.comparisons, 0).caption

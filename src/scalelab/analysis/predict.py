@@ -259,6 +259,9 @@ class Comparison:
     """(predicted - measured) / measured * 100: negative = the model is optimistic."""
     prediction: Prediction
     run: Run
+    sets_bandwidth: bool = False
+    """The run's own measured all-reduce time set the bandwidth (no commbench file or user value
+    was given): its error checks the compute terms, not the cost model's communication."""
 
 
 def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comparison]:

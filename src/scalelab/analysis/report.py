@@ -174,20 +174,24 @@ def _bandwidth(
     commbench: str | Path | None,
     busbw_gbps: float | None,
     alpha_ms: float | None,
-) -> tuple[float, float, str] | None:
-    """(alpha_ms, busbw_gbps, source): user value > commbench file > the group's own measurement."""
+) -> tuple[float, float, str, Run | None] | None:
+    """(alpha_ms, busbw_gbps, source, the run it was read from or None): user value > commbench
+    file > the group's own measurement."""
     if busbw_gbps is not None:
-        return max(0.0, alpha_ms or 0.0), busbw_gbps, "given by the user"
+        return max(0.0, alpha_ms or 0.0), busbw_gbps, "given by the user", None
     if commbench is not None:
         alpha, busbw, n = load_commbench(commbench)
-        return alpha, busbw, f"commbench fit ({Path(commbench).name}, {n} ranks)"
+        return alpha, busbw, f"commbench fit ({Path(commbench).name}, {n} ranks)", None
     for run in sorted(group.runs, key=lambda r: r.world_size):
         measured = bandwidth_from_run(run)
         if measured is not None:
             return (
                 *measured,
                 f"implied by the measured bucket all-reduce time of run {run.name} "
-                f"({run.world_size} ranks; alpha folded into the bandwidth)",
+                f"({run.world_size} ranks; alpha folded into the bandwidth), so the check "
+                f"against {run.name} tests the compute terms only (marked *); run "
+                "`scalelab commbench` for an independent bandwidth",
+                run,
             )
     return None
 
@@ -237,6 +241,7 @@ def analyse_runs(
     notes = []
     # only with the commbench's own alpha: a user's --alpha-ms is taken as given
     sync = load_sync_latency(commbench) if commbench and busbw_gbps is None else None
+    bandwidth_runs: list[Run] = []  # runs whose own all-reduce time set their group's bandwidth
     for group in groups:
         if not group.has_single_rank_baseline:
             notes.append(f"{group.label}: no prediction (the cost model needs a 1-rank run).")
@@ -252,7 +257,9 @@ def analyse_runs(
                 "multi-rank run with a measured all-reduce time)."
             )
             continue
-        alpha, busbw, source = bandwidth
+        alpha, busbw, source, source_run = bandwidth
+        if source_run is not None:
+            bandwidth_runs.append(source_run)
         base = group.baseline_runs()[0].summary
         try:
             layouts = _thread_layouts(group)
@@ -279,11 +286,14 @@ def analyse_runs(
             + _overlap_note(group)
         )
     all_predictions = [p for preds in predictions.values() for p in preds]
+    comparisons = compare(all_predictions, runs)
+    for c in comparisons:
+        c.sets_bandwidth = any(c.run is r for r in bandwidth_runs)
     return Analysis(
         runs=list(runs),
         groups=groups,
         predictions=predictions,
-        comparisons=compare(all_predictions, runs),
+        comparisons=comparisons,
         findings=diagnose(runs, all_predictions),
         bandwidth_notes=notes,
     )
@@ -547,7 +557,7 @@ def _prediction_table(
             rows.append(
                 [
                     ranks,
-                    c.run_name if c else "-",
+                    (c.run_name + (" *" if c.sets_bandwidth else "")) if c else "-",
                     _f(p.step_ms),
                     _f(c.measured_step_ms) if c else "-",
                     f"{c.error_pct:+.1f}%" if c else "-",
@@ -560,7 +570,13 @@ def _prediction_table(
             )
     return Table(
         f"Predicted vs measured step time for {label} (ms per optimizer step; on CPU, ranks x "
-        "threads per rank).",
+        "threads per rank)."
+        + (
+            " *: the run whose measured all-reduce time set the bandwidth; its error checks the "
+            "compute terms only."
+            if any(c.sets_bandwidth for c in comparisons if any(c.prediction is p for p in preds))
+            else ""
+        ),
         [
             "ranks",
             "measured run",
