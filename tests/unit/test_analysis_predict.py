@@ -97,6 +97,21 @@ def test_fit_alpha_beta_recovers_parameters():
     assert got_busbw == pytest.approx(busbw, rel=1e-6)
 
 
+def test_the_fit_weighs_every_message_size_not_only_the_largest():
+    """Times span 4 KB .. 256 MB; +-5 % noise on each must not swamp alpha (a plain least-squares
+    fit put it at 0.10 ms here, twice the true 0.05 ms, from the noise of the largest sizes)."""
+    alpha, busbw = 0.05, 10.0
+    results = [
+        {"bytes": b, "time_ms": (alpha + b / (busbw * 1e6)) * (1.05 if i % 2 else 0.95)}
+        for i, b in enumerate(4096 * 2**k for k in range(17))
+    ]
+    got_alpha, got_busbw = fit_alpha_beta(results, 2)
+    assert got_alpha == pytest.approx(alpha, rel=0.1)
+    assert got_busbw == pytest.approx(busbw, rel=0.05)
+    with pytest.raises(AnalysisError, match="finite times > 0 ms"):
+        fit_alpha_beta([*results, {"bytes": 8, "time_ms": 0.0}], 2)
+
+
 def test_negative_alpha_is_clipped():
     results = [
         {"bytes": 1e6, "time_ms": 0.5},

@@ -301,8 +301,11 @@ def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comp
 def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int) -> tuple[float, float]:
     """Least-squares (alpha_ms, busbw_gbps) of t = alpha + 2(n-1)/n * bytes / busbw.
 
-    `results` are commbench rows with 'bytes' and 'time_ms'. A negative intercept (noise at small
-    sizes) is clipped to 0 and the slope refitted through the origin.
+    `results` are commbench rows with 'bytes' and 'time_ms'. The residuals are relative (weights
+    1/t): a sweep spans 4 KB to 256 MB, times over four orders of magnitude, and plain least
+    squares would fit the largest messages only, leaving alpha to their noise (a 1 % error at
+    256 MB is far more than alpha). A negative intercept (noise at small sizes) is clipped to 0
+    and the slope refitted through the origin, also with relative residuals.
     """
     if world_size < 2:
         raise AnalysisError("an all-reduce bandwidth fit needs world_size >= 2")
@@ -311,10 +314,12 @@ def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int) -> tuple[
         raise AnalysisError("an all-reduce bandwidth fit needs at least 2 message sizes")
     x = np.array([b for b, _ in rows]) * ring_factor(world_size)
     t = np.array([ms for _, ms in rows])
-    slope, alpha = np.polyfit(x, t, 1)
+    if not (np.isfinite(t).all() and (t > 0).all()):
+        raise AnalysisError("an all-reduce bandwidth fit needs finite times > 0 ms")
+    slope, alpha = np.polyfit(x, t, 1, w=1.0 / t)  # polyfit weighs residuals by w
     if alpha < 0:
         alpha = 0.0
-        slope = float((x * t).sum() / (x * x).sum())
+        slope = float((x / t).sum() / ((x / t) ** 2).sum())  # argmin sum((t - s x)^2 / t^2)
     if slope <= 0:
         raise NoBandwidthFit(
             "all-reduce time does not grow with message size; cannot fit bandwidth"
