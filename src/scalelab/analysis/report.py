@@ -189,8 +189,8 @@ def _bandwidth(
                 *measured,
                 f"implied by the measured bucket all-reduce time of run {run.name} "
                 f"({run.world_size} ranks; alpha folded into the bandwidth), so the check "
-                f"against {run.name} tests the compute terms only (marked *); run "
-                "`scalelab commbench` for an independent bandwidth",
+                f"against {run.name} tests the compute terms only (marked *); "
+                "scalelab commbench measures an independent bandwidth",
                 run,
             )
     return None
