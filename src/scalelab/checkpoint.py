@@ -55,11 +55,22 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)  # make a rename in it durable
     finally:
         os.close(dir_fd)
+
+
+def move_aside(path: Path, dest: Path) -> None:
+    """Rename `path` to `dest` (same folder; replaces `dest`) in one atomic, durable step: a crash
+    leaves the file under one of the two names, whole."""
+    os.replace(path, dest)
+    _fsync_dir(dest.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -151,9 +162,137 @@ def _why(exc: Exception) -> str:
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng")
 
+#: The config sections a checkpoint's `config` holds (Config.to_dict); each must be a mapping.
+_CONFIG_SECTIONS = ("model", "data", "train", "distributed", "output")
+
+
+def _describe(value: Any) -> str:
+    """A field's value as an error shows it: a short repr of a plain value, else its kind."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, torch.Tensor):
+        return "a tensor"
+    name = type(value).__name__
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fields(path: Path, state: dict[str, Any]) -> None:
+    """Raise CheckpointError naming the file and the first field of the wrong type: resuming
+    indexes and adds these, so a wrong type would otherwise be a traceback mid-way (or after
+    config.yaml was rewritten)."""
+
+    def bad(field: str, value: Any, expected: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path}: checkpoint field {field} is {_describe(value)}, expected {expected}"
+        )
+
+    for key in ("model", "optimizer", "scheduler"):
+        if not isinstance(state[key], dict):
+            raise bad(key, state[key], "a dict (a state_dict)")
+    optimizer = state["optimizer"]
+    for key, kind in (("state", dict), ("param_groups", list)):
+        if key not in optimizer:
+            raise CheckpointError(f"{path}: checkpoint field optimizer lacks {key}")
+        if not isinstance(optimizer[key], kind):
+            raise bad(f"optimizer.{key}", optimizer[key], f"a {kind.__name__}")
+    for i, group in enumerate(optimizer["param_groups"]):
+        if not isinstance(group, dict):
+            raise bad(f"optimizer.param_groups[{i}]", group, "a dict")
+    if state.get("scaler") is not None and not isinstance(state["scaler"], dict):
+        raise bad("scaler", state["scaler"], "a dict or None")
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        if not _is_count(state[key]):
+            raise bad(key, state[key], "a whole number >= 0")
+    if state["step_in_epoch"] > state["global_step"]:
+        raise bad(
+            "step_in_epoch",
+            state["step_in_epoch"],
+            f"at most global_step ({state['global_step']})",
+        )
+    rngs = state["rng"]
+    if not isinstance(rngs, list) or not rngs:
+        raise bad("rng", rngs, "a list with one RNG state per rank")
+    for r, rng in enumerate(rngs):
+        if not isinstance(rng, dict):
+            raise bad(f"rng[{r}]", rng, "a dict of RNG states")
+        if missing := [k for k in ("python", "numpy", "torch") if k not in rng]:
+            raise CheckpointError(f"{path}: checkpoint field rng[{r}] lacks {', '.join(missing)}")
+    ranks = len(rngs)
+    if "world_size" in state and state["world_size"] != ranks:
+        raise bad("world_size", state["world_size"], f"the number of RNG states ({ranks})")
+    # one entry per rank (None: saved by a version that did not record it, or a stateless hook)
+    per_rank = {
+        "epoch_loss_sums": ("a number", _is_number),
+        "epoch_tokens": ("a whole number >= 0", _is_count),
+        "epoch_phases": ("a dict or None", lambda v: v is None or isinstance(v, dict)),
+        "comm_hook_state": ("a dict", lambda v: isinstance(v, dict)),
+    }
+    for key, (want, ok) in per_rank.items():
+        values = state.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != ranks:
+            raise bad(key, values, f"a list of {ranks} (one per rank)")
+        for r, v in enumerate(values):
+            if not ok(v):
+                raise bad(f"{key}[{r}]", v, want)
+    elapsed = state.get("epoch_elapsed_s")
+    if elapsed is not None and not (_is_number(elapsed) and elapsed >= 0):
+        raise bad("epoch_elapsed_s", elapsed, "a number >= 0 or None")
+    metrics = state.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, list):
+            raise bad("metrics", metrics, "a list of per-epoch rows (dicts)")
+        for i, row in enumerate(metrics):
+            if not isinstance(row, dict):
+                raise bad(f"metrics[{i}]", row, "a dict (one epoch's row)")
+            for k, v in row.items():
+                if not isinstance(k, str) or not (v is None or _is_number(v)):
+                    raise bad(f"metrics[{i}].{k}", v, "a number")
+    config = state.get("config")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise bad("config", config, "a dict of config sections")
+        for section in _CONFIG_SECTIONS:
+            if config.get(section) is not None and not isinstance(config[section], dict):
+                raise bad(f"config.{section}", config[section], "a dict")
+    for key, want in (("profile", dict), ("data_key", str)):
+        if state.get(key) is not None and not isinstance(state[key], want):
+            raise bad(key, state[key], f"{'a dict' if want is dict else 'text'} or None")
+
+
+def load_error(exc: BaseException) -> str:
+    """One line saying why a load_state_dict failed, naming the first offending key.
+
+    torch's message starts "Error(s) in loading state_dict for X:", which names nothing; the
+    problems follow, one a line (missing keys, unexpected keys, then each size mismatch).
+    """
+    if isinstance(exc, KeyError) and exc.args:
+        return f"missing key {exc.args[0]!r}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text, more = lines[0], 0
+    if text.startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        text, more = lines[1], len(lines) - 2
+    text = text.rstrip(" .")
+    text = text if len(text) <= 200 else text[:197] + "..."
+    if more:
+        text += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return text
+
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU, checking it is one of ours."""
+    """Load a checkpoint onto the CPU, checking it is one of ours and its fields' types."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -168,6 +307,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing {', '.join(missing)}")
+    _check_fields(path, state)
     return state
 
 

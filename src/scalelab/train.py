@@ -13,7 +13,7 @@ Event points, in order (read `fit` top to bottom):
             [every checkpoint_every_steps: checkpoint (its time is in no phase)]
             [every ~STOP_POLL_S: SIGTERM/SIGUSR1 on any rank? -> checkpoint and stop
              (exit 128 + signal); train.resume=auto continues]
-        evaluate (exact under DDP) -> reduce timings across ranks -> metrics.csv row -> checkpoint
+        evaluate (exact under DDP) -> reduce timings across ranks -> checkpoint -> metrics.csv row
     after the last epoch: measure communication (calibration + bucket all-reduce) -> summary.json
 """
 
@@ -53,6 +53,8 @@ from scalelab.checkpoint import (
     TrainingStopped,
     atomic_write_text,
     load_checkpoint,
+    load_error,
+    move_aside,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -717,19 +719,12 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     state = TrainState()
+    summary_to_move, summarised = False, 0  # a finished run's summary.json, of that many epochs
+    recorded: int | str = 0  # the epoch rows of the run folder's metrics.csv
     if resume_state is not None:
         # before the checkpoint's RNG and comm-hook state are restored: its draws do not count
         _settle_ddp_buckets(model, data, sampler, cfg, env, amp)
-        try:
-            _unwrap(model).load_state_dict(resume_state["model"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"{resume_from}: does not fit this model/config ({first_line(exc)})"
-            ) from None
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
+        _load_states(resume_state, resume_from, model, optimizer, scheduler, scaler)
         rngs = resume_state["rng"]
         if len(rngs) != env.world_size:
             raise CheckpointError(
@@ -737,7 +732,12 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 "resume with the same world size"
             )
         _check_resume_config(resume_state, cfg, resume_from, steps_per_epoch, data.cache_path.name)
-        set_rng_state(rngs[env.rank])
+        try:
+            set_rng_state(rngs[env.rank])
+        except _LOAD_ERRORS as exc:
+            raise CheckpointError(
+                f"{resume_from}: its RNG state of rank {env.rank} does not load ({load_error(exc)})"
+            ) from None
         if D.has_comm_hook_state(_ddp(model)):
             saved_hook = resume_state.get("comm_hook_state")
             if saved_hook is None:
@@ -760,17 +760,39 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             epoch_tokens=resume_state.get("epoch_tokens", [0] * env.world_size)[env.rank],
             epoch_phases=resume_state.get("epoch_phases", [None] * env.world_size)[env.rank],
         )
+        # What the run folder already records (rank 0 reads it; every rank decides alike)
+        recorded, has_summary = D.broadcast_object(
+            _run_record(run_dir) if env.is_main else None, env
+        )
+        if isinstance(recorded, str):
+            raise CheckpointError(recorded)
         # A finished run (its summary written): nothing to train, and re-measuring would overwrite
         # its summary with one that lost the timing warm-up of the original run.
-        finished = state.epoch >= cfg.train.epochs and (run_dir / "summary.json").is_file()
-        if D.broadcast_object(finished, env):
+        finished = _resume_is_finished(
+            state.epoch, recorded, has_summary, cfg.train.epochs, resume_from, run_dir
+        )
+        if finished:
+            log(env, finished)
+            return run_dir
+        # Training on past a finished run's summary: from the first file that records more than
+        # it, summary.json would describe a run the folder no longer holds (move_summary_aside)
+        summary_to_move, summarised = has_summary, recorded
+        log(env, f"resumed {resume_from} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+
+    def move_summary_aside() -> None:
+        """Before the first write that records training beyond a finished run's summary.json,
+        rename it summary.prev.json: the folder is then an unfinished run (scalelab report
+        skips it) until this run writes its own summary."""
+        nonlocal summary_to_move
+        if summary_to_move and env.is_main and (run_dir / "summary.json").is_file():
+            move_aside(run_dir / "summary.json", run_dir / "summary.prev.json")
             log(
                 env,
-                f"{run_dir} already finished its {cfg.train.epochs} epochs; nothing to do "
-                "(raise train.epochs to train further)",
+                f"moved {run_dir}/summary.json aside to summary.prev.json: the run now trains "
+                f"beyond the {summarised} epochs it summarised; a new summary.json is written "
+                "when it finishes",
             )
-            return run_dir
-        log(env, f"resumed {resume_from} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+        summary_to_move = False
 
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -779,6 +801,11 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             for stale in run_dir.glob(f".{name}.*"):
                 stale.unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        if recorded < len(state.metrics):
+            # stopped between an epoch's checkpoint and its metrics.csv row: the row is in the
+            # checkpoint (and no epoch may be left to write it)
+            move_summary_aside()
+            _write_metrics(run_dir / "metrics.csv", state.metrics)
     log(
         env,
         f"run {run_dir} | {cfg.name}: {num_params:,} parameters | world size {env.world_size} "
@@ -790,6 +817,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     def checkpoint(st: TrainState, loss_sum_dev: torch.Tensor) -> None:
         if not cfg.train.save_checkpoint:
             return
+        move_summary_aside()
         # host-device sync + one collective (every rank's own state): only at checkpoint time
         hook_state = D.comm_hook_state(_ddp(model))  # PowerSGD: per-rank error feedback
         mine = (
@@ -1011,9 +1039,14 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         state = TrainState(
             epoch=epoch + 1, step_in_epoch=0, global_step=state.global_step, metrics=state.metrics
         )
-        if env.is_main:
-            _write_metrics(run_dir / "metrics.csv", state.metrics)
+        # The checkpoint before metrics.csv: a crash (or a full disk) between the two leaves
+        # metrics.csv an epoch behind, which the resume rewrites from the checkpoint's rows.
+        # metrics.csv ahead of the checkpoint means epochs trained without checkpoints, which a
+        # resume refuses to overwrite (_resume_is_finished).
         checkpoint(state, torch.zeros((), device=env.device))
+        if env.is_main:
+            move_summary_aside()
+            _write_metrics(run_dir / "metrics.csv", state.metrics)
         if not stop_requested:
             stopped_by = stops.agreed(max_over_ranks)  # collective, once per epoch
             stop_requested = stopped_by is not None
@@ -1122,19 +1155,140 @@ _MODEL_KEYS = tuple(
 )  # fmt: skip
 
 
+# Not restored from the checkpoint, so a changed value would train the later epochs while
+# config.yaml (rewritten on resume) gives it for the whole run, the epochs before included.
+_RECORDED_KEYS = (("train", "lr_schedule"), ("train", "warmup_ratio"), ("model", "dropout"))
+
+#: What a load_state_dict (or an RNG restore) raises on a state of the wrong shape or type.
+_LOAD_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def _check_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, groups: int) -> None:
+    """LambdaLR.load_state_dict takes any dict (it updates its attributes): check what the next
+    scheduler.step() reads, or a bad value would be a traceback after training started."""
+    last = scheduler.last_epoch
+    if not (isinstance(last, int) and not isinstance(last, bool) and last >= 0):
+        raise ValueError(f"last_epoch is {last!r}, expected a whole number >= 0")
+    for key in ("base_lrs", "_last_lr"):
+        lrs = getattr(scheduler, key, None)
+        if not (
+            isinstance(lrs, list)
+            and len(lrs) == groups
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in lrs)
+        ):
+            raise ValueError(f"{key} is not a list of {groups} learning rates")
+
+
+def _load_states(
+    saved: dict[str, Any],
+    path: Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """Load the checkpoint's model, optimizer, scheduler and grad-scaler states; a state that
+    does not load is one line naming what and why (the first offending key)."""
+
+    def refuse(what: str, exc: BaseException) -> CheckpointError:
+        return CheckpointError(f"{path}: {what} ({load_error(exc)})")
+
+    try:
+        _unwrap(model).load_state_dict(saved["model"])
+    except _LOAD_ERRORS as exc:
+        raise refuse("does not fit this model/config: model weights", exc) from None
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except _LOAD_ERRORS as exc:
+        raise refuse("does not fit this model/config: optimizer state", exc) from None
+    try:
+        scheduler.load_state_dict(saved["scheduler"])
+        _check_scheduler_state(scheduler, len(optimizer.param_groups))
+    except _LOAD_ERRORS as exc:
+        raise refuse("its learning-rate scheduler state does not load", exc) from None
+    if scaler is not None and saved.get("scaler"):
+        try:
+            scaler.load_state_dict(saved["scaler"])
+        except _LOAD_ERRORS as exc:
+            raise refuse("its grad scaler state does not load", exc) from None
+
+
+def _run_record(run_dir: Path) -> tuple[int | str, bool]:
+    """What a run folder already records: the epoch rows of its metrics.csv (0 without one; a
+    one-line error as text when it cannot be read), and whether it holds a summary.json."""
+    path = run_dir / "metrics.csv"
+    has_summary = (run_dir / "summary.json").is_file()
+    if not path.exists():
+        return 0, has_summary
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return sum(1 for _ in csv.DictReader(f)), has_summary
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return (
+            f"{path}: unreadable ({first_line(exc)}); a resume would overwrite it: move it "
+            "aside or start a new run (another output.run_name)"
+        ), has_summary
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def _resume_is_finished(
+    saved_epoch: int,
+    recorded: int,
+    has_summary: bool,
+    epochs: int,
+    path: Path | None,
+    run_dir: Path,
+) -> str | None:
+    """Decide a resume against what the run folder records: the line to log when the run is
+    already finished (nothing to do), None when it trains; refuse a checkpoint older than
+    metrics.csv.
+
+    `saved_epoch`: the epochs the checkpoint has finished; `recorded`: metrics.csv's rows. They
+    are equal after any stop or crash (the checkpoint is written before each metrics.csv row);
+    more rows than the checkpoint's epochs means later epochs ran without checkpoints
+    (train.save_checkpoint=false): resuming would train them again from the older weights and
+    overwrite their rows (and the summary).
+    """
+    if has_summary and max(saved_epoch, recorded) >= epochs:
+        done = max(saved_epoch, recorded)
+        if recorded > saved_epoch:
+            return (
+                f"{run_dir} already finished its {_epochs(done)}; nothing to do (its "
+                f"{CHECKPOINT_NAME} is older, from after {_epochs(saved_epoch)}: it cannot train "
+                "further)"
+            )
+        return (
+            f"{run_dir} already finished its {_epochs(done)}; nothing to do "
+            "(raise train.epochs to train further)"
+        )
+    if recorded > saved_epoch:
+        raise CheckpointError(
+            f"{path}: the checkpoint is older than the run's metrics.csv (saved after "
+            f"{_epochs(saved_epoch)}, metrics.csv records {recorded}: later epochs ran "
+            "without checkpoints, e.g. train.save_checkpoint=false); resuming would overwrite "
+            "epochs already recorded: start a new run (another output.run_name)"
+        )
+    return None
+
+
 def _check_resume_config(
     saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int, data_key: str = ""
 ) -> None:
     """Refuse a resume whose config the checkpoint cannot honour (one line, not a traceback):
-    another learning rate or weight decay, another model shape or PowerSGD rank, or mid-epoch,
-    a config that draws other batches (other batching keys, or other encoded data: `data_key`
-    is the cache file's name)."""
+    another learning rate or weight decay, another model shape or PowerSGD rank, another
+    learning-rate schedule, warm-up or dropout (config.yaml would misdescribe the epochs before),
+    or mid-epoch, a config that draws other batches (other batching keys, or other encoded data:
+    `data_key` is the cache file's name). train.epochs may change: that trains a run further."""
     saved_cfg = saved.get("config") or {}
     now = cfg.to_dict()
 
     def changed(keys: tuple[tuple[str, str], ...]) -> tuple[str, Any, Any] | None:
         for section, key in keys:
-            before = saved_cfg.get(section, {}).get(key)
+            saved_section = saved_cfg.get(section)
+            before = saved_section.get(key) if isinstance(saved_section, dict) else None
             if before is not None and before != now[section][key]:
                 return f"{section}.{key}", before, now[section][key]
         return None
@@ -1155,6 +1309,12 @@ def _check_resume_config(
         raise CheckpointError(
             f"{path}: its PowerSGD state is of {diff[0]}={diff[1]}, resumed with {diff[2]}; "
             "resume with the saved rank (or start a new run)"
+        )
+    if diff := changed(_RECORDED_KEYS):
+        raise CheckpointError(
+            f"{path}: trained with {diff[0]}={diff[1]}, resumed with {diff[2]}; config.yaml "
+            "records one value for the whole run, so resume with the saved value (or start a "
+            "new run)"
         )
     step = int(saved["step_in_epoch"])
     if step == 0:

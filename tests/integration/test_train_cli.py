@@ -453,6 +453,10 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, cache_dir: Path
     ckpt = tmp_path / "exp" / "a" / "checkpoint.pt"
     res = scalelab([*args, "output.run_name=b", "model.d_model=48", f"train.resume={ckpt}"])
     assert_one_line_error(res, "does not fit this model/config")
+    # the line names the first tensor that does not fit (torch's first line names none)
+    assert (
+        "model weights (size mismatch for tok_emb.weight: copying a param with shape" in res.stderr
+    )
 
 
 def test_static_graph_with_grad_accum_trains_under_torchrun(

@@ -20,7 +20,8 @@ from scalelab.checkpoint import (
 
 
 def _state() -> dict:
-    return {"model": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {}, "epoch": 0,
+    return {"model": {"w": torch.ones(2)}, "optimizer": {"state": {}, "param_groups": []},
+            "scheduler": {}, "epoch": 0,
             "step_in_epoch": 0, "global_step": 1, "rng": [rng_state()]}  # fmt: skip
 
 
@@ -88,3 +89,78 @@ def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(
         save_checkpoint(tmp_path / "c.pt", _state())
     assert (tmp_path / "c.pt").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("epoch", "x", "checkpoint field epoch is 'x', expected a whole number >= 0"),
+        ("epoch", -1, "checkpoint field epoch is -1, expected a whole number >= 0"),
+        ("step_in_epoch", "3", "field step_in_epoch is '3', expected a whole number"),
+        ("global_step", True, "field global_step is True, expected a whole number"),
+        ("global_step", 1.5, "field global_step is 1.5, expected a whole number"),
+        ("scheduler", [1, 2], "field scheduler is a list, expected a dict"),
+        ("model", "weights", "field model is 'weights', expected a dict"),
+        ("optimizer", None, "field optimizer is None, expected a dict"),
+        ("optimizer", {"state": {}}, "field optimizer lacks param_groups"),
+        (
+            "optimizer",
+            {"state": {}, "param_groups": "x"},
+            "optimizer.param_groups is 'x', expected",
+        ),
+        ("config", ["train"], "field config is a list, expected a dict of config sections"),
+        ("config", {"train": "fast"}, "field config.train is 'fast', expected a dict"),
+        ("metrics", "rows", "field metrics is 'rows', expected a list"),
+        ("metrics", [{"epoch": 1}, 7], r"field metrics\[1\] is 7, expected a dict"),
+        ("metrics", [{"epoch": "one"}], r"field metrics\[0\].epoch is 'one', expected a number"),
+        ("rng", {"python": 1}, "field rng is a dict, expected a list"),
+        ("rng", [], "field rng is a list, expected a list with one RNG state per rank"),
+        ("rng", ["seed"], r"field rng\[0\] is 'seed', expected a dict"),
+        ("epoch_loss_sums", [0.0, 1.0], "field epoch_loss_sums is a list, expected a list of 1"),
+        ("epoch_tokens", [-3], r"field epoch_tokens\[0\] is -3, expected a whole number"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_one_line_naming_file_and_field(
+    tmp_path: Path, field: str, value: object, says: str
+) -> None:
+    # each was a traceback mid-resume (int('x'), None.get, [..][rank]) or worse, trained on
+    path = tmp_path / "c.pt"
+    torch.save({**_state(), "format_version": 1, field: value}, path)
+    with pytest.raises(CheckpointError, match=says) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: checkpoint field {field}"), info.value
+    assert "\n" not in str(info.value)
+
+
+def test_a_well_formed_checkpoint_with_every_optional_field_loads(tmp_path: Path) -> None:
+    full = {**_state(), "scaler": None, "epoch_loss_sums": [1.5], "epoch_elapsed_s": None,
+            "epoch_tokens": [12], "epoch_phases": [None], "comm_hook_state": None,
+            "metrics": [{"epoch": 1, "val_acc": 0.5, "tokens_per_s": float("nan")}],
+            "profile": None, "world_size": 1, "config": {"name": "x", "train": {"lr": 1e-3}},
+            "data_key": "ag_news-1.npz"}  # fmt: skip
+    save_checkpoint(tmp_path / "c.pt", full)
+    assert load_checkpoint(tmp_path / "c.pt")["epoch_tokens"] == [12]
+
+
+def test_a_state_dict_mismatch_names_the_first_offending_key() -> None:
+    from scalelab.checkpoint import load_error
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    # torch's first line, "Error(s) in loading state_dict for Sequential:", names nothing
+    wrong = {**net.state_dict(), "0.weight": torch.zeros(5, 3)}
+    with pytest.raises(RuntimeError) as info:
+        net.load_state_dict(wrong)
+    why = load_error(info.value)
+    assert why.startswith("size mismatch for 0.weight: copying a param with shape"), why
+    missing = {k: v for k, v in net.state_dict().items() if k != "1.bias"}
+    with pytest.raises(RuntimeError) as info:
+        net.load_state_dict(missing)
+    assert load_error(info.value) == 'Missing key(s) in state_dict: "1.bias"'
+    # several problems: the first, and how many more; long ones trimmed, always one line
+    many = {f"extra.{i}.{'w' * 40}": torch.zeros(1) for i in range(20)}
+    with pytest.raises(RuntimeError) as info:
+        net.load_state_dict({**missing, **many, "0.weight": torch.zeros(5, 3)})
+    why = load_error(info.value)
+    assert why.startswith('Missing key(s) in state_dict: "1.bias"'), why
+    assert why.endswith("(and 2 more problems)") and "\n" not in why and len(why) < 250, why
+    assert load_error(KeyError("param_groups")) == "missing key 'param_groups'"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from scalelab.cli import main
 
@@ -81,7 +85,6 @@ def test_resume_with_another_model_shape_or_powersgd_rank_is_refused() -> None:
     # num_heads keeps every tensor's shape: the weights would load and compute another function
     with pytest.raises(CheckpointError, match=r"model\.num_heads=4, resumed with 8"):
         _check_resume_config(saved, load_config(None, ["model.num_heads=8"]), ckpt, 4)
-    _check_resume_config(saved, load_config(None, ["model.dropout=0.3"]), ckpt, 4)  # allowed
     psgd = ["distributed.comm_hook=powersgd"]
     saved = {"step_in_epoch": 0, "config": load_config(None, psgd).to_dict()}
     with pytest.raises(CheckpointError, match=r"powersgd_rank=4, resumed with 2"):
@@ -89,6 +92,28 @@ def test_resume_with_another_model_shape_or_powersgd_rank_is_refused() -> None:
             saved, load_config(None, [*psgd, "distributed.powersgd_rank=2"]), ckpt, 4
         )
     _check_resume_config(saved, load_config(None, ["distributed.powersgd_rank=2"]), ckpt, 4)
+
+
+def test_resume_with_another_lr_schedule_warmup_or_dropout_is_refused() -> None:
+    from scalelab.checkpoint import CheckpointError
+    from scalelab.config import load_config
+    from scalelab.train import _check_resume_config
+
+    ckpt = Path("run/checkpoint.pt")
+    saved = {"step_in_epoch": 0, "config": load_config(None, []).to_dict()}
+    # the scheduler's function and the dropout come from the config, not the checkpoint: the
+    # later epochs would train with the new value while config.yaml claims it for all of them
+    for override, says in (
+        ("train.lr_schedule=linear", r"train\.lr_schedule=cosine, resumed with linear"),
+        ("train.warmup_ratio=0.2", r"train\.warmup_ratio=0\.1, resumed with 0\.2"),
+        ("model.dropout=0.3", r"model\.dropout=0\.1, resumed with 0\.3"),
+    ):
+        with pytest.raises(CheckpointError, match=says + ".*resume with the saved value"):
+            _check_resume_config(saved, load_config(None, [override]), ckpt, 4)
+    _check_resume_config(saved, load_config(None, ["train.epochs=9"]), ckpt, 4)  # trains further
+    # an older checkpoint's config without a section or key: nothing to compare
+    _check_resume_config({"step_in_epoch": 0, "config": {"train": {}}}, load_config(None, []),
+                         ckpt, 4)  # fmt: skip
 
 
 def test_stop_after_steps_without_checkpoints_is_refused() -> None:
@@ -183,3 +208,255 @@ def test_output_dir_or_run_folder_that_is_a_file_is_one_line_before_any_work(
     assert len(lines) == 1 and "is a file, not a folder" in lines[0], lines
     assert blocker.read_text() == "keep me"
     assert not (tmp_path / "cache").exists()  # refused before the data was prepared
+
+
+# ----------------------------------------------------------------------------- resuming, in process
+
+
+@pytest.fixture
+def tiny(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., list[str]]:
+    """argv of a tiny CPU run (2 steps an epoch, about a second) in tmp_path/exp/<name>."""
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+
+    def argv(name: str, *extra: str) -> list[str]:
+        return ["train", "data.max_train_samples=64", "data.max_test_samples=16",
+                "model.vocab_size=500", "model.d_model=16", "model.num_layers=1",
+                "model.num_heads=2", "model.d_ff=16", "model.max_seq_len=32",
+                "train.batch_size=16", "train.num_threads=1", "train.max_steps_per_epoch=2",
+                "train.comm_calibration_steps=0", "output.progress=none",
+                f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'exp'}",
+                f"output.run_name={name}", *extra]  # fmt: skip
+
+    return argv
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line of stderr (asserting there is exactly one)."""
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("scalelab: error: "), lines[0]
+    return lines[0]
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _corrupt_model_key(ckpt: dict) -> None:
+    del ckpt["model"]["head.bias"]
+
+
+def _corrupt_model_shape(ckpt: dict) -> None:
+    ckpt["model"]["blocks.0.ff1.weight"] = torch.zeros(3, 16)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "says"),
+    [
+        (
+            lambda c: c.update(scheduler={}),
+            "scheduler state does not load (missing key 'lr_lambdas')",
+        ),
+        (lambda c: c["scheduler"].update(last_epoch="x"), "last_epoch is 'x', expected a whole"),
+        (lambda c: c["scheduler"].update(base_lrs=[1.0]), "base_lrs is not a list of 2 learning"),
+        (
+            lambda c: c.update(scheduler=[0]),
+            "checkpoint field scheduler is a list, expected a dict",
+        ),
+        (lambda c: c.update(epoch="1"), "checkpoint field epoch is '1', expected a whole number"),
+        (lambda c: c.update(global_step=-5), "checkpoint field global_step is -5"),
+        (lambda c: c["config"].update(train="x"), "checkpoint field config.train is 'x'"),
+        (lambda c: c["metrics"][0].update(peak_mem_mb="big"), "field metrics[0].peak_mem_mb"),
+        (lambda c: c.update(rng={}), "checkpoint field rng is a dict, expected a list"),
+        (lambda c: c["rng"][0].update(python="x"), "its RNG state of rank 0 does not load"),
+        (lambda c: c.update(optimizer=[]), "checkpoint field optimizer is a list, expected a dict"),
+        (_corrupt_model_key, 'model weights (Missing key(s) in state_dict: "head.bias")'),
+        (_corrupt_model_shape, "model weights (size mismatch for blocks.0.ff1.weight: copying"),
+    ],
+)
+def test_a_malformed_checkpoint_is_one_line_at_resume_and_changes_nothing(
+    tiny: Callable[..., list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    corrupt: Callable[[dict], None],
+    says: str,
+) -> None:
+    # a run stopped in its second epoch: a checkpoint and one metrics.csv row
+    assert main(tiny("r", "train.epochs=2", "train.stop_after_steps=3")) == 0
+    run = tmp_path / "exp" / "r"
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    corrupt(saved)
+    torch.save(saved, run / "checkpoint.pt")
+    before = _files(run)
+    capsys.readouterr()
+    # each was a traceback (some only after config.yaml was rewritten or an epoch trained), or
+    # for the weights a line naming no key ("Error(s) in loading state_dict for ...:")
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"scalelab: error: {run / 'checkpoint.pt'}: ") and says in line, line
+    assert len(line) < 400, line
+    assert _files(run) == before
+
+
+def test_resume_with_another_schedule_warmup_or_dropout_is_refused_and_keeps_config_yaml(
+    tiny: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(tiny("r", "train.epochs=2", "train.stop_after_steps=3")) == 0
+    run = tmp_path / "exp" / "r"
+    before = _files(run)
+    # none is restored from the checkpoint: the rest of the run would train with the new value
+    # while the rewritten config.yaml claimed it for the epochs before too
+    for override, says in (
+        ("train.lr_schedule=linear", "trained with train.lr_schedule=cosine, resumed with linear"),
+        ("train.warmup_ratio=0.3", "trained with train.warmup_ratio=0.1, resumed with 0.3"),
+        ("model.dropout=0.0", "trained with model.dropout=0.1, resumed with 0.0"),
+    ):
+        capsys.readouterr()
+        assert main(tiny("r", "train.epochs=2", "train.resume=auto", override)) == 2, override
+        assert says in _error_line(capsys)
+        assert _files(run) == before
+    # train.epochs may change: that is how a run trains further
+    assert main(tiny("r", "train.epochs=3", "train.resume=auto")) == 0
+    assert [r["epoch"] for r in _rows(run)] == ["1", "2", "3"]
+
+
+def test_a_checkpoint_older_than_metrics_csv_never_retrains_the_recorded_epochs(
+    tiny: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "exp" / "r"
+    # stopped in epoch 2 (checkpoint after 1 epoch), then finished without checkpoints: the
+    # checkpoint stays the mid-run one while metrics.csv and summary.json record both epochs
+    assert main(tiny("r", "train.epochs=2", "train.stop_after_steps=3")) == 0
+    assert (
+        main(tiny("r", "train.epochs=2", "train.resume=auto", "train.save_checkpoint=false")) == 0
+    )
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert len(_rows(run)) == 2 and (run / "summary.json").is_file()
+    before = _files(run)
+    capsys.readouterr()
+    # finished: nothing to do, although the checkpoint is older (it used to train epoch 2 again
+    # from the old weights and overwrite metrics.csv and summary.json)
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 0
+    out = capsys.readouterr().out
+    assert "already finished its 2 epochs; nothing to do" in out and "cannot train further" in out
+    assert _files(run) == before
+    # further: the checkpoint cannot continue the run metrics.csv records
+    assert main(tiny("r", "train.epochs=3", "train.resume=auto")) == 2
+    line = _error_line(capsys)
+    assert "checkpoint.pt: the checkpoint is older than the run's metrics.csv" in line, line
+    assert "saved after 1 epoch, metrics.csv records 2" in line, line
+    assert _files(run) == before
+
+
+def test_resume_decisions_against_the_run_folder() -> None:
+    from scalelab.checkpoint import CheckpointError
+    from scalelab.train import _resume_is_finished
+
+    ck, run = Path("r/checkpoint.pt"), Path("r")
+    # (checkpoint's epochs, metrics.csv rows, summary.json, train.epochs)
+    assert _resume_is_finished(1, 1, False, 2, ck, run) is None  # stopped in or after epoch 1
+    assert _resume_is_finished(0, 0, False, 2, ck, run) is None  # stopped in epoch 1
+    assert _resume_is_finished(2, 2, True, 4, ck, run) is None  # a finished run trains further
+    assert _resume_is_finished(2, 1, False, 2, ck, run) is None  # metrics.csv a row behind
+    assert "nothing to do" in _resume_is_finished(2, 2, True, 2, ck, run)
+    assert "nothing to do" in _resume_is_finished(2, 2, True, 1, ck, run)
+    assert "nothing to do" in _resume_is_finished(1, 2, True, 2, ck, run)
+    for saved, rows, summary, epochs in ((1, 2, True, 3), (1, 2, False, 2), (0, 1, False, 3)):
+        with pytest.raises(CheckpointError, match="older than the run's metrics.csv"):
+            _resume_is_finished(saved, rows, summary, epochs, ck, run)
+
+
+def test_training_past_a_finished_summary_moves_it_aside_until_the_run_finishes_again(
+    tiny: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scalelab.analysis.collect import AnalysisError, load_run, load_runs
+
+    run = tmp_path / "exp" / "r"
+    assert main(tiny("r", "train.epochs=2")) == 0
+    old_summary = (run / "summary.json").read_bytes()
+    capsys.readouterr()
+    # trains on to 4 epochs and stops in epoch 3: the 2-epoch summary no longer describes the
+    # folder (its checkpoint is further on), so report must not take it for a finished run
+    assert main(tiny("r", "train.epochs=4", "train.resume=auto", "train.stop_after_steps=1")) == 0
+    assert "summary.json aside to summary.prev.json" in capsys.readouterr().out
+    assert not (run / "summary.json").exists()
+    assert (run / "summary.prev.json").read_bytes() == old_summary
+    with pytest.raises(AnalysisError, match="not a complete run folder, missing summary.json"):
+        load_run(run)
+    with (
+        pytest.warns(UserWarning, match="skipping .*missing summary.json"),
+        pytest.raises(AnalysisError, match="no run folders found"),
+    ):
+        load_runs([tmp_path / "exp"])
+    # finished: its own summary, of all 4 epochs; the earlier one stays beside it
+    assert main(tiny("r", "train.epochs=4", "train.resume=auto")) == 0
+    assert json.loads((run / "summary.json").read_text())["num_epochs"] == 4
+    assert load_run(run).summary["num_epochs"] == len(load_run(run).metrics) == 4
+    assert (run / "summary.prev.json").read_bytes() == old_summary
+
+
+def test_a_failed_end_of_epoch_checkpoint_leaves_metrics_csv_behind_and_the_run_resumable(
+    tiny: Callable[..., list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import scalelab.train as train
+
+    real_save = train.save_checkpoint
+
+    def full_disk_at_epoch_2(path: Path, state: dict) -> None:
+        if state["epoch"] == 2:
+            raise train.CheckpointError(f"{path}: cannot write the checkpoint (disk full)")
+        real_save(path, state)
+
+    monkeypatch.setattr(train, "save_checkpoint", full_disk_at_epoch_2)
+    run = tmp_path / "exp" / "r"
+    assert main(tiny("r", "train.epochs=2")) == 2
+    # the checkpoint comes first: metrics.csv did not get a row the checkpoint lacks (which
+    # would make the checkpoint older than metrics.csv, and the run impossible to resume)
+    assert [r["epoch"] for r in _rows(run)] == ["1"]
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 0
+    assert [r["epoch"] for r in _rows(run)] == ["1", "2"]
+    assert json.loads((run / "summary.json").read_text())["num_epochs"] == 2
+
+
+def test_a_crash_before_the_last_metrics_row_is_written_is_repaired_on_resume(
+    tiny: Callable[..., list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import scalelab.train as train
+
+    real_write = train._write_metrics
+
+    def crash_at_row_2(path: Path, rows: list) -> None:
+        if len(rows) == 2:
+            raise RuntimeError("killed")
+        real_write(path, rows)
+
+    monkeypatch.setattr(train, "_write_metrics", crash_at_row_2)
+    run = tmp_path / "exp" / "r"
+    assert main(tiny("r", "train.epochs=2")) == 1  # a crash, not a user error
+    monkeypatch.setattr(train, "_write_metrics", real_write)
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 2 and len(_rows(run)) == 1  # epoch 2 is in the checkpoint
+    capsys.readouterr()
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 0
+    out = capsys.readouterr().out
+    assert "at epoch 3, step 0" in out and "epoch 2/2:" not in out  # not trained again
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[1]["val_loss"]) == pytest.approx(saved["metrics"][1]["val_loss"], rel=1e-5)
+    assert json.loads((run / "summary.json").read_text())["num_epochs"] == 2
