@@ -1,16 +1,21 @@
 """`scalelab train | sweep | slurm | demo | report | predict | commbench | data | config`.
 
 User errors (bad config, data, checkpoint, run folder, launch) print one line and exit 2;
-anything else is a bug and keeps its traceback.
+Ctrl-C (SIGINT) prints one line, "scalelab: interrupted" and how to continue where that applies,
+and exits 130; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
+import os
 import sys
 import traceback
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -41,12 +46,48 @@ def find_config(name: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
     from scalelab.config import load_config
-    from scalelab.train import fit
 
     cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
-    fit(cfg)
+    started = time.time()
+    try:
+        from scalelab.train import fit
+
+        fit(cfg)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_train_interrupted(cfg, started)) from None
     return 0
+
+
+def _train_interrupted(cfg: Any, started: float) -> str:
+    """What an interrupted `train` leaves: the command that continues it from its last
+    checkpoint, or that it wrote none (checkpoints are written atomically: never half of one)."""
+    checkpoint = sys.modules.get("scalelab.checkpoint")
+    if checkpoint is None:  # interrupted while importing torch: no run folder yet
+        return ""
+    name, out = checkpoint.CHECKPOINT_NAME, Path(cfg.output.dir)
+    try:
+        if cfg.output.run_name:
+            run_dir: Path | None = out / cfg.output.run_name
+            found = [run_dir / name] if (run_dir / name).is_file() else []
+        else:  # a timestamped run folder (train._run_dir) with a checkpoint of this invocation
+            mtimes = {
+                p: p.stat().st_mtime for p in out.glob(f"{glob.escape(cfg.name)}-ws*-*/{name}")
+            }
+            found = sorted((p for p, t in mtimes.items() if t >= started - 1), key=mtimes.get)
+            run_dir = found[-1].parent if found else None
+    except OSError:
+        return ""
+    if found:
+        return (
+            f"continue from its last checkpoint ({found[-1]}) with train.resume=auto "
+            f"output.dir={run_dir.parent} output.run_name={run_dir.name}"
+        )
+    if run_dir is not None and run_dir.is_dir():
+        return f"no checkpoint was written to {run_dir}, so the run cannot be continued"
+    return ""
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -86,13 +127,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _cache_command(folder: Path, args: argparse.Namespace) -> int:
     """`scalelab data --list` / `--clear [--older-than-days D]` on the cache folder."""
+    import math
     import time
 
     from scalelab.config import ConfigError
     from scalelab.data import clear_cache, list_cache
 
-    if args.older_than_days < 0:
-        raise ConfigError(f"--older-than-days must be >= 0, got {args.older_than_days}")
+    if not math.isfinite(args.older_than_days) or args.older_than_days < 0:  # nan passes < 0
+        raise ConfigError(
+            f"--older-than-days must be a finite number of days >= 0, got {args.older_than_days}"
+        )
     if args.clear:
         gone = clear_cache(folder, older_than_s=args.older_than_days * 86400.0)
         freed = sum(size for _, size in gone) / 2**20
@@ -305,6 +349,8 @@ PASSTHROUGH = {"sweep": cmd_sweep, "slurm": cmd_slurm, "commbench": cmd_commbenc
 def main(argv: list[str] | None = None) -> int:
     try:
         code = _run(argv)
+    except KeyboardInterrupt as exc:  # e.g. while the parser imports torch, before any command
+        code = _interrupted(exc)
     except Exception:  # a bug, not a user error: show it, then leave as exit_process says
         traceback.print_exc()
         code = 1
@@ -312,6 +358,24 @@ def main(argv: list[str] | None = None) -> int:
     # (config, report, ...) never import torch
     distributed = sys.modules.get("scalelab.distributed")
     return distributed.exit_process(code) if distributed else code
+
+
+def _rank0() -> bool:
+    """As distributed.is_main_process, without importing torch (Ctrl-C may have interrupted
+    that import): every rank of a torchrun or srun job gets the terminal's SIGINT."""
+    rank = os.environ.get("RANK") or (
+        os.environ.get("SLURM_PROCID") if os.environ.get("SLURM_STEP_NUM_TASKS") else None
+    )
+    return rank in (None, "", "0")
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C (a command's KeyboardInterrupt may carry what to do next); exit 130."""
+    if _rank0():
+        how = str(exc)
+        with contextlib.suppress(OSError, ValueError):  # stderr closed
+            print(f"scalelab: interrupted{'; ' + how if how else ''}", file=sys.stderr, flush=True)
+    return 130
 
 
 def _training_stopped() -> type[Exception]:
@@ -328,6 +392,9 @@ def _run(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    # first: the clauses after it import torch, which a second Ctrl-C would interrupt
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except _training_stopped() as exc:  # checkpointed; rank 0 said how to resume
         return exc.exit_code
     except _user_errors() as exc:
@@ -336,8 +403,6 @@ def _run(argv: list[str] | None) -> int:
         if is_main_process():
             print(f"scalelab: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:  # e.g. `scalelab config | head`
         sys.stderr.close()
         return 0

@@ -29,13 +29,14 @@ import torch.distributed as dist
 
 from scalelab.analysis.predict import AnalysisError, fit_alpha_beta, ring_factor
 from scalelab.checkpoint import atomic_write_text
-from scalelab.config import DistributedConfig
+from scalelab.config import DistributedConfig, first_line
 from scalelab.distributed import (
     DistEnv,
     LaunchError,
     all_reduce_mean_max,
     barrier,
     cleanup,
+    gather_objects,
     init_distributed,
     is_main_process,
 )
@@ -106,8 +107,16 @@ def measure_allreduce(
     if not env.is_distributed:
         return 0.0
     numel = max(1, num_bytes // torch.empty((), dtype=dtype).element_size())
-    # zeros: repeated SUMs stay 0, so no inf/denormal values can change the arithmetic speed
-    buf = torch.zeros(numel, dtype=dtype, device=_buffer_device(env))
+    device = _buffer_device(env)
+    try:
+        # zeros: repeated SUMs stay 0, so no inf/denormal values can change the arithmetic speed
+        buf = torch.zeros(numel, dtype=dtype, device=device)
+    except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is one too
+        # memory taken since check_buffers_fit; the other ranks stop when torchrun sees this one end
+        raise LaunchError(
+            f"cannot allocate a {format_bytes(num_bytes)} all-reduce buffer on {device} "
+            f"({first_line(exc)}); use a smaller --max-bytes"
+        ) from None
     return _time_ops([buf], env, iters=iters, warmup=warmup)
 
 
@@ -200,6 +209,80 @@ def measure_sync_latency(
         "busy_ms": busy_ms,
         "iters": iters,
     }
+
+
+def _cgroup_memory_left() -> int | None:
+    """Bytes this process's cgroup (v2) may still take, or None without a limit (or cgroup v1)."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                folder = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+                limit = (folder / "memory.max").read_text().strip()
+                if limit == "max":
+                    return None
+                return max(0, int(limit) - int((folder / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def host_memory_available() -> int:
+    """Bytes of host memory a new allocation can take without swapping: MemAvailable, capped by
+    the cgroup's limit (a SLURM job's or a container's)."""
+    have = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                have = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    if have is None:  # no /proc (macOS): the free physical pages
+        have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    left = _cgroup_memory_left()
+    return have if left is None else min(have, left)
+
+
+#: The share of the free memory the sweep's buffers may take (the ranks need some for themselves).
+_MEMORY_SHARE = 0.9
+
+
+def buffer_memory(env: DistEnv, max_bytes: int) -> tuple[int, int, str]:
+    """(bytes the largest message needs, bytes free for it, where) on this rank's device.
+
+    On the CPU every rank of the node allocates its buffer in the same host memory; on a GPU
+    each rank has its own device.
+    """
+    dev = _buffer_device(env)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return max_bytes, int(free * _MEMORY_SHARE), f"{torch.cuda.get_device_name(dev)} {dev}"
+    ranks = max(1, env.local_world_size)
+    where = f"host memory of {socket.gethostname()}"
+    if ranks > 1:
+        where += f", shared by its {ranks} ranks"
+    return max_bytes * ranks, int(host_memory_available() * _MEMORY_SHARE), where
+
+
+def check_buffers_fit(env: DistEnv, max_bytes: int) -> None:
+    """Refuse (LaunchError, on every rank alike) a --max-bytes whose buffer does not fit in the
+    memory of some rank's device: its allocation would fail with a traceback, or the OOM killer
+    would end the ranks mid-sweep. Collective: every rank calls it before the sweep."""
+    need, have, where = buffer_memory(env, max_bytes)
+    worst = max(gather_objects((need - have, need, have, where), env))
+    if worst[0] <= 0:
+        return
+    _, need, have, where = worst
+    per_rank = have * max_bytes // need  # the share of one rank
+    hint = (
+        f"use --max-bytes {format_bytes(1 << (per_rank.bit_length() - 1))} or less"
+        if per_rank >= 1
+        else "free some memory first"
+    )
+    raise LaunchError(
+        f"--max-bytes {format_bytes(max_bytes)} does not fit in memory: its buffers need "
+        f"{format_bytes(need)}, and {have / 2**30:.1f}G is usable in the {where}; {hint}"
+    )
 
 
 def _device_name(env: DistEnv) -> str:
@@ -416,6 +499,7 @@ def commbench_main(argv: list[str]) -> int:
                 "commbench: all-reduce needs >= 2 ranks; run under torchrun --nproc_per_node=N "
                 "-m scalelab commbench"
             )
+        check_buffers_fit(env, args.max_bytes)
         result = run_commbench(
             env,
             min_bytes=args.min_bytes,

@@ -505,6 +505,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (`train:` twice, or `lr:` twice
+    in a section): YAML requires unique keys, and PyYAML would silently keep the last one. Keys
+    a merge (<<) brings in may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:  # before flatten_mapping mixes in the merged keys
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class says why
+                    break
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key '{key}' (first given at line {first.start_mark.line + 1}); "
+                        "each key may appear once",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(p: Path) -> Any:
     """Parse a config file; every problem (missing, unreadable, bad YAML) is one ConfigError line."""
     try:
@@ -521,7 +551,7 @@ def _read_yaml(p: Path) -> Any:
         raise ConfigError(
             f"{p}: not valid YAML: not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
-    loader = yaml.SafeLoader(text)
+    loader = _UniqueKeyLoader(text)
     try:
         node = loader.get_single_node()
         raw = loader.construct_document(node) if node is not None else None

@@ -4,11 +4,15 @@ no run folder (nor a half-written data cache) left behind. Each fails before tra
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, scalelab
+from tests.conftest import REPO, assert_one_line_error, scalelab, subprocess_env, tiny_slow_run
 
 TEST_SPLIT = "src/scalelab/data/bundled/ag_news_test.csv.gz"
 
@@ -68,3 +72,93 @@ def test_missing_pretrained_folder_is_one_line(tmp_path: Path, cache_dir: Path) 
     assert_one_line_error(res, "model.pretrained")
     assert "nope" in res.stderr
     assert not exp.exists()
+
+
+def test_a_config_with_a_key_given_twice_is_one_line(tmp_path: Path) -> None:
+    # was accepted, the last `lr:` silently winning
+    preset = tmp_path / "dup.yaml"
+    preset.write_text("train:\n  lr: 0.001\n  epochs: 1\n  lr: 0.1\n")
+    exp = tmp_path / "exp"
+    res = scalelab(["train", "--config", str(preset), f"output.dir={exp}"])
+    assert_one_line_error(res, f"{preset}: not valid YAML at line 4, column 3: duplicate key 'lr'")
+    assert "first given at line 2" in res.stderr and not exp.exists()
+
+
+def _interrupt_after(cmd: list[str], line_start: str) -> subprocess.CompletedProcess:
+    """Run `cmd`, send it SIGINT (as Ctrl-C does) once stdout has a line starting `line_start`."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(line_start):
+                os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the whole group
+                break
+        out, err = proc.communicate(timeout=120)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(seen) + out, err)
+
+
+def test_ctrl_c_during_training_is_one_line_naming_how_to_continue(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # was exit 130 and nothing said (and a traceback while the CLI was still importing torch)
+    exp = tmp_path / "exp"
+    args = [*tiny_slow_run(steps=30, delay_s=0.2), f"output.dir={exp}", "output.run_name=r",
+            f"data.cache_dir={cache_dir}", "train.checkpoint_every_steps=5"]  # fmt: skip
+    res = _interrupt_after([sys.executable, "-m", "scalelab", "train", *args], "epoch 1/1 step 10/")
+    assert res.returncode == 130, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines() == [
+        f"scalelab: interrupted; continue from its last checkpoint ({exp / 'r' / 'checkpoint.pt'}) "
+        f"with train.resume=auto output.dir={exp} output.run_name=r"
+    ]
+    # the advice works: the run continues from that checkpoint and finishes
+    done = scalelab(["train", *args, "train.resume=auto", "data.delay_per_batch_s=0"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (exp / "r" / "summary.json").is_file()
+
+
+def test_ctrl_c_before_any_command_ran_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # build_parser imports torch (seconds): a Ctrl-C there escaped main() as a traceback
+    from scalelab import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    monkeypatch.delenv("RANK", raising=False)
+    assert _main_catching(["report", "runs", "--out", "r"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["scalelab: interrupted"]
+    monkeypatch.setenv("RANK", "1")  # under torchrun every rank gets SIGINT: rank 0 says it
+    assert _main_catching(["report", "runs", "--out", "r"]) == 130
+    assert capsys.readouterr().err == ""
+
+
+def _main_catching(argv: list[str]) -> int:
+    """cli.main, with a KeyboardInterrupt that escapes it a test failure (not pytest's own stop)."""
+    from scalelab import cli
+
+    try:
+        return cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped scalelab.cli.main (a traceback for the user)")
+
+
+def test_ctrl_c_in_a_command_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scalelab.analysis import report
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", interrupted)
+    monkeypatch.delenv("RANK", raising=False)
+    assert _main_catching(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 130
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["scalelab: interrupted"] and not captured.out

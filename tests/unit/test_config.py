@@ -302,3 +302,48 @@ def test_run_folder_names_cannot_leave_output_dir(override):
 def test_plain_run_names_are_fine():
     cfg = load_config(None, ["output.run_name=ws2-010.b", "name=my_study"])
     assert (cfg.output.run_name, cfg.name) == ("ws2-010.b", "my_study")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "first"),
+    [
+        ("train:\n  lr: 0.1\nmodel:\n  d_model: 64\ntrain:\n  epochs: 3\n", "train", 5, 1),
+        ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "lr", 4, 2),
+        ("name: a\nname: b\n", "name", 2, 1),
+    ],
+    ids=["section twice", "key twice in a section", "name twice"],
+)
+def test_a_key_given_twice_in_a_config_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, text: str, key: str, line: int, first: int
+) -> None:
+    # PyYAML keeps the last value silently: `lr: 0.2` would win over `lr: 0.1` unnoticed
+    from scalelab.cli import main
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"{path}: not valid YAML at line {line}, column {3 if key == 'lr' else 1}: duplicate key "
+        f"'{key}' (first given at line {first}); each key may appear once"
+    )
+    assert main(["config", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"scalelab: error: {err.value}"] and not captured.out
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    # `<<: *anchor` then an explicit key is YAML's own override, not a duplicate
+    path = tmp_path / "merge.yaml"
+    path.write_text("train:\n  <<: {lr: 0.1, epochs: 2}\n  lr: 0.2\n")
+    cfg = load_config(path)
+    assert (cfg.train.lr, cfg.train.epochs) == (0.2, 2)
+    import yaml
+
+    from scalelab.config import _UniqueKeyLoader
+
+    text = "a: &d {x: 1, y: 2}\nb:\n  <<: *d\n  x: 3\n"
+    assert yaml.load(text, Loader=_UniqueKeyLoader) == {
+        "a": {"x": 1, "y": 2},
+        "b": {"x": 3, "y": 2},
+    }

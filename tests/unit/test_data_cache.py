@@ -510,3 +510,63 @@ def test_a_tokenizer_json_keeps_its_own_padding_token(cfg, tmp_path):
     assert data.pad_id == 3
     short = int(np.argmin(data.train.lengths))
     assert (data.train.tokens[short, data.train.lengths[short] :] == 3).all()
+
+
+@pytest.mark.parametrize("action", ["--list", "--clear"])
+def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path, capsys, action):
+    # was "0 cache file(s)" / "removed 0 file(s)" and exit 0, as if the folder were empty
+    from scalelab.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["data", action, f"data.cache_dir={afile}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"scalelab: error: data cache folder {afile} exists and is not a folder: set "
+        "data.cache_dir (or $SCALELAB_CACHE) to a folder"
+    ]
+    assert not captured.out and afile.read_text() == "x"
+
+
+@pytest.mark.parametrize("days", ["nan", "inf"])
+def test_clear_with_a_non_finite_age_is_one_line(cfg, capsys, days):
+    # nan passed the `< 0` check and then compared false with every age: "removed 0 file(s)"
+    from scalelab.cli import main
+
+    data = prepare_data(cfg)
+    folder = data.cache_path.parent
+    code = main(["data", "--clear", "--older-than-days", days, f"data.cache_dir={folder}"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"scalelab: error: --older-than-days must be a finite number of days >= 0, got {days}"
+    ]
+    assert data.cache_path.is_file()
+
+
+def test_a_cache_file_that_cannot_be_deleted_is_one_line(cfg, capsys, monkeypatch):
+    from scalelab.cli import main
+
+    data = prepare_data(cfg)
+    folder = data.cache_path.parent
+    # a folder with a cache file's name is not a cache file: listed and deleted never (was an
+    # IsADirectoryError traceback from --clear)
+    odd = folder / f"imdb-{'0' * 24}.npz"
+    odd.mkdir()
+    assert [e.path for e in cache.list_cache(folder)] == [data.cache_path]
+    real_unlink = Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self == data.cache_path:
+            raise PermissionError(13, "Permission denied")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert main(["data", "--clear", f"data.cache_dir={folder}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"scalelab: error: {data.cache_path}: cannot delete this cache file (Permission denied); "
+        "0 file(s) were deleted before it"
+    ]
+    monkeypatch.undo()
+    assert main(["data", "--clear", f"data.cache_dir={folder}"]) == 0
+    assert "removed 1 file(s)" in capsys.readouterr().out
+    assert odd.is_dir() and not data.cache_path.exists()

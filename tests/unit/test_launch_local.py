@@ -221,4 +221,106 @@ def test_more_ranks_than_gpus_is_refused_and_than_cores_noted(
     monkeypatch.setattr(local, "available_cpus", lambda: 2)
     local._check_devices([1, 2, 4], cpu_only=True)  # the GPUs are hidden: CPU ranks
     out = capsys.readouterr().out
-    assert "world size(s) 4 > 2 cores" in out
+    assert "world size 4 x 1 thread(s) per rank = 4 threads on 2 available CPU(s)" in out
+    assert "world size 2 " not in out
+
+
+def test_stop_after_steps_in_a_sweep_is_refused_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # every run stopped early and exited 0; the report then failed on "not a complete run folder"
+    calls: list[list[str]] = []
+    monkeypatch.setattr(
+        local, "_run_child", lambda argv, env, **kw: (calls.append(argv), (0, None))[1]
+    )
+    preset = tmp_path / "cut.yaml"
+    preset.write_text("train:\n  stop_after_steps: 8\n")
+    for argv in (
+        ["--config", str(SMALL), "train.stop_after_steps=5"],
+        ["--config", str(preset)],  # from the config file too
+    ):
+        code = sweep_main([*argv, "--world-sizes", "1,2", "--out", str(tmp_path / "s")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith("scalelab: error: train.stop_after_steps=")
+        assert "would stop every run of the sweep early" in err[0]
+    assert calls == [] and not (tmp_path / "s").exists()
+
+
+def test_world_sizes_that_oversubscribe_the_cpus_are_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    envs: list[dict[str, str]] = []
+    monkeypatch.setattr(
+        local, "_run_child", lambda argv, env, **kw: (envs.append(env), (0, None))[1]
+    )
+    monkeypatch.setattr(local, "available_cpus", lambda: 4)
+    run_sweep(SMALL, [1, 2, 4], [], out_dir=tmp_path / "a", threads_per_rank=2)
+    out = capsys.readouterr().out
+    warnings = [ln for ln in out.splitlines() if ln.startswith("[sweep] warning:")]
+    assert warnings == [
+        "[sweep] warning: world size 4 x 2 thread(s) per rank = 8 threads on 4 available CPU(s): "
+        "the ranks oversubscribe the CPUs, so its timings measure the OS scheduler more than DDP "
+        "and its speedup means little (lower --threads-per-rank or the world size)"
+    ]  # 1 x 2 and 2 x 2 fit in 4 CPUs
+    assert [env["OMP_NUM_THREADS"] for env in envs] == ["2", "2", "2"]
+    # a warning, not an error: every run still ran, before any of them started
+    assert out.index("[sweep] warning:") < out.index("[sweep] world size 1")
+
+    # train.num_threads wins over the sweep's OMP_NUM_THREADS in train: it is what is checked
+    run_sweep(SMALL, [1, 2], ["train.num_threads=3"], out_dir=tmp_path / "b", threads_per_rank=None)
+    out = capsys.readouterr().out
+    assert "world size 2 x 3 thread(s) per rank = 6 threads on 4 available CPU(s)" in out
+    assert "world size 1 x" not in out and "[sweep] world size 2 (3 thread(s)/rank)" in out
+
+    # the default split never oversubscribes while there are at least as many CPUs as ranks
+    run_sweep(SMALL, [1, 2, 4], [], out_dir=tmp_path / "c", threads_per_rank=None)
+    assert "[sweep] warning:" not in capsys.readouterr().out
+
+
+def test_ctrl_c_during_a_sweep_run_is_one_line_naming_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from scalelab.cli import main
+
+    def interrupted_at_ws2(argv: list[str], env: dict[str, str], **kw: object) -> tuple[int, None]:
+        if "--nproc_per_node=2" in argv:
+            (tmp_path / "ag_news_small-ws2").mkdir()
+            (tmp_path / "ag_news_small-ws2" / "checkpoint.pt").write_bytes(b"saved")
+            raise KeyboardInterrupt
+        return 0, None
+
+    monkeypatch.setattr(local, "_run_child", interrupted_at_ws2)
+    code = main(["sweep", "--config", str(SMALL), "--world-sizes", "1,2,4", "--out", str(tmp_path)])
+    assert code == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "scalelab: interrupted; the sweep stopped during the world-size-2 run; run the same "
+        "command with train.resume=auto to continue"
+    ]
+    assert not (tmp_path / "ag_news_small-ws4").exists()
+
+
+def test_ctrl_c_waits_for_the_child_and_stops_one_that_did_not_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGINT to the sweep alone (not the terminal's process group): the child would train on
+    # after the sweep had said it stopped; it gets SIGTERM (checkpoint and stop) after a grace
+    import os
+    import signal
+    import threading
+
+    monkeypatch.setattr(local, "_INTERRUPT_GRACE_S", 0.5, raising=False)
+    marker = tmp_path / "stopped"
+    child = (
+        "import pathlib, signal, sys, time; "
+        f"signal.signal(signal.SIGTERM, lambda s, f: (pathlib.Path({str(marker)!r}).write_text("
+        "'TERM'), sys.exit(143))); time.sleep(60)"
+    )
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            local._run_child([sys.executable, "-c", child], dict(os.environ))
+    finally:
+        timer.cancel()
+    assert marker.read_text() == "TERM"  # the child had ended when _run_child returned

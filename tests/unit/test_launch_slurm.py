@@ -3,14 +3,17 @@ and one-line refusals before anything is written or submitted."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from scalelab.launch.slurm import SlurmJob, render_sbatch, slurm_main
+from tests.slurm_cluster import LocalSlurm, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = REPO / "configs" / "ag_news_small.yaml"
@@ -180,3 +183,106 @@ def test_run_name_must_be_a_folder_name(
     )
     assert "must be a folder name" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """sbatch and squeue on PATH: sbatch records its arguments and says job 41; squeue prints
+    the returned `queue` file (and exits with the status in `queue.rc`, if any)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls, queue = tmp_path / "sbatch.calls", tmp_path / "queue"
+    (fake / "sbatch").write_text(f'#!/bin/bash\necho "$@" >> {calls}\necho 41\n')
+    (fake / "squeue").write_text(
+        f'#!/bin/bash\necho "$@" >> {queue}.calls\n[ -f {queue} ] && cat {queue}\n'
+        f'if [ -f {queue}.rc ]; then echo "squeue: error: slurm_load_jobs error: Unable to '
+        f'contact slurm controller" >&2; exit $(cat {queue}.rc); fi\nexit 0\n'
+    )
+    for exe in ("sbatch", "squeue"):
+        (fake / exe).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    return calls, queue
+
+
+def test_a_second_job_for_a_run_still_queued_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # both jobs would train into one run folder with train.resume=auto, each overwriting the
+    # other's checkpoints; the run folder does not exist yet while the first job is pending
+    calls, queue = _fake_slurm(tmp_path, monkeypatch)
+    out = tmp_path / "exp"
+    argv = ["--config", "ag_news_small", "--out", str(out)]
+    assert slurm_main(argv) == 0
+    script = out / "slurm" / "ag_news_small-ws1.sbatch"
+    assert "submitted job 41" in capsys.readouterr().out
+
+    for state in ("PENDING", "RUNNING"):
+        queue.write_text(f"7|RUNNING|/elsewhere/ag_news_small-ws1.sbatch\n41|{state}|{script}\n")
+        before = script.read_text()
+        for extra in ([], ["--resume"], ["--no-submit"]):
+            assert slurm_main([*argv, *extra]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [
+                f"scalelab: error: {out / 'ag_news_small-ws1'}: SLURM job 41 ({state.lower()}) "
+                "of this run is still queued or running, and a second job would train into the "
+                "same run folder at the same time; wait for it to end (or scancel 41), or choose "
+                "another --run-name or --out"
+            ]
+        assert script.read_text() == before
+    assert len(calls.read_text().splitlines()) == 1  # sbatch ran for the first job only
+    assert "--name=scalelab-ag_news_small-ws1" in queue.with_suffix(".calls").read_text()
+
+    # the same run name in another --out is another run folder; an ended job is no conflict
+    assert slurm_main(["--config", "ag_news_small", "--out", str(tmp_path / "other")]) == 0
+    queue.write_text(f"41|COMPLETED|{script}\n")
+    assert slurm_main(argv) == 0
+    assert len(calls.read_text().splitlines()) == 3
+    # a job renamed with --sbatch-arg is looked for under its own name
+    queue.write_text(f"41|RUNNING|{script}\n")
+    assert slurm_main([*argv, "--sbatch-arg=--job-name=mine"]) == 2
+    assert (
+        queue.with_suffix(".calls")
+        .read_text()
+        .splitlines()[-1]
+        .startswith("--noheader --name=mine ")
+    )
+
+
+def test_a_queue_that_cannot_be_listed_stops_a_submission_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls, queue = _fake_slurm(tmp_path, monkeypatch)
+    queue.with_suffix(".rc").write_text("1")
+    argv = ["--config", "ag_news_small", "--out", str(tmp_path / "exp")]
+    assert slurm_main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "scalelab: error: squeue failed, so this run's jobs cannot be checked: squeue: error: "
+        "slurm_load_jobs error: Unable to contact slurm controller"
+    ]
+    assert not calls.exists() and not (tmp_path / "exp").exists()
+    assert slurm_main([*argv, "--no-submit"]) == 0  # only a script: nothing can run twice yet
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))
+def test_a_second_job_for_a_run_still_queued_is_refused_by_a_real_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = LocalSlurm(tmp_path / "slurm")
+    cluster.start()
+    try:
+        monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+        # held: the job stays pending and never trains
+        argv = ["--config", "ag_news_small", "--out", str(tmp_path / "exp"), "--sbatch-arg=--hold"]
+        assert slurm_main(argv) == 0
+        job_id = capsys.readouterr().out.split("submitted job ")[1].split(":")[0]
+        assert slurm_main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert f"SLURM job {job_id} (pending) of this run is still queued" in line
+        cluster.run("scancel", job_id)
+        deadline = time.time() + 30
+        while time.time() < deadline and job_id in cluster.run("squeue", "-h", "-o", "%i").stdout:
+            time.sleep(0.2)
+        assert slurm_main(argv) == 0  # cancelled: the run may be submitted again
+        cluster.run("scancel", capsys.readouterr().out.split("submitted job ")[1].split(":")[0])
+    finally:
+        cluster.stop()

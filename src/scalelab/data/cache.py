@@ -16,6 +16,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -494,11 +495,29 @@ class CacheEntry:
     current: bool  # written by this scalelab's cache version (older ones are never read again)
 
 
+def _cache_folder_entries(folder: Path) -> list[Path]:
+    """What `folder` holds, sorted; [] where it does not exist yet. A file in its place, or a
+    folder that cannot be read, is one DataError line."""
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        raise DataError(
+            f"data cache folder {folder} exists and is not a folder: set data.cache_dir (or "
+            "$SCALELAB_CACHE) to a folder"
+        )
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(
+            f"{folder}: cannot read the data cache folder ({exc.strerror or exc})"
+        ) from None
+
+
 def list_cache(folder: Path) -> list[CacheEntry]:
     """scalelab's cache files in `folder` (nothing else there is touched), oldest first."""
     entries = []
-    for path in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
-        if not _CACHE_NAME.match(path.name):
+    for path in _cache_folder_entries(folder):
+        if not _CACHE_NAME.match(path.name) or not path.is_file():
             continue
         description, version = "", None
         try:
@@ -520,12 +539,14 @@ def list_cache(folder: Path) -> list[CacheEntry]:
 def clear_cache(folder: Path, older_than_s: float = 0.0) -> list[tuple[Path, int]]:
     """Delete scalelab's cache files (and leftover temp files) in `folder` last written more
     than `older_than_s` ago; return (path, bytes) of each. Other files are never touched."""
+    if math.isnan(older_than_s) or older_than_s < 0:  # nan would compare false: delete nothing
+        raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
     now = time.time()
     doomed = [
         (e.path, e.size_bytes) for e in list_cache(folder) if e.modified <= now - older_than_s
     ]
-    for p in folder.iterdir() if folder.is_dir() else []:
-        if not _TEMP_NAME.match(p.name):
+    for p in _cache_folder_entries(folder):
+        if not _TEMP_NAME.match(p.name) or not p.is_file():
             continue
         try:
             st = p.stat()
@@ -534,9 +555,17 @@ def clear_cache(folder: Path, older_than_s: float = 0.0) -> list[tuple[Path, int
         # a temp file younger than an hour may be a build in progress
         if st.st_mtime <= now - max(older_than_s, 3600.0):
             doomed.append((p, st.st_size))
-    for path, _ in doomed:
-        path.unlink(missing_ok=True)
-    return doomed
+    gone = []
+    for path, size in doomed:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # e.g. a read-only or another user's cache folder
+            raise DataError(
+                f"{path}: cannot delete this cache file ({exc.strerror or exc}); "
+                f"{len(gone)} file(s) were deleted before it"
+            ) from None
+        gone.append((path, size))
+    return gone
 
 
 def prepare_data(

@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from scalelab.config import ConfigError, load_config
+from scalelab.config import Config, ConfigError, load_config
 from scalelab.distributed import LaunchError, available_cpus
 
 # run_sweep sets these itself; a user override would make the returned run folders wrong
@@ -58,6 +58,9 @@ def torchrun_argv(
 #: Seconds torchrun waits for its ranks to exit after a stop signal before it kills them.
 SHUTDOWN_TIMEOUT_S = 120
 
+#: Seconds a sweep waits after Ctrl-C for its child to end by itself before it sends SIGTERM.
+_INTERRUPT_GRACE_S = 10.0
+
 # Forwarded to the running child: preemption (SIGTERM) and SLURM's time-limit warning (SIGUSR1).
 # The ranks checkpoint and exit with 128 + the signal; the sweep then stops (see run_sweep).
 _FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
@@ -86,7 +89,18 @@ def _run_child(
         for s in _FORWARDED:
             previous[s] = signal.signal(s, forward)
     try:
-        return proc.wait(), (forwarded[0] if forwarded else None)
+        try:
+            return proc.wait(), (forwarded[0] if forwarded else None)
+        except KeyboardInterrupt:
+            # A terminal's Ctrl-C reached the child too (one process group): let it end first,
+            # so no rank writes on after this sweep has said it stopped. A SIGINT sent to this
+            # process alone did not: then ask the child to stop as on preemption (it checkpoints).
+            try:
+                proc.wait(timeout=_INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+            raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -105,9 +119,13 @@ def rank_threads(world_size: int, threads: int | None = None, cpus: int | None =
     return max(1, (cpus if cpus is not None else available_cpus()) // world_size)
 
 
-def _check_devices(world_sizes: list[int], cpu_only: bool) -> None:
-    """Refuse world sizes with more ranks than GPUs (each rank needs its own); note the ones with
-    more ranks than cores on CPU (they share cores: timings then measure the OS scheduler)."""
+def _check_devices(
+    world_sizes: list[int], cpu_only: bool, threads: dict[int, int] | None = None
+) -> None:
+    """Refuse world sizes with more ranks than GPUs (each rank needs its own); on CPU, warn of
+    those whose ranks x threads per rank (`threads`: world size -> threads; 1 if not given) are
+    more than the CPUs this process may use: the ranks then share cores, and their timings
+    measure the OS scheduler rather than DDP. A warning, not an error: it may be the point."""
     import torch
 
     if not cpu_only and torch.cuda.is_available():
@@ -118,14 +136,17 @@ def _check_devices(world_sizes: list[int], cpu_only: bool) -> None:
                 f"{gpus}: two ranks would share one GPU (use --world-sizes up to {gpus})"
             )
         return
-    cores = available_cpus()
-    crowded = [n for n in world_sizes if n > cores]
-    if crowded:
-        print(
-            f"[sweep] note: world size(s) {', '.join(map(str, crowded))} > {cores} cores: ranks "
-            "share cores, so those timings say more about the OS scheduler than about DDP",
-            flush=True,
-        )
+    cpus = available_cpus()
+    for n in world_sizes:
+        t = (threads or {}).get(n, 1)
+        if n * t > cpus:
+            print(
+                f"[sweep] warning: world size {n} x {t} thread(s) per rank = {n * t} threads on "
+                f"{cpus} available CPU(s): the ranks oversubscribe the CPUs, so its timings "
+                "measure the OS scheduler more than DDP and its speedup means little "
+                "(lower --threads-per-rank or the world size)",
+                flush=True,
+            )
 
 
 def _check_sweep(
@@ -133,8 +154,8 @@ def _check_sweep(
     world_sizes: list[int],
     overrides: list[str],
     out_dir: str | Path | None = None,
-) -> tuple[Path, str]:
-    """Validate the whole sweep before the first run starts; return (config file, preset name)."""
+) -> tuple[Path, Config]:
+    """Validate the whole sweep before the first run starts; return (config file, its config)."""
     from scalelab.cli import find_config  # same preset-name lookup as `scalelab train --config`
 
     if not world_sizes:
@@ -152,6 +173,13 @@ def _check_sweep(
             cfg.validate(world_size=n)
     except ConfigError as exc:
         raise SweepError(str(exc)) from None
+    if cfg.train.stop_after_steps:
+        # every run would stop early and the report would then refuse the unfinished folders
+        raise SweepError(
+            f"train.stop_after_steps={cfg.train.stop_after_steps} would stop every run of the "
+            "sweep early, leaving nothing to compare; remove it (a sweep stopped by SIGTERM "
+            "continues with train.resume=auto)"
+        )
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise SweepError(f"--out {out_dir}: exists and is not a folder")
     if out_dir is not None and not cfg.train.resume:
@@ -166,7 +194,7 @@ def _check_sweep(
                     f"{run_dir} already holds a run; choose another --out "
                     "(or add train.resume=auto to continue the sweep)"
                 )
-    return path, cfg.name
+    return path, cfg
 
 
 def run_sweep(
@@ -185,11 +213,13 @@ def run_sweep(
 
     Raises SweepError naming the world size and exit code of the first run that fails.
     """
-    config_file, preset = _check_sweep(config_path, world_sizes, overrides, out_dir)
-    _check_devices(world_sizes, cpu_only)
+    config_file, cfg = _check_sweep(config_path, world_sizes, overrides, out_dir)
+    # train.num_threads, when set, wins over the OMP_NUM_THREADS a sweep gives (train._set_threads)
+    threads = {n: cfg.train.num_threads or rank_threads(n, threads_per_rank) for n in world_sizes}
+    _check_devices(world_sizes, cpu_only, threads)
     runs: list[Path] = []
     for n in world_sizes:
-        run_name = f"{preset}-ws{n}"
+        run_name = f"{cfg.name}-ws{n}"
         module_args = [
             "train",
             "--config",
@@ -199,26 +229,40 @@ def run_sweep(
             *overrides,
         ]
         argv = torchrun_argv(n, module_args)
-        threads = rank_threads(n, threads_per_rank)
-        env = _child_env(threads, cpu_only)
-        print(f"[sweep] world size {n} ({threads} thread(s)/rank): {shlex.join(argv)}", flush=True)
-        code, stopped_by = _run_child(argv, env, torchrun=n > 1)
+        env = _child_env(threads[n], cpu_only)
+        print(
+            f"[sweep] world size {n} ({threads[n]} thread(s)/rank): {shlex.join(argv)}", flush=True
+        )
+        try:
+            code, stopped_by = _run_child(argv, env, torchrun=n > 1)
+        except KeyboardInterrupt:  # Ctrl-C: the run has ended (see _run_child); no further run
+            raise KeyboardInterrupt(
+                f"the sweep stopped during the world-size-{n} run; "
+                + _how_to_continue(Path(out_dir) / run_name, runs)
+            ) from None
         if stopped_by:  # the run checkpointed (or finished); start no further run
-            from scalelab.checkpoint import CHECKPOINT_NAME
-
-            saved = (Path(out_dir) / run_name / CHECKPOINT_NAME).is_file()
             raise SweepError(
                 f"sweep stopped by {stopped_by} during the world-size-{n} run; "
-                + (
-                    "run the same command with train.resume=auto to continue"
-                    if saved
-                    else "it stopped before writing a checkpoint: run the same command again"
-                )
+                + _how_to_continue(Path(out_dir) / run_name, runs)
             )
         if code != 0:
             raise SweepError(f"sweep stopped: the world-size-{n} run failed with exit code {code}")
         runs.append(Path(out_dir) / run_name)
     return runs
+
+
+def _how_to_continue(run_dir: Path, finished: list[Path]) -> str:
+    """How to continue a sweep stopped during the run of `run_dir`, after the `finished` ones."""
+    from scalelab.checkpoint import CHECKPOINT_NAME
+
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return "run the same command with train.resume=auto to continue"
+    if finished:  # without resume=auto the sweep would refuse their folders
+        return (
+            "run the same command with train.resume=auto to continue (this run wrote no "
+            "checkpoint: it starts over)"
+        )
+    return "it stopped before writing a checkpoint: run the same command again"
 
 
 def _child_env(threads: int, cpu_only: bool) -> dict[str, str]:

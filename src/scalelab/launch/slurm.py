@@ -15,6 +15,7 @@ the ranks receive it directly and do the same.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import subprocess
@@ -216,6 +217,75 @@ def check_job(job: SlurmJob) -> None:
         raise SlurmError(str(exc)) from None
 
 
+#: squeue states of a job that has ended (squeue lists them briefly, or with --states=all).
+_ENDED_STATES = frozenset({
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+    "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT",
+})  # fmt: skip
+
+
+def job_name(job: SlurmJob) -> str:
+    """The job's name in the queue: ours, or the last --job-name/-J of --sbatch-arg."""
+    name = f"scalelab-{job.run_name}"
+    for arg in job.sbatch_args:  # "--job-name=x", "--job-name x", "-J x", "-Jx"
+        if m := re.fullmatch(r"\s*(?:--job-name(?:=|\s+)|-J\s*)(\S.*?)\s*", arg):
+            name = m.group(1)
+    return name
+
+
+def queued_jobs(job: SlurmJob, *, required: bool) -> list[tuple[str, str]]:
+    """(job id, state) of the jobs in the queue, pending or running, that run this job's script,
+    and so write its run folder. ``required``: a failing or missing squeue is a SlurmError;
+    otherwise it gives [] (a script only written, maybe on a machine without SLURM)."""
+    if shutil.which("squeue") is None:
+        if required and shutil.which("sbatch") is not None:  # without sbatch, submit says so
+            raise SlurmError(
+                "squeue not found on this machine: cannot check that no job of this run is "
+                "queued; use --no-submit to only write the script"
+            )
+        return []
+    name = job_name(job)
+    # --name takes a comma-separated list: a name holding a comma lists every job instead
+    by_name = [] if "," in name else [f"--name={name}"]
+    cmd = ["squeue", "--noheader", *by_name, "--format=%i|%T|%o"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        if required:
+            raise SlurmError(f"cannot list the queue to check this run's jobs ({exc})") from None
+        return []
+    if res.returncode != 0:
+        if required:
+            msg = (res.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise SlurmError(f"squeue failed, so this run's jobs cannot be checked: {msg}")
+        return []
+    mine = job.script_path.resolve()
+    found = []
+    for line in res.stdout.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        state, _, command = rest.partition("|")
+        state = state.strip().upper()
+        # %o: the batch script, as an absolute path (sbatch resolves a relative one)
+        if state in _ENDED_STATES or not command.strip():
+            continue
+        if Path(command.strip()).resolve() == mine:
+            found.append((job_id.strip(), state))
+    return found
+
+
+def check_not_queued(job: SlurmJob, *, required: bool = True) -> None:
+    """Refuse a second job for a run whose first is still pending or running: both would train
+    into the same run folder (each resumes the other's checkpoints and overwrites its files)."""
+    found = queued_jobs(job, required=required)
+    if found:
+        ids = ", ".join(f"{i} ({state.lower()})" for i, state in found)
+        raise SlurmError(
+            f"{job.out_dir / job.run_name}: SLURM job {ids} of this run is still queued or "
+            "running, and a second job would train into the same run folder at the same time; "
+            f"wait for it to end (or scancel {found[0][0]}), or choose another --run-name or --out"
+        )
+
+
 def write_script(job: SlurmJob) -> Path:
     from scalelab.checkpoint import atomic_write_text
 
@@ -310,6 +380,9 @@ def slurm_main(argv: list[str]) -> int:
             sbatch_args=args.sbatch_arg,
             resume=args.resume,
         )
+        check_job(job)
+        # before the script is rewritten: a written script may still be submitted by hand
+        check_not_queued(job, required=not args.no_submit)
         script = write_script(job)
         print(f"wrote {script}")
         if args.no_submit:
