@@ -37,6 +37,9 @@ SMALL_PER_RANK_BATCH = 8
 # Halving the per-rank batch should nearly halve the forward time; achieving less than 40 % of
 # the ideal reduction means a fixed per-step cost (kernel launches, Python) dominates compute.
 FORWARD_SHRINK_MIN_FRACTION = 0.4
+# Per-rank compute (forward + backward without the exposed all-reduce) 20 % above the
+# baseline's / n, at the baseline's threads per rank: the ranks slow each other's compute down.
+COMPUTE_SLOWDOWN_MAX = 1.2
 # The optimizer step does not shrink with more ranks; at 20 % of a step it caps scaling early.
 OPTIMIZER_SHARE_MAX = 0.20
 # The slowest rank sets the pace of every all-reduce; 20 % above the mean is a real imbalance
@@ -273,6 +276,81 @@ def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
                 "on GPUs train.compile_mode = reduce-overhead for CUDA graphs, with "
                 "data.pad_multiple = 16 so few batch shapes need a graph).",
                 "launch_bound",
+                run.name,
+            )
+        )
+    return findings
+
+
+def _compute_contention_rule(group: ScalingGroup) -> list[Finding]:
+    """Per-rank compute slower than the baseline's split n ways, with the same threads per rank
+    and batches large enough to fill the device: the ranks contend for something they share.
+
+    The cost model (and the ideal of the efficiency) assumes each rank computes at the
+    baseline's speed; this names how much of the excess that assumption misses. Silent where
+    the forward barely shrinks (the launch-bound rule's symptom) and on small per-rank batches
+    (the small-batch rule's)."""
+    findings = []
+    base_runs = group.baseline_runs()
+    n0 = group.baseline_world_size
+    base_threads = _threads_per_rank(base_runs)
+    base_fwd = _mean([r.phase("forward_ms") or 0.0 for r in base_runs])
+    for point in group.points:
+        run, n = point.run, point.world_size
+        if n <= n0 or _threads_per_rank([run]) != base_threads:
+            continue  # other threads per rank: the per-rank ideal is not the baseline's / n
+        per_rank = run.summary.get("per_rank_batch")
+        if per_rank is not None and per_rank <= SMALL_PER_RANK_BATCH:
+            continue
+        breakdown = excess_breakdown(group, point)
+        fwd = run.phase("forward_ms")
+        if breakdown is None or not fwd or not base_fwd:
+            continue
+        if (1 - fwd / base_fwd) / (1 - n0 / n) < FORWARD_SHRINK_MIN_FRACTION:
+            continue  # launch-bound: that rule explains it
+        measured = breakdown["forward_ms"][0] + breakdown["backward_ms"][0]
+        ideal = breakdown["forward_ms"][1] + breakdown["backward_ms"][1]
+        if ideal <= 0 or measured < COMPUTE_SLOWDOWN_MAX * ideal:
+            continue
+        step = run.phase("step_ms") or 0.0
+        excess = step - sum(i for _, i in breakdown.values())
+        exposed = breakdown["exposed_comm_ms"][0]
+        on_cpu = run.summary.get("device_type") == "cpu"
+        if on_cpu:
+            advice = (
+                "Each rank has as many threads as the baseline's rank, yet computes more "
+                "slowly: the ranks contend for what their cores share (two vCPUs of a VM or "
+                "SMT siblings of one physical core, memory bandwidth, caches, a clock that "
+                "drops when every core is busy). Check the physical layout (lscpu -e), "
+                + (
+                    "keep the ranks on distinct physical cores (they were bound to their own "
+                    "CPUs already, distributed.pin_cpus), "
+                    if run.system.get("bound_cpus")
+                    else "pin ranks to distinct physical cores (distributed.pin_cpus = true), "
+                )
+                + "and compare with one rank using all the threads: more ranks on these cores "
+                "cannot give "
+                f"{n}x, and the cost model, which assumes independent cores, is optimistic by "
+                "about this much."
+            )
+        else:
+            advice = (
+                "Check that every rank has a device of its own (device_count against world "
+                "size), that the GPUs do not throttle (nvidia-smi -q -d PERFORMANCE), and that "
+                "the host threads launching the kernels are not oversubscribed."
+            )
+        findings.append(
+            Finding(
+                "warning",
+                f"Per-rank compute at {n} ranks is slower than the baseline's split "
+                f"{n / n0:g} ways",
+                f"forward + backward compute {_ms(measured)} per step vs ideal {_ms(ideal)} "
+                f"(the {n0}-rank time x {n0}/{n}, same threads per rank): the ranks compute at "
+                f"{ideal / measured:.0%} of the baseline rank's speed; {_ms(measured - ideal)} "
+                f"of the step's {_ms(excess)} excess over ideal (exposed communication "
+                f"{_ms(exposed)})",
+                advice,
+                "compute_contention",
                 run.name,
             )
         )
@@ -591,6 +669,7 @@ def diagnose(runs: Sequence[Run], predictions: Sequence[Prediction] | None = Non
     for group in analyse(runs):
         findings.extend(_scaling_rules(group))
         findings.extend(_forward_shrink_rule(group))
+        findings.extend(_compute_contention_rule(group))
     for run in runs:
         findings.extend(_run_rules(run))
     findings.extend(_accuracy_rule(runs))
