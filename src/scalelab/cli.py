@@ -122,6 +122,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         f"  mean length {data.train.lengths.mean():.1f} tokens (max_seq_len {cfg.model.max_seq_len})\n"
         f"  cache {'hit' if data.cache_hit else 'built'}: {data.cache_path} ({data.prep_time_s:.2f} s)"
     )
+    for warning in data.warnings:
+        print(f"  warning: {warning}")
     return 0
 
 
@@ -145,7 +147,13 @@ def _cache_command(folder: Path, args: argparse.Namespace) -> int:
     entries = list_cache(folder)
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified))
-        stale = "" if e.current else "  [older cache version: never read again]"
+        stale = (
+            ""
+            if e.current
+            else "  [older cache version: never read again]"
+            if e.readable
+            else "  [a run that needs it rebuilds it; --clear removes it]"
+        )
         print(f"{e.size_bytes / 2**20:9.1f} MB  {when}  {e.path.name}  {e.description}{stale}")
     total = sum(e.size_bytes for e in entries) / 2**20
     print(f"{len(entries)} cache file(s), {total:.1f} MB in {folder}")

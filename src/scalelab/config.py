@@ -281,6 +281,12 @@ class Config:
             raise ConfigError(f"train.seed must be in [0, 2**32 - 1], got {t.seed}")
         if d.source == "files" and not (d.train_path and d.test_path):
             raise ConfigError("data.source=files needs both data.train_path and data.test_path")
+        if d.source != "files" and (d.train_path or d.test_path):
+            given = "data.train_path" if d.train_path else "data.test_path"
+            raise ConfigError(
+                f"{given} is set but data.source={d.source} does not read it; add "
+                "data.source=files to train on your files"
+            )
         if m.pretrained and m.arch != "distilbert":
             raise ConfigError("model.pretrained is only used with model.arch=distilbert")
         if t.stop_after_steps and not t.save_checkpoint:

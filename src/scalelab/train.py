@@ -678,6 +678,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     # node builds a missing cache (nodes need not share data.cache_dir); the others wait.
     data = prepare_data(cfg, is_main=env.local_rank == 0, barrier=lambda: D.barrier(env))
     _check_same_data(data, env)
+    for warning in data.warnings:
+        log(env, f"warning: {warning}")
     # After the data: preparing a missing cache may use every core.
     job_cpus = D.available_cpus()  # before binding narrows this rank's share
     bound_cpus = D.bind_cpus(env, num_threads) if cfg.distributed.pin_cpus else None
@@ -1280,8 +1282,8 @@ def _check_resume_config(
     """Refuse a resume whose config the checkpoint cannot honour (one line, not a traceback):
     another learning rate or weight decay, another model shape or PowerSGD rank, another
     learning-rate schedule, warm-up or dropout (config.yaml would misdescribe the epochs before),
-    or mid-epoch, a config that draws other batches (other batching keys, or other encoded data:
-    `data_key` is the cache file's name). train.epochs may change: that trains a run further."""
+    other encoded data (`data_key` is the cache file's name), or mid-epoch, a config that draws
+    other batches (other batching keys). train.epochs may change: that trains a run further."""
     saved_cfg = saved.get("config") or {}
     now = cfg.to_dict()
 
@@ -1316,6 +1318,15 @@ def _check_resume_config(
             "records one value for the whole run, so resume with the saved value (or start a "
             "new run)"
         )
+    # Other encoded data at any step: another vocabulary gives the saved embedding rows other
+    # tokens, and config.yaml would name the new files for the epochs trained on the old ones.
+    if data_key and saved.get("data_key") not in (None, data_key):
+        raise CheckpointError(
+            f"{path}: trained on other encoded data (cache {saved['data_key']}, now "
+            f"{data_key}: other data files, vocabulary, lowercasing, model.vocab_size, "
+            "model.max_seq_len or sample sizes); resume with the data it was trained on (or "
+            "start a new run)"
+        )
     step = int(saved["step_in_epoch"])
     if step == 0:
         return  # at an epoch boundary any batching may follow
@@ -1323,12 +1334,6 @@ def _check_resume_config(
         raise CheckpointError(
             f"{path}: saved at step {step} of an epoch with {diff[0]}={diff[1]}, "
             f"resumed with {diff[2]}; resume mid-epoch with the same value"
-        )
-    if data_key and saved.get("data_key") not in (None, data_key):
-        raise CheckpointError(
-            f"{path}: saved at step {step} of an epoch of other encoded data (cache "
-            f"{saved['data_key']}, now {data_key}): resume mid-epoch with the same data files, "
-            "tokenizer and model.max_seq_len"
         )
     if step > epoch_steps:
         raise CheckpointError(
@@ -1431,6 +1436,7 @@ def _summary(
             "cache_hit": data.cache_hit,
             "prep_time_s": data.prep_time_s,
             "description": data.description,
+            "warnings": list(data.warnings),
         },
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }

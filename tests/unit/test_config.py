@@ -212,7 +212,8 @@ def test_string_fields_in_a_file_keep_their_text(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(
         "name: 2024-12-01\n"
         "output:\n  run_name: 010\n  dir: 12:30\n"
-        "data:\n  vocab_path: ~\n  cache_dir: '0x10'\n  train_path: yes\n"
+        "data:\n  source: files\n  vocab_path: ~\n  cache_dir: '0x10'\n  train_path: yes\n"
+        "  test_path: 'no'\n"
         "train:\n  batch_size: 0x10\n"
     )
     cfg = load_config(tmp_path / "c.yaml")

@@ -409,9 +409,12 @@ def test_a_damaged_cache_file_is_rebuilt_listed_and_named(cfg, damage, capsys):
     (entry,) = cache.list_cache(good.cache_path.parent)
     assert entry.path == good.cache_path
     if damage is not _flip_a_byte:  # listing reads only the small meta array
-        assert "unreadable" in entry.description and not entry.current
+        assert "unreadable" in entry.description and not entry.current and not entry.readable
     assert main(["data", "--list", f"data.cache_dir={cfg.data.cache_dir}"]) == 0
-    assert good.cache_path.name in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert good.cache_path.name in listed
+    if damage is not _flip_a_byte:  # it is read again (and rebuilt), not "never read again"
+        assert "a run that needs it rebuilds it" in listed and "older cache version" not in listed
     # the builder rebuilds it in place
     rebuilt = prepare_data(cfg)
     assert not rebuilt.cache_hit and rebuilt.cache_path == good.cache_path
@@ -526,6 +529,13 @@ def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path, capsys, action):
         "data.cache_dir (or $SCALELAB_CACHE) to a folder"
     ]
     assert not captured.out and afile.read_text() == "x"
+    # preparing data there says the same, before reading any data file (was "cannot write the
+    # data cache here (File exists)" after the whole build)
+    assert main(["data", f"data.cache_dir={afile}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"scalelab: error: data cache folder {afile} exists and is not a folder: set "
+        "data.cache_dir (or $SCALELAB_CACHE) to a folder"
+    ]
 
 
 @pytest.mark.parametrize("days", ["nan", "inf"])

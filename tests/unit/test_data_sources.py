@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import subprocess
@@ -169,6 +170,7 @@ AG_BAD = [
     ('"1","a","b"\n"0","t","d"\n', 2, "out of range"),
     ('"1","a","b"\n"2"," ","\\\\"\n', 2, "empty text"),
     ('"1","multi\nline","b"\n"2","t"\n', 3, "expected 3 fields"),  # line of the record start
+    ('"class","title","description"\n"1","a","b"\n', 1, "the AG News layout has no header"),
 ]
 
 
@@ -187,6 +189,8 @@ IMDB_BAD = [
     ("text,label\ngood,1\nbad,0,extra\n", 3, "expected 2 fields"),
     ("text,label\ngood,1\n<br />,0\n", 3, "empty text"),
     ("review,sentiment\ngood,1\n", 1, "header"),
+    ("text,label,label\ngood,1,0\n", 1, "column 'label' appears 2 times"),
+    ("text,label,Text\ngood,1,bad\n", 1, "column 'text' appears 2 times"),
 ]
 
 
@@ -409,3 +413,86 @@ def test_trained_wordpiece_special_ids_and_truncation(tmp_path):
 def test_missing_vocab_file(tmp_path):
     with pytest.raises(DataError, match="vocab file not found"):
         build_tokenizer(DataConfig(vocab_path=str(tmp_path / "v.txt")), 0, [])
+
+
+def test_a_pipe_as_a_data_file_is_refused_not_read_forever(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "train.csv"
+    os.mkfifo(fifo)
+    good = write(tmp_path / "ok.csv", AG_ROWS)
+    errors: list[str] = []
+
+    def read_both() -> None:
+        for read in (load_raw, source_fingerprint):
+            try:
+                read(files_cfg("ag_news", fifo, good))
+            except DataError as exc:
+                errors.append(str(exc))
+
+    reader = threading.Thread(target=read_both, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    if reader.is_alive():  # blocked opening the pipe (the old behaviour): release it, then fail
+        while reader.is_alive():
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader sees EOF
+            reader.join(timeout=0.5)
+        pytest.fail("reading a named pipe as a data file blocked")
+    assert len(errors) == 2 and all("train.csv: not a regular file" in e for e in errors), errors
+
+
+def test_splits_are_checked_for_classes_and_for_being_one_file(tmp_path):
+    from scalelab.data.sources import check_splits
+
+    ag = files_cfg("ag_news", tmp_path / "a.csv", tmp_path / "b.csv")
+    with pytest.raises(
+        DataError, match=r"all 3 examples have label 2; a classifier needs at least two"
+    ):
+        check_splits(ag, np.array([1, 1, 1]), np.array([1, 2]))  # 0-based 1 is the file's 2
+    (warning,) = check_splits(ag, np.array([0, 1, 0]), np.array([0, 2, 3]))
+    assert warning.startswith("test label(s) 3, 4 never occur in the training split")
+    assert check_splits(ag, np.array([0, 1, 2, 3]), np.array([0, 1])) == []
+    same = files_cfg("imdb", tmp_path / "x.csv", tmp_path / "x.csv")
+    (warning,) = check_splits(same, np.array([0, 1]), np.array([0, 1]))
+    assert "data.train_path and data.test_path are the same file" in warning
+
+
+def test_a_single_class_training_set_stops_a_run_and_warnings_reach_the_user(tmp_path, capsys):
+    from scalelab.cli import main
+
+    one = write(tmp_path / "one.csv", '"2","a","b"\n"2","c","d"\n')
+    test = write(tmp_path / "test.csv", AG_ROWS)
+    base = ["data", "data.source=files", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main([*base, f"data.train_path={one}", f"data.test_path={test}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "all 2 examples have label 2" in err[0], err
+    two = write(tmp_path / "two.csv", '"1","a","b"\n"2","c","d"\n')
+    assert main([*base, f"data.train_path={two}", f"data.test_path={test}"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: test label(s) 3, 4 never occur in the training split" in out
+    assert main([*base, f"data.train_path={two}", f"data.test_path={two}"]) == 0  # a cache hit
+    assert (
+        "warning: data.train_path and data.test_path are the same file" in capsys.readouterr().out
+    )
+
+
+def test_data_paths_without_source_files_are_refused():
+    from scalelab.config import ConfigError, load_config
+
+    with pytest.raises(
+        ConfigError, match="data.train_path is set but data.source=sample does not read it"
+    ):
+        load_config(None, ["data.train_path=mine.csv"]).validate()
+    with pytest.raises(ConfigError, match="data.test_path is set but data.source=hf"):
+        load_config(None, ["data.source=hf", "data.test_path=t.csv"]).validate()
+
+
+def test_a_vocab_path_that_is_a_folder_or_an_upper_case_json_suffix(tmp_path):
+    with pytest.raises(DataError, match="is a folder; data.vocab_path names a file"):
+        build_tokenizer(DataConfig(vocab_path=str(tmp_path)), 0, [])
+    tok = build_tokenizer(DataConfig(), 200, ["the cat sat on the mat"] * 20, 16)
+    tok.save(str(tmp_path / "tok.JSON"))
+    again = build_tokenizer(DataConfig(vocab_path=str(tmp_path / "tok.JSON")), 0, [], 16)
+    assert again.encode("the cat sat").ids == tok.encode("the cat sat").ids

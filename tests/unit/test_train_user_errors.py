@@ -156,20 +156,22 @@ def test_a_resumed_run_from_an_older_version_averages_only_the_rows_with_a_colum
     assert _mean_excluding_first(rows, "data_ms") == 2.0
 
 
-def test_mid_epoch_resume_on_other_encoded_data_is_refused() -> None:
+def test_resume_on_other_encoded_data_is_refused_at_any_step() -> None:
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import load_config
     from scalelab.train import _check_resume_config
 
     now, ckpt = load_config(None, []), Path("run/checkpoint.pt")
     saved = {**_saved(3), "data_key": "ag_news-aaaa.npz"}
-    # other files, tokenizer or max_seq_len change the lengths and so the batches' order
-    with pytest.raises(
-        CheckpointError, match="other encoded data .*ag_news-aaaa.npz, now ag_news-bbbb"
-    ):
-        _check_resume_config(saved, now, ckpt, 4, "ag_news-bbbb.npz")
+    # other files, tokenizer or max_seq_len: mid-epoch they change the batches' order, and at
+    # an epoch boundary too the saved embedding rows would stand for other tokens
+    for step in (3, 0):
+        with pytest.raises(
+            CheckpointError,
+            match="trained on other encoded data .*ag_news-aaaa.npz, now ag_news-bbbb",
+        ):
+            _check_resume_config({**saved, "step_in_epoch": step}, now, ckpt, 4, "ag_news-bbbb.npz")
     _check_resume_config(saved, now, ckpt, 4, "ag_news-aaaa.npz")
-    _check_resume_config({**saved, "step_in_epoch": 0}, now, ckpt, 4, "ag_news-bbbb.npz")
     _check_resume_config(_saved(3), now, ckpt, 4, "ag_news-bbbb.npz")  # older checkpoint: no key
 
 

@@ -41,6 +41,7 @@ from scalelab.data.forked import forked
 from scalelab.data.sources import (
     DataError,
     RawData,
+    check_splits,
     describe,
     load_raw,
     source_fingerprint,
@@ -107,6 +108,7 @@ class EncodedData:
     description: str
     tokenizer_json: str = ""
     max_seq_len: int = 0
+    warnings: tuple[str, ...] = ()  # one line each: what about the data deserves a look
 
     def to(self, device: torch.device | str) -> EncodedData:
         """Copy whose splits live on ``device`` (a step then gathers batches there, no host work)."""
@@ -458,6 +460,8 @@ def _assemble(
     pad = int(meta["pad_id"])
     train, test = _split(arrays, "train", pad), _split(arrays, "test", pad)
     num_classes = int(meta["num_classes"])
+    # on every load, a cache hit too: the warnings are about the files the config names
+    warnings = check_splits(cfg.data, arrays["train_labels"], arrays["test_labels"])
     return EncodedData(
         train=train,
         test=test,
@@ -472,6 +476,7 @@ def _assemble(
         description=describe(cfg.data, len(train.labels), len(test.labels), num_classes),
         tokenizer_json=arrays["tokenizer_json"].tobytes().decode(),
         max_seq_len=int(meta["max_seq_len"]),
+        warnings=tuple(warnings),
     )
 
 
@@ -493,6 +498,7 @@ class CacheEntry:
     modified: float  # seconds since the epoch
     description: str  # the dataset and files it was encoded from ('' if unreadable)
     current: bool  # written by this scalelab's cache version (older ones are never read again)
+    readable: bool = True  # False: damaged or foreign (a run that needs it rebuilds it)
 
 
 def _cache_folder_entries(folder: Path) -> list[Path]:
@@ -500,11 +506,7 @@ def _cache_folder_entries(folder: Path) -> list[Path]:
     folder that cannot be read, is one DataError line."""
     if not folder.exists():
         return []
-    if not folder.is_dir():
-        raise DataError(
-            f"data cache folder {folder} exists and is not a folder: set data.cache_dir (or "
-            "$SCALELAB_CACHE) to a folder"
-        )
+    _check_cache_folder(folder)
     try:
         return sorted(folder.iterdir())
     except OSError as exc:
@@ -513,25 +515,35 @@ def _cache_folder_entries(folder: Path) -> list[Path]:
         ) from None
 
 
+def _check_cache_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DataError(
+            f"data cache folder {folder} exists and is not a folder: set data.cache_dir (or "
+            "$SCALELAB_CACHE) to a folder"
+        )
+
+
 def list_cache(folder: Path) -> list[CacheEntry]:
     """scalelab's cache files in `folder` (nothing else there is touched), oldest first."""
     entries = []
     for path in _cache_folder_entries(folder):
         if not _CACHE_NAME.match(path.name) or not path.is_file():
             continue
-        description, version = "", None
+        description, version, readable = "", None, True
         try:
             with np.load(path, allow_pickle=False) as z:  # reads only the small meta array
                 meta = _read_meta(z)
             description, version = meta.get("description", ""), meta.get("cache_version")
         except _UNREADABLE:
-            description = "(unreadable: damaged or not a scalelab cache file)"
+            description, readable = "(unreadable: damaged or not a scalelab cache file)", False
         try:
             st = path.stat()
         except FileNotFoundError:  # removed meanwhile
             continue
         entries.append(
-            CacheEntry(path, st.st_size, st.st_mtime, description, version == CACHE_VERSION)
+            CacheEntry(
+                path, st.st_size, st.st_mtime, description, version == CACHE_VERSION, readable
+            )
         )
     return sorted(entries, key=lambda e: e.modified)
 
@@ -599,6 +611,7 @@ def prepare_data(
         return _assemble(cfg, arrays, path, True, t0)
 
     try:
+        _check_cache_folder(default_cache_dir(cfg.data.cache_dir))  # before any file is read
         fingerprint, raw = _fingerprint(cfg)
         path = cache_file(cfg, fingerprint)
         arrays: dict[str, np.ndarray] | None = None

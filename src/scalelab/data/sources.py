@@ -23,7 +23,7 @@ import gzip
 import hashlib
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -131,6 +131,9 @@ def _read_bytes(path: Path) -> tuple[str, bytes]:
 
 
 def _read_file(path: Path) -> bytes:
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # a named pipe or device: reading it could block forever (or never end)
+        raise DataError(f"{path}: not a regular file (a pipe, socket or device); give a file")
     try:
         return path.read_bytes()
     except OSError as exc:  # permissions, a dangling link, an I/O error
@@ -200,6 +203,11 @@ def read_ag_news_csv(path: Path) -> tuple[list[str], np.ndarray, str]:
                 f'{path}: line {line}: expected 3 fields "class","title","description", '
                 f"got {len(row)}"
             )
+        if line == 1 and not row[0].strip().lstrip("+-").isdigit():
+            raise DataError(
+                f"{path}: line 1: label {row[0]!r} is not an integer (the AG News layout has no "
+                'header: every line is "class","title","description" with class 1..4)'
+            )
         label = _parse_label(path, line, row[0], 1, 4)
         body = clean_ag_news(row[1] + " " + row[2])
         if not body:
@@ -224,6 +232,12 @@ def read_imdb_csv(path: Path) -> tuple[list[str], np.ndarray, str]:
         raise DataError(
             f"{path}: line 1: expected a header with columns text,label, got {header!r}"
         )
+    for column in ("text", "label"):
+        if names.count(column) > 1:
+            raise DataError(
+                f"{path}: line 1: column {column!r} appears {names.count(column)} times in the "
+                "header; it may appear once"
+            )
     ti, li, ncol = names.index("text"), names.index("label"), len(names)
     texts: list[str] = []
     labels: list[int] = []
@@ -422,6 +436,39 @@ def load_raw(cfg: DataConfig) -> RawData:
     te_x, te_y = _subset(te_x, te_y, cfg.max_test_samples)
     description = describe(cfg, len(tr_x), len(te_x), num_classes)
     return RawData(tr_x, tr_y, te_x, te_y, num_classes, description, fingerprint)
+
+
+def check_splits(cfg: DataConfig, train_labels: np.ndarray, test_labels: np.ndarray) -> list[str]:
+    """Refuse a training split of a single class; return warnings (one line each) for test
+    classes the training split never shows and for a test split read from the training file."""
+    seen = np.unique(train_labels)
+    as_in_file = 1 if cfg.dataset == "ag_news" else 0  # AG News files number classes 1..4
+
+    def shown(labels: Sequence[int]) -> str:
+        return ", ".join(str(int(v) + as_in_file) for v in labels)
+
+    if len(seen) < 2:
+        raise DataError(
+            f"{cfg.dataset} train split: all {len(train_labels):,} examples have label "
+            f"{shown(seen)}; a classifier needs at least two classes (check the label column"
+            + (", or raise data.max_train_samples)" if cfg.max_train_samples else ")")
+        )
+    warnings = []
+    unseen = sorted(set(np.unique(test_labels).tolist()) - set(seen.tolist()))
+    if unseen:
+        warnings.append(
+            f"test label(s) {shown(unseen)} never occur in the training split (labels as in the "
+            f"files; {len(seen)} of {NUM_CLASSES[cfg.dataset]} classes there): the model cannot "
+            "learn them, so their accuracy is 0"
+        )
+    if cfg.source == "files":
+        train_path, test_path = split_paths(cfg)
+        if train_path.resolve() == test_path.resolve():
+            warnings.append(
+                f"data.train_path and data.test_path are the same file ({train_path}): "
+                "val_acc is measured on the training data"
+            )
+    return warnings
 
 
 def describe(cfg: DataConfig, n_train: int, n_test: int, num_classes: int) -> str:

@@ -121,10 +121,22 @@ def vocab_fingerprint(cfg: DataConfig) -> str:
     """sha256 of the vocab file's content ('' when a tokenizer is trained)."""
     if not cfg.vocab_path:
         return ""
-    path = resolve_path(cfg.vocab_path)
-    if not path.is_file():
-        raise DataError(f"{path}: vocab file not found (data.vocab_path)")
+    path = _vocab_file(cfg)
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _vocab_file(cfg: DataConfig) -> Path:
+    """data.vocab_path as a file, or one line saying what it is instead."""
+    path = resolve_path(cfg.vocab_path)
+    if path.is_dir():
+        raise DataError(
+            f"{path}: is a folder; data.vocab_path names a file, a WordPiece vocab.txt or a "
+            "tokenizers tokenizer.json"
+        )
+    if not path.is_file():
+        what = "not a regular file" if path.exists() else "vocab file not found"
+        raise DataError(f"{path}: {what} (data.vocab_path)")
+    return path
 
 
 def _normalizer(lowercase: bool) -> BertNormalizer:
@@ -205,11 +217,9 @@ def tokenizer_and_pad_id(
         tok.model = _canonical_ids(bare.get_vocab())
         _add_cls_sep(tok, where)
     else:
-        path = resolve_path(cfg.vocab_path)
+        path = _vocab_file(cfg)
         where = str(path)
-        if not path.is_file():
-            raise DataError(f"{path}: vocab file not found (data.vocab_path)")
-        if path.suffix == ".json":
+        if path.suffix.lower() == ".json":
             try:
                 tok = Tokenizer.from_file(str(path))
             except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
