@@ -690,8 +690,13 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     if len(data.train) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "
-            f"({len(data.train):,} examples): lower train.batch_size or use more data "
-            "(data.max_train_samples)"
+            f"({len(data.train):,} examples): lower train.batch_size or use more data ("
+            + (
+                "raise data.max_train_samples, or 0 for every row"
+                if cfg.data.max_train_samples
+                else "a larger training file: every row is used already"
+            )
+            + ")"
         )
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:

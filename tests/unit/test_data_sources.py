@@ -454,6 +454,11 @@ def test_splits_are_checked_for_classes_and_for_being_one_file(tmp_path):
     (warning,) = check_splits(ag, np.array([0, 1, 0]), np.array([0, 2, 3]))
     assert warning.startswith("test label(s) 3, 4 never occur in the training split")
     assert check_splits(ag, np.array([0, 1, 2, 3]), np.array([0, 1])) == []
+    capped = files_cfg("ag_news", tmp_path / "a.csv", tmp_path / "b.csv", max_train_samples=10)
+    (warning,) = check_splits(capped, np.array([0, 1, 2, 3]), np.array([0, 1]))
+    assert warning == (
+        "data.max_train_samples=10 but the training split has 4 examples: all of them are used"
+    )
     same = files_cfg("imdb", tmp_path / "x.csv", tmp_path / "x.csv")
     (warning,) = check_splits(same, np.array([0, 1]), np.array([0, 1]))
     assert "data.train_path and data.test_path are the same file" in warning

@@ -29,7 +29,7 @@ def test_global_batch_larger_than_the_training_set_is_one_line(
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1, lines
     assert lines[0].startswith("scalelab: error: train.batch_size=16"), lines[0]
-    assert "8 examples" in lines[0]
+    assert "8 examples" in lines[0] and "raise data.max_train_samples, or 0" in lines[0]
     assert not (tmp_path / "exp").exists()
 
 

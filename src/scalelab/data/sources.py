@@ -461,6 +461,11 @@ def check_splits(cfg: DataConfig, train_labels: np.ndarray, test_labels: np.ndar
             f"files; {len(seen)} of {NUM_CLASSES[cfg.dataset]} classes there): the model cannot "
             "learn them, so their accuracy is 0"
         )
+    if cfg.max_train_samples > len(train_labels):
+        warnings.append(
+            f"data.max_train_samples={cfg.max_train_samples:,} but the training split has "
+            f"{len(train_labels):,} examples: all of them are used"
+        )
     if cfg.source == "files":
         train_path, test_path = split_paths(cfg)
         if train_path.resolve() == test_path.resolve():
