@@ -739,6 +739,15 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 "resume with the same world size"
             )
         _check_resume_config(resume_state, cfg, resume_from, steps_per_epoch, data.cache_path.name)
+        saved_epochs = ((resume_state.get("config") or {}).get("train") or {}).get("epochs")
+        if saved_epochs not in (None, cfg.train.epochs) and cfg.train.lr_schedule != "constant":
+            log(
+                env,
+                f"note: train.epochs {saved_epochs} -> {cfg.train.epochs} re-plans the "
+                f"{cfg.train.lr_schedule} learning-rate schedule over {total_steps} steps: from "
+                f"step {resume_state['global_step']} the learning rate follows the new plan "
+                "(higher than where the old one ended)",
+            )
         try:
             set_rng_state(rngs[env.rank])
         except _LOAD_ERRORS as exc:
@@ -1164,7 +1173,11 @@ _MODEL_KEYS = tuple(
 
 # Not restored from the checkpoint, so a changed value would train the later epochs while
 # config.yaml (rewritten on resume) gives it for the whole run, the epochs before included.
-_RECORDED_KEYS = (("train", "lr_schedule"), ("train", "warmup_ratio"), ("model", "dropout"))
+# (train.max_steps_per_epoch sets the schedule's length; train.seed the batches of later epochs.)
+_RECORDED_KEYS = (
+    ("train", "lr_schedule"), ("train", "warmup_ratio"), ("train", "max_grad_norm"),
+    ("train", "max_steps_per_epoch"), ("train", "seed"), ("model", "dropout"),
+)  # fmt: skip
 
 #: What a load_state_dict (or an RNG restore) raises on a state of the wrong shape or type.
 _LOAD_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError)

@@ -77,6 +77,14 @@ CASES: dict[str, Callable[[Path], None]] = {
         write_run(r, "ws1"),
         write_run(r, "ws2", world_size=2, timing={"forward_ms": 20.0, "backward_ms": 41.0}),
     ),
+    # exposed 6 ms against 2 ms for the all-reduces themselves: 4 ms of waiting
+    "sync_wait": lambda r: write_run(
+        r,
+        "ws2",
+        world_size=2,
+        timing={"backward_ms": 36.0},
+        summary={"comm": {"exposed_comm_ms": 6.0, "allreduce_ms": 2.0}},
+    ),  # fmt: skip
     "optimizer_share": lambda r: write_run(
         r, "ws1", timing={"optimizer_ms": 30.0, "step_ms": 125.0}
     ),
@@ -286,3 +294,21 @@ def test_compute_contention_quotes_the_numbers_and_stays_silent_when_it_does_not
     )
     rules = {f.rule for f in _findings(tmp_path / "launch")}
     assert "launch_bound" in rules and "compute_contention" not in rules
+
+
+def test_a_forward_that_grows_at_half_the_batch_is_contention_not_launch_overhead(tmp_path):
+    # 30 ms at 1 rank -> 40 ms at 2 ranks with half the batch: a fixed cost would keep it level
+    write_run(tmp_path, "ws1")
+    write_run(tmp_path, "ws2", world_size=2, timing={"forward_ms": 40.0, "backward_ms": 31.0})
+    rules = {f.rule for f in _findings(tmp_path)}
+    assert "compute_contention" in rules and "launch_bound" not in rules
+
+
+def test_sync_wait_quotes_the_wait_and_stays_silent_when_exposed_is_the_all_reduce(tmp_path):
+    CASES["sync_wait"](tmp_path / "wait")
+    (f,) = [f for f in _findings(tmp_path / "wait") if f.rule == "sync_wait"]
+    assert "exposed communication is 3.0x the all-reduce itself" in f.title
+    assert "6 ms per step against 2 ms" in f.evidence and "the other 4 ms is waiting" in f.evidence
+    write_run(tmp_path / "bytes", "ws2", world_size=2, timing={"backward_ms": 36.0},
+              summary={"comm": {"exposed_comm_ms": 6.0, "allreduce_ms": 5.0}})  # fmt: skip
+    assert "sync_wait" not in {f.rule for f in _findings(tmp_path / "bytes")}

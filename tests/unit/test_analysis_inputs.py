@@ -42,7 +42,9 @@ def test_groups_whose_short_labels_coincide_keep_their_own_predictions(tmp_path:
     assert len(set(labels)) == 2 and any("999 training examples" in x for x in labels)
     assert set(analysis.predictions) == set(labels)
     # each run's CSV row carries its own group's prediction (names repeat across the sweeps)
-    for row, run in zip(csv_rows(analysis), analysis.runs, strict=True):
+    in_row_order = sorted(analysis.runs, key=lambda r: (r.preset, r.world_size, r.name))
+    for row, run in zip(csv_rows(analysis), in_row_order, strict=True):
+        assert row["run_name"] == run.name
         if run.world_size != 2:
             continue
         group = next(g for g in analysis.groups if run in g.runs)
@@ -269,3 +271,14 @@ def test_a_simulated_slow_loader_is_predicted_to_stay(tmp_path: Path) -> None:
     assert fast.data_ms == pytest.approx(1.0)  # 2 ms / 2 ranks
     assert slow.data_ms == pytest.approx(0.5 / 2 + 1.5)
     assert slow.step_ms - fast.step_ms == pytest.approx(0.75)
+
+
+def test_rows_follow_the_world_size_and_big_numbers_are_whole(tmp_path: Path) -> None:
+    from scalelab.analysis.report import _f
+
+    write_sweep(tmp_path, [1, 2, 10])  # folder order: ws1, ws10, ws2
+    rows = csv_rows(analyse_runs(load_runs([tmp_path]), busbw_gbps=10.0))
+    assert [r["world_size"] for r in rows] == [1, 2, 10]
+    assert (_f(999.7), _f(-999.7), _f(123.4), _f(99.96), _f(0.0004)) == (
+        "1000", "-1000", "123", "100", "0.0004",
+    )  # fmt: skip

@@ -46,6 +46,24 @@ def test_same_global_batches_for_every_world_size(n, ws, ga):
     assert len(set(seen)) == len(seen) > n - global_batch  # covers all but < one batch
 
 
+def test_the_examples_an_epoch_leaves_out_are_random_not_the_longest():
+    """One window holds the whole set (ag_news_large's 50 x 128 > the 4,000-row sample): the
+    32 examples that do not fill a batch were always the longest (114-188 tokens, p99 107)."""
+    lengths = np.random.default_rng(3).integers(10, 200, size=4000)
+    s = TrainBatchSampler(lengths, 128, bucket_multiplier=50)
+    dropped_means, used = [], np.zeros(len(lengths), dtype=int)
+    for epoch in range(40):
+        kept = s.global_batches(epoch).ravel()
+        left_out = np.setdiff1d(np.arange(len(lengths)), kept)
+        assert len(left_out) == 4000 - 31 * 128
+        dropped_means.append(lengths[left_out].mean())
+        used[kept] += 1
+    # random: about the mean length (~105) over 40 epochs, not ~195 (the top of the range)
+    assert abs(np.mean(dropped_means) - lengths.mean()) < 10
+    longest = np.argsort(lengths)[-40:]
+    assert used[longest].min() >= 30  # each of the longest is trained in most epochs
+
+
 def test_epochs_differ_and_seed_is_reproducible():
     e0 = [s[0][0].tolist() for s in step_sets(200, 16, 1, 1, epoch=0)]
     e0b = [s[0][0].tolist() for s in step_sets(200, 16, 1, 1, epoch=0)]

@@ -247,3 +247,14 @@ def test_time_breakdown_shows_the_slowest_ranks_forward(report):
     cells = dict(zip(header, (c.strip() for c in row.strip("|").split("|")), strict=True))
     assert cells["forward"] == "15"  # 30 ms at 1 rank, halved
     assert cells["slowest forward"] == "15.8"  # 15 x 1.05
+
+
+def test_dollar_signs_in_names_are_plain_text_in_the_plots(tmp_path: Path) -> None:
+    """A '$...$' pair in a run or preset name was parsed as mathtext: a traceback, no report."""
+    from scalelab.analysis.report import write_report
+
+    for n in (1, 2):
+        write_run(tmp_path / "runs", f"cost $\\frac$ run-ws{n}", world_size=n,
+                  preset="price $5 and $6")  # fmt: skip
+    report = write_report([tmp_path / "runs"], tmp_path / "out", busbw_gbps=10.0)
+    assert report["plot_accuracy"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

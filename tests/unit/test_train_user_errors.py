@@ -107,6 +107,10 @@ def test_resume_with_another_lr_schedule_warmup_or_dropout_is_refused() -> None:
         ("train.lr_schedule=linear", r"train\.lr_schedule=cosine, resumed with linear"),
         ("train.warmup_ratio=0.2", r"train\.warmup_ratio=0\.1, resumed with 0\.2"),
         ("model.dropout=0.3", r"model\.dropout=0\.1, resumed with 0\.3"),
+        # the schedule's length, clipping, and the batches of the epochs to come
+        ("train.max_steps_per_epoch=8", r"train\.max_steps_per_epoch=0, resumed with 8"),
+        ("train.max_grad_norm=5", r"train\.max_grad_norm=1\.0, resumed with 5"),
+        ("train.seed=7", r"train\.seed=42, resumed with 7"),
     ):
         with pytest.raises(CheckpointError, match=says + ".*resume with the saved value"):
             _check_resume_config(saved, load_config(None, [override]), ckpt, 4)

@@ -37,9 +37,15 @@ SMALL_PER_RANK_BATCH = 8
 # Halving the per-rank batch should nearly halve the forward time; achieving less than 40 % of
 # the ideal reduction means a fixed per-step cost (kernel launches, Python) dominates compute.
 FORWARD_SHRINK_MIN_FRACTION = 0.4
+# A forward more than 10 % slower at a smaller per-rank batch is not a fixed per-step cost (that
+# would keep it level) but ranks slowing each other down: the contention rule's, not launch-bound.
+FORWARD_GROWTH_MAX = 1.1
 # Per-rank compute (forward + backward without the exposed all-reduce) 20 % above the
 # baseline's / n, at the baseline's threads per rank: the ranks slow each other's compute down.
 COMPUTE_SLOWDOWN_MAX = 1.2
+# Exposed communication over twice the step's all-reduces timed back to back: the excess is
+# ranks waiting for each other at the collective, not bytes on the wire.
+SYNC_WAIT_RATIO = 2.0
 # The optimizer step does not shrink with more ranks; at 20 % of a step it caps scaling early.
 OPTIMIZER_SHARE_MAX = 0.20
 # The slowest rank sets the pace of every all-reduce; 20 % above the mean is a real imbalance
@@ -257,6 +263,8 @@ def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
             ideal_ratio *= t_small / t_large
         if ideal_ratio >= 1:
             continue  # no faster per-rank compute to expect: the ranks split the same cores
+        if f_large > FORWARD_GROWTH_MAX * f_small:
+            continue  # grew at a smaller batch: not a fixed cost but contention (its own rule)
         achieved = (1 - f_large / f_small) / (1 - ideal_ratio)
         run = by_n[large][0]
         per_rank = run.summary.get("per_rank_batch")
@@ -306,7 +314,8 @@ def _compute_contention_rule(group: ScalingGroup) -> list[Finding]:
         fwd = run.phase("forward_ms")
         if breakdown is None or not fwd or not base_fwd:
             continue
-        if (1 - fwd / base_fwd) / (1 - n0 / n) < FORWARD_SHRINK_MIN_FRACTION:
+        shrink = (1 - fwd / base_fwd) / (1 - n0 / n)
+        if shrink < FORWARD_SHRINK_MIN_FRACTION and fwd <= FORWARD_GROWTH_MAX * base_fwd:
             continue  # launch-bound: that rule explains it
         measured = breakdown["forward_ms"][0] + breakdown["backward_ms"][0]
         ideal = breakdown["forward_ms"][1] + breakdown["backward_ms"][1]
@@ -394,6 +403,33 @@ def _run_rules(run: Run) -> list[Finding]:
                     "between steps: " + "; ".join(fixes) + ". More ranks shrink only the "
                     "part of the wait that is proportional to the per-rank batch.",
                     "input_bound",
+                    name,
+                )
+            )
+        allreduce = run.comm_value("allreduce_ms")
+        if (
+            n > 1
+            and exposed is not None
+            and allreduce
+            and exposed > SYNC_WAIT_RATIO * allreduce
+            and exposed - allreduce >= 1.0
+        ):
+            findings.append(
+                Finding(
+                    "warning",
+                    f"Ranks wait for each other at {n} ranks: exposed communication is "
+                    f"{exposed / allreduce:.1f}x the all-reduce itself",
+                    f"exposed communication {_ms(exposed)} per step against {_ms(allreduce)} "
+                    "for the step's all-reduces timed back to back; the other "
+                    f"{_ms(exposed - allreduce)} is waiting: some rank reaches the collective "
+                    "later than the others (step-time jitter, a straggler, a slow wake-up)",
+                    "Bandwidth, comm hooks and bucket sizes cannot remove waiting. Look at the "
+                    "slowest rank (forward_ms_max, data_ms_max), at what the ranks share (CPU "
+                    "cores, a device) and at the sync latency after compute that scalelab "
+                    "commbench measures; fewer collectives per step pay the wait fewer times "
+                    "(a bigger global batch, with train.grad_accum_steps if the per-rank batch "
+                    "must stay small).",
+                    "sync_wait",
                     name,
                 )
             )
@@ -652,7 +688,8 @@ def _prediction_rule(predictions: Sequence[Prediction], runs: Sequence[Run]) -> 
                 f"measured {_ms(measured[term])}",
                 f"The likely mis-modelled term: {_TERM_HINTS[term]}."
                 + (
-                    " Re-run commbench on this hardware or pass a measured overlap fraction."
+                    " Re-run scalelab commbench on this hardware (scalelab report --commbench "
+                    "FILE), and try the measured overlap with scalelab predict --overlap."
                     if term == "backward_ms"
                     else ""
                 ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -46,6 +47,13 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _from_zero(ax: Axes) -> None:
+    """y from 0 with room above the highest point (set_ylim(bottom=0) keeps only the top margin
+    of the original data range, which half-hides the highest marker of a narrow range)."""
+    top = max(ax.get_ylim()[1], ax.dataLim.y1 * 1.08 if np.isfinite(ax.dataLim.y1) else 0.0)
+    ax.set_ylim(0, top if top > 0 else 1.0)
+
+
 def _world_size_axis(ax: Axes, sizes: Sequence[int]) -> None:
     """Log2 x axis with a tick at every measured world size (also fine for a single size)."""
     sizes = sorted(set(sizes))
@@ -78,7 +86,7 @@ def plot_epoch_time(groups: Sequence[ScalingGroup], out_dir: Path) -> Path:
         )
     _world_size_axis(ax, _all_sizes(groups))
     ax.set_ylabel("mean epoch time (s)")
-    ax.set_ylim(bottom=0)
+    _from_zero(ax)
     ax.set_title("Epoch time vs world size (lower is better)")
     ax.legend(fontsize=8)
     return _save(fig, Path(out_dir) / "epoch_time.png")
@@ -147,7 +155,7 @@ def plot_efficiency(groups: Sequence[ScalingGroup], out_dir: Path) -> Path:
         label=f"diagnosis threshold ({EFFICIENCY_MIN:.0%})",
     )
     _world_size_axis(ax, _all_sizes(groups))
-    ax.set_ylim(bottom=0)
+    _from_zero(ax)
     ax.set_ylabel("parallel efficiency (%)")
     ax.set_title("Efficiency = speedup / ideal speedup")
     ax.legend(fontsize=8)
@@ -165,7 +173,7 @@ def plot_throughput(groups: Sequence[ScalingGroup], out_dir: Path) -> Path:
             label=g.label,
         )
     _world_size_axis(ax, _all_sizes(groups))
-    ax.set_ylim(bottom=0)
+    _from_zero(ax)
     ax.set_ylabel("training throughput (samples/s)")
     ax.set_title("Throughput vs world size (higher is better)")
     ax.legend(fontsize=8)
@@ -224,6 +232,8 @@ def plot_time_breakdown(runs: Sequence[Run], out_dir: Path) -> Path:
         f"{r.preset}\n{_ranks(r.world_size)}" if several_presets else _ranks(r.world_size)
         for r in ordered
     ]
+    if len(set(labels)) < len(labels):  # repeats, other devices, ...: each bar by its run
+        labels, several_presets = [f"{r.name}\n{_ranks(r.world_size)}" for r in ordered], True
     parts = [breakdown_ms(r) for r in ordered]
     x = np.arange(len(ordered))
     bottom = np.zeros(len(ordered))
@@ -249,6 +259,7 @@ def plot_time_breakdown(runs: Sequence[Run], out_dir: Path) -> Path:
     # Outside the axes: stacked bars fill the plot area, an inside legend would hide them.
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
+    _from_zero(ax)
     return _save(fig, Path(out_dir) / "time_breakdown.png")
 
 
@@ -293,7 +304,7 @@ def plot_predicted_vs_measured(
         )
     ax.plot(sorted(sizes), sorted(sizes), "k:", label="ideal (n)")
     _world_size_axis(ax, sorted(sizes))
-    ax.set_ylim(bottom=0)
+    _from_zero(ax)
     ax.set_ylabel("speedup vs 1 rank (x)")
     ax.set_title("Predicted vs measured speedup")
     ax.legend(fontsize=7, loc="upper left")
@@ -306,7 +317,18 @@ def plot_all(
     predictions: Mapping[str, Sequence[Prediction]],
     out_dir: Path,
 ) -> dict[str, Path]:
-    """All figures; keys are stable names used by the report."""
+    """All figures; keys are stable names used by the report. Labels are literal text: a '$'
+    in a run, preset or device name is not matplotlib mathtext (a lone pair broke the report)."""
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _plot_all(groups, runs, predictions, out_dir)
+
+
+def _plot_all(
+    groups: Sequence[ScalingGroup],
+    runs: Sequence[Run],
+    predictions: Mapping[str, Sequence[Prediction]],
+    out_dir: Path,
+) -> dict[str, Path]:
     return {
         "epoch_time": plot_epoch_time(groups, out_dir),
         "speedup": plot_speedup(groups, out_dir),

@@ -133,7 +133,8 @@ def _f(value: Any, digits: int = 3) -> str:
         return "-"
     if isinstance(value, int):
         return str(value)
-    return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
+    # from 10**(digits-1) on as a whole number: .3g would print 999.7 as 1e+03
+    return f"{value:.{digits}g}" if abs(value) < 10 ** (digits - 1) else f"{value:.0f}"
 
 
 def _pct(value: float | None) -> str:
@@ -305,7 +306,8 @@ def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
     # by the run itself: sweeps name their runs <preset>-ws<n>, so names repeat across sweeps
     by_run = {id(c.run): c for c in analysis.comparisons}
     rows = []
-    for run in analysis.runs:
+    # by world size, not folder name (ws10 would come before ws2)
+    for run in sorted(analysis.runs, key=lambda r: (r.preset, r.world_size, r.name)):
         point = find_point(analysis.groups, run)
         cmp = by_run.get(id(run))
         s = run.summary

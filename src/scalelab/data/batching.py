@@ -86,14 +86,16 @@ class TrainBatchSampler:
         """
         epoch = self.epoch if epoch is None else epoch
         rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(self.lengths))
+        steps = len(self)
+        # The examples an epoch leaves out (fewer than one global batch) are dropped from the
+        # shuffled order, before the windows are sorted by length: cut after the sort, they
+        # would always be the longest of the last window.
+        perm = rng.permutation(len(self.lengths))[: steps * self.global_batch]
         window = self.bucket_multiplier * self.global_batch
         for start in range(0, len(perm), window):
             chunk = perm[start : start + window]
             perm[start : start + window] = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-        steps = len(self)
-        # Windows are multiples of global_batch, so only the last window's tail is dropped.
-        batches = perm[: steps * self.global_batch].reshape(steps, self.global_batch)
+        batches = perm.reshape(steps, self.global_batch)
         return batches[rng.permutation(steps)].astype(np.int64, copy=False)
 
     def __iter__(self) -> Iterator[list[np.ndarray]]:
