@@ -828,25 +828,32 @@ def render_text(doc: Sequence[Block], title: str) -> str:
     return "\n".join(out)
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("_", "\\_")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+
+
+def _md_text(text: str) -> str:
+    """Literal text in Markdown: run, preset and device names may hold markup characters or
+    HTML (a '<script>' in a name must not become a tag, a newline must not split a table row)."""
+    text = " ".join(str(text).splitlines())
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render_markdown(doc: Sequence[Block], title: str) -> str:
     out = [f"# {title}", ""]
     for block in doc:
         if isinstance(block, Heading):
-            out += [f"{'#' * (block.level + 1)} {block.text}", ""]
+            out += [f"{'#' * (block.level + 1)} {_md_text(block.text)}", ""]
         elif isinstance(block, Para):
             out += [block.text, ""]
         elif isinstance(block, Table):
             out += [
-                f"*{block.caption}*",
+                f"*{_md_text(block.caption)}*",
                 "",
-                "| " + " | ".join(block.headers) + " |",
+                "| " + " | ".join(_md_text(h) for h in block.headers) + " |",
                 "|" + "|".join("---" for _ in block.headers) + "|",
             ]
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows] + [""]
+            out += ["| " + " | ".join(_md_text(c) for c in row) + " |" for row in block.rows] + [""]
         elif isinstance(block, Figure):
             out += [f"![{block.caption}]({block.path.name})", ""]
         elif isinstance(block, Formula):
@@ -855,7 +862,7 @@ def render_markdown(doc: Sequence[Block], title: str) -> str:
             if not block.items:
                 out += ["No problems detected: no diagnosis rule fired.", ""]
             for f in block.items:
-                head, evidence, rec = _finding_lines(f)
+                head, evidence, rec = (_md_text(t) for t in _finding_lines(f))
                 out += [f"- **{head}**", f"  - {evidence}", f"  - {rec}"]
             out.append("")
     return "\n".join(out)
