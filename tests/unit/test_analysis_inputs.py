@@ -217,8 +217,25 @@ def test_a_failed_report_leaves_the_previous_one_untouched(
 def test_report_out_below_a_file_is_one_line(tmp_path: Path) -> None:
     write_sweep(tmp_path / "runs", [1])
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(AnalysisError, match="cannot create the folder"):
+    with pytest.raises(AnalysisError, match="cannot write the report there"):
         write_report([tmp_path / "runs"], tmp_path / "afile" / "sub")
+
+
+def test_a_report_file_that_cannot_be_written_is_one_line_and_stale_staging_goes(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    write_sweep(tmp_path / "runs", [1, 2])
+    out = tmp_path / "out"
+    (out / "report.tex").mkdir(parents=True)  # a folder where a report file goes
+    stale = out / ".report-staging-old"
+    stale.mkdir()
+    os.utime(stale, (0, 0))  # left by a report killed long ago
+    with pytest.raises(AnalysisError, match=r"--out .*: cannot write the report \(.*report\.tex"):
+        write_report([tmp_path / "runs"], out, busbw_gbps=10.0)
+    assert not stale.exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".report-staging")] == []
 
 
 @pytest.mark.parametrize(

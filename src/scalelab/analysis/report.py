@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -1069,11 +1070,17 @@ def write_report(
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # staging folders of a report killed mid-way (an hour old: not one being written now)
+        for stale in out.glob(".report-staging-*"):
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
         # Everything is built in a staging folder first (same filesystem), then each file
         # replaces its old version: a failure half-way leaves the previous report as it was.
         staging = Path(tempfile.mkdtemp(prefix=".report-staging-", dir=out))
     except OSError as exc:
-        raise AnalysisError(f"--out {out_dir}: cannot create the folder ({exc})") from None
+        raise AnalysisError(
+            f"--out {out_dir}: cannot write the report there ({exc.strerror or exc})"
+        ) from None
     try:
         figures = plot_all(analysis.groups, runs, analysis.predictions, staging)
         staged: dict[str, Path] = {f"plot_{k}": v for k, v in figures.items()}
@@ -1103,6 +1110,12 @@ def write_report(
         for key, path in staged.items():
             files[key] = out / path.name
             os.replace(path, files[key])
+    except OSError as exc:  # a full disk, a file's name taken by a folder, ...
+        raise AnalysisError(
+            f"--out {out_dir}: cannot write the report ({exc.strerror or exc}"
+            + (f": {exc.filename}" if exc.filename else "")
+            + ")"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return files
