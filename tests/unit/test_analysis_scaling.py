@@ -176,3 +176,13 @@ def test_a_run_without_a_finite_epoch_time_is_left_out(tmp_path):
     (group,) = analyse(load_runs([tmp_path]))
     assert [p.run.name for p in group.points] == ["f-ws1b", "f-ws2"]
     assert group.points[1].speedup == pytest.approx(10.0 / 6.0)
+
+
+def test_runs_without_an_epoch_time_are_named_not_dropped_silently(tmp_path) -> None:
+    write_run(tmp_path, "ws1", world_size=1, summary={"mean_epoch_time_s": float("nan")})
+    write_run(tmp_path, "ws2", world_size=2)
+    write_run(tmp_path, "ws4", world_size=4)
+    (group,) = analyse(load_runs([tmp_path]))
+    text = group.baseline_statement()
+    assert text.startswith("Baseline: no timed 1-rank run in this group")
+    assert "Left out of the scaling figures: ws1 (1 rank), without a finite epoch time" in text

@@ -170,7 +170,7 @@ class ScalingGroup:
             what = "the 1-rank run" if runs == 1 else f"the mean of {runs} 1-rank runs"
             return f"Baseline: {what} (epoch time {self.baseline_epoch_time_s:.3g} s).{note}"
         return (
-            f"Baseline: no 1-rank run in this group, so the smallest world size ({n0} ranks, "
+            f"Baseline: no timed 1-rank run in this group, so the smallest world size ({n0} ranks, "
             f"epoch time {self.baseline_epoch_time_s:.3g} s) is the baseline; speedups are "
             f"relative to it and the ideal speedup is n/{n0}.{note}"
         )
@@ -234,6 +234,15 @@ def analyse_group(runs: Sequence[Run]) -> ScalingGroup | None:
     n0 = min(r.world_size for r in timed)
     # Repeated baseline runs are averaged so one noisy repeat does not skew every speedup.
     baseline, baseline_note = choose_baseline([r for r in timed if r.world_size == n0])
+    untimed = sorted((r for r in runs if not _has_epoch_time(r)), key=lambda r: r.world_size)
+    if untimed:
+        left = ", ".join(
+            f"{r.name} ({r.world_size} rank{'s' if r.world_size > 1 else ''})" for r in untimed
+        )
+        baseline_note = (
+            f"{baseline_note} Left out of the scaling figures: {left}, without a finite "
+            "epoch time (NaN or 0: no step was timed)."
+        ).strip()
     t0 = sum(r.epoch_time_s for r in baseline) / len(baseline)  # type: ignore[misc]
     points = []
     for run in sorted(timed, key=lambda r: (r.world_size, r.name)):
