@@ -270,3 +270,20 @@ def test_names_are_literal_text_in_the_markdown(tmp_path: Path) -> None:
     assert "<script>" not in text and "&lt;script&gt;x&lt;/script&gt; ws1" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "script" in ln]
     assert rows and all(ln.endswith(" |") for ln in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_summary_table_fits_a_page_as_given(report, tmp_path: Path) -> None:
+    """summary_table.tex pasted into a plain article (2 cm margins) is not wider than the text."""
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass[11pt]{article}\n\\usepackage[margin=2cm]{geometry}\n"
+        "\\usepackage{booktabs}\n\\begin{document}\n"
+        f"\\input{{{report['summary_table']}}}\n\\end{{document}}\n"
+    )
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")

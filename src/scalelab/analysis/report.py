@@ -978,7 +978,9 @@ def latex_table(table: Table, *, standalone: bool = False) -> str:
     tabular += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in table.rows]
     tabular += [r"\bottomrule", r"\end{tabular}"]
     if standalone:
-        head, body = [r"% requires \usepackage{booktabs}", r"\begin{table}[htbp]"], tabular
+        # small type and narrow column gaps: the summary's columns fit a page's text width
+        head = [r"% requires \usepackage{booktabs}", r"\begin{table}[htbp]"]
+        body = [r"\footnotesize", r"\setlength{\tabcolsep}{3pt}", *tabular]
     else:
         head = [r"\begin{table}[H]"]
         body = [r"\begin{adjustbox}{max width=\textwidth}", *tabular, r"\end{adjustbox}"]
