@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scalelab.config import first_line
+from scalelab.config import first_line, is_number
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -177,12 +177,9 @@ def _describe(value: Any) -> str:
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_count(value: Any) -> bool:
+    """A whole number >= 0 (not a bool)."""
+    return is_number(value) and isinstance(value, int) and value >= 0
 
 
 def _check_fields(path: Path, state: dict[str, Any]) -> None:
@@ -210,7 +207,7 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
     if state.get("scaler") is not None and not isinstance(state["scaler"], dict):
         raise bad("scaler", state["scaler"], "a dict or None")
     for key in ("epoch", "step_in_epoch", "global_step"):
-        if not _is_count(state[key]):
+        if not is_count(state[key]):
             raise bad(key, state[key], "a whole number >= 0")
     if state["step_in_epoch"] > state["global_step"]:
         raise bad(
@@ -231,8 +228,8 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
         raise bad("world_size", state["world_size"], f"the number of RNG states ({ranks})")
     # one entry per rank (None: saved by a version that did not record it, or a stateless hook)
     per_rank = {
-        "epoch_loss_sums": ("a number", _is_number),
-        "epoch_tokens": ("a whole number >= 0", _is_count),
+        "epoch_loss_sums": ("a number", is_number),
+        "epoch_tokens": ("a whole number >= 0", is_count),
         "epoch_phases": ("a dict or None", lambda v: v is None or isinstance(v, dict)),
         "comm_hook_state": ("a dict", lambda v: isinstance(v, dict)),
     }
@@ -246,7 +243,7 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
             if not ok(v):
                 raise bad(f"{key}[{r}]", v, want)
     elapsed = state.get("epoch_elapsed_s")
-    if elapsed is not None and not (_is_number(elapsed) and elapsed >= 0):
+    if elapsed is not None and not (is_number(elapsed) and elapsed >= 0):
         raise bad("epoch_elapsed_s", elapsed, "a number >= 0 or None")
     metrics = state.get("metrics")
     if metrics is not None:
@@ -256,7 +253,7 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
             if not isinstance(row, dict):
                 raise bad(f"metrics[{i}]", row, "a dict (one epoch's row)")
             for k, v in row.items():
-                if not isinstance(k, str) or not (v is None or _is_number(v)):
+                if not isinstance(k, str) or not (v is None or is_number(v)):
                     raise bad(f"metrics[{i}].{k}", v, "a number")
     config = state.get("config")
     if config is not None:

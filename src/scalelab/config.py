@@ -26,6 +26,11 @@ class ConfigError(ValueError):
     """A problem with the user's configuration; the message names the key."""
 
 
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool (True is an int to Python, never a figure to us)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first non-empty line, or its type's name: the part of a library's message
     that fits a one-line error."""

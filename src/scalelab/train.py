@@ -52,6 +52,7 @@ from scalelab.checkpoint import (
     StopSignals,
     TrainingStopped,
     atomic_write_text,
+    is_count,
     load_checkpoint,
     load_error,
     move_aside,
@@ -59,7 +60,7 @@ from scalelab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from scalelab.config import Config, ConfigError, first_line, save_config
+from scalelab.config import Config, ConfigError, first_line, is_number, save_config
 from scalelab.data import EncodedData, TrainBatchSampler, eval_shards, make_batch, prepare_data
 from scalelab.models import build_model, count_parameters
 from scalelab.profiling import StepProfiler
@@ -1150,10 +1151,10 @@ def _keep_position(
 
 
 # Keys that define an epoch's sequence of global batches (TrainBatchSampler); the position saved
-# mid-epoch only means something with the same values.
+# mid-epoch only means something with the same values (train.seed, which draws them too, is
+# refused at any step: _RECORDED_KEYS).
 _BATCH_ORDER_KEYS = (
     ("train", "batch_size"),
-    ("train", "seed"),
     ("data", "bucket_multiplier"),
     ("data", "max_train_samples"),
 )
@@ -1187,15 +1188,11 @@ def _check_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, grou
     """LambdaLR.load_state_dict takes any dict (it updates its attributes): check what the next
     scheduler.step() reads, or a bad value would be a traceback after training started."""
     last = scheduler.last_epoch
-    if not (isinstance(last, int) and not isinstance(last, bool) and last >= 0):
+    if not is_count(last):
         raise ValueError(f"last_epoch is {last!r}, expected a whole number >= 0")
     for key in ("base_lrs", "_last_lr"):
         lrs = getattr(scheduler, key, None)
-        if not (
-            isinstance(lrs, list)
-            and len(lrs) == groups
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in lrs)
-        ):
+        if not (isinstance(lrs, list) and len(lrs) == groups and all(map(is_number, lrs))):
             raise ValueError(f"{key} is not a list of {groups} learning rates")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from scalelab.config import first_line
+from scalelab.config import first_line, is_number
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
@@ -184,10 +184,6 @@ _COMM_NUMBERS = (
     "embedding_rows_per_step", "allreduce_ms", "exposed_comm_ms", "compute_ms",
     "compute_to_comm_ratio", "overlap_fraction",
 )  # fmt: skip
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_summary(path: Path, summary: dict[str, Any]) -> None:

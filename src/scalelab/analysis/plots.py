@@ -320,21 +320,12 @@ def plot_all(
     """All figures; keys are stable names used by the report. Labels are literal text: a '$'
     in a run, preset or device name is not matplotlib mathtext (a lone pair broke the report)."""
     with matplotlib.rc_context({"text.parse_math": False}):
-        return _plot_all(groups, runs, predictions, out_dir)
-
-
-def _plot_all(
-    groups: Sequence[ScalingGroup],
-    runs: Sequence[Run],
-    predictions: Mapping[str, Sequence[Prediction]],
-    out_dir: Path,
-) -> dict[str, Path]:
-    return {
-        "epoch_time": plot_epoch_time(groups, out_dir),
-        "speedup": plot_speedup(groups, out_dir),
-        "efficiency": plot_efficiency(groups, out_dir),
-        "throughput": plot_throughput(groups, out_dir),
-        "accuracy": plot_accuracy(runs, out_dir),
-        "time_breakdown": plot_time_breakdown(runs, out_dir),
-        "predicted_vs_measured": plot_predicted_vs_measured(groups, predictions, out_dir),
-    }
+        return {
+            "epoch_time": plot_epoch_time(groups, out_dir),
+            "speedup": plot_speedup(groups, out_dir),
+            "efficiency": plot_efficiency(groups, out_dir),
+            "throughput": plot_throughput(groups, out_dir),
+            "accuracy": plot_accuracy(runs, out_dir),
+            "time_breakdown": plot_time_breakdown(runs, out_dir),
+            "predicted_vs_measured": plot_predicted_vs_measured(groups, predictions, out_dir),
+        }
