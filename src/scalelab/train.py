@@ -786,7 +786,13 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         # A finished run (its summary written): nothing to train, and re-measuring would overwrite
         # its summary with one that lost the timing warm-up of the original run.
         finished = _resume_is_finished(
-            state.epoch, recorded, has_summary, cfg.train.epochs, resume_from, run_dir
+            state.epoch,
+            recorded,
+            has_summary,
+            cfg.train.epochs,
+            resume_from,
+            run_dir,
+            step_in_epoch=state.step_in_epoch,
         )
         if finished:
             log(env, finished)
@@ -1258,6 +1264,7 @@ def _resume_is_finished(
     epochs: int,
     path: Path | None,
     run_dir: Path,
+    step_in_epoch: int = 0,
 ) -> str | None:
     """Decide a resume against what the run folder records: the line to log when the run is
     already finished (nothing to do), None when it trains; refuse a checkpoint older than
@@ -1267,7 +1274,9 @@ def _resume_is_finished(
     are equal after any stop or crash (the checkpoint is written before each metrics.csv row);
     more rows than the checkpoint's epochs means later epochs ran without checkpoints
     (train.save_checkpoint=false): resuming would train them again from the older weights and
-    overwrite their rows (and the summary).
+    overwrite their rows (and the summary). `step_in_epoch`: the checkpoint's steps into epoch
+    saved_epoch + 1; a checkpoint beyond train.epochs (a run trained further, then resumed with
+    the old train.epochs) is refused: its weights are not those of a train.epochs-epoch run.
     """
     if has_summary and max(saved_epoch, recorded) >= epochs:
         done = max(saved_epoch, recorded)
@@ -1280,6 +1289,17 @@ def _resume_is_finished(
         return (
             f"{run_dir} already finished its {_epochs(done)}; nothing to do "
             "(raise train.epochs to train further)"
+        )
+    if saved_epoch > epochs or (saved_epoch == epochs and step_in_epoch):
+        where = (
+            f"{step_in_epoch} steps into epoch {saved_epoch + 1}"
+            if step_in_epoch
+            else f"after {_epochs(saved_epoch)}"
+        )
+        raise CheckpointError(
+            f"{path}: saved {where}, beyond train.epochs={epochs}: its weights are not those "
+            f"of a {_epochs(epochs)} run; resume with train.epochs="
+            f"{saved_epoch + (1 if step_in_epoch else 0)} or more"
         )
     if recorded > saved_epoch:
         raise CheckpointError(

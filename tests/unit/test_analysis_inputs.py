@@ -238,6 +238,22 @@ def test_a_report_file_that_cannot_be_written_is_one_line_and_stale_staging_goes
     assert [p.name for p in out.iterdir() if p.name.startswith(".report-staging")] == []
 
 
+def test_a_report_file_name_taken_by_a_folder_replaces_nothing(tmp_path: Path) -> None:
+    write_sweep(tmp_path / "runs", [1, 2])
+    out = tmp_path / "out"
+    write_report([tmp_path / "runs"], out, busbw_gbps=10.0)
+    (out / "report.tex").unlink()
+    (out / "report.tex").mkdir()  # the last file renamed into place
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    write_run(tmp_path / "runs", "ag_news_small-ws4", world_size=4)
+    with pytest.raises(
+        AnalysisError, match=r"report\.tex there is not a file; nothing was replaced"
+    ):
+        write_report([tmp_path / "runs"], out, busbw_gbps=10.0)
+    # the other files were renamed one by one before the failing one: now none is
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.parametrize(
     ("bench", "fragment"),
     [

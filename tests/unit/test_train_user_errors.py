@@ -378,6 +378,13 @@ def test_resume_decisions_against_the_run_folder() -> None:
     for saved, rows, summary, epochs in ((1, 2, True, 3), (1, 2, False, 2), (0, 1, False, 3)):
         with pytest.raises(CheckpointError, match="older than the run's metrics.csv"):
             _resume_is_finished(saved, rows, summary, epochs, ck, run)
+    # stopped on the last step: the resume only writes the summary
+    assert _resume_is_finished(2, 2, False, 2, ck, run) is None
+    # trained further (summary moved aside), then resumed with the old train.epochs
+    with pytest.raises(CheckpointError, match="saved 5 steps into epoch 3, beyond train.epochs=2"):
+        _resume_is_finished(2, 2, False, 2, ck, run, step_in_epoch=5)
+    with pytest.raises(CheckpointError, match="after 3 epochs, beyond .* train.epochs=3 or more"):
+        _resume_is_finished(3, 3, False, 2, ck, run)
 
 
 def test_training_past_a_finished_summary_moves_it_aside_until_the_run_finishes_again(
@@ -402,6 +409,14 @@ def test_training_past_a_finished_summary_moves_it_aside_until_the_run_finishes_
         pytest.raises(AnalysisError, match="no run folders found"),
     ):
         load_runs([tmp_path / "exp"])
+    # back to train.epochs=2: the checkpoint is part-way into epoch 3, not a 2-epoch run's
+    # weights (a 2-epoch summary used to be written from them)
+    before = _files(run)
+    capsys.readouterr()
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 2
+    line = _error_line(capsys)
+    assert "steps into epoch 3, beyond train.epochs=2" in line and "train.epochs=3 or more" in line
+    assert _files(run) == before
     # finished: its own summary, of all 4 epochs; the earlier one stays beside it
     assert main(tiny("r", "train.epochs=4", "train.resume=auto")) == 0
     assert json.loads((run / "summary.json").read_text())["num_epochs"] == 4

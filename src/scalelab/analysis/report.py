@@ -1108,9 +1108,16 @@ def write_report(
         ):
             staged[key] = staging / name
             staged[key].write_text(text, encoding="utf-8")
-        files = {}
+        files = {key: out / path.name for key, path in staged.items()}
+        # Checked before any file is replaced, so that a name taken by a folder (the one way a
+        # rename within one filesystem fails) leaves the old report whole, not half replaced.
+        for target in files.values():
+            if target.is_dir() or (target.exists() and not target.is_file()):
+                raise AnalysisError(
+                    f"--out {out_dir}: cannot write the report ({target.name} there is not a "
+                    "file; nothing was replaced)"
+                )
         for key, path in staged.items():
-            files[key] = out / path.name
             os.replace(path, files[key])
     except OSError as exc:  # a full disk, a file's name taken by a folder, ...
         raise AnalysisError(
