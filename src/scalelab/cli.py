@@ -107,9 +107,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Prepare (tokenise + cache) the data of a config and print what it holds."""
-    from scalelab.config import load_config
+    from scalelab.config import ConfigError, load_config
     from scalelab.data import prepare_data
 
+    if args.older_than_days is not None and not args.clear:
+        raise ConfigError("--older-than-days needs --clear (it picks the cache files to delete)")
     cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
     if args.list or args.clear:
         from scalelab.data import default_cache_dir
@@ -135,12 +137,11 @@ def _cache_command(folder: Path, args: argparse.Namespace) -> int:
     from scalelab.config import ConfigError
     from scalelab.data import clear_cache, list_cache
 
-    if not math.isfinite(args.older_than_days) or args.older_than_days < 0:  # nan passes < 0
-        raise ConfigError(
-            f"--older-than-days must be a finite number of days >= 0, got {args.older_than_days}"
-        )
+    days = 0.0 if args.older_than_days is None else args.older_than_days
+    if not math.isfinite(days) or days < 0:  # nan passes < 0
+        raise ConfigError(f"--older-than-days must be a finite number of days >= 0, got {days}")
     if args.clear:
-        gone = clear_cache(folder, older_than_s=args.older_than_days * 86400.0)
+        gone = clear_cache(folder, older_than_s=days * 86400.0)
         freed = sum(size for _, size in gone) / 2**20
         print(f"removed {len(gone)} file(s), {freed:.1f} MB, from {folder}")
         return 0
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--older-than-days",
         type=float,
-        default=0.0,
+        default=None,
         help="with --clear: only those last written more than this many days ago",
     )
     sp.set_defaults(fn=cmd_data)

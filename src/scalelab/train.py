@@ -1466,7 +1466,7 @@ def _summary(
         "data": {
             "pad_to_max_len": cfg.data.pad_to_max_len,
             "pad_multiple": cfg.data.pad_multiple,
-            "on_device": cfg.data.on_device,
+            "on_device": bool(cfg.data.on_device and env.device.type == "cuda"),  # CUDA only
             "delay_per_batch_s": cfg.data.delay_per_batch_s,
             "cache_hit": data.cache_hit,
             "prep_time_s": data.prep_time_s,

@@ -514,6 +514,7 @@ def test_compiled_run_trains_and_its_checkpoint_resumes_without_compile(
     assert ck_c["model"].keys() == ck_e["model"].keys()
     summary = json.loads((tmp_path / "exp" / "c" / "summary.json").read_text())
     assert summary["data"]["pad_multiple"] == 16 and summary["final_val_loss"] > 0
+    assert summary["data"]["on_device"] is False  # the config says True; CPU keeps it on the host
     resumed = scalelab([*base, "train.epochs=2", "output.run_name=c", "train.resume=auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "exp" / "c" / "metrics.csv").open()))

@@ -538,6 +538,18 @@ def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path, capsys, action):
     ]
 
 
+def test_older_than_days_without_clear_is_one_line(capsys, tmp_path):
+    # it was ignored: the command went on to build the default config's cache
+    from scalelab.cli import main
+
+    code = main(["data", "--older-than-days", "3", f"data.cache_dir={tmp_path}"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "scalelab: error: --older-than-days needs --clear (it picks the cache files to delete)"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("days", ["nan", "inf"])
 def test_clear_with_a_non_finite_age_is_one_line(cfg, capsys, days):
     # nan passed the `< 0` check and then compared false with every age: "removed 0 file(s)"
