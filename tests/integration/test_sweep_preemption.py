@@ -39,7 +39,7 @@ def test_a_stop_signal_to_the_sweep_checkpoints_the_running_run_and_resume_finis
             break
     rest, err = proc.communicate(timeout=120)
     log = "".join(seen) + rest
-    assert proc.returncode == 2, (log, err)
+    assert proc.returncode == 128 + sig.value, (log, err)  # was 2, a user error's code
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"scalelab: error: sweep stopped by {sig.name} during the world-size-2")
     assert "train.resume=auto" in last, err

@@ -27,6 +27,16 @@ class SweepError(LaunchError):
     """A sweep cannot start or one of its runs failed (one line; the CLI prints it and exits 2)."""
 
 
+class SweepStopped(SweepError):
+    """A signal stopped the sweep after its running run checkpointed: the CLI prints the line and
+    exits 128 + the signal (143 for SIGTERM, 138 for SIGUSR1), as `scalelab train` does, so a
+    scheduler can tell a preemption from a user error."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal.Signals[signal_name].value
+
+
 def torchrun_argv(
     nproc: int,
     module_args: list[str],
@@ -241,9 +251,10 @@ def run_sweep(
                 + _how_to_continue(Path(out_dir) / run_name, runs)
             ) from None
         if stopped_by:  # the run checkpointed (or finished); start no further run
-            raise SweepError(
+            raise SweepStopped(
                 f"sweep stopped by {stopped_by} during the world-size-{n} run; "
-                + _how_to_continue(Path(out_dir) / run_name, runs)
+                + _how_to_continue(Path(out_dir) / run_name, runs),
+                stopped_by,
             )
         if code != 0:
             raise SweepError(f"sweep stopped: the world-size-{n} run failed with exit code {code}")
@@ -345,7 +356,7 @@ def sweep_main(argv: list[str]) -> int:
         )
     except SweepError as exc:
         print(f"scalelab: error: {exc}", file=sys.stderr)  # the CLI's one-line format
-        return 2
+        return getattr(exc, "exit_code", 2)  # SweepStopped: 128 + the signal
     print("[sweep] runs: " + ", ".join(str(r) for r in runs))
     from scalelab.analysis.report import write_report
 
