@@ -1157,10 +1157,9 @@ def _keep_position(
 
 
 # Keys that define an epoch's sequence of global batches (TrainBatchSampler); the position saved
-# mid-epoch only means something with the same values (train.seed, which draws them too, is
-# refused at any step: _RECORDED_KEYS).
+# mid-epoch only means something with the same values (train.seed and train.batch_size, which
+# define them too, are refused at any step: _RECORDED_KEYS).
 _BATCH_ORDER_KEYS = (
-    ("train", "batch_size"),
     ("data", "bucket_multiplier"),
     ("data", "max_train_samples"),
 )
@@ -1180,10 +1179,13 @@ _MODEL_KEYS = tuple(
 
 # Not restored from the checkpoint, so a changed value would train the later epochs while
 # config.yaml (rewritten on resume) gives it for the whole run, the epochs before included.
-# (train.max_steps_per_epoch sets the schedule's length; train.seed the batches of later epochs.)
+# (train.batch_size and train.max_steps_per_epoch set the schedule's length: a larger batch at
+# an epoch boundary put the restored step past the new plan's end, at learning rate 0; train.seed
+# draws the batches of later epochs.)
 _RECORDED_KEYS = (
     ("train", "lr_schedule"), ("train", "warmup_ratio"), ("train", "max_grad_norm"),
-    ("train", "max_steps_per_epoch"), ("train", "seed"), ("model", "dropout"),
+    ("train", "batch_size"), ("train", "max_steps_per_epoch"), ("train", "seed"),
+    ("model", "dropout"),
 )  # fmt: skip
 
 #: What a load_state_dict (or an RNG restore) raises on a state of the wrong shape or type.
