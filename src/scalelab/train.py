@@ -161,6 +161,18 @@ def _make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _replan_lr(opt: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """After a resume that changed the schedule's length: set the learning rate of the next step
+    from the new plan. The restored optimizer holds the one the old plan gave it (at the old
+    run's end, 0 for cosine/linear), which the first step after the resume would otherwise use."""
+    step = scheduler.last_epoch
+    for group, base, fn in zip(
+        opt.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [group["lr"] for group in opt.param_groups]
+
+
 def git_commit() -> str | None:
     """HEAD of the checkout scalelab runs from, recorded with every result. Outside git (a copy
     of the tree without .git) $SCALELAB_GIT_COMMIT if set, else None."""
@@ -749,6 +761,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 f"step {resume_state['global_step']} the learning rate follows the new plan "
                 "(higher than where the old one ended)",
             )
+            _replan_lr(optimizer, scheduler)
         try:
             set_rng_state(rngs[env.rank])
         except _LOAD_ERRORS as exc:
@@ -1366,7 +1379,7 @@ def _check_resume_config(
         )
     step = int(saved["step_in_epoch"])
     if step == 0:
-        return  # at an epoch boundary any batching may follow
+        return  # at an epoch boundary the bucketing may change
     if diff := changed(_BATCH_ORDER_KEYS):
         raise CheckpointError(
             f"{path}: saved at step {step} of an epoch with {diff[0]}={diff[1]}, "

@@ -484,3 +484,38 @@ def test_a_crash_before_the_last_metrics_row_is_written_is_repaired_on_resume(
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert float(rows[1]["val_loss"]) == pytest.approx(saved["metrics"][1]["val_loss"], rel=1e-5)
     assert json.loads((run / "summary.json").read_text())["num_epochs"] == 2
+
+
+def test_a_replanned_schedule_sets_the_next_steps_learning_rate() -> None:
+    # a finished 20-step cosine run trained on to 30 steps: the first step after the resume ran
+    # at the old plan's last learning rate (0), not the new plan's
+    import torch
+
+    from scalelab.config import load_config
+    from scalelab.train import _make_scheduler, _replan_lr
+
+    cfg = load_config(None, ["train.lr=0.1", "train.warmup_ratio=0.1", "train.lr_schedule=cosine"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    old = _make_scheduler(opt, cfg, 20)
+    for _ in range(20):
+        opt.step()
+        old.step()
+    saved_opt, saved_sched = opt.state_dict(), old.state_dict()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    new = _make_scheduler(opt2, cfg, 30)
+    opt2.load_state_dict(saved_opt)
+    new.load_state_dict(saved_sched)
+    _replan_lr(opt2, new)
+    fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = _make_scheduler(fresh, cfg, 30)
+    for _ in range(20):
+        fresh.step()
+        ref.step()
+    assert fresh.param_groups[0]["lr"] > 0.01
+    assert opt2.param_groups[0]["lr"] == pytest.approx(fresh.param_groups[0]["lr"])
+    assert new.get_last_lr() == pytest.approx(ref.get_last_lr())
+    for _ in range(3):  # and on from there as the new plan
+        opt2.step(), new.step(), fresh.step(), ref.step()
+        assert opt2.param_groups[0]["lr"] == pytest.approx(fresh.param_groups[0]["lr"])
