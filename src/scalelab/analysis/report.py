@@ -1112,7 +1112,7 @@ def write_report(
         # Checked before any file is replaced, so that a name taken by a folder (the one way a
         # rename within one filesystem fails) leaves the old report whole, not half replaced.
         for target in files.values():
-            if target.is_dir() or (target.exists() and not target.is_file()):
+            if target.exists() and not target.is_file():
                 raise AnalysisError(
                     f"--out {out_dir}: cannot write the report ({target.name} there is not a "
                     "file; nothing was replaced)"
