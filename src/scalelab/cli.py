@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import math
 import os
 import sys
 import traceback
@@ -199,7 +200,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from scalelab.analysis.collect import load_run
     from scalelab.analysis.predict import load_commbench, load_sync_latency, predict_scaling
-    from scalelab.analysis.report import format_predictions
+    from scalelab.analysis.report import cpu_prediction_notes, format_predictions
+    from scalelab.analysis.scaling import cpu_threads_per_rank
 
     run = load_run(args.run)
     sync = None
@@ -215,6 +217,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(
             "predict needs --commbench FILE or --busbw-gbps (and optionally --alpha-ms)"
         )
+    base_threads = cpu_threads_per_rank(run.summary)
+    threads = args.threads_per_rank
+    if threads is not None:
+        if base_threads is None:
+            from scalelab.config import ConfigError
+
+            where = run.summary.get("device_type") or "an unknown device"
+            raise ConfigError(
+                f"--threads-per-rank applies to CPU runs with a recorded thread count; "
+                f"run {run.name} ran on {where}"
+            )
+        if not (math.isfinite(threads) and threads > 0):
+            from scalelab.config import ConfigError
+
+            raise ConfigError(f"--threads-per-rank must be a number > 0, got {threads:g}")
     preds = predict_scaling(
         run.summary,
         args.world_sizes,
@@ -222,8 +239,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         alpha_ms=alpha_ms,
         overlap=args.overlap,
         sync_latency_ms=sync,
+        threads_per_rank=None if threads is None else dict.fromkeys(args.world_sizes, threads),
     )
     print(format_predictions(preds))
+    if base_threads is not None:
+        for line in cpu_prediction_notes(run.summary, preds, given=threads is not None):
+            print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
     return 0
 
 
@@ -333,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--world-sizes", type=parse_world_sizes, default=[1, 2, 4, 8], help="e.g. 2,4,8"
+    )
+    sp.add_argument(
+        "--threads-per-rank",
+        type=float,
+        help="CPU runs: threads each rank gets at every world size (default: the base run's)",
     )
     sp.set_defaults(fn=cmd_predict)
 

@@ -339,3 +339,32 @@ def test_a_bandwidth_read_from_a_run_marks_that_runs_check_as_compute_only(tmp_p
     assert not any(c.sets_bandwidth for c in given.comparisons)
     ((label, preds),) = given.predictions.items()
     assert "*" not in _prediction_table(label, preds, given.comparisons, 0).caption
+
+
+def test_predict_cli_on_a_cpu_run_states_its_threads_and_warns_of_oversubscription(
+    tmp_path, capsys
+):
+    """The threads per rank are the base run's unless --threads-per-rank says otherwise, the
+    table shows them, and world sizes whose ranks x threads exceed the base host's CPUs warn."""
+    from scalelab.cli import main
+
+    run = write_run(tmp_path, "base", world_size=1, summary=_cpu(2))
+    args = ["predict", str(run), "--busbw-gbps", "2", "--world-sizes", "1,2"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln[:1].isdigit()}
+    assert rows["1"][1] == rows["2"][1] == "2"  # threads/rank column: the base run's 2
+    assert "the base run's; set --threads-per-rank" in out
+    # 2 ranks x 2 threads on the base run's 2 CPUs: warned; 1 rank x 2 threads fits
+    assert err.count("warning:") == 1 and "2 ranks x 2 threads = 4 busy threads" in err
+    assert main([*args, "--threads-per-rank", "1"]) == 0
+    out, err = capsys.readouterr()
+    fewer = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln[:1].isdigit()}
+    assert fewer["2"][1] == "1" and "warning:" not in err
+    assert float(fewer["2"][2]) > float(rows["2"][2])  # half the threads: a longer step
+    gpu = write_run(tmp_path, "gpu", world_size=1)
+    assert main(["predict", str(gpu), "--busbw-gbps", "2", "--threads-per-rank", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "applies to CPU runs" in err and "ran on cuda" in err
+    assert main([*args, "--threads-per-rank", "0"]) == 2
+    assert "--threads-per-rank must be a number > 0" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from scalelab.analysis.predict import (
     predict_scaling,
 )
 from scalelab.analysis.scaling import ScalingGroup, analyse, cpu_threads_per_rank, find_point
+from scalelab.config import is_number
 
 CSV_COLUMNS = [
     "run_name",
@@ -598,13 +599,16 @@ def _prediction_table(
 
 
 def format_predictions(predictions: Sequence[Prediction]) -> str:
-    """Plain-text table for `scalelab predict`."""
+    """Plain-text table for `scalelab predict` (CPU runs: with the threads per rank assumed)."""
+    cpu = any(p.threads_per_rank is not None for p in predictions)
+    head = ["world size", *(["threads/rank"] if cpu else [])]
     table = Table(
         "",
-        ["world size", "step (ms)", "comm T_ar (ms)", "exposed (ms)", "speedup", "efficiency"],
+        [*head, "step (ms)", "comm T_ar (ms)", "exposed (ms)", "speedup", "efficiency"],
         [
             [
                 str(p.world_size),
+                *([f"{p.threads_per_rank or 0:g}"] if cpu else []),
                 f"{p.step_ms:.2f}",
                 f"{p.comm_ms:.2f}",
                 f"{p.exposed_comm_ms:.2f}",
@@ -616,6 +620,35 @@ def format_predictions(predictions: Sequence[Prediction]) -> str:
         "",
     )
     return _text_table(table)
+
+
+def cpu_prediction_notes(
+    summary_1rank: dict[str, Any], predictions: Sequence[Prediction], *, given: bool
+) -> list[str]:
+    """What `scalelab predict` assumed for a CPU base run: a note on the threads per rank, and a
+    warning (a line starting "warning:") for each world size whose ranks x threads exceed the CPUs
+    the base run had: on that host they would time-slice, which the model does not price in."""
+    base = cpu_threads_per_rank(summary_1rank)
+    if base is None:
+        return []
+    assumed = sorted({p.threads_per_rank for p in predictions if p.threads_per_rank is not None})
+    source = "--threads-per-rank" if given else "the base run's; set --threads-per-rank to change"
+    lines = [
+        f"CPU: compute scaled by threads per rank, {', '.join(f'{t:g}' for t in assumed)} "
+        f"({source}; base run {base:g}); optimizer and data time not scaled."
+    ]
+    cpus = (summary_1rank.get("system") or {}).get("num_cpus")
+    if is_number(cpus) and cpus > 0:
+        for p in predictions:
+            busy = p.world_size * (p.threads_per_rank or 0)
+            if busy > cpus:
+                lines.append(
+                    f"warning: {p.world_size} ranks x {p.threads_per_rank:g} threads = {busy:g} "
+                    f"busy threads, more than the base run's {cpus:g} CPUs: ranks sharing such "
+                    "a host time-slice, which the model leaves out (the prediction is "
+                    "optimistic there); --threads-per-rank sets the threads"
+                )
+    return lines
 
 
 # ----------------------------------------------------------------------------- document
