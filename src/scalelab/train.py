@@ -742,9 +742,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     summary_to_move, summarised = False, 0  # a finished run's summary.json, of that many epochs
     recorded: int | str = 0  # the epoch rows of the run folder's metrics.csv
     if resume_state is not None:
-        # before the checkpoint's RNG and comm-hook state are restored: its draws do not count
-        _settle_ddp_buckets(model, data, sampler, cfg, env, amp)
-        _load_states(resume_state, resume_from, model, optimizer, scheduler, scaler)
+        # the config's one line before any state loads (another vocab size would otherwise be a
+        # tensor size mismatch) and before the settling steps spend time
         rngs = resume_state["rng"]
         if len(rngs) != env.world_size:
             raise CheckpointError(
@@ -752,16 +751,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 "resume with the same world size"
             )
         _check_resume_config(resume_state, cfg, resume_from, steps_per_epoch, data.cache_path.name)
-        saved_epochs = ((resume_state.get("config") or {}).get("train") or {}).get("epochs")
-        if saved_epochs not in (None, cfg.train.epochs) and cfg.train.lr_schedule != "constant":
-            log(
-                env,
-                f"note: train.epochs {saved_epochs} -> {cfg.train.epochs} re-plans the "
-                f"{cfg.train.lr_schedule} learning-rate schedule over {total_steps} steps: from "
-                f"step {resume_state['global_step']} the learning rate follows the new plan "
-                "(higher than where the old one ended)",
-            )
-            _replan_lr(optimizer, scheduler)
+        # before the checkpoint's RNG and comm-hook state are restored: its draws do not count
+        _settle_ddp_buckets(model, data, sampler, cfg, env, amp)
+        _load_states(resume_state, resume_from, model, optimizer, scheduler, scaler)
         try:
             set_rng_state(rngs[env.rank])
         except _LOAD_ERRORS as exc:
@@ -813,6 +805,17 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         # Training on past a finished run's summary: from the first file that records more than
         # it, summary.json would describe a run the folder no longer holds (move_summary_aside)
         summary_to_move, summarised = has_summary, recorded
+        # after the refusals above: a refused resume re-plans nothing
+        saved_epochs = ((resume_state.get("config") or {}).get("train") or {}).get("epochs")
+        if saved_epochs not in (None, cfg.train.epochs) and cfg.train.lr_schedule != "constant":
+            log(
+                env,
+                f"note: train.epochs {saved_epochs} -> {cfg.train.epochs} re-plans the "
+                f"{cfg.train.lr_schedule} learning-rate schedule over {total_steps} steps: from "
+                f"step {resume_state['global_step']} the learning rate follows the new plan "
+                "(higher than where the old one ended)",
+            )
+            _replan_lr(optimizer, scheduler)
         log(env, f"resumed {resume_from} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
 
     def move_summary_aside() -> None:

@@ -452,8 +452,22 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, cache_dir: Path
     assert scalelab([*args, "output.run_name=a"]).returncode == 0
     ckpt = tmp_path / "exp" / "a" / "checkpoint.pt"
     res = scalelab([*args, "output.run_name=b", "model.d_model=48", f"train.resume={ckpt}"])
+    # the saved config names the difference before any weight loads
+    assert_one_line_error(res, "its weights are of a model with model.d_model=")
+    # a checkpoint whose config records no model: the weights' own line, naming the first
+    # tensor that does not fit (torch's first line names none)
+    state = torch.load(ckpt, weights_only=False)
+    state["config"]["model"] = {}
+    torch.save(state, tmp_path / "no-model-config.pt")
+    res = scalelab(
+        [
+            *args,
+            "output.run_name=c",
+            "model.d_model=48",
+            f"train.resume={tmp_path / 'no-model-config.pt'}",
+        ]
+    )
     assert_one_line_error(res, "does not fit this model/config")
-    # the line names the first tensor that does not fit (torch's first line names none)
     assert (
         "model weights (size mismatch for tok_emb.weight: copying a param with shape" in res.stderr
     )

@@ -327,6 +327,8 @@ def test_resume_with_another_schedule_warmup_or_dropout_is_refused_and_keeps_con
         ("train.lr_schedule=linear", "trained with train.lr_schedule=cosine, resumed with linear"),
         ("train.warmup_ratio=0.3", "trained with train.warmup_ratio=0.1, resumed with 0.3"),
         ("model.dropout=0.0", "trained with model.dropout=0.1, resumed with 0.0"),
+        # the config's line, not the weights' size mismatch (it was checked after loading)
+        ("model.vocab_size=400", "its weights are of a model with model.vocab_size=500"),
     ):
         capsys.readouterr()
         assert main(tiny("r", "train.epochs=2", "train.resume=auto", override)) == 2, override
@@ -417,7 +419,9 @@ def test_training_past_a_finished_summary_moves_it_aside_until_the_run_finishes_
     before = _files(run)
     capsys.readouterr()
     assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 2
-    line = _error_line(capsys)
+    captured = capsys.readouterr()
+    assert "re-plans" not in captured.out  # refused: no note of a schedule it never follows
+    (line,) = [ln for ln in captured.err.splitlines() if ln.strip()]
     assert "steps into epoch 3, beyond train.epochs=2" in line and "train.epochs=3 or more" in line
     assert _files(run) == before
     # finished: its own summary, of all 4 epochs; the earlier one stays beside it
