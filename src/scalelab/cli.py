@@ -1,7 +1,8 @@
 """`scalelab train | sweep | slurm | demo | report | predict | commbench | data | config`.
 
-User errors (bad config, data, checkpoint, run folder, launch) print one line and exit 2;
-Ctrl-C (SIGINT) prints one line, "scalelab: interrupted" and how to continue where that applies,
+User errors (bad config, data, checkpoint, run folder, launch) print one line and exit 2; a
+sweep or demo that SIGTERM/SIGUSR1 stopped prints one line and exits 128 + the signal, as
+`scalelab train` does; Ctrl-C (SIGINT) prints one line, "scalelab: interrupted" and how to continue where that applies,
 and exits 130; anything else is a bug and keeps its traceback.
 """
 
@@ -437,7 +438,8 @@ def _run(argv: list[str] | None) -> int:
 
         if is_main_process():
             print(f"scalelab: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        # a sweep a signal stopped (demo's runs): 128 + the signal, as `scalelab sweep` exits
+        return getattr(exc, "exit_code", 2)
     except BrokenPipeError:  # e.g. `scalelab config | head`
         sys.stderr.close()
         return 0

@@ -324,3 +324,26 @@ def test_ctrl_c_waits_for_the_child_and_stops_one_that_did_not_get_it(
     finally:
         timer.cancel()
     assert marker.read_text() == "TERM"  # the child had ended when _run_child returned
+
+
+@pytest.mark.parametrize("stopped_in", ["ws2", "commbench"])
+def test_a_demo_stopped_by_a_signal_exits_128_plus_it_with_one_line(
+    stopped_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Like `scalelab sweep` and `scalelab train`: a scheduler tells a preemption (143) from a
+    user error (2), whether the signal came during a run or the all-reduce measurement."""
+    from scalelab import cli
+    from scalelab.analysis import report
+
+    def child(argv: list[str], env: dict[str, str], **kw: object) -> tuple[int, str | None]:
+        here = "commbench" in argv if stopped_in == "commbench" else "--nproc_per_node=2" in argv
+        return (143, "SIGTERM") if here else (0, None)
+
+    monkeypatch.setattr(local, "_run_child", child)
+    written = []
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: written.append(a))
+    assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 143
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("scalelab: error: sweep stopped by SIGTERM during the ")
+    assert ("all-reduce measurement" in line) == (stopped_in == "commbench")
+    assert "train.resume=auto" in line and not written  # no report of a part-done study

@@ -298,7 +298,14 @@ def run_commbench(
     argv = torchrun_argv(nproc, ["commbench", "--out", str(out_dir), "--max-bytes", max_bytes])
     env = _child_env(rank_threads(nproc), cpu_only)
     print(f"[sweep] all-reduce bandwidth on {nproc} ranks: {shlex.join(argv)}", flush=True)
-    code, _ = _run_child(argv, env)
+    code, stopped_by = _run_child(argv, env)
+    if stopped_by:  # nothing to checkpoint: the finished runs stay, the measurement reruns
+        raise SweepStopped(
+            f"sweep stopped by {stopped_by} during the all-reduce measurement on {nproc} ranks "
+            "(its runs are complete); run the same command with train.resume=auto to measure "
+            "again and write the report",
+            stopped_by,
+        )
     if code != 0:
         raise SweepError(f"commbench on {nproc} ranks failed with exit code {code}")
     return Path(out_dir) / "commbench.json"
