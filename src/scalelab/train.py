@@ -1111,10 +1111,10 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         if profiler.result is not None:
             summary["profile"] = profiler.result
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        log(
-            env,
-            f"wrote {run_dir}/ (config.yaml, metrics.csv, summary.json{', ' + CHECKPOINT_NAME if cfg.train.save_checkpoint else ''})",
-        )
+        # what the folder holds (profile traces, summary.prev.json, a checkpoint from before
+        # train.save_checkpoint was turned off), not what this invocation meant to write
+        held = sorted(f.name for f in run_dir.iterdir() if f.is_file() and f.name[0] != ".")
+        log(env, f"wrote {run_dir}/ ({', '.join(held)})")
     D.barrier(env)
     return run_dir
 

@@ -50,6 +50,9 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     for rank in (0, 1):
         trace = json.loads((run / f"profile-rank{rank}.json").read_text())
         assert any(e.get("cat") == "cpu_op" for e in trace["traceEvents"]), rank
+    # the closing line names every file the folder holds, the traces too
+    held = "checkpoint.pt, config.yaml, metrics.csv, profile-rank0.json, profile-rank1.json, summary.json"
+    assert f"wrote {run}/ ({held})" in res.stdout
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0].keys()) == METRIC_COLUMNS
