@@ -888,6 +888,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                     "rng": rngs,
                     "comm_hook_state": hook_states,
                     "profile": profiler.result,  # train.profile_steps of an earlier invocation
+                    # rank 0's steps left out of the timing so far, every invocation's warm-up
+                    "timing_warmup": _warmup_so_far(warmup_before, timer),
                     "world_size": env.world_size,
                     "config": cfg.to_dict(),
                     # the encoded data's cache key: its files, tokenizer and max_seq_len
@@ -911,6 +913,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     if resume_state is not None and resume_state.get("profile"):
         profiler.result = resume_state["profile"]  # profiled before the run was stopped
     timer = StepTimer(env.device, warmup_steps=warmup + n_profile)
+    # the warm-up of the invocations before this one (each resumed invocation warms up again)
+    warmup_before = _warmup_record((resume_state or {}).get("timing_warmup"))
     train_split_lengths = data.train.lengths
     steps_this_invocation = 0
     stop_requested = False
@@ -1107,6 +1111,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             timer,
             amp,
             cpus=(job_cpus, bound_cpus),
+            warmup_before=warmup_before,
         )
         if profiler.result is not None:
             summary["profile"] = profiler.result
@@ -1329,6 +1334,28 @@ def _resume_is_finished(
     return None
 
 
+def _warmup_record(saved: Any) -> dict[str, float]:
+    """A checkpoint's `timing_warmup` (absent in checkpoints from before it was kept: nothing)."""
+    out = {"warmup_steps": 0, "warmup_time_s": 0.0, "warmup_invocations": 0}
+    if isinstance(saved, dict):
+        for key, default in out.items():
+            value = saved.get(key)
+            if is_number(value) and math.isfinite(value) and value >= 0:
+                out[key] = type(default)(value)
+    return out
+
+
+def _warmup_so_far(before: dict[str, float] | None, timer: StepTimer) -> dict[str, float]:
+    """The steps excluded from the timing as warm-up (and their time), the earlier invocations'
+    (`before`) plus this one's: the count of steps the phase means leave out."""
+    before = before or _warmup_record(None)
+    return {
+        "warmup_steps": int(before["warmup_steps"]) + min(timer.warmup_steps, timer.steps_seen),
+        "warmup_time_s": before["warmup_time_s"] + timer.warmup_time_s,
+        "warmup_invocations": int(before["warmup_invocations"]) + 1,
+    }
+
+
 def _check_resume_config(
     saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int, data_key: str = ""
 ) -> None:
@@ -1424,9 +1451,11 @@ def _summary(
     amp: torch.dtype | None = None,
     *,
     cpus: tuple[int, list[int] | None],
+    warmup_before: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """summary.json. ``cpus``: how many CPUs the job may use, and rank 0's share of them under
-    distributed.pin_cpus (every rank has its own slice; None = unbound)."""
+    distributed.pin_cpus (every rank has its own slice; None = unbound). ``warmup_before``: the
+    timing warm-up of the invocations before a resume (`_warmup_record`)."""
     rows = state.metrics
     last = rows[-1] if rows else {}
     timing_keys = [f"{p}_ms" for p in PHASES] + [
@@ -1467,9 +1496,8 @@ def _summary(
         "tokens_per_s": _mean_excluding_first(rows, "tokens_per_s"),
         "peak_mem_mb": max((r["peak_mem_mb"] for r in rows), default=None),
         "timing": {
-            # the timer's own count: fit caps the warm-up at half the first epoch
-            "warmup_steps": min(timer.warmup_steps, timer.steps_seen),
-            "warmup_time_s": timer.warmup_time_s,
+            # steps left out as warm-up (capped at half an epoch's), over every invocation
+            **_warmup_so_far(warmup_before, timer),
             **{k: _mean_excluding_first(rows, k) for k in timing_keys},
         },
         "comm": comm,

@@ -90,6 +90,7 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     assert prof["gpu_events"] == 0 and prof["top_host_ops"][0]["self_cpu_ms_per_step"] > 0
     t = summary["timing"]
     assert t["warmup_steps"] == 5 + 2  # the timing warm-up, then the profiled steps
+    assert t["warmup_invocations"] == 1
     assert t["step_ms"] > 0 and t["forward_ms"] > 0 and t["backward_ms"] > 0
     # the phase laps (their sum is step_ms) account for the epoch's wall clock, timed apart:
     # epoch 2 has no warm-up, so its steps' laps cover nearly all of it and never exceed it
@@ -505,8 +506,10 @@ def test_stopped_run_is_not_overwritten_and_finished_run_is_not_remeasured(
     # resume=auto on a finished run leaves its summary (warm-up timing included) alone
     assert scalelab([*args, "output.run_name=s", "train.resume=auto"]).returncode == 0
     summary = (tmp_path / "exp" / "s" / "summary.json").read_bytes()
-    # the warm-up really excluded (capped at half of the 3-step epoch), and the precision used
-    assert json.loads(summary)["timing"]["warmup_steps"] == 1
+    # the warm-up really excluded (capped at half of what is left of the 3-step epoch), in both
+    # invocations: 1 step before the stop, 1 of the 2 after; and the precision used
+    t = json.loads(summary)["timing"]
+    assert (t["warmup_steps"], t["warmup_invocations"]) == (2, 2) and t["warmup_time_s"] > 0
     assert json.loads(summary)["precision"] == "fp32"  # train.precision=auto on CPU
     again = scalelab([*args, "output.run_name=s", "train.resume=auto"])
     assert again.returncode == 0, again.stderr
