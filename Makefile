@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # torch==2.13.0: on this machine pip takes the CPU wheel from its local wheel folder (plain PyPI
-# serves a CUDA build of it on Linux); on a CUDA machine set TORCH_SPEC="torch>=2.4".
+# serves a CUDA build of it on Linux); on a CUDA machine set TORCH_SPEC="torch>=2.4". The default
+# keeps any torch already in the venv (e.g. a CUDA build installed by hand); a TORCH_SPEC given on
+# the command line or in the environment is enforced (pip does nothing when it is already met).
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test test-deps test-fast lint bench bench-quick clean
@@ -13,7 +15,11 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 install: $(PY)
+ifeq ($(origin TORCH_SPEC),file)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+else
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+endif
 	$(PY) -m pip install -q -e ".[dev]"
 
 demo: install
