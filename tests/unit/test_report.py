@@ -287,3 +287,17 @@ def test_summary_table_fits_a_page_as_given(report, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
     assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")
+
+
+def test_csv_cells_that_start_like_a_formula_stay_text(tmp_path):
+    """A run named "=HYPERLINK(..)" or "@SUM(..)" must not become a formula in a spreadsheet;
+    numbers (negative ones too) stay numbers."""
+    from scalelab.analysis.report import csv_cell
+
+    write_run(tmp_path / "runs", "=HYPERLINK(1)", world_size=1)
+    write_run(tmp_path / "runs", "@SUM(1)-ws2", world_size=2)
+    out = write_report([tmp_path / "runs"], tmp_path / "report", busbw_gbps=10.0, alpha_ms=0.05)
+    with out["csv"].open() as fh:
+        names = sorted(r["run_name"] for r in csv.DictReader(fh))
+    assert names == ["'=HYPERLINK(1)", "'@SUM(1)-ws2"]
+    assert [csv_cell(v) for v in (-1.5, 3, "ws-2", "-x", None)] == [-1.5, 3, "ws-2", "'-x", None]

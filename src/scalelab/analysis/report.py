@@ -303,6 +303,14 @@ def analyse_runs(
 
 
 # ----------------------------------------------------------------------------- tables
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string that starts like a formula (=, +, -, @,
+    tab, CR; e.g. a run named "=cmd|..") gets a leading apostrophe. Numbers stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
     """One row per run with the columns of comprehensive_summary.csv."""
     # by the run itself: sweeps name their runs <preset>-ws<n>, so names repeat across sweeps
@@ -1125,7 +1133,7 @@ def write_report(
         with staged["csv"].open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
             writer.writeheader()
-            writer.writerows(csv_rows(analysis))
+            writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in csv_rows(analysis))
 
         staged["summary_table"] = staging / "summary_table.tex"
         staged["summary_table"].write_text(
