@@ -76,7 +76,9 @@ def test_report_and_predict_commands(slow_input_runs: Path, tmp_path: Path) -> N
     assert res.returncode == 0, res.stderr
     rows = [ln.split() for ln in res.stdout.splitlines() if ln[:1].isdigit()]
     assert [r[0] for r in rows] == ["2", "4"]
-    assert float(rows[1][1]) < float(rows[0][1])  # more ranks, shorter predicted step
+    # CPU runs: the threads/rank column (the base run's), then the step
+    assert rows[0][1] == rows[1][1] == "1" and "threads/rank  step (ms)" in res.stdout
+    assert float(rows[1][2]) < float(rows[0][2])  # more ranks, shorter predicted step
     res = scalelab(["predict", str(slow_input_runs / "slow-ws2"), "--busbw-gbps", "2"])
     assert res.returncode == 2 and "needs a 1-rank run" in res.stderr
     res = scalelab(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
