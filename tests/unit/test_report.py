@@ -270,6 +270,12 @@ def test_names_are_literal_text_in_the_markdown(tmp_path: Path) -> None:
     assert "<script>" not in text and "&lt;script&gt;x&lt;/script&gt; ws1" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "script" in ln]
     assert rows and all(ln.endswith(" |") for ln in rows)
+    # in the paragraphs too: a preset's name reaches the group labels of the notes
+    for n in (1, 2):
+        write_run(tmp_path / "p", f"r{n}", world_size=n, preset="<b>p</b>")
+    text = write_report([tmp_path / "p"], tmp_path / "out2", busbw_gbps=10.0)["markdown"]
+    paras = [ln for ln in text.read_text().splitlines() if "p&lt;/b&gt;" in ln]
+    assert "<b>" not in text.read_text() and any(not ln.startswith(("|", "#", "*")) for ln in paras)
 
 
 @pytest.mark.slow

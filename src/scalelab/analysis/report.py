@@ -887,8 +887,8 @@ def render_markdown(doc: Sequence[Block], title: str) -> str:
     for block in doc:
         if isinstance(block, Heading):
             out += [f"{'#' * (block.level + 1)} {_md_text(block.text)}", ""]
-        elif isinstance(block, Para):
-            out += [block.text, ""]
+        elif isinstance(block, Para):  # plain text that holds names: no markup of its own
+            out += [_md_text(block.text), ""]
         elif isinstance(block, Table):
             out += [
                 f"*{_md_text(block.caption)}*",
