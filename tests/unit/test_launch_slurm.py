@@ -286,3 +286,35 @@ def test_a_second_job_for_a_run_still_queued_is_refused_by_a_real_cluster(
         cluster.run("scancel", capsys.readouterr().out.split("submitted job ")[1].split(":")[0])
     finally:
         cluster.stop()
+
+
+def test_two_submissions_of_one_run_at_the_same_moment_make_one_job(tmp_path: Path) -> None:
+    """Both squeue checks would find no job while the first sbatch is still running: the
+    submissions go one after the other, and the second sees the first's job."""
+    import sys
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls, queue = tmp_path / "sbatch.calls", tmp_path / "queue"
+    # a slow sbatch (1 s) whose job then shows in the queue
+    (fake / "sbatch").write_text(
+        f'#!/bin/bash\nsleep 1\necho "$@" >> {calls}\necho "41|PENDING|${{@: -1}}" >> {queue}\n'
+        "echo 41\n"
+    )
+    (fake / "squeue").write_text(f"#!/bin/bash\n[ -f {queue} ] && cat {queue}\nexit 0\n")
+    for exe in ("sbatch", "squeue"):
+        (fake / exe).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    argv = [sys.executable, "-m", "scalelab", "slurm", "--config", "ag_news_small",
+            "--out", str(tmp_path / "exp")]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert sorted(code for code, _, _ in results) == [0, 2], results
+    refused = next(err for code, _, err in results if code == 2)
+    assert "SLURM job 41 (pending) of this run is still queued" in refused
+    assert len(calls.read_text().splitlines()) == 1  # one job

@@ -15,11 +15,16 @@ the ranks receive it directly and do the same.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,6 +291,31 @@ def check_not_queued(job: SlurmJob, *, required: bool = True) -> None:
         )
 
 
+@contextlib.contextmanager
+def submission_lock(run_dir: Path) -> Iterator[None]:
+    """Held from the queue check to the submission: two `scalelab slurm` for one run folder on
+    this machine go one after the other, so the second sees the first's job in the queue (two
+    squeue checks at the same moment would both find none). A lock file in the temp folder, not
+    the run's: a refused submission writes nothing there. Without a usable temp folder, the
+    queue check alone."""
+    key = hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]
+    try:
+        fh = open(Path(tempfile.gettempdir()) / f"scalelab-slurm-{key}.lock", "a")  # noqa: SIM115
+    except OSError:
+        yield
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another scalelab slurm submitting {run_dir} ...", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def write_script(job: SlurmJob) -> Path:
     from scalelab.checkpoint import atomic_write_text
 
@@ -381,13 +411,14 @@ def slurm_main(argv: list[str]) -> int:
             resume=args.resume,
         )
         check_job(job)
-        # before the script is rewritten: a written script may still be submitted by hand
-        check_not_queued(job, required=not args.no_submit)
-        script = write_script(job)
-        print(f"wrote {script}")
-        if args.no_submit:
-            return 0
-        job_id = submit(script)
+        with submission_lock(job.out_dir / job.run_name):
+            # before the script is rewritten: a written script may still be submitted by hand
+            check_not_queued(job, required=not args.no_submit)
+            script = write_script(job)
+            print(f"wrote {script}")
+            if args.no_submit:
+                return 0
+            job_id = submit(script)
     except SlurmError as exc:
         print(f"scalelab: error: {exc}", file=sys.stderr)
         return 2
