@@ -245,7 +245,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(format_predictions(preds))
     if base_threads is not None:
         for line in cpu_prediction_notes(run.summary, preds, given=threads is not None):
-            print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
+            out = sys.stderr if line.startswith("warning:") else sys.stdout
+            print(line, file=out, flush=True)
     return 0
 
 

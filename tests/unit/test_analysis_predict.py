@@ -354,13 +354,14 @@ def test_predict_cli_on_a_cpu_run_states_its_threads_and_warns_of_oversubscripti
     out, err = capsys.readouterr()
     rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln[:1].isdigit()}
     assert rows["1"][1] == rows["2"][1] == "2"  # threads/rank column: the base run's 2
-    assert "the base run's; set --threads-per-rank" in out
+    assert "2 as in the base run (--threads-per-rank to change)" in out
     # 2 ranks x 2 threads on the base run's 2 CPUs: warned; 1 rank x 2 threads fits
-    assert err.count("warning:") == 1 and "2 ranks x 2 threads = 4 busy threads" in err
+    assert err.count("warning:") == 1 and "2 ranks x 2 thread(s) = 4 busy threads" in err
     assert main([*args, "--threads-per-rank", "1"]) == 0
     out, err = capsys.readouterr()
     fewer = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln[:1].isdigit()}
     assert fewer["2"][1] == "1" and "warning:" not in err
+    assert "1 (--threads-per-rank) against the base run's 2" in out
     assert float(fewer["2"][2]) > float(rows["2"][2])  # half the threads: a longer step
     gpu = write_run(tmp_path, "gpu", world_size=1)
     assert main(["predict", str(gpu), "--busbw-gbps", "2", "--threads-per-rank", "1"]) == 2

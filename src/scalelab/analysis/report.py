@@ -640,10 +640,15 @@ def cpu_prediction_notes(
     if base is None:
         return []
     assumed = sorted({p.threads_per_rank for p in predictions if p.threads_per_rank is not None})
-    source = "--threads-per-rank" if given else "the base run's; set --threads-per-rank to change"
+    threads = ", ".join(f"{t:g}" for t in assumed)
+    source = (
+        f"{threads} (--threads-per-rank) against the base run's {base:g}"
+        if given
+        else f"{threads} as in the base run (--threads-per-rank to change)"
+    )
     lines = [
-        f"CPU: compute scaled by threads per rank, {', '.join(f'{t:g}' for t in assumed)} "
-        f"({source}; base run {base:g}); optimizer and data time not scaled."
+        f"CPU: forward, backward and h2d scaled by the threads per rank, {source}; the "
+        "optimizer and data phases are not scaled."
     ]
     cpus = (summary_1rank.get("system") or {}).get("num_cpus")
     if is_number(cpus) and cpus > 0:
@@ -651,7 +656,7 @@ def cpu_prediction_notes(
             busy = p.world_size * (p.threads_per_rank or 0)
             if busy > cpus:
                 lines.append(
-                    f"warning: {p.world_size} ranks x {p.threads_per_rank:g} threads = {busy:g} "
+                    f"warning: {p.world_size} ranks x {p.threads_per_rank:g} thread(s) = {busy:g} "
                     f"busy threads, more than the base run's {cpus:g} CPUs: ranks sharing such "
                     "a host time-slice, which the model leaves out (the prediction is "
                     "optimistic there); --threads-per-rank sets the threads"
