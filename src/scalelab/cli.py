@@ -283,9 +283,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scalelab.arguments import ArgumentParser
     from scalelab.launch.local import parse_world_sizes
 
-    p = argparse.ArgumentParser(prog="scalelab", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="scalelab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser, required: bool) -> None:

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from scalelab.analysis.predict import AnalysisError, fit_alpha_beta, ring_factor
+from scalelab.arguments import ArgumentParser
 from scalelab.checkpoint import atomic_write_text
 from scalelab.config import DistributedConfig, first_line
 from scalelab.distributed import (
@@ -445,7 +446,7 @@ def save_commbench(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, P
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="scalelab commbench",
         description="All-reduce time and bandwidth vs message size on the torchrun process group. "
         "Run as: torchrun --nproc_per_node=N -m scalelab commbench [options]",

@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from scalelab.arguments import ArgumentParser
 from scalelab.config import Config, ConfigError, load_config
 from scalelab.distributed import LaunchError, available_cpus
 
@@ -324,7 +325,7 @@ def parse_world_sizes(text: str) -> list[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="scalelab sweep",
         description="Train the same config at several world sizes on this machine (torchrun "
         "--standalone for >1 rank) and write a scaling report.",

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scalelab.arguments import ArgumentParser
 from scalelab.config import ConfigError, load_config
 from scalelab.distributed import LaunchError
 
@@ -343,7 +344,7 @@ def submit(script: Path) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="scalelab slurm",
         description="Write (and submit) an sbatch script that trains one run on N nodes with "
         "srun + torchrun, checkpoints on SIGUSR1/SIGTERM and requeues itself.",

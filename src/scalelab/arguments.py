@@ -1,0 +1,25 @@
+"""argparse with the CLI's one-line errors, for every `scalelab` command's parser.
+
+A bad flag ("--world-sizes abc", an unknown option, a missing required one) prints
+``scalelab: error: <what> (see <command> --help)`` and exits 2, like every other user error,
+instead of argparse's usage block followed by the message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose errors are one line; subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())  # argparse messages may wrap choices over lines
+        self.exit(2, f"scalelab: error: {line} (see {self.prog} --help)\n")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        sys.exit(status)
