@@ -95,8 +95,8 @@ def _train_interrupted(cfg: Any, started: float) -> str:
 def cmd_config(args: argparse.Namespace) -> int:
     from scalelab.config import describe, load_config, save_config
 
-    if args.config:
-        cfg = load_config(find_config(args.config), args.overrides)
+    if args.config or args.overrides:  # overrides alone: the defaults with them, checked
+        cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
@@ -114,6 +114,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.older_than_days is not None and not args.clear:
         raise ConfigError("--older-than-days needs --clear (it picks the cache files to delete)")
+    if args.list and args.clear:
+        raise ConfigError("--list and --clear: give one (--list shows the cache, --clear deletes)")
     cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
     if args.list or args.clear:
         from scalelab.data import default_cache_dir
@@ -182,8 +184,17 @@ def cmd_commbench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from scalelab.analysis import AnalysisError
     from scalelab.analysis.report import write_report
 
+    if not args.out.strip():
+        raise AnalysisError("--out is empty: give the folder the report goes into")
+    held = [n for n in ("summary.json", "metrics.csv") if (Path(args.out) / n).is_file()]
+    if held:  # its report files would sit among the run's own, and a rerun would replace them
+        raise AnalysisError(
+            f"--out {args.out} is a run folder (it holds {held[0]}): choose a folder of its own, "
+            f"e.g. {Path(args.out) / 'report'}"
+        )
     outputs = write_report(
         args.runs,
         Path(args.out),

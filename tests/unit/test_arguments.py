@@ -33,3 +33,39 @@ def test_a_bad_flag_is_one_line_and_exit_2(
     assert len(lines) == 1 and lines[0].startswith("scalelab: error: "), lines
     assert says in lines[0] and lines[0].endswith("--help)"), lines[0]
     assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        # config: overrides without --config apply to the defaults, so a bad one is refused
+        (["config", "train.lr=abc"], "train.lr must be a number"),
+        (["config", "hello"], "override 'hello' must look like section.key=value"),
+        # data: one of --list and --clear (--clear used to win, deleting the cache)
+        (["data", "--list", "--clear"], "--list and --clear: give one"),
+        # report: an empty --out wrote into the current folder
+        (["report", "runs", "--out", ""], "--out is empty"),
+    ],
+)
+def test_conflicting_or_ignored_arguments_are_refused(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("scalelab: error: ") and says in line, line
+
+
+def test_config_overrides_without_a_preset_print_the_defaults_with_them(capsys) -> None:
+    assert main(["config", "train.lr=0.01"]) == 0
+    assert "lr: 0.01" in capsys.readouterr().out
+
+
+def test_a_report_into_a_run_folder_is_refused_and_writes_nothing(tmp_path, capsys) -> None:
+    from tests.unit.runfolders import write_run
+
+    run = write_run(tmp_path, "r")
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["report", str(run), "--out", str(run)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"--out {run} is a run folder (it holds summary.json)" in line
+    assert sorted(p.name for p in run.iterdir()) == before
