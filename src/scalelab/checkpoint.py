@@ -255,6 +255,12 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
             for k, v in row.items():
                 if not isinstance(k, str) or not (v is None or is_number(v)):
                     raise bad(f"metrics[{i}].{k}", v, "a number")
+        # one row per finished epoch: the resume rewrites metrics.csv from them
+        if len(metrics) != state["epoch"]:
+            raise CheckpointError(
+                f"{path}: checkpoint field metrics has {len(metrics)} rows, expected one per "
+                f"finished epoch ({state['epoch']})"
+            )
     config = state.get("config")
     if config is not None:
         if not isinstance(config, dict):

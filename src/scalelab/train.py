@@ -1266,14 +1266,31 @@ def _run_record(run_dir: Path) -> tuple[int | str, bool]:
     has_summary = (run_dir / "summary.json").is_file()
     if not path.exists():
         return 0, has_summary
+    fix = "a resume would overwrite it: move it aside or start a new run (another output.run_name)"
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            return sum(1 for _ in csv.DictReader(f)), has_summary
+            table = [row for row in csv.reader(f) if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        return (
-            f"{path}: unreadable ({first_line(exc)}); a resume would overwrite it: move it "
-            "aside or start a new run (another output.run_name)"
-        ), has_summary
+        return f"{path}: unreadable ({first_line(exc)}); {fix}", has_summary
+    if not table:
+        return 0, has_summary
+    # The rows decide what the resume trains and keeps: a cut-off, extra or repeated row would
+    # be counted as an epoch, so it must read as epochs 1, 2, ... in the header's columns.
+    header, *rows = table
+    col = header.index("epoch") if "epoch" in header else None
+    for i, row in enumerate(rows, start=2):
+        if col is None or len(row) != len(header) or row[col].strip() != str(i - 1):
+            why = (
+                "no 'epoch' column in its header"
+                if col is None
+                else f"line {i} has {len(row)} cells, the header {len(header)}"
+                if len(row) != len(header)
+                else f"line {i} is epoch {row[col]!r}, expected {i - 1}"
+            )
+            return f"{path}: not the run's own epoch rows ({why}; truncated or edited); {fix}", (
+                has_summary
+            )
+    return len(rows), has_summary
 
 
 def _epochs(n: int) -> str:

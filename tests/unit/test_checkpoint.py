@@ -113,6 +113,8 @@ def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(
         ("metrics", "rows", "field metrics is 'rows', expected a list"),
         ("metrics", [{"epoch": 1}, 7], r"field metrics\[1\] is 7, expected a dict"),
         ("metrics", [{"epoch": "one"}], r"field metrics\[0\].epoch is 'one', expected a number"),
+        # a row per finished epoch (0 here): a resume rewrites metrics.csv from them
+        ("metrics", [{"epoch": 1}], r"field metrics has 1 rows, expected one per finished epoch"),
         ("rng", {"python": 1}, "field rng is a dict, expected a list"),
         ("rng", [], "field rng is a list, expected a list with one RNG state per rank"),
         ("rng", ["seed"], r"field rng\[0\] is 'seed', expected a dict"),
@@ -133,7 +135,7 @@ def test_a_field_of_the_wrong_type_is_one_line_naming_file_and_field(
 
 
 def test_a_well_formed_checkpoint_with_every_optional_field_loads(tmp_path: Path) -> None:
-    full = {**_state(), "scaler": None, "epoch_loss_sums": [1.5], "epoch_elapsed_s": None,
+    full = {**_state(), "epoch": 1, "scaler": None, "epoch_loss_sums": [1.5], "epoch_elapsed_s": None,
             "epoch_tokens": [12], "epoch_phases": [None], "comm_hook_state": None,
             "metrics": [{"epoch": 1, "val_acc": 0.5, "tokens_per_s": float("nan")}],
             "profile": None, "world_size": 1, "config": {"name": "x", "train": {"lr": 1e-3}},

@@ -523,3 +523,31 @@ def test_a_replanned_schedule_sets_the_next_steps_learning_rate() -> None:
     for _ in range(3):  # and on from there as the new plan
         opt2.step(), new.step(), fresh.step(), ref.step()
         assert opt2.param_groups[0]["lr"] == pytest.approx(fresh.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda text: text.rstrip("\n")[:-30] + "\n", "cells, the header"),  # cut off mid-row
+        (lambda text: text + "garbage,,,\n", "line 3 has 4 cells"),
+        (lambda text: text + text.splitlines()[1] + "\n", "line 3 is epoch '1', expected 2"),
+    ],
+)
+def test_a_damaged_metrics_csv_stops_a_resume_with_one_line(
+    damage: Callable[[str], str],
+    says: str,
+    tiny: Callable[..., list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Its rows were counted as epochs: a cut-off row trained on and left the file broken, an
+    extra one made a 1-epoch run 'already finished'."""
+    assert main(tiny("r", "train.epochs=2", "train.stop_after_steps=3")) == 0  # 1 epoch + 1 step
+    run = tmp_path / "exp" / "r"
+    (run / "metrics.csv").write_text(damage((run / "metrics.csv").read_text()))
+    before = _files(run)
+    capsys.readouterr()
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 2
+    line = _error_line(capsys)
+    assert "metrics.csv: not the run's own epoch rows" in line and says in line, line
+    assert _files(run) == before
