@@ -12,6 +12,7 @@ from scalelab.cli import main
     [
         (["predict", "run", "--world-sizes", "abc"], "comma-separated integers"),
         (["predict", "run", "--busbw-gbps", "fast"], "invalid float value: 'fast'"),
+        (["predict", "run", "--world-sizes", "2,2"], "lists a size twice"),
         (["data", "--older-than-days", "abc"], "invalid float value"),
         (["report", "runs"], "required: --out"),
         (["bogus"], "invalid choice: 'bogus'"),

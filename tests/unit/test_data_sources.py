@@ -501,3 +501,14 @@ def test_a_vocab_path_that_is_a_folder_or_an_upper_case_json_suffix(tmp_path):
     tok.save(str(tmp_path / "tok.JSON"))
     again = build_tokenizer(DataConfig(vocab_path=str(tmp_path / "tok.JSON")), 0, [], 16)
     assert again.encode("the cat sat").ids == tok.encode("the cat sat").ids
+
+
+def test_an_imdb_file_without_a_header_names_it_without_echoing_a_review(tmp_path):
+    """The first row is a review: the line quotes the start of each cell, not 9 KB of text."""
+    review = "a long review " * 700
+    path = write(tmp_path / "i.csv", f'"{review}",1\nok,0\n')
+    with pytest.raises(DataError, match="expected a header with columns text,label") as info:
+        read_imdb_csv(path)
+    assert len(str(info.value)) < 300 and "'a long review a long review a long...'" in str(
+        info.value
+    )

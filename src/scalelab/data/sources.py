@@ -230,7 +230,8 @@ def read_imdb_csv(path: Path) -> tuple[list[str], np.ndarray, str]:
     names = [h.strip().lower() for h in header]
     if "text" not in names or "label" not in names:
         raise DataError(
-            f"{path}: line 1: expected a header with columns text,label, got {header!r}"
+            f"{path}: line 1: expected a header with columns text,label, got "
+            f"{[cell if len(cell) <= 40 else cell[:37] + '...' for cell in header]!r}"
         )
     for column in ("text", "label"):
         if names.count(column) > 1:

@@ -321,6 +321,8 @@ def parse_world_sizes(text: str) -> list[int]:
         ) from None
     if not sizes:
         raise argparse.ArgumentTypeError("--world-sizes is empty")
+    if len(set(sizes)) < len(sizes):  # each size once: its run (or prediction) is one row
+        raise argparse.ArgumentTypeError(f"--world-sizes lists a size twice: {text!r}")
     return sizes
 
 
