@@ -1,9 +1,9 @@
 """`scalelab train | sweep | slurm | demo | report | predict | commbench | data | config`.
 
-User errors (bad config, data, checkpoint, run folder, launch) print one line and exit 2; a
-sweep or demo that SIGTERM/SIGUSR1 stopped prints one line and exits 128 + the signal, as
-`scalelab train` does; Ctrl-C (SIGINT) prints one line, "scalelab: interrupted" and how to continue where that applies,
-and exits 130; anything else is a bug and keeps its traceback.
+User errors (bad config, data, checkpoint, run folder, launch, a bad flag) print one line and
+exit 2; a sweep or demo that SIGTERM/SIGUSR1 stopped prints one line and exits 128 + the signal,
+as `scalelab train` does; Ctrl-C (SIGINT) prints one line, "scalelab: interrupted" and how to
+continue where that applies, and exits 130; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
