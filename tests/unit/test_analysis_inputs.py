@@ -130,6 +130,10 @@ def _break_summary(folder: Path, **fields: object) -> None:
         ({"timing": {"step_ms": "slow"}}, "field 'timing.step_ms' should be a number"),
         ({"comm": {"allreduce_ms": "1 ms"}}, "field 'comm.allreduce_ms' should be a number"),
         ({"comm": {"bucket_bytes": ["a"]}}, "field 'comm.bucket_bytes' should be a list"),
+        # numbers no run can record: predict printed a speedup from a negative forward
+        ({"timing": {"forward_ms": -3}}, "field 'timing.forward_ms' should be a number >= 0"),
+        ({"global_batch": 0}, "field 'global_batch' should be at least 1"),
+        ({"mean_epoch_time_s": 0}, "field 'mean_epoch_time_s' should be a time > 0 s"),
     ],
 )
 def test_wrongly_typed_summary_fields_are_one_line(

@@ -206,12 +206,19 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
             raise bad(key, "a number")
     if is_number(summary.get("world_size")) and summary["world_size"] < 1:
         raise bad("world_size", "at least 1")
+    if is_number(summary.get("global_batch")) and summary["global_batch"] < 1:
+        raise bad("global_batch", "at least 1")
+    # a speedup divides by it: 0 or less is no time a run can take (NaN: not measured)
+    if is_number(summary.get("mean_epoch_time_s")) and summary["mean_epoch_time_s"] <= 0:
+        raise bad("mean_epoch_time_s", "a time > 0 s")
     for section in _SECTIONS:
         if summary.get(section) is not None and not isinstance(summary[section], dict):
             raise bad(section, "an object")
     for key, value in (summary.get("timing") or {}).items():
         if value is not None and not is_number(value):
             raise bad(f"timing.{key}", "a number")
+        if is_number(value) and value < 0:  # phase times and warm-up counts: never negative
+            raise bad(f"timing.{key}", "a number >= 0")
     comm = summary.get("comm") or {}
     for key in _COMM_NUMBERS:
         if comm.get(key) is not None and not is_number(comm[key]):
