@@ -214,6 +214,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from scalelab.analysis.predict import load_commbench, load_sync_latency, predict_scaling
     from scalelab.analysis.report import cpu_prediction_notes, format_predictions
     from scalelab.analysis.scaling import cpu_threads_per_rank
+    from scalelab.config import ConfigError
 
     run = load_run(args.run)
     sync = None
@@ -224,25 +225,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         alpha_ms, busbw, _ = load_commbench(args.commbench)
         sync = load_sync_latency(args.commbench)
     else:
-        from scalelab.config import ConfigError
-
         raise ConfigError(
             "predict needs --commbench FILE or --busbw-gbps (and optionally --alpha-ms)"
         )
-    base_threads = cpu_threads_per_rank(run.summary)
     threads = args.threads_per_rank
     if threads is not None:
-        if base_threads is None:
-            from scalelab.config import ConfigError
-
+        if cpu_threads_per_rank(run.summary) is None:
             where = run.summary.get("device_type") or "an unknown device"
             raise ConfigError(
                 f"--threads-per-rank applies to CPU runs with a recorded thread count; "
                 f"run {run.name} ran on {where}"
             )
         if not (math.isfinite(threads) and threads > 0):
-            from scalelab.config import ConfigError
-
             raise ConfigError(f"--threads-per-rank must be a number > 0, got {threads:g}")
     preds = predict_scaling(
         run.summary,
@@ -254,10 +248,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threads_per_rank=None if threads is None else dict.fromkeys(args.world_sizes, threads),
     )
     print(format_predictions(preds))
-    if base_threads is not None:
-        for line in cpu_prediction_notes(run.summary, preds, given=threads is not None):
-            out = sys.stderr if line.startswith("warning:") else sys.stdout
-            print(line, file=out, flush=True)
+    for line in cpu_prediction_notes(run.summary, preds, given=threads is not None):  # CPU only
+        out = sys.stderr if line.startswith("warning:") else sys.stdout
+        print(line, file=out, flush=True)
     return 0
 
 

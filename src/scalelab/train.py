@@ -1277,19 +1277,19 @@ def _run_record(run_dir: Path) -> tuple[int | str, bool]:
     # The rows decide what the resume trains and keeps: a cut-off, extra or repeated row would
     # be counted as an epoch, so it must read as epochs 1, 2, ... in the header's columns.
     header, *rows = table
-    col = header.index("epoch") if "epoch" in header else None
     for i, row in enumerate(rows, start=2):
-        if col is None or len(row) != len(header) or row[col].strip() != str(i - 1):
-            why = (
-                "no 'epoch' column in its header"
-                if col is None
-                else f"line {i} has {len(row)} cells, the header {len(header)}"
-                if len(row) != len(header)
-                else f"line {i} is epoch {row[col]!r}, expected {i - 1}"
-            )
-            return f"{path}: not the run's own epoch rows ({why}; truncated or edited); {fix}", (
-                has_summary
-            )
+        if "epoch" not in header:
+            why = "no 'epoch' column in its header"
+        elif len(row) != len(header):
+            why = f"line {i} has {len(row)} cells, the header {len(header)}"
+        elif (epoch := row[header.index("epoch")]).strip() != str(i - 1):
+            why = f"line {i} is epoch {epoch!r}, expected {i - 1}"
+        else:
+            continue
+        return (
+            f"{path}: not the run's own epoch rows ({why}; truncated or edited); {fix}",
+            has_summary,
+        )
     return len(rows), has_summary
 
 
@@ -1362,10 +1362,9 @@ def _warmup_record(saved: Any) -> dict[str, float]:
     return out
 
 
-def _warmup_so_far(before: dict[str, float] | None, timer: StepTimer) -> dict[str, float]:
+def _warmup_so_far(before: dict[str, float], timer: StepTimer) -> dict[str, float]:
     """The steps excluded from the timing as warm-up (and their time), the earlier invocations'
-    (`before`) plus this one's: the count of steps the phase means leave out."""
-    before = before or _warmup_record(None)
+    (`before`, `_warmup_record`) plus this one's: the count of steps the phase means leave out."""
     return {
         "warmup_steps": int(before["warmup_steps"]) + min(timer.warmup_steps, timer.steps_seen),
         "warmup_time_s": before["warmup_time_s"] + timer.warmup_time_s,
@@ -1468,7 +1467,7 @@ def _summary(
     amp: torch.dtype | None = None,
     *,
     cpus: tuple[int, list[int] | None],
-    warmup_before: dict[str, float] | None = None,
+    warmup_before: dict[str, float],
 ) -> dict[str, Any]:
     """summary.json. ``cpus``: how many CPUs the job may use, and rank 0's share of them under
     distributed.pin_cpus (every rank has its own slice; None = unbound). ``warmup_before``: the
