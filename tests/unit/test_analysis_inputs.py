@@ -134,6 +134,15 @@ def _break_summary(folder: Path, **fields: object) -> None:
         ({"timing": {"forward_ms": -3}}, "field 'timing.forward_ms' should be a number >= 0"),
         ({"global_batch": 0}, "field 'global_batch' should be at least 1"),
         ({"mean_epoch_time_s": 0}, "field 'mean_epoch_time_s' should be a time > 0 s"),
+        # read as 1 rank, a 4-rank run became its own baseline
+        ({"world_size": None}, "field 'world_size' is missing"),
+        # the diagnosis multiplies and compares these: a traceback, or a rule silently off
+        ({"system": {"num_loader_workers": "abc"}}, "'system.num_loader_workers' should be a"),
+        ({"system": {"num_cpus": 2.5}}, "'system.num_cpus' should be a whole number >= 1"),
+        ({"system": {"num_threads_per_rank": 0}}, "'system.num_threads_per_rank' should be"),
+        ({"system": {"find_unused_parameters": "yes"}}, "should be true or false, got 'yes'"),
+        ({"data": {"pad_multiple": 0}}, "field 'data.pad_multiple' should be a whole number"),
+        ({"data": {"delay_per_batch_s": -1}}, "'data.delay_per_batch_s' should be a number >= 0"),
     ],
 )
 def test_wrongly_typed_summary_fields_are_one_line(
@@ -186,6 +195,12 @@ def test_a_cut_off_or_mismatched_metrics_csv_is_one_line(tmp_path: Path) -> None
         load_run(tmp_path / "ws1")
     path.write_text("1,2,3\n")
     with pytest.raises(AnalysisError, match=r"line 1 is not a metrics.csv header"):
+        load_run(tmp_path / "ws1")
+    # a column dropped in an edit: the accuracy plot silently left the run out
+    table = [row.split(",") for row in lines]
+    drop = table[0].index("val_acc")
+    path.write_text("\n".join(",".join(r[:drop] + r[drop + 1 :]) for r in table) + "\n")
+    with pytest.raises(AnalysisError, match=r"metrics.csv: no 'val_acc' column in the header"):
         load_run(tmp_path / "ws1")
     # rows lost (header only) or added after summary.json was written (a run continued)
     for text in (lines[0] + "\n", "\n".join(lines[:3]) + "\n", good + lines[-1] + "\n"):
@@ -266,6 +281,8 @@ def test_a_report_file_name_taken_by_a_folder_replaces_nothing(tmp_path: Path) -
         ({"world_size": 2, "results": [{"time_ms": 1.0}, {"time_ms": 2.0}]}, r"'results\[0\].bytes'"),
         ({"world_size": 2, "fit": {"busbw_gbps": float("nan")}}, "'fit.busbw_gbps' should be a number > 0"),
         ({"world_size": 2, "fit": {"busbw_gbps": 1.0, "alpha_ms": "x"}}, "'fit.alpha_ms'"),
+        # a fit that cannot be made names the file, not only the reason
+        ({"world_size": 1, "results": [{"bytes": 8, "time_ms": 1.0}]}, r"commbench\.json: an all-reduce bandwidth fit needs world_size >= 2"),
     ],
 )  # fmt: skip
 def test_malformed_commbench_files_are_one_line(tmp_path: Path, bench: dict, fragment: str) -> None:
@@ -280,6 +297,22 @@ def test_malformed_sync_latency_is_one_line(tmp_path: Path) -> None:
     path.write_text(json.dumps({"world_size": 2, "sync_latency": {"median_ms": "slow"}}))
     with pytest.raises(AnalysisError, match="'sync_latency.median_ms'"):
         load_sync_latency(path)
+
+
+def test_a_negative_sync_latency_or_a_key_given_twice_is_one_line(tmp_path: Path) -> None:
+    # a median of measured latencies is never negative (a fitted intercept may be: clipped)
+    path = tmp_path / "commbench.json"
+    path.write_text(json.dumps({"world_size": 2, "sync_latency": {"median_ms": -2.0}}))
+    with pytest.raises(AnalysisError, match="'sync_latency.median_ms' should be a number >= 0"):
+        load_sync_latency(path)
+    path.write_text('{"world_size": 2, "fit": {"busbw_gbps": 1.0, "busbw_gbps": 50.0}}')
+    with pytest.raises(AnalysisError, match="key 'busbw_gbps' appears twice in one object"):
+        load_commbench(path)
+    write_run(tmp_path, "ws1")
+    summary = tmp_path / "ws1" / "summary.json"
+    summary.write_text(summary.read_text().replace("{", '{"world_size": 4, ', 1))
+    with pytest.raises(AnalysisError, match="summary.json: unreadable JSON .*'world_size' appears"):
+        load_run(tmp_path / "ws1")
 
 
 def test_non_finite_bandwidth_is_refused(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,23 @@ def _number(text: str) -> int | float | str | None:
     return None if math.isnan(value) else value
 
 
+_READ_COLUMNS = ("val_acc", "epoch_time_s")  # what the report reads from metrics.csv
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, refusing a key given twice in one object (a hand edit: which one counts?)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"key {key!r} appears twice in one object")
+            out[key] = value
+        return out
+
+    return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique)
+
+
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.csv -> one dict per epoch row. A file without a header, or a row with more or
     fewer cells than the header (a copy cut off mid-line, a hand edit), is refused: its missing
@@ -114,6 +131,9 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     header, *body = table
     if "epoch" not in header:
         raise AnalysisError(f"{path}: line 1 is not a metrics.csv header (no 'epoch' column)")
+    for column in _READ_COLUMNS:  # the trainer always writes them (empty where not measured)
+        if column not in header:
+            raise AnalysisError(f"{path}: no {column!r} column in the header (edited file?)")
     for i, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise AnalysisError(
@@ -136,8 +156,8 @@ def load_run(path: str | Path) -> Run:
     if missing:
         raise AnalysisError(f"{folder}: not a complete run folder, missing {', '.join(missing)}")
     try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        summary = read_json(folder / SUMMARY_FILE)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise AnalysisError(f"{folder / SUMMARY_FILE}: unreadable JSON ({exc})") from None
     if not isinstance(summary, dict):
         raise AnalysisError(f"{folder / SUMMARY_FILE}: expected a JSON object")
@@ -186,6 +206,30 @@ _COMM_NUMBERS = (
 )  # fmt: skip
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Section fields the analysis reads (diagnosis rules multiply and compare them): what each must be.
+_COUNT = (lambda v: _whole(v) and v >= 1, "a whole number >= 1")
+_FLAG = (lambda v: isinstance(v, bool), "true or false")
+_SECTION_FIELDS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("system", "hostname"): (lambda v: isinstance(v, str), "text"),
+    ("system", "num_cpus"): _COUNT,
+    ("system", "num_threads_per_rank"): _COUNT,
+    ("system", "num_loader_workers"): (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    ("system", "bound_cpus"): (
+        lambda v: isinstance(v, list) and all(_whole(c) for c in v),
+        "a list of CPU numbers",
+    ),
+    ("system", "find_unused_parameters"): _FLAG,
+    ("data", "pad_to_max_len"): _FLAG,
+    ("data", "on_device"): _FLAG,
+    ("data", "pad_multiple"): _COUNT,
+    ("data", "delay_per_batch_s"): (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+}
+
+
 def _check_summary(path: Path, summary: dict[str, Any]) -> None:
     def bad(field: str, want: str) -> AnalysisError:
         return AnalysisError(
@@ -198,6 +242,8 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
+    if summary.get("world_size") is None:  # every table groups and divides by it
+        raise AnalysisError(f"{path}: field 'world_size' is missing (the trainer always writes it)")
     for key in _TEXT_FIELDS:
         if summary.get(key) is not None and not isinstance(summary[key], str):
             raise bad(key, "text")
@@ -228,10 +274,10 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
         isinstance(buckets, list) and all(is_number(v) for v in buckets)
     ):
         raise bad("comm.bucket_bytes", "a list of numbers")
-    for section, key in (("system", "num_threads_per_rank"), ("data", "delay_per_batch_s")):
+    for (section, key), (ok, want) in _SECTION_FIELDS.items():
         value = (summary.get(section) or {}).get(key)
-        if value is not None and not is_number(value):
-            raise bad(f"{section}.{key}", "a number")
+        if value is not None and not ok(value):
+            raise bad(f"{section}.{key}", want)
 
 
 def _check_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

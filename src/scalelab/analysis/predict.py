@@ -38,7 +38,6 @@ the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from scalelab.analysis.collect import AnalysisError, Run, is_number
+from scalelab.analysis.collect import AnalysisError, Run, is_number, read_json
 from scalelab.analysis.scaling import cpu_threads_per_rank, group_key
 
 PHASES = ("data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
@@ -329,15 +328,28 @@ def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int) -> tuple[
 
 def _read_commbench(path: str | Path) -> Any:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return read_json(Path(path))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise AnalysisError(f"{path}: cannot read commbench JSON ({exc})") from None
 
 
-def _finite(path: str | Path, field: str, value: Any, *, positive: bool = False) -> float:
+def _finite(
+    path: str | Path,
+    field: str,
+    value: Any,
+    *,
+    positive: bool = False,
+    at_least: float | None = None,
+) -> float:
     """A number from a commbench file, or one line naming the field (also NaN and infinity)."""
-    if not (is_number(value) and math.isfinite(value)) or (positive and value <= 0):
-        want = "a number > 0" if positive else "a finite number"
+    ok = is_number(value) and math.isfinite(value)
+    if positive:
+        ok, want = ok and value > 0, "a number > 0"
+    elif at_least is not None:
+        ok, want = ok and value >= at_least, f"a number >= {at_least:g}"
+    else:
+        want = "a finite number"
+    if not ok:
         raise AnalysisError(f"{path}: commbench field {field!r} should be {want}, got {value!r}")
     return float(value)
 
@@ -358,6 +370,7 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
     # busbw 0 is commbench's own "no fit" (its sweep's times did not grow with size): refit below
     if fit.get("busbw_gbps") is not None and fit["busbw_gbps"] != 0:
         busbw = _finite(path, "fit.busbw_gbps", fit["busbw_gbps"], positive=True)
+        # a fit's intercept may come out negative (noise at small sizes): clipped, as in our fit
         alpha = _finite(path, "fit.alpha_ms", fit.get("alpha_ms") or 0.0)
         return max(0.0, alpha), busbw, world_size
     results = bench.get("results")
@@ -370,8 +383,8 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
             _finite(path, f"results[{i}].{key}", row.get(key), positive=True)
     try:
         alpha, busbw = fit_alpha_beta(results, world_size)
-    except NoBandwidthFit as exc:
-        raise NoBandwidthFit(f"{path}: {exc}") from None
+    except AnalysisError as exc:  # e.g. a 1-rank file or one message size: name the file
+        raise type(exc)(f"{path}: {exc}") from None
     return alpha, busbw, world_size
 
 
@@ -381,7 +394,7 @@ def load_sync_latency(path: str | Path) -> float | None:
     lat = bench.get("sync_latency") if isinstance(bench, dict) else None
     if not isinstance(lat, dict) or lat.get("median_ms") is None:
         return None
-    return max(0.0, _finite(path, "sync_latency.median_ms", lat["median_ms"]))
+    return _finite(path, "sync_latency.median_ms", lat["median_ms"], at_least=0.0)
 
 
 def bandwidth_from_run(run: Run) -> tuple[float, float] | None:
