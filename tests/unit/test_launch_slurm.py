@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scalelab.launch.slurm import SlurmJob, render_sbatch, slurm_main
+from scalelab.launch.slurm import SlurmJob, render_sbatch, slurm_main, time_limit_s
 from tests.slurm_cluster import LocalSlurm, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +65,15 @@ def test_no_submit_writes_only_the_script(tmp_path: Path, capsys: pytest.Capture
             "--time '1:00:00\\ntouch /tmp/pwned': contains a line break",
         ),
         (["--partition", "gpu\rx"], "contains a line break"),
+        # sbatch only refused these at submission, after the script was written
+        (["--time", "banana"], "--time 'banana': not a SLURM time limit"),
+        (["--time", "1:2:3:4"], "not a SLURM time limit"),
+        # SIGUSR1 two minutes before a one-minute limit: a checkpoint before any step
+        (["--time", "1"], "--time '1' is not longer than --signal-seconds 120"),
+        (["--sbatch-arg", "hello world"], "--sbatch-arg 'hello world': not an sbatch option"),
+        (["--sbatch-arg=--nodes=4"], "the script sets --nodes itself (use scalelab's --nodes)"),
+        (["--sbatch-arg", "-o /tmp/x.log"], "the script sets -o itself (it would break the job)"),
+        (["--sbatch-arg=--signal=B:USR1@5"], "use scalelab's --signal-seconds"),
     ],
 )
 def test_impossible_jobs_are_one_line_errors_and_write_nothing(
@@ -75,6 +84,22 @@ def test_impossible_jobs_are_one_line_errors_and_write_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("scalelab: error:") and fragment in err[0], err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 5400), ("2:30", 150), ("01:00:00", 3600), ("1-2", 93600), ("1-0:30", 88200),
+     ("0-00:10:05", 605), ("UNLIMITED", None), ("infinite", None)],
+)  # fmt: skip
+def test_every_slurm_time_form_is_understood(text: str, seconds: int | None) -> None:
+    assert time_limit_s(text) == seconds
+
+
+def test_sbatch_options_of_the_users_own_go_into_the_script(tmp_path: Path) -> None:
+    argv = ["--config", "ag_news_small", "--out", str(tmp_path), "--no-submit", "--time", "1-0"]
+    assert slurm_main([*argv, "--sbatch-arg=--mem=16G", "--sbatch-arg", "-J mine"]) == 0
+    text = (tmp_path / "slurm" / "ag_news_small-ws1.sbatch").read_text()
+    assert "#SBATCH --mem=16G\n#SBATCH -J mine\n" in text and "#SBATCH --time=1-0\n" in text
 
 
 def test_out_below_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -36,6 +36,45 @@ from scalelab.distributed import LaunchError
 _RESERVED_OVERRIDES = ("output.dir", "output.run_name", "train.resume")
 
 
+# SLURM's --time forms: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds; or no limit
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+_NO_LIMIT = ("unlimited", "infinite", "-1")
+# options the script sets itself, each for a reason (see render_sbatch): another value would break
+# the rendezvous, the log, the requeue or the checkpoint signal; the ones with a flag name it
+_SCRIPT_OPTIONS = {
+    "--nodes": "--nodes", "-N": "--nodes", "--ntasks-per-node": None, "--ntasks": None,
+    "-n": None, "--cpus-per-task": "--cpus-per-task", "-c": "--cpus-per-task",
+    "--gpus-per-node": "--gpus-per-node", "--output": None, "-o": None, "--open-mode": None,
+    "--requeue": None, "--no-requeue": None, "--signal": "--signal-seconds", "--chdir": None,
+    "-D": None, "--time": "--time", "-t": "--time", "--partition": "--partition",
+    "-p": "--partition", "--account": "--account", "-A": "--account",
+}  # fmt: skip
+
+
+def time_limit_s(text: str) -> float | None:
+    """Seconds in a SLURM --time value; None for no limit. ValueError for what SLURM refuses."""
+    if text.strip().lower() in _NO_LIMIT:
+        return None
+    match = _TIME.fullmatch(text.strip())
+    if not match:
+        raise ValueError(text)
+    days, first, second, third = (int(g) if g else None for g in match.groups())
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        return ((days * 24 + first) * 60 + (second or 0)) * 60 + (third or 0)
+    if third is not None:  # hours:minutes:seconds
+        return (first * 60 + second) * 60 + third
+    return first * 60 + (second or 0)  # minutes[:seconds]
+
+
+def _option_name(arg: str) -> str:
+    """'--mem=4G' -> '--mem', '--mem 4G' -> '--mem', '-J x' / '-Jx' -> '-J'."""
+    word = arg.split()[0] if arg.split() else arg
+    if word.startswith("--"):
+        return word.split("=", 1)[0]
+    return word[:2]
+
+
 class SlurmError(LaunchError):
     """The job cannot be written or submitted (one line; the CLI prints it and exits 2)."""
 
@@ -201,6 +240,27 @@ def check_job(job: SlurmJob) -> None:
     ):  # fmt: skip
         if value and any(c in value for c in "\n\r\0"):
             raise SlurmError(f"{name} {value!r}: contains a line break or NUL")
+    if job.time is not None:
+        try:
+            limit = time_limit_s(job.time)
+        except ValueError:
+            raise SlurmError(
+                f"--time {job.time!r}: not a SLURM time limit (minutes, MM:SS, HH:MM:SS, "
+                "D-HH, D-HH:MM or D-HH:MM:SS)"
+            ) from None
+        if limit is not None and limit <= job.signal_seconds:
+            raise SlurmError(
+                f"--time {job.time!r} is not longer than --signal-seconds {job.signal_seconds}: "
+                "the checkpoint signal would come before any training"
+            )
+    for arg in job.sbatch_args:
+        name = _option_name(arg.strip())
+        if not name.startswith("-") or name in ("-", "--"):
+            raise SlurmError(f"--sbatch-arg {arg!r}: not an sbatch option (e.g. --mem=16G)")
+        if name in _SCRIPT_OPTIONS:
+            flag = _SCRIPT_OPTIONS[name]
+            instead = f"use scalelab's {flag}" if flag else "it would break the job"
+            raise SlurmError(f"--sbatch-arg {arg!r}: the script sets {name} itself ({instead})")
     if "/" in job.run_name or job.run_name in ("", ".", ".."):
         raise SlurmError(f"--run-name {job.run_name!r}: must be a folder name, without '/'")
     for item in job.overrides:
