@@ -3,12 +3,14 @@ cleanly on a preemption signal so that a resumed run continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +113,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])  # a GPU run has its model on the GPU by now
 
 
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) back until the block ends, then raise it. Raised inside torch.save,
+    whose C++ writer calls the file's write, it surfaced as a failed write ("unexpected pos")
+    instead of an interrupt, and the checkpoint being written was lost."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield  # only the main thread may set handlers; a handler of the caller's stays in charge
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically; a failed write (a full disk) is one line, and the previous
-    checkpoint stays as it was."""
+    checkpoint stays as it was. Ctrl-C during the write stops the run after it."""
     state = {"format_version": FORMAT_VERSION, **state}
     try:
-        atomic_write_bytes(path, lambda f: torch.save(state, f))
+        with _ctrl_c_after():
+            atomic_write_bytes(path, lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as exc:  # torch.save reports a short write as RuntimeError
         try:
             free = f"; {shutil.disk_usage(path.parent).free / 1e9:.2f} GB free there"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,33 @@ def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(
         save_checkpoint(tmp_path / "c.pt", _state())
     assert (tmp_path / "c.pt").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temp file left
+
+
+def test_ctrl_c_while_writing_finishes_the_checkpoint_then_interrupts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C raised inside torch.save's C++ writer read as a failed write ("unexpected pos"):
+    # exit 2 and "cannot write the checkpoint" instead of an interrupt, and the checkpoint lost
+    real_save = torch.save
+
+    class CtrlCOnFirstWrite:
+        def __init__(self, f: object) -> None:
+            self.f, self.sent = f, False
+
+        def write(self, data: bytes) -> int:
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)  # as the terminal does, mid-write
+            return self.f.write(data)  # type: ignore[attr-defined]
+
+        def flush(self) -> None:
+            self.f.flush()  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, CtrlCOnFirstWrite(f)))
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "c.pt", _state())
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["model"]["w"], torch.ones(2))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize(
