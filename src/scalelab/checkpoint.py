@@ -177,7 +177,7 @@ def _why(exc: Exception) -> str:
         text = "it holds objects other than tensors and plain values, which scalelab does not load"
         text += f": {found}" if found else ""
     else:
-        telling = lines[0] if lines else ""
+        telling = lines[0].split("  (Could this error message be improved?")[0] if lines else ""
         if isinstance(exc, (RuntimeError, OSError, EOFError)):
             telling = f"truncated or corrupt: {telling}" if telling else "truncated or corrupt"
         text = f"{type(exc).__name__}: {telling}" if telling else type(exc).__name__
@@ -228,6 +228,15 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
     for i, group in enumerate(optimizer["param_groups"]):
         if not isinstance(group, dict):
             raise bad(f"optimizer.param_groups[{i}]", group, "a dict")
+    for key, value in state["model"].items():
+        # a run that diverged was saved so (fp16's scaler skips such steps, the others do not):
+        # resumed, every step after would compute NaN
+        weights = isinstance(value, torch.Tensor) and value.is_floating_point()
+        if weights and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"{path}: checkpoint field model.{key} holds NaN or infinite weights (the "
+                "run had diverged when it was saved); start again, e.g. with a lower train.lr"
+            )
     if state.get("scaler") is not None and not isinstance(state["scaler"], dict):
         raise bad("scaler", state["scaler"], "a dict or None")
     for key in ("epoch", "step_in_epoch", "global_step"):
@@ -320,8 +329,21 @@ def load_error(exc: BaseException) -> str:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint onto the CPU, checking it is one of ours and its fields' types."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({first_line(exc)})") from None
+    # torch.save writes a zip archive (PK..) or, in its legacy format, a pickle (protocol 2+)
+    if head and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CheckpointError(
+            f"{path}: not a checkpoint (torch.save files start with a zip or pickle header; "
+            f"this one starts with {head!r})"
+        )
     try:
         # weights_only: tensors and plain values only, so a foreign file cannot run code; the
         # numpy types admit the RNG states of checkpoints from before numpy_rng_plain

@@ -660,7 +660,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     ckpt_path = run_dir / CHECKPOINT_NAME
     resume_from: Path | None = None
     if cfg.train.resume == "auto":
-        resume_from = ckpt_path if ckpt_path.is_file() else None
+        resume_from = ckpt_path if ckpt_path.exists() else None  # a folder: load says so
     elif cfg.train.resume:
         resume_from = Path(cfg.train.resume)
     # Every rank decides alike, or all stop with one line: a run folder that the nodes do not

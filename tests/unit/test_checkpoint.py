@@ -75,6 +75,26 @@ def test_truncated_and_empty_files_say_so(tmp_path: Path) -> None:
         assert "\n" not in str(info.value)
 
 
+def test_files_that_are_no_checkpoint_say_what_they_are(tmp_path: Path) -> None:
+    # a YAML file given as train.resume read "IndexError: pop from empty list"; a folder
+    # named checkpoint.pt read "checkpoint not found"
+    (tmp_path / "config.yaml").write_text("train:\n  lr: 0.1\n")
+    with pytest.raises(CheckpointError, match=r"config.yaml: not a checkpoint \(torch.save files "
+                       r"start with a zip or pickle header; this one starts with b'trai'\)"):  # fmt: skip
+        load_checkpoint(tmp_path / "config.yaml")
+    (tmp_path / "c.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"c.pt: is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_a_checkpoint_of_a_diverged_run_is_refused(tmp_path: Path) -> None:
+    state = _state()
+    state["model"]["w"] = torch.tensor([1.0, float("nan")])
+    save_checkpoint(tmp_path / "c.pt", state)
+    with pytest.raises(CheckpointError, match=r"field model.w holds NaN or infinite weights"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
 def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

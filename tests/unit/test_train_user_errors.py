@@ -219,6 +219,22 @@ def test_output_dir_or_run_folder_that_is_a_file_is_one_line_before_any_work(
     assert not (tmp_path / "cache").exists()  # refused before the data was prepared
 
 
+def test_a_folder_named_checkpoint_pt_is_named_as_such_at_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was "it has no checkpoint.pt to continue from (train.save_checkpoint was off)"
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "exp" / "r" / "checkpoint.pt").mkdir(parents=True)
+    argv = ["train", "data.max_train_samples=8", "model.vocab_size=500", "train.resume=auto",
+            f"data.cache_dir={tmp_path / 'cache'}", f"output.dir={tmp_path / 'exp'}",
+            "output.run_name=r"]  # fmt: skip
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == [f"scalelab: error: {tmp_path / 'exp' / 'r' / 'checkpoint.pt'}: is a folder, "
+                     "not a checkpoint file"]  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- resuming, in process
 
 
