@@ -81,7 +81,7 @@ class DataConfig:
     pad_to_max_len: bool = False
     """Pad every batch to model.max_seq_len (the study's way) instead of to the longest sequence in the batch."""
     pad_multiple: int = 1
-    """Round each batch's length up to a multiple of this (at most model.max_seq_len): fewer distinct shapes for torch.compile / CUDA graphs, tensor-core-friendly sizes (8 or 16 on GPUs). 1 = pad to the longest sequence."""
+    """Round each batch's length up to a multiple of this (no longer than model.max_seq_len; a multiple above max_seq_len is refused): fewer distinct shapes for torch.compile / CUDA graphs, tensor-core-friendly sizes (8 or 16 on GPUs). 1 = pad to the longest sequence."""
     bucket_multiplier: int = 50
     """Length bucketing: sort each window of bucket_multiplier x global batch examples by length before batching."""
     max_train_samples: int = 0
@@ -267,6 +267,11 @@ class Config:
         if m.max_seq_len < 3:
             raise ConfigError(
                 f"model.max_seq_len must be >= 3 ([CLS] text [SEP]), got {m.max_seq_len}"
+            )
+        if d.pad_multiple > m.max_seq_len:
+            raise ConfigError(
+                f"data.pad_multiple={d.pad_multiple} is above model.max_seq_len={m.max_seq_len}: "
+                "every batch would be padded to max_seq_len (data.pad_to_max_len=true does that)"
             )
         if m.num_classes == 1:
             raise ConfigError("model.num_classes must be 0 (from the dataset) or >= 2, got 1")

@@ -63,6 +63,7 @@ def test_overrides_are_typed() -> None:
         ("model.num_heads=3", "model.num_heads=3 must divide model.d_model=128"),
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("data.pad_multiple=0", "data.pad_multiple must be >= 1"),
+        ("data.pad_multiple=200", "data.pad_multiple=200 is above model.max_seq_len=128"),
         ("train.precision=fp8", "train.precision must be one of"),
         ("train.compile_mode=fast", "train.compile_mode must be one of"),
         ("distributed.comm_hook=zip", "distributed.comm_hook must be one of"),

@@ -209,6 +209,14 @@ def test_bad_encoding_names_line(tmp_path):
         read_ag_news_csv(path)
 
 
+def test_a_gz_file_that_is_not_gzip_says_so(tmp_path):
+    # read as text, random bytes were "line 1: not valid UTF-8 (byte 0x..)"
+    path = write(tmp_path / "train.csv.gz", bytes(range(256)))
+    with pytest.raises(DataError, match=r"train\.csv\.gz: named \.gz but neither a gzip file"):
+        read_ag_news_csv(path)
+    assert read_ag_news_csv(write(tmp_path / "plain.csv.gz", AG_ROWS))[1].size  # plain: reads
+
+
 @pytest.mark.parametrize("content", [b"", b"\n\n", gzip.compress(b"")])
 def test_empty_file(tmp_path, content):
     path = write(tmp_path / "e.csv", content)
@@ -481,6 +489,21 @@ def test_a_single_class_training_set_stops_a_run_and_warnings_reach_the_user(tmp
     assert (
         "warning: data.train_path and data.test_path are the same file" in capsys.readouterr().out
     )
+
+
+def test_a_vocab_size_below_the_characters_warns_with_the_size_it_got(tmp_path, capsys):
+    from scalelab.cli import main
+
+    # model.vocab_size=1 trained a vocabulary of every character without a word of it
+    train = write(tmp_path / "train.csv", AG_ROWS)
+    test = write(tmp_path / "test.csv", AG_ROWS)
+    base = ["data", "data.source=files", f"data.cache_dir={tmp_path / 'cache'}",
+            f"data.train_path={train}", f"data.test_path={test}"]  # fmt: skip
+    assert main([*base, "model.vocab_size=1"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: model.vocab_size=1 is smaller than the special tokens and single" in out
+    assert main([*base, "model.vocab_size=5000"]) == 0
+    assert "model.vocab_size" not in capsys.readouterr().out
 
 
 def test_data_paths_without_source_files_are_refused():

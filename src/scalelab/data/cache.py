@@ -462,11 +462,18 @@ def _assemble(
     num_classes = int(meta["num_classes"])
     # on every load, a cache hit too: the warnings are about the files the config names
     warnings = check_splits(cfg.data, arrays["train_labels"], arrays["test_labels"])
+    vocab_size = int(meta["vocab_size"])
+    if not cfg.data.vocab_path and vocab_size > cfg.model.vocab_size:
+        # the WordPiece trainer keeps every character it saw (an unknown one would be [UNK])
+        warnings.append(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the special tokens and "
+            f"single characters of the training texts: the vocabulary has {vocab_size} tokens"
+        )
     return EncodedData(
         train=train,
         test=test,
         num_classes=num_classes,
-        vocab_size=int(meta["vocab_size"]),
+        vocab_size=vocab_size,
         pad_id=pad,
         cache_path=path,
         cache_hit=hit,

@@ -147,6 +147,11 @@ def _decode(path: Path, data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
+        if path.suffix.lower() == ".gz":  # a plain CSV named .gz reads; random bytes do not
+            raise DataError(
+                f"{path}: named .gz but neither a gzip file (no gzip header) nor UTF-8 text "
+                f"(byte 0x{data[exc.start]:02x} on line {line})"
+            ) from None
         raise DataError(
             f"{path}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
             "re-save the file as UTF-8"
