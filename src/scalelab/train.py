@@ -919,6 +919,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     steps_this_invocation = 0
     stop_requested = False
     stopped_by: int | None = None  # the signal that stopped the run, if one did
+    diverged = False  # a non-finite epoch loss was reported
 
     def max_over_ranks(x: float) -> float:
         return D.all_reduce_max(x, env)
@@ -1079,6 +1080,14 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             f"{mean_of['step_ms']:.2f} ms = data {mean_of['data_ms']:.2f} + h2d {mean_of['h2d_ms']:.2f} + fwd "
             f"{mean_of['forward_ms']:.2f} + bwd {mean_of['backward_ms']:.2f} + opt {mean_of['optimizer_ms']:.2f}",
         )
+        if not (diverged or (math.isfinite(row["train_loss"]) and math.isfinite(val_loss))):
+            diverged = True  # said once; the values were read to the host already: no sync
+            log(
+                env,
+                f"warning: epoch {epoch + 1}'s loss is not finite: the run diverged (lower "
+                "train.lr or raise train.warmup_ratio); its timings still count, its accuracy "
+                "does not, and its checkpoint cannot be resumed",
+            )
         state = TrainState(
             epoch=epoch + 1, step_in_epoch=0, global_step=state.global_step, metrics=state.metrics
         )

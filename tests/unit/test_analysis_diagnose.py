@@ -103,6 +103,7 @@ CASES: dict[str, Callable[[Path], None]] = {
         write_run(r, "ws1", final_val_acc=0.85),
         write_run(r, "ws2", world_size=2, final_val_acc=0.80),
     ),
+    "diverged": lambda r: write_run(r, "ws1", summary={"final_val_loss": float("nan")}),
     "padding_waste": lambda r: write_run(r, "ws1", summary={"data": {"pad_to_max_len": True}}),
     "gpu_idle": lambda r: write_run(r, "ws1", summary={"profile": _GPU_PROFILE}),
 }
@@ -261,6 +262,18 @@ def test_accuracy_is_compared_only_between_runs_that_did_the_same_work(tmp_path:
     write_run(tmp_path, "ws2", world_size=2, final_val_acc=0.80)  # the same work
     found = [f for f in diagnose(load_runs([tmp_path])) if f.rule == "accuracy_change"]
     assert len(found) == 1 and "88.0% at 1 ranks" in found[0].evidence
+
+
+def test_a_diverged_run_is_named_and_left_out_of_the_accuracy_comparison(tmp_path: Path) -> None:
+    write_run(tmp_path, "ws1", final_val_acc=0.88)
+    # NaN weights predict one class: 25% was reported as "accuracy changed with world size"
+    write_run(tmp_path, "ws2", world_size=2, final_val_acc=0.25,
+              summary={"final_val_loss": float("nan"), "precision": "fp16"})  # fmt: skip
+    rules = {f.rule: f for f in diagnose(load_runs([tmp_path]))}
+    assert "accuracy_change" not in rules
+    found = rules["diverged"]
+    assert found.subject == "ws2" and "final val loss nan" in found.evidence
+    assert "val acc 25.0%" in found.evidence and "bf16" in found.recommendation
 
 
 def _cpu_run(root: Path, name: str, n: int, threads: int, fwd: float, bwd: float) -> None:

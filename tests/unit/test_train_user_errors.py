@@ -258,6 +258,20 @@ def tiny(
     return argv
 
 
+def test_a_run_that_diverges_says_so_once_and_its_checkpoint_is_not_resumed(
+    tiny: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an lr of 1e30 takes the weights past float32's range in one step: NaN from then on.
+    # Before, every epoch printed "loss nan" and nothing else, and a resume trained on NaN
+    assert main(tiny("r", "train.epochs=2", "train.lr=1e30", "train.warmup_ratio=0")) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: epoch 1's loss is not finite: the run diverged") == 1, out
+    assert "warning: epoch 2's" not in out
+    assert main(tiny("r", "train.epochs=3", "train.lr=1e30", "train.warmup_ratio=0",
+                     "train.resume=auto")) == 2  # fmt: skip
+    assert "holds NaN or infinite weights" in _error_line(capsys)
+
+
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
     """The one line of stderr (asserting there is exactly one)."""
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]

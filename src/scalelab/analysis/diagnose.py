@@ -6,6 +6,7 @@ stays silent on a healthy run. Thresholds are module constants so they can be tu
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -611,12 +612,46 @@ def _config_rules(run: Run) -> list[Finding]:
     return findings
 
 
+def _diverged(run: Run) -> bool:
+    loss = run.summary.get("final_val_loss")
+    return isinstance(loss, float) and not math.isfinite(loss)
+
+
+def _divergence_rule(runs: Sequence[Run]) -> list[Finding]:
+    """A run whose final validation loss is NaN or infinite learned nothing after that point:
+    its timings still count, its accuracy is of a model of NaN weights."""
+    findings = []
+    for run in runs:
+        if not _diverged(run):
+            continue
+        acc = run.summary.get("final_val_acc")
+        acc_text = f"{float(acc) * 100:.1f}%" if isinstance(acc, int | float) else "unknown"
+        precision = run.summary.get("precision")
+        findings.append(
+            Finding(
+                "warning",
+                "Training diverged",
+                f"{run.name}: final val loss {run.summary['final_val_loss']} after "
+                f"{run.summary.get('num_epochs', '?')} epoch(s), val acc {acc_text} "
+                f"(lr {(run.config.get('train') or {}).get('lr', '?')}, {precision or '?'})",
+                "Lower train.lr or raise train.warmup_ratio"
+                + (", or train in bf16 (fp16's range overflows)" if precision == "fp16" else "")
+                + ", and keep train.max_grad_norm > 0. The run's timings are still valid; its "
+                "accuracy is left out of the accuracy comparison.",
+                "diverged",
+                run.name,
+            )
+        )
+    return findings
+
+
 def _accuracy_rule(runs: Sequence[Run]) -> list[Finding]:
     """Accuracy should not depend on the world size when the runs did the same work: the same
-    scaling group (model, data, global batch, ...), number of epochs and learning rate."""
+    scaling group (model, data, global batch, ...), number of epochs and learning rate. A run
+    that diverged is left out (`_divergence_rule` reports it)."""
     grouped: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        if run.summary.get("final_val_acc") is not None:
+        if run.summary.get("final_val_acc") is not None and not _diverged(run):
             lr = (run.config.get("train") or {}).get("lr") if isinstance(run.config, dict) else None
             key = (group_key(run.summary), run.summary.get("num_epochs"), lr)
             grouped[key].append(run)
@@ -709,6 +744,7 @@ def diagnose(runs: Sequence[Run], predictions: Sequence[Prediction] | None = Non
         findings.extend(_compute_contention_rule(group))
     for run in runs:
         findings.extend(_run_rules(run))
+    findings.extend(_divergence_rule(runs))
     findings.extend(_accuracy_rule(runs))
     if predictions:
         findings.extend(_prediction_rule(predictions, runs))
