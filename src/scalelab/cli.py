@@ -214,7 +214,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from scalelab.analysis.predict import load_commbench, load_sync_latency, predict_scaling
     from scalelab.analysis.report import cpu_prediction_notes, format_predictions
     from scalelab.analysis.scaling import cpu_threads_per_rank
-    from scalelab.config import ConfigError
+    from scalelab.config import ConfigError, is_number
 
     run = load_run(args.run)
     sync = None
@@ -227,6 +227,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(
             "predict needs --commbench FILE or --busbw-gbps (and optionally --alpha-ms)"
+        )
+    # the prediction keeps the base run's global batch: a world size it does not split over
+    # is a run the trainer refuses (train.batch_size not divisible by ranks x accumulation)
+    batch, accum = run.summary.get("global_batch"), int(run.summary.get("grad_accum_steps") or 1)
+    uneven = [n for n in args.world_sizes if n >= 1 and is_number(batch) and batch % (n * accum)]
+    if uneven:
+        raise ConfigError(
+            f"global batch {batch:g} of run {run.name} does not split over {uneven[0]} ranks x "
+            f"{accum} accumulation step(s): the trainer refuses such a run; choose world sizes "
+            f"whose product with {accum} divides {batch:g}"
         )
     threads = args.threads_per_rank
     if threads is not None:
@@ -261,11 +271,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     processes get CUDA_VISIBLE_DEVICES="" (only the demo's; `scalelab sweep` uses what it finds).
     """
     from scalelab.analysis.report import write_report
+    from scalelab.config import load_config
     from scalelab.launch.local import run_commbench, run_sweep
 
     out = Path(args.out or f"experiments/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     config = find_config("ag_news_small")
     overrides = ["data.source=sample", f"train.epochs={args.epochs}", *args.overrides]
+    load_config(config, overrides).validate(world_size=2)  # before the line that says it starts
     print(
         f"scalelab demo: {config.stem} on the bundled AG News sample, "
         f"1 and 2 CPU processes -> {out}/",

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from scalelab.analysis.predict import AnalysisError, fit_alpha_beta, ring_factor
 from scalelab.arguments import ArgumentParser
 from scalelab.checkpoint import atomic_write_text
-from scalelab.config import DistributedConfig, first_line
+from scalelab.config import DistributedConfig, first_line, not_a_folder
 from scalelab.distributed import (
     DistEnv,
     LaunchError,
@@ -491,8 +491,9 @@ def commbench_main(argv: list[str]) -> int:
         )
     if args.iters is not None and args.iters < 1:
         return _user_error(f"commbench --iters must be >= 1, got {args.iters}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        return _user_error(f"commbench --out {args.out}: exists and is not a folder")
+    why = not_a_folder(args.out)
+    if why:
+        return _user_error(f"commbench --out {args.out}: {why}")
     try:
         env = init_distributed(DistributedConfig(backend=args.backend))
         if not env.is_distributed:

@@ -38,6 +38,20 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def not_a_folder(folder: str | Path) -> str | None:
+    """Why `folder` cannot be (made into) a folder: it is a file, or a file stands where one of
+    its parents would be made (mkdir would fail there with a traceback); None when it can."""
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            if path.is_dir():
+                return None
+            if path == folder:
+                return "exists and is not a folder"
+            return f"cannot be made ({path} is not a folder)"
+    return None
+
+
 @dataclass
 class ModelConfig:
     arch: str = "transformer"

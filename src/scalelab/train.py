@@ -60,7 +60,7 @@ from scalelab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from scalelab.config import Config, ConfigError, first_line, is_number, save_config
+from scalelab.config import Config, ConfigError, first_line, is_number, not_a_folder, save_config
 from scalelab.data import EncodedData, TrainBatchSampler, eval_shards, make_batch, prepare_data
 from scalelab.models import build_model, count_parameters
 from scalelab.profiling import StepProfiler
@@ -657,6 +657,10 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     for folder, what in ((run_dir.parent, "output.dir"), (run_dir, "the run folder")):
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{what} {folder} is a file, not a folder")
+    # the folders are made after the data and the model: a file above them must fail now
+    why = not_a_folder(run_dir)
+    if why:
+        raise ConfigError(f"output.dir {run_dir.parent}: {why}")
     ckpt_path = run_dir / CHECKPOINT_NAME
     resume_from: Path | None = None
     if cfg.train.resume == "auto":
@@ -834,7 +838,10 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         summary_to_move = False
 
     if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. no permission to create it
+            raise ConfigError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
         # temp files of a process killed while writing (each file is written aside, renamed)
         for name in (CHECKPOINT_NAME, "config.yaml", "metrics.csv", "summary.json"):
             for stale in run_dir.glob(f".{name}.*"):

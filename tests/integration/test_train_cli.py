@@ -425,6 +425,9 @@ def test_existing_run_is_never_overwritten_and_bad_checkpoint_is_one_line(
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     res = scalelab([*args[:-1], "output.run_name=r2", f"train.resume={junk}"])
+    assert_one_line_error(res, "junk.pt: not a checkpoint (torch.save files start with a zip")
+    junk.write_bytes(b"PK\x03\x04 cut off")  # a zip header, then nothing torch can read
+    res = scalelab([*args[:-1], "output.run_name=r2", f"train.resume={junk}"])
     assert_one_line_error(res, "not a readable checkpoint")
 
 

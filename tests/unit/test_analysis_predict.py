@@ -369,3 +369,19 @@ def test_predict_cli_on_a_cpu_run_states_its_threads_and_warns_of_oversubscripti
     assert err.count("\n") == 1 and "applies to CPU runs" in err and "ran on cuda" in err
     assert main([*args, "--threads-per-rank", "0"]) == 2
     assert "--threads-per-rank must be a number > 0" in capsys.readouterr().err
+
+
+def test_predict_cli_refuses_world_sizes_the_global_batch_does_not_split_over(tmp_path, capsys):
+    # 3 ranks (or 128) of a global batch of 64: a run the trainer refuses was predicted anyway
+    from scalelab.cli import main
+
+    run = write_run(tmp_path, "base", world_size=1)  # global batch 64, no accumulation
+    for sizes, n in (("2,3", 3), ("128", 128)):
+        assert main(["predict", str(run), "--busbw-gbps", "2", "--world-sizes", sizes]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"global batch 64 of run base does not split over {n} ranks x 1 accum" in err
+    accum = write_run(tmp_path, "accum", world_size=1, summary={"grad_accum_steps": 4})
+    assert main(["predict", str(accum), "--busbw-gbps", "2", "--world-sizes", "16"]) == 0
+    assert main(["predict", str(accum), "--busbw-gbps", "2", "--world-sizes", "32"]) == 2
+    assert "over 32 ranks x 4 accumulation step(s)" in capsys.readouterr().err

@@ -48,6 +48,9 @@ def test_commbench_out_that_is_a_file_is_refused_before_the_benchmark(
     assert main(["commbench", "--out", str(tmp_path / "afile")]) == 2
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert "exists and is not a folder" in line and (tmp_path / "afile").read_text() == "x"
+    assert main(["commbench", "--out", str(tmp_path / "afile" / "in")]) == 2  # was a traceback
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert f"cannot be made ({tmp_path / 'afile'} is not a folder)" in line, line
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,8 @@ def test_sweep_checks_every_world_size_before_running(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SweepError, match="exists and is not a folder"):  # was the first run's error
         run_sweep(SMALL, [1, 2], [], out_dir=tmp_path / "afile", threads_per_rank=1)
+    with pytest.raises(SweepError, match=r"cannot be made \(.*afile is not a folder\)"):
+        run_sweep(SMALL, [1, 2], [], out_dir=tmp_path / "afile" / "in", threads_per_rank=1)
 
 
 def test_sweep_into_an_existing_sweep_is_refused_before_any_run(
@@ -165,6 +167,12 @@ def test_demo_runs_hide_gpus_and_plain_sweeps_do_not(
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["demo", "--help"])
     assert "CUDA_VISIBLE_DEVICES" in capsys.readouterr().out  # the help says so
+
+    # a bad override is refused before the line that says the demo starts
+    assert cli.main(["demo", "--epochs", "0", "--out", str(tmp_path / "bad")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "scalelab: error: train.epochs must be >= 1, got 0\n"
+    assert not (tmp_path / "bad").exists()
 
     envs.clear()
     run_sweep(SMALL, [1, 2], [], out_dir=tmp_path / "sweep", threads_per_rank=1)

@@ -196,7 +196,7 @@ def test_ranks_that_disagree_about_resuming_all_stop_with_one_line() -> None:
         _check_same_resume(views, run)
 
 
-@pytest.mark.parametrize("which", ["output.dir", "run folder"])
+@pytest.mark.parametrize("which", ["output.dir", "run folder", "above output.dir"])
 def test_output_dir_or_run_folder_that_is_a_file_is_one_line_before_any_work(
     which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -206,6 +206,9 @@ def test_output_dir_or_run_folder_that_is_a_file_is_one_line_before_any_work(
     if which == "output.dir":
         out.write_text("keep me")
         blocker = out
+    elif which == "above output.dir":  # was a traceback from mkdir, after the data and model
+        out.write_text("keep me")
+        blocker, out = out, out / "deeper" / "still"
     else:
         out.mkdir()
         blocker = out / "r"
@@ -214,7 +217,8 @@ def test_output_dir_or_run_folder_that_is_a_file_is_one_line_before_any_work(
             f"data.cache_dir={tmp_path / 'cache'}", f"output.dir={out}", "output.run_name=r"]  # fmt: skip
     assert main(argv) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "is a file, not a folder" in lines[0], lines
+    says = "cannot be made" if which == "above output.dir" else "is a file, not a folder"
+    assert len(lines) == 1 and says in lines[0], lines
     assert blocker.read_text() == "keep me"
     assert not (tmp_path / "cache").exists()  # refused before the data was prepared
 

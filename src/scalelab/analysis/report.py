@@ -34,7 +34,7 @@ from scalelab.analysis.predict import (
     predict_scaling,
 )
 from scalelab.analysis.scaling import ScalingGroup, analyse, cpu_threads_per_rank, find_point
-from scalelab.config import is_number
+from scalelab.config import is_number, not_a_folder
 
 CSV_COLUMNS = [
     "run_name",
@@ -1108,8 +1108,9 @@ def write_report(
         raise AnalysisError("--alpha-ms needs --busbw-gbps (a commbench file brings its own alpha)")
     if alpha_ms is not None and not (math.isfinite(alpha_ms) and alpha_ms >= 0):
         raise AnalysisError(f"--alpha-ms must be >= 0 ms, got {alpha_ms}")
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise AnalysisError(f"--out {out_dir}: exists and is not a folder")
+    why = not_a_folder(out_dir)
+    if why:
+        raise AnalysisError(f"--out {out_dir}: {why}")
     items = list(runs_or_paths)
     paths = [p for p in items if not isinstance(p, Run)]
     runs = [r for r in items if isinstance(r, Run)] + (load_runs(paths) if paths else [])

@@ -36,7 +36,7 @@ from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 
 from scalelab.checkpoint import PLAIN_FILE_MODE
-from scalelab.config import Config
+from scalelab.config import Config, not_a_folder
 from scalelab.data.forked import forked
 from scalelab.data.sources import (
     DataError,
@@ -523,10 +523,10 @@ def _cache_folder_entries(folder: Path) -> list[Path]:
 
 
 def _check_cache_folder(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
+    why = not_a_folder(folder)
+    if why:
         raise DataError(
-            f"data cache folder {folder} exists and is not a folder: set data.cache_dir (or "
-            "$SCALELAB_CACHE) to a folder"
+            f"data cache folder {folder} {why}: set data.cache_dir (or $SCALELAB_CACHE) to a folder"
         )
 
 

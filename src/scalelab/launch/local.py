@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from scalelab.arguments import ArgumentParser
-from scalelab.config import Config, ConfigError, load_config
+from scalelab.config import Config, ConfigError, load_config, not_a_folder
 from scalelab.distributed import LaunchError, available_cpus
 
 # run_sweep sets these itself; a user override would make the returned run folders wrong
@@ -191,8 +191,9 @@ def _check_sweep(
             "sweep early, leaving nothing to compare; remove it (a sweep stopped by SIGTERM "
             "continues with train.resume=auto)"
         )
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise SweepError(f"--out {out_dir}: exists and is not a folder")
+    why = not_a_folder(out_dir) if out_dir is not None else None
+    if why:
+        raise SweepError(f"--out {out_dir}: {why}")
     if out_dir is not None and not cfg.train.resume:
         # `train` would refuse these folders too, but only after the earlier runs had finished,
         # and with its own error line on top of the sweep's
