@@ -43,64 +43,64 @@ def _saved(step: int, **train: object) -> dict:
 def test_mid_epoch_resume_with_other_batching_is_refused_not_a_traceback() -> None:
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import load_config
-    from scalelab.train import _check_resume_config
+    from scalelab.resume import check_resume_config
 
     now = load_config(None, ["train.batch_size=64"])
     ckpt = Path("run/checkpoint.pt")
     # the sampler would have raised ValueError (start step 10 outside 0..4) with a traceback
     with pytest.raises(CheckpointError, match="train.batch_size=16, resumed with 64"):
-        _check_resume_config(_saved(10, batch_size=16), now, ckpt, epoch_steps=4)
+        check_resume_config(_saved(10, batch_size=16), now, ckpt, epoch_steps=4)
     with pytest.raises(CheckpointError, match="train.seed=1"):
-        _check_resume_config(_saved(2, batch_size=64, seed=1), now, ckpt, epoch_steps=4)
+        check_resume_config(_saved(2, batch_size=64, seed=1), now, ckpt, epoch_steps=4)
     with pytest.raises(CheckpointError, match="only 4 steps"):
-        _check_resume_config(_saved(10, batch_size=64), now, ckpt, epoch_steps=4)
+        check_resume_config(_saved(10, batch_size=64), now, ckpt, epoch_steps=4)
     # fine: same batching mid-epoch; accumulation may change
-    _check_resume_config(_saved(3, batch_size=64, grad_accum_steps=2), now, ckpt, epoch_steps=4)
+    check_resume_config(_saved(3, batch_size=64, grad_accum_steps=2), now, ckpt, epoch_steps=4)
     # at an epoch boundary too: the new batch re-sized the schedule under the restored step
     # (a larger one trained the remaining epochs at learning rate 0)
     with pytest.raises(CheckpointError, match="train.batch_size=16, resumed with 64"):
-        _check_resume_config(_saved(0, batch_size=16), now, ckpt, epoch_steps=4)
+        check_resume_config(_saved(0, batch_size=16), now, ckpt, epoch_steps=4)
 
 
 def test_resume_with_another_lr_or_weight_decay_is_refused() -> None:
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import load_config
-    from scalelab.train import _check_resume_config
+    from scalelab.resume import check_resume_config
 
     # the optimizer and scheduler state bring the saved values back: config.yaml would lie
     now = load_config(None, ["train.lr=0.01"])
     ckpt = Path("run/checkpoint.pt")
     with pytest.raises(CheckpointError, match=r"train\.lr=0\.0005, resumed with 0\.01"):
-        _check_resume_config(_saved(0, lr=0.0005), now, ckpt, epoch_steps=4)
+        check_resume_config(_saved(0, lr=0.0005), now, ckpt, epoch_steps=4)
     now = load_config(None, ["train.lr=0.01", "train.weight_decay=0.5"])
     with pytest.raises(CheckpointError, match=r"train\.weight_decay=0\.01, resumed with 0\.5"):
-        _check_resume_config(_saved(0, lr=0.01, weight_decay=0.01), now, ckpt, epoch_steps=4)
-    _check_resume_config(_saved(2, lr=0.01, weight_decay=0.5, epochs=9), now, ckpt, 4)
+        check_resume_config(_saved(0, lr=0.01, weight_decay=0.01), now, ckpt, epoch_steps=4)
+    check_resume_config(_saved(2, lr=0.01, weight_decay=0.5, epochs=9), now, ckpt, 4)
 
 
 def test_resume_with_another_model_shape_or_powersgd_rank_is_refused() -> None:
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import load_config
-    from scalelab.train import _check_resume_config
+    from scalelab.resume import check_resume_config
 
     ckpt = Path("run/checkpoint.pt")
     saved = {"step_in_epoch": 0, "config": load_config(None, []).to_dict()}
     # num_heads keeps every tensor's shape: the weights would load and compute another function
     with pytest.raises(CheckpointError, match=r"model\.num_heads=4, resumed with 8"):
-        _check_resume_config(saved, load_config(None, ["model.num_heads=8"]), ckpt, 4)
+        check_resume_config(saved, load_config(None, ["model.num_heads=8"]), ckpt, 4)
     psgd = ["distributed.comm_hook=powersgd"]
     saved = {"step_in_epoch": 0, "config": load_config(None, psgd).to_dict()}
     with pytest.raises(CheckpointError, match=r"powersgd_rank=4, resumed with 2"):
-        _check_resume_config(
+        check_resume_config(
             saved, load_config(None, [*psgd, "distributed.powersgd_rank=2"]), ckpt, 4
         )
-    _check_resume_config(saved, load_config(None, ["distributed.powersgd_rank=2"]), ckpt, 4)
+    check_resume_config(saved, load_config(None, ["distributed.powersgd_rank=2"]), ckpt, 4)
 
 
 def test_resume_with_another_lr_schedule_warmup_or_dropout_is_refused() -> None:
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import load_config
-    from scalelab.train import _check_resume_config
+    from scalelab.resume import check_resume_config
 
     ckpt = Path("run/checkpoint.pt")
     saved = {"step_in_epoch": 0, "config": load_config(None, []).to_dict()}
@@ -116,10 +116,10 @@ def test_resume_with_another_lr_schedule_warmup_or_dropout_is_refused() -> None:
         ("train.seed=7", r"train\.seed=42, resumed with 7"),
     ):
         with pytest.raises(CheckpointError, match=says + ".*resume with the saved value"):
-            _check_resume_config(saved, load_config(None, [override]), ckpt, 4)
-    _check_resume_config(saved, load_config(None, ["train.epochs=9"]), ckpt, 4)  # trains further
+            check_resume_config(saved, load_config(None, [override]), ckpt, 4)
+    check_resume_config(saved, load_config(None, ["train.epochs=9"]), ckpt, 4)  # trains further
     # an older checkpoint's config without a section or key: nothing to compare
-    _check_resume_config({"step_in_epoch": 0, "config": {"train": {}}}, load_config(None, []),
+    check_resume_config({"step_in_epoch": 0, "config": {"train": {}}}, load_config(None, []),
                          ckpt, 4)  # fmt: skip
 
 
@@ -166,7 +166,7 @@ def test_a_resumed_run_from_an_older_version_averages_only_the_rows_with_a_colum
 def test_resume_on_other_encoded_data_is_refused_at_any_step() -> None:
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import load_config
-    from scalelab.train import _check_resume_config
+    from scalelab.resume import check_resume_config
 
     now, ckpt = load_config(None, []), Path("run/checkpoint.pt")
     saved = {**_saved(3), "data_key": "ag_news-aaaa.npz"}
@@ -177,23 +177,23 @@ def test_resume_on_other_encoded_data_is_refused_at_any_step() -> None:
             CheckpointError,
             match="trained on other encoded data .*ag_news-aaaa.npz, now ag_news-bbbb",
         ):
-            _check_resume_config({**saved, "step_in_epoch": step}, now, ckpt, 4, "ag_news-bbbb.npz")
-    _check_resume_config(saved, now, ckpt, 4, "ag_news-aaaa.npz")
-    _check_resume_config(_saved(3), now, ckpt, 4, "ag_news-bbbb.npz")  # older checkpoint: no key
+            check_resume_config({**saved, "step_in_epoch": step}, now, ckpt, 4, "ag_news-bbbb.npz")
+    check_resume_config(saved, now, ckpt, 4, "ag_news-aaaa.npz")
+    check_resume_config(_saved(3), now, ckpt, 4, "ag_news-bbbb.npz")  # older checkpoint: no key
 
 
 def test_ranks_that_disagree_about_resuming_all_stop_with_one_line() -> None:
     from scalelab.distributed import LaunchError
-    from scalelab.train import _check_same_resume
+    from scalelab.resume import check_same_resume
 
     run = Path("/exp/r")
-    _check_same_resume([("a", "/exp/r/checkpoint.pt"), ("b", "/exp/r/checkpoint.pt")], run)
-    _check_same_resume([("a", ""), ("b", "")], run)
+    check_same_resume([("a", "/exp/r/checkpoint.pt"), ("b", "/exp/r/checkpoint.pt")], run)
+    check_same_resume([("a", ""), ("b", "")], run)
     # node b does not see node a's run folder: it would start afresh while rank 0 resumes
     views = [("a", "/exp/r/checkpoint.pt"), ("a", "/exp/r/checkpoint.pt"), ("b", "")]
     with pytest.raises(LaunchError, match=r"rank 2 \(b\) finds no checkpoint but rank 0 \(a\) "
                        r"resumes /exp/r/checkpoint.pt in /exp/r: output.dir must be a folder"):  # fmt: skip
-        _check_same_resume(views, run)
+        check_same_resume(views, run)
 
 
 @pytest.mark.parametrize("which", ["output.dir", "run folder", "above output.dir"])
@@ -403,27 +403,27 @@ def test_a_checkpoint_older_than_metrics_csv_never_retrains_the_recorded_epochs(
 
 def test_resume_decisions_against_the_run_folder() -> None:
     from scalelab.checkpoint import CheckpointError
-    from scalelab.train import _resume_is_finished
+    from scalelab.resume import resume_is_finished
 
     ck, run = Path("r/checkpoint.pt"), Path("r")
     # (checkpoint's epochs, metrics.csv rows, summary.json, train.epochs)
-    assert _resume_is_finished(1, 1, False, 2, ck, run) is None  # stopped in or after epoch 1
-    assert _resume_is_finished(0, 0, False, 2, ck, run) is None  # stopped in epoch 1
-    assert _resume_is_finished(2, 2, True, 4, ck, run) is None  # a finished run trains further
-    assert _resume_is_finished(2, 1, False, 2, ck, run) is None  # metrics.csv a row behind
-    assert "nothing to do" in _resume_is_finished(2, 2, True, 2, ck, run)
-    assert "nothing to do" in _resume_is_finished(2, 2, True, 1, ck, run)
-    assert "nothing to do" in _resume_is_finished(1, 2, True, 2, ck, run)
+    assert resume_is_finished(1, 1, False, 2, ck, run) is None  # stopped in or after epoch 1
+    assert resume_is_finished(0, 0, False, 2, ck, run) is None  # stopped in epoch 1
+    assert resume_is_finished(2, 2, True, 4, ck, run) is None  # a finished run trains further
+    assert resume_is_finished(2, 1, False, 2, ck, run) is None  # metrics.csv a row behind
+    assert "nothing to do" in resume_is_finished(2, 2, True, 2, ck, run)
+    assert "nothing to do" in resume_is_finished(2, 2, True, 1, ck, run)
+    assert "nothing to do" in resume_is_finished(1, 2, True, 2, ck, run)
     for saved, rows, summary, epochs in ((1, 2, True, 3), (1, 2, False, 2), (0, 1, False, 3)):
         with pytest.raises(CheckpointError, match="older than the run's metrics.csv"):
-            _resume_is_finished(saved, rows, summary, epochs, ck, run)
+            resume_is_finished(saved, rows, summary, epochs, ck, run)
     # stopped on the last step: the resume only writes the summary
-    assert _resume_is_finished(2, 2, False, 2, ck, run) is None
+    assert resume_is_finished(2, 2, False, 2, ck, run) is None
     # trained further (summary moved aside), then resumed with the old train.epochs
     with pytest.raises(CheckpointError, match="saved 5 steps into epoch 3, beyond train.epochs=2"):
-        _resume_is_finished(2, 2, False, 2, ck, run, step_in_epoch=5)
+        resume_is_finished(2, 2, False, 2, ck, run, step_in_epoch=5)
     with pytest.raises(CheckpointError, match="after 3 epochs, beyond .* train.epochs=3 or more"):
-        _resume_is_finished(3, 3, False, 2, ck, run)
+        resume_is_finished(3, 3, False, 2, ck, run)
 
 
 def test_training_past_a_finished_summary_moves_it_aside_until_the_run_finishes_again(

@@ -1,0 +1,288 @@
+"""Resuming a run: what a checkpoint and the run folder allow, and loading the saved states.
+
+Every check here runs before a step trains or a file of the run folder is rewritten, and each
+refusal is one line naming the checkpoint and what to change (`train._fit` calls them in order:
+`check_same_resume`, `check_resume_config`, `load_states`, `run_record`, `resume_is_finished`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scalelab import distributed as D
+from scalelab.checkpoint import CHECKPOINT_NAME, CheckpointError, is_count, load_error
+from scalelab.config import Config, first_line, is_number
+
+
+def check_same_resume(views: list[tuple[str, str]], run_dir: Path) -> None:
+    """`views`: each rank's (host, checkpoint it would resume from or ''). Raise the same
+    LaunchError on every rank if they differ."""
+
+    def does(resume: str) -> str:
+        return f"resumes {resume}" if resume else "finds no checkpoint"
+
+    for r, (host, resume) in enumerate(views):
+        if resume != views[0][1]:
+            raise D.LaunchError(
+                f"rank {r} ({host}) {does(resume)} but rank 0 ({views[0][0]}) {does(views[0][1])}"
+                f" in {run_dir}: output.dir must be a folder every node shares"
+            )
+
+
+# Keys that define an epoch's sequence of global batches (TrainBatchSampler); the position saved
+# mid-epoch only means something with the same values (train.seed and train.batch_size, which
+# define them too, are refused at any step: _RECORDED_KEYS).
+_BATCH_ORDER_KEYS = (
+    ("data", "bucket_multiplier"),
+    ("data", "max_train_samples"),
+)
+
+
+# Restored from the checkpoint's optimizer and scheduler, whatever the config says: a changed
+# value would be recorded in config.yaml but never used.
+_OPTIMIZER_KEYS = (("train", "lr"), ("train", "weight_decay"))
+# Keys that define the function the saved weights compute: some changes (model.num_heads) keep
+# every tensor's shape, so loading the weights alone would not notice.
+_MODEL_KEYS = tuple(
+    ("model", k)
+    for k in ("arch", "vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len",
+              "num_classes")
+)  # fmt: skip
+
+
+# Not restored from the checkpoint, so a changed value would train the later epochs while
+# config.yaml (rewritten on resume) gives it for the whole run, the epochs before included.
+# (train.batch_size and train.max_steps_per_epoch set the schedule's length: a larger batch at
+# an epoch boundary put the restored step past the new plan's end, at learning rate 0; train.seed
+# draws the batches of later epochs.)
+_RECORDED_KEYS = (
+    ("train", "lr_schedule"), ("train", "warmup_ratio"), ("train", "max_grad_norm"),
+    ("train", "batch_size"), ("train", "max_steps_per_epoch"), ("train", "seed"),
+    ("model", "dropout"),
+)  # fmt: skip
+
+#: What a load_state_dict (or an RNG restore) raises on a state of the wrong shape or type.
+LOAD_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def _check_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, groups: int) -> None:
+    """LambdaLR.load_state_dict takes any dict (it updates its attributes): check what the next
+    scheduler.step() reads, or a bad value would be a traceback after training started."""
+    last = scheduler.last_epoch
+    if not is_count(last):
+        raise ValueError(f"last_epoch is {last!r}, expected a whole number >= 0")
+    for key in ("base_lrs", "_last_lr"):
+        lrs = getattr(scheduler, key, None)
+        if not (isinstance(lrs, list) and len(lrs) == groups and all(map(is_number, lrs))):
+            raise ValueError(f"{key} is not a list of {groups} learning rates")
+
+
+def load_states(
+    saved: dict[str, Any],
+    path: Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """Load the checkpoint's model (unwrapped: no DDP or compile prefix), optimizer, scheduler
+    and grad-scaler states; a state that does not load is one line naming what and why (the
+    first offending key)."""
+
+    def refuse(what: str, exc: BaseException) -> CheckpointError:
+        return CheckpointError(f"{path}: {what} ({load_error(exc)})")
+
+    try:
+        model.load_state_dict(saved["model"])
+    except LOAD_ERRORS as exc:
+        raise refuse("does not fit this model/config: model weights", exc) from None
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except LOAD_ERRORS as exc:
+        raise refuse("does not fit this model/config: optimizer state", exc) from None
+    try:
+        scheduler.load_state_dict(saved["scheduler"])
+        _check_scheduler_state(scheduler, len(optimizer.param_groups))
+    except LOAD_ERRORS as exc:
+        raise refuse("its learning-rate scheduler state does not load", exc) from None
+    if scaler is not None and saved.get("scaler"):
+        try:
+            scaler.load_state_dict(saved["scaler"])
+        except LOAD_ERRORS as exc:
+            raise refuse("its grad scaler state does not load", exc) from None
+
+
+def run_record(run_dir: Path) -> tuple[int | str, bool]:
+    """What a run folder already records: the epoch rows of its metrics.csv (0 without one; a
+    one-line error as text when it cannot be read), and whether it holds a summary.json."""
+    path = run_dir / "metrics.csv"
+    has_summary = (run_dir / "summary.json").is_file()
+    if not path.exists():
+        return 0, has_summary
+    fix = "a resume would overwrite it: move it aside or start a new run (another output.run_name)"
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            table = [row for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return f"{path}: unreadable ({first_line(exc)}); {fix}", has_summary
+    if not table:
+        return 0, has_summary
+    # The rows decide what the resume trains and keeps: a cut-off, extra or repeated row would
+    # be counted as an epoch, so it must read as epochs 1, 2, ... in the header's columns.
+    header, *rows = table
+    for i, row in enumerate(rows, start=2):
+        if "epoch" not in header:
+            why = "no 'epoch' column in its header"
+        elif len(row) != len(header):
+            why = f"line {i} has {len(row)} cells, the header {len(header)}"
+        elif (epoch := row[header.index("epoch")]).strip() != str(i - 1):
+            why = f"line {i} is epoch {epoch!r}, expected {i - 1}"
+        else:
+            continue
+        return (
+            f"{path}: not the run's own epoch rows ({why}; truncated or edited); {fix}",
+            has_summary,
+        )
+    return len(rows), has_summary
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def resume_is_finished(
+    saved_epoch: int,
+    recorded: int,
+    has_summary: bool,
+    epochs: int,
+    path: Path | None,
+    run_dir: Path,
+    step_in_epoch: int = 0,
+) -> str | None:
+    """Decide a resume against what the run folder records: the line to log when the run is
+    already finished (nothing to do), None when it trains; refuse a checkpoint older than
+    metrics.csv.
+
+    `saved_epoch`: the epochs the checkpoint has finished; `recorded`: metrics.csv's rows. They
+    are equal after any stop or crash (the checkpoint is written before each metrics.csv row);
+    more rows than the checkpoint's epochs means later epochs ran without checkpoints
+    (train.save_checkpoint=false): resuming would train them again from the older weights and
+    overwrite their rows (and the summary). `step_in_epoch`: the checkpoint's steps into epoch
+    saved_epoch + 1; a checkpoint beyond train.epochs (a run trained further, then resumed with
+    the old train.epochs) is refused: its weights are not those of a train.epochs-epoch run.
+    """
+    if has_summary and max(saved_epoch, recorded) >= epochs:
+        done = max(saved_epoch, recorded)
+        if recorded > saved_epoch:
+            return (
+                f"{run_dir} already finished its {_epochs(done)}; nothing to do (its "
+                f"{CHECKPOINT_NAME} is older, from after {_epochs(saved_epoch)}: it cannot train "
+                "further)"
+            )
+        return (
+            f"{run_dir} already finished its {_epochs(done)}; nothing to do "
+            "(raise train.epochs to train further)"
+        )
+    if saved_epoch > epochs or (saved_epoch == epochs and step_in_epoch):
+        where = (
+            f"{step_in_epoch} steps into epoch {saved_epoch + 1}"
+            if step_in_epoch
+            else f"after {_epochs(saved_epoch)}"
+        )
+        raise CheckpointError(
+            f"{path}: saved {where}, beyond train.epochs={epochs}: its weights are not those "
+            f"of a {_epochs(epochs)} run; resume with train.epochs="
+            f"{saved_epoch + (1 if step_in_epoch else 0)} or more"
+        )
+    if recorded > saved_epoch:
+        raise CheckpointError(
+            f"{path}: the checkpoint is older than the run's metrics.csv (saved after "
+            f"{_epochs(saved_epoch)}, metrics.csv records {recorded}: later epochs ran "
+            "without checkpoints, e.g. train.save_checkpoint=false); resuming would overwrite "
+            "epochs already recorded: start a new run (another output.run_name)"
+        )
+    return None
+
+
+def warmup_record(saved: Any) -> dict[str, float]:
+    """A checkpoint's `timing_warmup` (absent in checkpoints from before it was kept: nothing)."""
+    out = {"warmup_steps": 0, "warmup_time_s": 0.0, "warmup_invocations": 0}
+    if isinstance(saved, dict):
+        for key, default in out.items():
+            value = saved.get(key)
+            if is_number(value) and math.isfinite(value) and value >= 0:
+                out[key] = type(default)(value)
+    return out
+
+
+def check_resume_config(
+    saved: dict[str, Any], cfg: Config, path: Path | None, epoch_steps: int, data_key: str = ""
+) -> None:
+    """Refuse a resume whose config the checkpoint cannot honour (one line, not a traceback):
+    another learning rate or weight decay, another model shape or PowerSGD rank, another
+    learning-rate schedule, warm-up or dropout (config.yaml would misdescribe the epochs before),
+    other encoded data (`data_key` is the cache file's name), or mid-epoch, a config that draws
+    other batches (other batching keys). train.epochs may change: that trains a run further."""
+    saved_cfg = saved.get("config") or {}
+    now = cfg.to_dict()
+
+    def changed(keys: tuple[tuple[str, str], ...]) -> tuple[str, Any, Any] | None:
+        for section, key in keys:
+            saved_section = saved_cfg.get(section)
+            before = saved_section.get(key) if isinstance(saved_section, dict) else None
+            if before is not None and before != now[section][key]:
+                return f"{section}.{key}", before, now[section][key]
+        return None
+
+    if diff := changed(_OPTIMIZER_KEYS):
+        raise CheckpointError(
+            f"{path}: trained with {diff[0]}={diff[1]}, resumed with {diff[2]}; the optimizer "
+            "state keeps the saved value, so resume with it (or start a new run)"
+        )
+    if diff := changed(_MODEL_KEYS):
+        raise CheckpointError(
+            f"{path}: its weights are of a model with {diff[0]}={diff[1]}, resumed with "
+            f"{diff[2]}; resume with the saved model config (or start a new run)"
+        )
+    if cfg.distributed.comm_hook == "powersgd" and (
+        diff := changed((("distributed", "powersgd_rank"),))
+    ):
+        raise CheckpointError(
+            f"{path}: its PowerSGD state is of {diff[0]}={diff[1]}, resumed with {diff[2]}; "
+            "resume with the saved rank (or start a new run)"
+        )
+    if diff := changed(_RECORDED_KEYS):
+        raise CheckpointError(
+            f"{path}: trained with {diff[0]}={diff[1]}, resumed with {diff[2]}; config.yaml "
+            "records one value for the whole run, so resume with the saved value (or start a "
+            "new run)"
+        )
+    # Other encoded data at any step: another vocabulary gives the saved embedding rows other
+    # tokens, and config.yaml would name the new files for the epochs trained on the old ones.
+    if data_key and saved.get("data_key") not in (None, data_key):
+        raise CheckpointError(
+            f"{path}: trained on other encoded data (cache {saved['data_key']}, now "
+            f"{data_key}: other data files, vocabulary, lowercasing, model.vocab_size, "
+            "model.max_seq_len or sample sizes); resume with the data it was trained on (or "
+            "start a new run)"
+        )
+    step = int(saved["step_in_epoch"])
+    if step == 0:
+        return  # at an epoch boundary the bucketing may change
+    if diff := changed(_BATCH_ORDER_KEYS):
+        raise CheckpointError(
+            f"{path}: saved at step {step} of an epoch with {diff[0]}={diff[1]}, "
+            f"resumed with {diff[2]}; resume mid-epoch with the same value"
+        )
+    if step > epoch_steps:
+        raise CheckpointError(
+            f"{path}: saved at step {step} of an epoch, but this config's epoch has only "
+            f"{epoch_steps} steps; resume with the data, train.batch_size and "
+            "train.max_steps_per_epoch it was saved with"
+        )
