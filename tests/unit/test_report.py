@@ -219,6 +219,11 @@ def test_negative_alpha_is_refused_by_predict(tmp_path: Path) -> None:
 def test_lost_efficiency_table_splits_the_excess_by_phase(report):
     text = report["markdown"].read_text()
     assert "Where the efficiency went" in text
+    # and says in words which phase lost most (a 74 % run read "No problems detected" only)
+    assert (
+        "Largest loss per run: ag\\_news\\_small-ws2 (2 ranks, efficiency 92%): optimizer, "
+        "+2.50 ms of the 4.50 ms excess (56%)" in text
+    )
     # 2 ranks of the healthy sweep: ideal step 50 ms (every 1-rank phase halved), measured 54.5;
     # the excess is 1 ms exposed all-reduce + 2.5 ms optimizer (does not shrink) + 1 ms other.
     row = next(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelab.analysis.collect import AnalysisError, Run, load_runs
-from scalelab.analysis.diagnose import Finding, diagnose, excess_breakdown
+from scalelab.analysis.diagnose import PHASE_LABELS, Finding, diagnose, excess_breakdown
 from scalelab.analysis.predict import (
     Comparison,
     NoBandwidthFit,
@@ -511,6 +511,28 @@ def _lost_efficiency_table(groups: Sequence[ScalingGroup]) -> Table | None:
     )
 
 
+def _largest_losses(groups: Sequence[ScalingGroup]) -> str | None:
+    """One sentence per multi-rank run: the phase with the largest excess over its ideal and its
+    share of the step's excess (what a reader of the table above would look for first)."""
+    parts = []
+    for group in groups:
+        for point in group.points:
+            breakdown = excess_breakdown(group, point)
+            if point.world_size == group.baseline_world_size or breakdown is None:
+                continue
+            excess = {k: m - i for k, (m, i) in breakdown.items()}
+            total = sum(excess.values())
+            key = max(excess, key=excess.get)
+            if total <= 0 or excess[key] <= 0:
+                continue
+            parts.append(
+                f"{point.run.name} ({point.world_size} ranks, efficiency {point.efficiency:.0%}): "
+                f"{PHASE_LABELS[key]}, {excess[key]:+.2f} ms of the {total:.2f} ms excess "
+                f"({excess[key] / total:.0%})"
+            )
+    return "Largest loss per run: " + "; ".join(parts) + "." if parts else None
+
+
 def _breakdown_table(runs: Sequence[Run]) -> Table:
     rows = []
     for r in sorted(runs, key=lambda r: (r.preset, r.world_size, r.name)):
@@ -786,6 +808,9 @@ def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
             ),
             lost,
         ]
+        losses = _largest_losses(groups)
+        if losses:
+            doc.append(Para(losses))
     doc += [
         Figure(k, figures[k], FIGURE_CAPTIONS[k]) for k in figures if k != "predicted_vs_measured"
     ]
