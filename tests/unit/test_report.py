@@ -142,6 +142,8 @@ def test_format_predictions(tmp_path):
 def test_tex_escape():
     assert tex_escape("a_b%c&d#e$f") == r"a\_b\%c\&d\#e$\$$f"
     assert tex_escape("GPU™ x→y") == r"GPUTM x$\rightarrow$y"
+    # accents go; a character with no ASCII form is a ? (was dropped: 实验1 read as 1)
+    assert tex_escape("café 实验1") == "cafe ??1"
 
 
 @pytest.mark.slow

@@ -1030,9 +1030,13 @@ _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIAL))
 
 
 def tex_escape(text: str) -> str:
-    """Escape user strings for LaTeX; other non-ASCII is transliterated (pdflatex, OT1 fonts)."""
-    escaped = _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group()], str(text))
-    return unicodedata.normalize("NFKD", escaped).encode("ascii", "ignore").decode("ascii")
+    """Escape user strings for LaTeX; other non-ASCII is transliterated (pdflatex, OT1 fonts):
+    accents dropped (é -> e), a character with no ASCII form shown as ? (was dropped, so runs
+    named 实验1 and 1 read alike)."""
+    escaped = unicodedata.normalize(
+        "NFKD", _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group()], str(text))
+    )
+    return "".join(c if c.isascii() else "" if unicodedata.combining(c) else "?" for c in escaped)
 
 
 def latex_table(table: Table, *, standalone: bool = False) -> str:
