@@ -107,3 +107,29 @@ def tiny_slow_run(steps: int, delay_s: float) -> list[str]:
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One encoded-data cache per test session keeps tests from re-tokenising the sample."""
     return tmp_path_factory.getbasetemp() / "scalelab_cache"
+
+
+@pytest.fixture
+def forked_children(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A function returning the pids of the forked children started since the last call (via
+    scalelab.data.forked; each writes its pid to a file, as its memory is not ours). `forked`
+    falls back to running in this process quietly, so a test of the child path checks this."""
+    from scalelab.data import forked
+
+    log = tmp_path / "forked-children.txt"
+    real = forked._child
+
+    def spy(conn, fn, args, parent_pid=None):  # runs in the child
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        real(conn, fn, args, parent_pid)
+
+    monkeypatch.setattr(forked, "_child", spy)
+
+    def since_last_call() -> list[int]:
+        pids = [int(p) for p in log.read_text().split()] if log.exists() else []
+        log.unlink(missing_ok=True)
+        assert os.getpid() not in pids
+        return pids
+
+    return since_last_call

@@ -81,5 +81,6 @@ def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
     assert (run / "summary.json").is_file()
     a = torch.load(tmp_path / "ref" / "full" / "checkpoint.pt", weights_only=False)
     b = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k

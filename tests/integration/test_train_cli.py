@@ -288,6 +288,7 @@ def test_sigterm_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_
     assert resumed.returncode == 0, rank_errors(resumed)
     a = torch.load(tmp_path / "exp" / "full" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
 
@@ -308,6 +309,7 @@ def test_three_ranks_resume_to_the_uninterrupted_weights(tmp_path: Path, cache_d
     a = torch.load(tmp_path / "exp" / "full" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
     assert b["global_step"] == a["global_step"] == 6
+    assert a["model"].keys() == b["model"].keys()
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,7 +132,9 @@ def test_rule_fires_on_its_symptom(tmp_path, rule, healthy):
     assert fired, f"{rule} did not fire"
     for f in fired:
         assert f.severity in ("critical", "warning", "info")
-        assert any(ch.isdigit() for ch in f.evidence), "evidence must quote a measurement"
+        # a number with its unit, not a digit of a run name such as ws2
+        unit = r"ms|s|%|x|MB|GB/s|ranks?|threads?|CPUs?|tokens?|epochs?"
+        assert re.search(rf"\d(\.\d+)? ?({unit})(?![A-Za-z])", f.evidence), f.evidence
         assert f.recommendation
     assert rule not in {f.rule for f in healthy}
 

@@ -145,7 +145,7 @@ def test_load_commbench(tmp_path):
     assert (n, busbw) == (2, pytest.approx(50.0)) and alpha == pytest.approx(0.01)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(AnalysisError, match="bad.json"):
+    with pytest.raises(AnalysisError, match=r"bad\.json: cannot read commbench JSON"):
         load_commbench(bad)
 
 

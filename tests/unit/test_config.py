@@ -119,12 +119,12 @@ def test_compile_model_passes_the_configured_mode(monkeypatch) -> None:
 
     from scalelab.train import compile_model
 
-    seen = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    seen, compiled = [], object()
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or compiled)
     model = torch.nn.Linear(2, 2)
     for mode in ("default", "reduce-overhead", "max-autotune"):
         cfg = load_config(None, ["train.compile=true", f"train.compile_mode={mode}"])
-        assert compile_model(model, cfg) is model
+        assert compile_model(model, cfg) is compiled  # what torch.compile returned is used
     assert seen == [None, "reduce-overhead", "max-autotune"]  # None: torch's default mode
 
 

@@ -118,7 +118,7 @@ def test_barrier_called_once_per_rank_and_failure_releases_others(cfg):
     calls.clear()
     with pytest.raises(DataError, match="file not found"):
         prepare_data(cfg, is_main=True, barrier=lambda: calls.append("main"))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"test\.csv\.missing: file not found"):  # its own line
         prepare_data(cfg, is_main=False, barrier=lambda: calls.append("worker"))
     assert calls == ["main", "worker"]
 
@@ -231,20 +231,18 @@ def test_word_characters_are_those_of_the_pre_tokenised_words(lowercase):
     assert {"中", "ǆ" if lowercase else "Ǆ"} <= chars and "." in chars and "." not in later
 
 
-def _build_both_ways(cfg, monkeypatch):
-    """_build with the test split encoded in a forked child, and in this process."""
-    raw = load_raw(cfg.data)
-    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
-    forked = cache._build(cfg, raw)
-    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 10**9)
-    return forked, cache._build(cfg, raw)
-
-
-def test_splits_encoded_in_a_child_equal_those_encoded_here(cfg, monkeypatch):
+def test_splits_encoded_in_a_child_equal_those_encoded_here(cfg, monkeypatch, forked_children):
     from scalelab.data.forked import fork_context
 
     assert fork_context() is not None, "this test needs fork and two cores"
-    forked, here = _build_both_ways(cfg, monkeypatch)
+    raw = load_raw(cfg.data)
+    forked_children()  # any child of the reading
+    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
+    forked = cache._build(cfg, raw)
+    assert len(forked_children()) == 1  # the test split really was encoded in a child
+    monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 10**9)
+    here = cache._build(cfg, raw)
+    assert forked_children() == []
     assert forked.keys() == here.keys()
     for key in here:
         assert np.array_equal(forked[key], here[key]), key
@@ -268,7 +266,7 @@ def test_an_error_in_the_encoding_child_reaches_the_caller(cfg, monkeypatch):
         assert "fail_on_test_split" in "".join(exc.value.__notes__)
 
 
-def test_a_dead_encoding_child_is_replaced_by_this_process(cfg, monkeypatch):
+def test_a_dead_encoding_child_is_replaced_by_this_process(cfg, monkeypatch, forked_children):
     import os
 
     from scalelab.data.forked import fork_context
@@ -286,7 +284,10 @@ def test_a_dead_encoding_child_is_replaced_by_this_process(cfg, monkeypatch):
 
     monkeypatch.setattr(cache, "encode_texts", die_in_the_child)
     monkeypatch.setattr(cache, "_PARALLEL_MIN_TEXTS", 1)
-    arrays = cache._build(cfg, load_raw(cfg.data))
+    raw = load_raw(cfg.data)
+    forked_children()
+    arrays = cache._build(cfg, raw)
+    assert len(forked_children()) == 1  # a child started (and died: this process encoded)
     monkeypatch.setattr(cache, "encode_texts", real)
     tokens, lengths = real(build_tokenizer(cfg.data, cfg.model.vocab_size,
                                            load_raw(cfg.data).train_texts,

@@ -222,7 +222,7 @@ def test_empty_file(tmp_path, content):
     path = write(tmp_path / "e.csv", content)
     with pytest.raises(DataError, match=r"e\.csv: file is empty"):
         read_ag_news_csv(path)
-    with pytest.raises(DataError, match="e.csv"):
+    with pytest.raises(DataError, match=r"e\.csv: file is empty"):
         read_imdb_csv(path)
 
 
@@ -232,7 +232,9 @@ def test_missing_file(tmp_path):
         load_raw(files_cfg("ag_news", good, tmp_path / "nope.csv"))
 
 
-def test_test_split_read_in_a_child_equals_the_one_read_here(tmp_path, monkeypatch):
+def test_test_split_read_in_a_child_equals_the_one_read_here(
+    tmp_path, monkeypatch, forked_children
+):
     from scalelab.data import sources
     from scalelab.data.forked import fork_context
 
@@ -243,14 +245,16 @@ def test_test_split_read_in_a_child_equals_the_one_read_here(tmp_path, monkeypat
     cfg = files_cfg("imdb", train, test)
     monkeypatch.setattr(sources, "_PARALLEL_MIN_BYTES", 10**12)
     here = load_raw(cfg)
+    assert forked_children() == []
     monkeypatch.setattr(sources, "_PARALLEL_MIN_BYTES", 1)
     child = load_raw(cfg)
+    assert len(forked_children()) == 1  # read in a child, not by the quiet fallback here
     assert child.test_texts == here.test_texts == ["great  fun", "awful"]
     assert np.array_equal(child.test_labels, here.test_labels)
     assert child.fingerprint == here.fingerprint and child.train_texts == here.train_texts
 
 
-def test_a_bad_test_split_read_in_a_child_is_one_clear_line(tmp_path, monkeypatch):
+def test_a_bad_test_split_read_in_a_child_is_one_clear_line(tmp_path, monkeypatch, forked_children):
     from scalelab.data import sources
 
     monkeypatch.setattr(sources, "_PARALLEL_MIN_BYTES", 1)
@@ -258,6 +262,7 @@ def test_a_bad_test_split_read_in_a_child_is_one_clear_line(tmp_path, monkeypatc
     test = write(tmp_path / "test.csv", "text,label\ngood,1\nbad,neg\n")
     with pytest.raises(DataError, match=r"test\.csv: line 3: label 'neg' is not an integer"):
         load_raw(files_cfg("imdb", train, test))
+    assert len(forked_children()) == 1  # the error came from the child
     with pytest.raises(DataError, match=r"nope\.csv: file not found"):  # the train split's
         load_raw(files_cfg("imdb", tmp_path / "nope.csv", test))
 

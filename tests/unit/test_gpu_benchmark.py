@@ -127,12 +127,12 @@ def test_compiled_warmup_runs_every_width_any_epoch_can_have(cache_dir: Path) ->
         if padding == "max":
             assert set(batches) == {64}
     stepper = _stepper(cfg, data, "multiple")
-    n = gpu.warm_every_width(stepper, repeats=2)
-    assert n == 2 * len(gpu.width_batches(stepper))
+    gpu.warm_every_width(stepper, repeats=2)
     assert set(stepper.width_steps) == set(gpu.width_batches(stepper))
     assert all(c == 2 for c in stepper.width_steps.values())
+    warmed = set(stepper.width_steps)
     res = stepper.run(3, warmup_steps=0)  # sampler steps afterwards: no width is new
-    assert set(res["widths"]) <= set(stepper.width_steps)
+    assert res["widths"] and set(res["widths"]) <= warmed
 
 
 # ----------------------------------------------------------------------------- FLOPs, peaks

@@ -35,7 +35,7 @@ def test_multi_node_argv() -> None:
                     "-m", "scalelab", "train"]  # fmt: skip
     with pytest.raises(ValueError, match="single-node"):
         torchrun_argv(2, ["train"], nnodes=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nproc and nnodes must be >= 1, got nproc=0"):
         torchrun_argv(0, ["train"])
 
 
@@ -46,7 +46,7 @@ def test_threads_per_rank() -> None:
     assert rank_threads(8, cpus=2) == 1  # never 0 threads
     assert rank_threads(4, 3, cpus=16) == 3  # explicit value wins
     assert rank_threads(2) >= 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="threads per rank must be >= 1, got 0"):
         rank_threads(2, 0)
 
 

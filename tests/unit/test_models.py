@@ -82,6 +82,8 @@ def test_fast_dropout_mask_is_exactly_zero_or_scale_for_any_shape() -> None:
     mask = cpu_dropout_mask(torch.Size([3, 5, 7]), 0.25, torch.float32)  # 105: not a multiple of 4
     assert mask.shape == (3, 5, 7)
     assert set(mask.unique().tolist()) <= {0.0, torch.tensor(1 / 0.75).item()}
+    big = cpu_dropout_mask(torch.Size([100_000]), 0.25, torch.float32)
+    assert abs(float((big != 0).float().mean()) - 0.75) < 0.01  # keeps 3 in 4, not none
     assert cpu_dropout_mask(torch.Size([2, 3]), 0.5, torch.bfloat16).dtype == torch.bfloat16
 
 

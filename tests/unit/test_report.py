@@ -125,7 +125,7 @@ def test_single_run_report(tmp_path):
 
 
 def test_bad_folder_is_an_analysis_error(tmp_path):
-    with pytest.raises(AnalysisError):
+    with pytest.raises(AnalysisError, match=r"missing: not a run folder \(does not exist"):
         write_report([tmp_path / "missing"], tmp_path / "out")
 
 

@@ -16,8 +16,19 @@ def test_signal_is_recorded_and_previous_handler_restored() -> None:
 
 
 def test_agreement_takes_any_rank_signal() -> None:
+    # (with a real all-reduce under torchrun: tests/integration/test_train_cli.py, SIGTERM)
+    sent = []
+
+    def other_rank_got_sigterm(mine: float) -> float:  # what an all-reduce max would return
+        sent.append(mine)
+        return max(mine, float(signal.SIGTERM))
+
     with StopSignals() as stops:  # this rank saw nothing, another rank got SIGTERM
-        assert stops.agreed(lambda x: max(x, float(signal.SIGTERM))) == signal.SIGTERM
+        assert stops.agreed(other_rank_got_sigterm) == signal.SIGTERM
+        assert sent == [0.0]  # this rank offered "no signal"
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stops.agreed(other_rank_got_sigterm) == signal.SIGTERM  # the larger number wins
+        assert sent[1] == float(signal.SIGUSR1)
 
 
 def test_exit_code_is_128_plus_signal() -> None:
