@@ -20,6 +20,16 @@ import torch
 from scalelab.config import first_line, is_number
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def holds_run(folder: Path) -> bool:
+    """The folder records a run (a checkpoint, epoch rows or a summary) that a new run would
+    overwrite; a config.yaml alone does not (a run that stopped before its first epoch)."""
+    return any(
+        (folder / name).exists() for name in (CHECKPOINT_NAME, "metrics.csv", "summary.json")
+    )
+
+
 FORMAT_VERSION = 1
 
 

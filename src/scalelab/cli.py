@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -400,7 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
 PASSTHROUGH = {"sweep": cmd_sweep, "slurm": cmd_slurm, "commbench": cmd_commbench}
 
 
+_python_warning_format = warnings.formatwarning
+
+
+def _warning_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line=None
+) -> str:
+    """scalelab's own warnings as one line, as its errors (Python's format adds the file, line
+    number and source line); other libraries' keep Python's format, which names where."""
+    if f"{os.sep}scalelab{os.sep}" in filename:
+        return f"scalelab: warning: {message}\n"
+    return _python_warning_format(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _warning_line
     try:
         code = _run(argv)
     except KeyboardInterrupt as exc:  # e.g. while the parser imports torch, before any command

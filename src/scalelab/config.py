@@ -11,6 +11,7 @@ import difflib
 import itertools
 import math
 import os
+import re
 import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,11 @@ import yaml
 
 #: torch.compile's modes (train.compile_mode).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+_MAX_INT = 2**31 - 1
+_MAX_THREADS = 1024
+_MAX_NAME_BYTES = 255  # a file name's limit on Linux and macOS file systems
 
 
 class ConfigError(ValueError):
@@ -46,9 +52,10 @@ def not_a_folder(folder: str | Path) -> str | None:
         if path.exists() or path.is_symlink():
             if path.is_dir():
                 return None
+            what = "is a broken symbolic link" if not path.exists() else "is not a folder"
             if path == folder:
-                return "exists and is not a folder"
-            return f"cannot be made ({path} is not a folder)"
+                return "exists and is not a folder" if path.exists() else what
+            return f"cannot be made ({path} {what})"
     return None
 
 
@@ -223,6 +230,9 @@ class Config:
                 value = getattr(section, key)
                 if typ is float and not math.isfinite(value):
                     raise ConfigError(f"{sec_name}.{key} must be a finite number, got {value}")
+                # sizes and counts beyond this overflow the tokenizer's and torch's arguments
+                if typ is int and abs(value) > _MAX_INT and f"{sec_name}.{key}" != "train.seed":
+                    raise ConfigError(f"{sec_name}.{key} must be at most {_MAX_INT}, got {value}")
         _choice("model.arch", m.arch, ("transformer", "distilbert"))
         _choice("data.dataset", d.dataset, ("ag_news", "imdb"))
         _choice("data.source", d.source, ("sample", "files", "hf"))
@@ -237,10 +247,17 @@ class Config:
         _choice("output.progress", o.progress, ("auto", "bar", "plain", "none"))
         # the run folder is output.dir/<run_name or name-ws<n>-<time>>: it must stay inside
         for key, value in (("output.run_name", o.run_name), ("name", self.name)):
-            if value in (".", "..") or any(c in value for c in "/\\\0"):
+            if value in (".", "..") or any(c in value for c in "/\\") or not value.isprintable():
                 raise ConfigError(
-                    f"{key} must be a plain folder name (no '/', not '.' or '..'), got {value!r}"
+                    f"{key} must be a plain folder name (no '/', no control characters, not '.' "
+                    f"or '..'), got {value!r}"
                 )
+            # a folder name of at most 255 bytes; name is followed by -ws<n>-<date>-<time>
+            room = _MAX_NAME_BYTES - (0 if key == "output.run_name" else 32)
+            if len(value.encode()) > room:
+                raise ConfigError(f"{key} is {len(value.encode())} bytes long; at most {room}")
+        if not self.name:
+            raise ConfigError("name must not be empty (it names the run folders)")
         _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
         for key, value in (
             ("model.vocab_size", m.vocab_size),
@@ -278,6 +295,10 @@ class Config:
         ):
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        if t.num_threads > _MAX_THREADS:  # 10,000 crashed torch (a segfault, no message)
+            raise ConfigError(
+                f"train.num_threads must be at most {_MAX_THREADS}, got {t.num_threads}"
+            )
         if m.max_seq_len < 3:
             raise ConfigError(
                 f"model.max_seq_len must be >= 3 ([CLS] text [SEP]), got {m.max_seq_len}"
@@ -527,7 +548,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if _is_str_type(_field_type(key)):
         return key, _str_override(raw)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_scalar(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, (dict, list)):
@@ -563,6 +584,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                         key_node.start_mark,
                     )
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads 017 as octal 15, 1:30 as sexagesimal 90, 0x10 as 16 and 1_000 as
+# 1000: in a config file or an override each is a surprise, so numbers are read as YAML 1.2's
+# core schema and JSON read them (decimal only); anything else stays text for _coerce to judge.
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789")
+)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+|[0-9]+\.[0-9]*|\.[0-9]+)$"
+        r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _load_scalar(text: str) -> Any:
+    """One YAML value (an override's right-hand side) read as config files are."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _read_yaml(p: Path) -> Any:

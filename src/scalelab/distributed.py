@@ -80,8 +80,28 @@ def _env_int(*names: str, default: int) -> int:
     for name in names:
         value = os.environ.get(name)
         if value not in (None, ""):
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:
+                raise LaunchError(
+                    f"environment variable {name}={value!r} is not a whole number (set by "
+                    "torchrun or SLURM; unset it to run one process)"
+                ) from None
     return default
+
+
+def _check_layout(world_size: int, rank: int, local_rank: int, local_world_size: int) -> None:
+    """The launcher's numbers must describe a layout that exists, or the rendezvous would wait
+    for a rank that never comes (a timeout after minutes) or index past the world."""
+    if world_size < 1 or local_world_size < 1:
+        raise LaunchError(
+            f"WORLD_SIZE={world_size}, LOCAL_WORLD_SIZE={local_world_size}: both must be >= 1"
+        )
+    if not 0 <= rank < world_size or not 0 <= local_rank < local_world_size:
+        raise LaunchError(
+            f"RANK={rank} (LOCAL_RANK={local_rank}) is outside WORLD_SIZE={world_size} "
+            f"(LOCAL_WORLD_SIZE={local_world_size}): ranks run 0..size-1"
+        )
 
 
 def _slurm_step() -> dict[str, int]:
@@ -113,6 +133,7 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     local_world_size = _env_int(
         "LOCAL_WORLD_SIZE", default=slurm.get("local_world_size", world_size)
     )
+    _check_layout(world_size, rank, local_rank, local_world_size)
     num_nodes = max(1, world_size // max(1, local_world_size))
     use_cuda = torch.cuda.is_available()
 
@@ -137,6 +158,9 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
                 f"WORLD_SIZE > 1 but {var} is not set: start with torchrun (or srun under "
                 "scalelab's sbatch)"
             )
+    port = _env_int("MASTER_PORT", default=0)
+    if not 1 <= port <= 65535:
+        raise LaunchError(f"MASTER_PORT={port} is not a TCP port (1..65535)")
     os.environ.setdefault("RANK", str(rank))
     os.environ.setdefault("WORLD_SIZE", str(world_size))
     kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=cfg.timeout_s)}
@@ -479,5 +503,12 @@ def ddp_bucket_sizes(model: nn.Module) -> list[int] | None:
 
 
 def is_main_process() -> bool:
-    """Rank 0 (or no launcher); usable before the process group exists, e.g. to print errors once."""
-    return _env_int("RANK", default=_slurm_step().get("rank", 0)) == 0
+    """Rank 0 (or no launcher); usable before the process group exists, e.g. to print errors once
+    (and every process, when the launcher's variables are broken, to say so)."""
+    try:
+        slurm = _slurm_step()
+        rank = _env_int("RANK", default=slurm.get("rank", 0))
+        world_size = _env_int("WORLD_SIZE", default=slurm.get("world_size", 1))
+    except LaunchError:  # not a number
+        return True
+    return rank == 0 or not 0 <= rank < world_size

@@ -52,6 +52,7 @@ from scalelab.checkpoint import (
     StopSignals,
     TrainingStopped,
     atomic_write_text,
+    holds_run,
     load_checkpoint,
     load_error,
     move_aside,
@@ -59,7 +60,7 @@ from scalelab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from scalelab.config import Config, ConfigError, not_a_folder, save_config
+from scalelab.config import Config, ConfigError, first_line, not_a_folder, save_config
 from scalelab.data import EncodedData, TrainBatchSampler, eval_shards, make_batch, prepare_data
 from scalelab.models import build_model, count_parameters
 from scalelab.profiling import StepProfiler
@@ -221,6 +222,13 @@ def _peak_mem_mb(device: torch.device) -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -662,13 +670,11 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     np.random.seed(cfg.train.seed)
 
     run_dir = _run_dir(cfg, env)
+    # the folders are made after the data and the model: a file in the way must fail now
     for folder, what in ((run_dir.parent, "output.dir"), (run_dir, "the run folder")):
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"{what} {folder} is a file, not a folder")
-    # the folders are made after the data and the model: a file above them must fail now
-    why = not_a_folder(run_dir)
-    if why:
-        raise ConfigError(f"output.dir {run_dir.parent}: {why}")
+        why = not_a_folder(folder)
+        if why:
+            raise ConfigError(f"{what} {folder}: {why}")
     ckpt_path = run_dir / CHECKPOINT_NAME
     resume_from: Path | None = None
     if cfg.train.resume == "auto":
@@ -680,15 +686,15 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     check_same_resume(
         D.gather_objects((socket.gethostname(), str(resume_from or "")), env), run_dir
     )
-    holds_run = (run_dir / "metrics.csv").exists() or ckpt_path.exists()
-    if resume_from is not None and holds_run and resume_from.resolve() != ckpt_path.resolve():
+    recorded_run = holds_run(run_dir)
+    if resume_from is not None and recorded_run and resume_from.resolve() != ckpt_path.resolve():
         raise ConfigError(
             f"output folder {run_dir} already holds another run; resuming {resume_from} there "
             "would overwrite it: choose another output.run_name"
         )
     # A run stopped in its first epoch has a checkpoint but no metrics.csv yet: starting afresh
     # would silently overwrite that checkpoint.
-    if resume_from is None and holds_run:
+    if resume_from is None and recorded_run:
         hint = (
             f"it has no {CHECKPOINT_NAME} to continue from (train.save_checkpoint was off)"
             if cfg.train.resume == "auto"
@@ -729,7 +735,17 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             f"model.num_classes={num_classes} but the data has {data.num_classes} classes"
         )
 
-    model = build_model(cfg.model, data.vocab_size, num_classes, data.train.pad_id).to(env.device)
+    try:
+        model = build_model(cfg.model, data.vocab_size, num_classes, data.train.pad_id)
+        model = model.to(env.device)
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise ConfigError(
+            f"the model ({cfg.model.arch}, d_model {cfg.model.d_model}, d_ff {cfg.model.d_ff}, "
+            f"{cfg.model.num_layers} layers, vocab {data.vocab_size}) does not fit in memory on "
+            f"{env.device} ({first_line(exc)[:120]}): choose smaller model sizes"
+        ) from None
     num_params = count_parameters(model)
     emb_rows = make_embedding_rows(model, cfg, env, host_train_tokens)
     ddp_skips = [emb_rows.name] if emb_rows is not None and emb_rows.sync_rows else []
@@ -814,6 +830,13 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         if finished:
             log(env, finished)
             return run_dir
+        if state.epoch >= cfg.train.epochs and resume_from.resolve() != ckpt_path.resolve():
+            # nothing would train, so no checkpoint would be written here: the new folder
+            # would hold a summary that no train.resume=auto could ever continue
+            raise CheckpointError(
+                f"{resume_from}: its run finished all {cfg.train.epochs} epochs (train.epochs), "
+                f"so nothing would train into {run_dir}; raise train.epochs to train it further"
+            )
         # Training on past a finished run's summary: from the first file that records more than
         # it, summary.json would describe a run the folder no longer holds (move_summary_aside)
         summary_to_move, summarised = has_summary, recorded

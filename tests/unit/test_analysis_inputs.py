@@ -314,6 +314,10 @@ def test_a_negative_sync_latency_or_a_key_given_twice_is_one_line(tmp_path: Path
     summary.write_text(summary.read_text().replace("{", '{"world_size": 4, ', 1))
     with pytest.raises(AnalysisError, match="summary.json: unreadable JSON .*'world_size' appears"):
         load_run(tmp_path / "ws1")
+    # nesting deep enough to exhaust the parser's recursion was a RecursionError traceback
+    summary.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AnalysisError, match=r"unreadable JSON \(nested too deeply\)"):
+        load_run(tmp_path / "ws1")
 
 
 def test_non_finite_bandwidth_is_refused(tmp_path: Path) -> None:
@@ -353,3 +357,18 @@ def test_rows_follow_the_world_size_and_big_numbers_are_whole(tmp_path: Path) ->
     assert (_f(999.7), _f(-999.7), _f(123.4), _f(99.96), _f(0.0004)) == (
         "1000", "-1000", "123", "100", "0.0004",
     )  # fmt: skip
+
+
+def test_report_warnings_are_one_line(tmp_path: Path) -> None:
+    # Python's format added "<file>:<line>: UserWarning:" and the source line below it (a real
+    # process: pytest records warnings instead of printing them)
+    from tests.conftest import scalelab
+
+    write_sweep(tmp_path / "runs", [1, 2])
+    (tmp_path / "runs" / "unfinished").mkdir()
+    (tmp_path / "runs" / "unfinished" / "metrics.csv").write_text("epoch\n")
+    res = scalelab(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [
+        f"scalelab: warning: skipping {tmp_path / 'runs' / 'unfinished'}: missing summary.json"
+    ]

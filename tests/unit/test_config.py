@@ -69,6 +69,15 @@ def test_overrides_are_typed() -> None:
         ("distributed.comm_hook=zip", "distributed.comm_hook must be one of"),
         ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
         ("train.resume=/nonexistent.pt", "train.resume: checkpoint file not found"),
+        # sizes past int32 overflowed the tokenizer (a traceback); 10,000 threads crashed torch
+        ("model.vocab_size=99999999999999999999", "model.vocab_size must be at most 2147483647"),
+        ("train.num_threads=10000", "train.num_threads must be at most 1024"),
+        ("output.run_name=" + "a" * 300, "output.run_name is 300 bytes long; at most 255"),
+        ("output.run_name=a\nb", "no control characters"),
+        ("name=", "name must not be empty"),
+        # YAML 1.1 read these as sexagesimal 90 and hexadecimal 16
+        ("train.epochs=1:30", "train.epochs must be an integer, got '1:30'"),
+        ("train.lr=0x10", "train.lr must be a number, got '0x10'"),
     ],
 )
 def test_bad_values_name_the_key(override: str, fragment: str) -> None:
@@ -204,9 +213,14 @@ def test_bucket_cap_and_seed_limits_are_accepted() -> None:
 def test_string_overrides_keep_their_text(text: str, expected: str) -> None:
     cfg = load_config(None, [f"output.run_name={text}", f"data.vocab_path={text}"])
     assert cfg.output.run_name == expected and cfg.data.vocab_path == expected
-    assert load_config(None, [f"name={text}"]).name == expected
-    # typed fields still get YAML's reading
-    assert parse_override("train.batch_size=0x10") == ("train.batch_size", 16)
+    if expected:
+        assert load_config(None, [f"name={text}"]).name == expected
+    else:  # run folders are named <name>-ws<n>-<time>: "-ws1-..." was made
+        with pytest.raises(ConfigError, match="name must not be empty"):
+            load_config(None, [f"name={text}"])
+    # typed fields read numbers as decimals (YAML 1.1's hex, octal and base 60 are text)
+    assert parse_override("train.batch_size=0x10") == ("train.batch_size", "0x10")
+    assert parse_override("train.batch_size=016") == ("train.batch_size", "016")
 
 
 def test_string_fields_in_a_file_keep_their_text(tmp_path: Path) -> None:
@@ -215,12 +229,12 @@ def test_string_fields_in_a_file_keep_their_text(tmp_path: Path) -> None:
         "output:\n  run_name: 010\n  dir: 12:30\n"
         "data:\n  source: files\n  vocab_path: ~\n  cache_dir: '0x10'\n  train_path: yes\n"
         "  test_path: 'no'\n"
-        "train:\n  batch_size: 0x10\n"
+        "train:\n  batch_size: 016\n"
     )
     cfg = load_config(tmp_path / "c.yaml")
     assert (cfg.name, cfg.output.run_name, cfg.output.dir) == ("2024-12-01", "010", "12:30")
     assert (cfg.data.vocab_path, cfg.data.cache_dir, cfg.data.train_path) == ("", "0x10", "yes")
-    assert cfg.train.batch_size == 16
+    assert cfg.train.batch_size == 16  # decimal, not YAML 1.1's octal 14
 
 
 @pytest.mark.parametrize(("text", "kind"), [("0\n", "int"), ("[]\n", "list"), ("false\n", "bool")])
@@ -349,3 +363,17 @@ def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
         "a": {"x": 1, "y": 2},
         "b": {"x": 3, "y": 2},
     }
+
+
+def test_numbers_read_as_decimals_in_files_and_overrides(tmp_path) -> None:
+    # YAML 1.1 (PyYAML) read 017 as octal 15, in a config file and in an override
+    assert load_config(None, ["train.epochs=017"]).train.epochs == 17
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 017\n  lr: 1e-3\n  warmup_ratio: .25\n  seed: +3\n")
+    cfg = load_config(path)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.warmup_ratio, cfg.train.seed) == (
+        17,
+        0.001,
+        0.25,
+        3,
+    )

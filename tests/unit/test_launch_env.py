@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from scalelab import distributed as D
@@ -45,3 +47,30 @@ def test_a_missing_master_port_is_one_line_not_a_traceback(clean_env: pytest.Mon
         clean_env.setenv(var, value)
     with pytest.raises(D.LaunchError, match="MASTER_PORT is not set"):
         D.init_distributed(DistributedConfig())
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        # each was a traceback (int() of the text), or a rendezvous that waited for a rank that
+        # could never come, or "MASTER_ADDR is not set" for a world of no ranks
+        ({"WORLD_SIZE": "abc"}, "environment variable WORLD_SIZE='abc' is not a whole number"),
+        ({"RANK": "x1"}, "environment variable RANK='x1' is not a whole number"),
+        ({"SLURM_STEP_NUM_TASKS": "two"}, "SLURM_STEP_NUM_TASKS='two' is not a whole number"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0, LOCAL_WORLD_SIZE=0: both must be >= 1"),
+        ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 (LOCAL_RANK=0) is outside WORLD_SIZE=2"),
+        ({"LOCAL_RANK": "-1"}, "LOCAL_RANK=-1) is outside WORLD_SIZE=1"),
+        (
+            {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"},
+            "MASTER_PORT=99999 is not a TCP port",
+        ),
+    ],
+)
+def test_broken_launcher_variables_are_one_line(
+    clean_env: pytest.MonkeyPatch, env: dict[str, str], says: str
+) -> None:
+    for var, value in env.items():
+        clean_env.setenv(var, value)
+    with pytest.raises(D.LaunchError, match=re.escape(says)):
+        D.init_distributed(DistributedConfig())
+    assert D.is_main_process()  # so that every such process prints the line, rank 5 too

@@ -217,10 +217,26 @@ def test_output_dir_or_run_folder_that_is_a_file_is_one_line_before_any_work(
             f"data.cache_dir={tmp_path / 'cache'}", f"output.dir={out}", "output.run_name=r"]  # fmt: skip
     assert main(argv) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    says = "cannot be made" if which == "above output.dir" else "is a file, not a folder"
+    says = "cannot be made" if which == "above output.dir" else "exists and is not a folder"
     assert len(lines) == 1 and says in lines[0], lines
     assert blocker.read_text() == "keep me"
     assert not (tmp_path / "cache").exists()  # refused before the data was prepared
+
+
+def test_a_run_folder_that_is_a_broken_link_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was "output.dir <exp>: exists and is not a folder", of a folder that is one
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "r").symlink_to(tmp_path / "nowhere")
+    argv = ["train", f"output.dir={tmp_path / 'exp'}", "output.run_name=r",
+            f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    assert main(argv) == 2
+    assert _error_line(capsys) == (
+        f"scalelab: error: the run folder {tmp_path / 'exp' / 'r'}: is a broken symbolic link"
+    )
 
 
 def test_a_folder_named_checkpoint_pt_is_named_as_such_at_resume(
@@ -274,6 +290,35 @@ def test_a_run_that_diverges_says_so_once_and_its_checkpoint_is_not_resumed(
     assert main(tiny("r", "train.epochs=3", "train.lr=1e30", "train.warmup_ratio=0",
                      "train.resume=auto")) == 2  # fmt: skip
     assert "holds NaN or infinite weights" in _error_line(capsys)
+
+
+def test_a_folder_with_only_a_summary_is_not_overwritten(
+    tiny: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a summary.json copied (or left) alone in a run folder was replaced by a fresh run
+    folder = tmp_path / "exp" / "r"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text('{"keep": "me"}')
+    assert main(tiny("r")) == 2
+    assert "already holds a run" in _error_line(capsys)
+    assert (folder / "summary.json").read_text() == '{"keep": "me"}'
+
+
+def test_a_finished_checkpoint_resumed_into_a_new_folder_is_refused(
+    tiny: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it trained nothing and wrote a run folder without a checkpoint, which no
+    # train.resume=auto could continue ("train.save_checkpoint was off", which it was not)
+    assert main(tiny("done", "train.epochs=1")) == 0
+    done = tmp_path / "exp" / "done" / "checkpoint.pt"
+    capsys.readouterr()
+    assert main(tiny("copy", f"train.resume={done}", "train.epochs=1")) == 2
+    assert "its run finished all 1 epochs (train.epochs), so nothing would train" in (
+        _error_line(capsys)
+    )
+    assert not (tmp_path / "exp" / "copy").exists()
+    assert main(tiny("copy", f"train.resume={done}", "train.epochs=2")) == 0  # trains further
+    assert (tmp_path / "exp" / "copy" / "checkpoint.pt").is_file()
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:

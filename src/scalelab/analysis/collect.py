@@ -107,7 +107,8 @@ _READ_COLUMNS = ("val_acc", "epoch_time_s")  # what the report reads from metric
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file, refusing a key given twice in one object (a hand edit: which one counts?)."""
+    """A JSON file, refusing a key given twice in one object (a hand edit: which one counts?);
+    every problem of the text is a ValueError (JSONDecodeError is one)."""
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -117,7 +118,10 @@ def read_json(path: Path) -> Any:
             out[key] = value
         return out
 
-    return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique)
+    except RecursionError:  # nesting no writer of ours produces
+        raise ValueError("nested too deeply") from None
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

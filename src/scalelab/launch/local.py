@@ -197,11 +197,11 @@ def _check_sweep(
     if out_dir is not None and not cfg.train.resume:
         # `train` would refuse these folders too, but only after the earlier runs had finished,
         # and with its own error line on top of the sweep's
-        from scalelab.checkpoint import CHECKPOINT_NAME
+        from scalelab.checkpoint import holds_run
 
         for n in world_sizes:
             run_dir = Path(out_dir) / f"{cfg.name}-ws{n}"
-            if (run_dir / "metrics.csv").exists() or (run_dir / CHECKPOINT_NAME).exists():
+            if holds_run(run_dir):
                 raise SweepError(
                     f"{run_dir} already holds a run; choose another --out "
                     "(or add train.resume=auto to continue the sweep)"

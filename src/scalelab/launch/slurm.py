@@ -266,11 +266,10 @@ def check_job(job: SlurmJob) -> None:
     for item in job.overrides:
         if item.partition("=")[0].strip() in _RESERVED_OVERRIDES:
             raise SlurmError(f"override '{item}' is set by the job itself; use --out/--run-name")
-    from scalelab.checkpoint import CHECKPOINT_NAME
+    from scalelab.checkpoint import holds_run
 
     run_dir = job.out_dir / job.run_name
-    holds_run = (run_dir / "metrics.csv").exists() or (run_dir / CHECKPOINT_NAME).exists()
-    if holds_run and not job.resume:
+    if holds_run(run_dir) and not job.resume:
         # the job itself always resumes (a requeued job must), so a new job would silently
         # continue the old run, or find it finished and train nothing
         raise SlurmError(
