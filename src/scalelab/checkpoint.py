@@ -298,6 +298,11 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
             for k, v in row.items():
                 if not isinstance(k, str) or not (v is None or is_number(v)):
                     raise bad(f"metrics[{i}].{k}", v, "a number")
+                # every figure the trainer records is >= 0 (a loss may be NaN: diverged); the
+                # resume writes these rows back to metrics.csv
+                if is_number(v) and (v < 0 or (k == "val_acc" and not 0 <= v <= 1)):
+                    want = "a fraction in [0, 1]" if k == "val_acc" else "a number >= 0"
+                    raise bad(f"metrics[{i}].{k}", v, want)
         # one row per finished epoch: the resume rewrites metrics.csv from them
         if len(metrics) != state["epoch"]:
             raise CheckpointError(

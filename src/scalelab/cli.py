@@ -35,9 +35,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def find_config(name: str) -> Path:
     """A preset name (ag_news_small) or a path to a YAML file."""
+    if not name.strip():  # `--config "$PRESET"` with PRESET unset: was the defaults, silently
+        from scalelab.config import ConfigError
+
+        raise ConfigError("--config is empty: give a preset name or a YAML path")
     p = Path(name)
     if p.is_file():
         return p
+    if p.is_dir():  # was "config not found" of a path that exists
+        from scalelab.config import ConfigError
+
+        raise ConfigError(f"{p}: is a folder, not a YAML config file")
     # ./configs first (a user's own presets), then the presets installed with the package
     for base in (Path.cwd() / "configs", PACKAGE_DIR / "configs"):
         cand = base / f"{name.removesuffix('.yaml')}.yaml"
@@ -53,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from scalelab.config import load_config
 
-    cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
+    cfg = load_config(find_config(args.config) if args.config is not None else None, args.overrides)
     started = time.time()
     try:
         from scalelab.train import fit
@@ -96,8 +104,10 @@ def _train_interrupted(cfg: Any, started: float) -> str:
 def cmd_config(args: argparse.Namespace) -> int:
     from scalelab.config import describe, load_config, save_config
 
-    if args.config or args.overrides:  # overrides alone: the defaults with them, checked
-        cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
+    if args.config is not None or args.overrides:  # overrides alone: the defaults, checked
+        cfg = load_config(
+            find_config(args.config) if args.config is not None else None, args.overrides
+        )
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
@@ -117,7 +127,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise ConfigError("--older-than-days needs --clear (it picks the cache files to delete)")
     if args.list and args.clear:
         raise ConfigError("--list and --clear: give one (--list shows the cache, --clear deletes)")
-    cfg = load_config(find_config(args.config) if args.config else None, args.overrides)
+    cfg = load_config(find_config(args.config) if args.config is not None else None, args.overrides)
     if args.list or args.clear:
         from scalelab.data import default_cache_dir
 
@@ -187,9 +197,13 @@ def cmd_commbench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from scalelab.analysis import AnalysisError
     from scalelab.analysis.report import write_report
+    from scalelab.config import not_a_folder
 
     if not args.out.strip():
         raise AnalysisError("--out is empty: give the folder the report goes into")
+    why = not_a_folder(args.out)
+    if why:
+        raise AnalysisError(f"--out {args.out}: {why}")
     held = [n for n in ("summary.json", "metrics.csv") if (Path(args.out) / n).is_file()]
     if held:  # its report files would sit among the run's own, and a rerun would replace them
         raise AnalysisError(
@@ -277,6 +291,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"experiments/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     config = find_config("ag_news_small")
+    if any(o.partition("=")[0].strip() == "train.epochs" for o in args.overrides):
+        from scalelab.config import ConfigError  # it overrode --epochs, silently
+
+        raise ConfigError("demo: give the epochs as --epochs N, not train.epochs=N")
     overrides = ["data.source=sample", f"train.epochs={args.epochs}", *args.overrides]
     load_config(config, overrides).validate(world_size=2)  # before the line that says it starts
     print(

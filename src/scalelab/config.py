@@ -48,6 +48,9 @@ def not_a_folder(folder: str | Path) -> str | None:
     """Why `folder` cannot be (made into) a folder: it is a file, or a file stands where one of
     its parents would be made (mkdir would fail there with a traceback); None when it can."""
     folder = Path(folder)
+    long = next((part for part in folder.parts if len(part.encode()) > _MAX_NAME_BYTES), None)
+    if long is not None:  # the file system refuses it (and exists() raises on it)
+        return f"cannot be made (a name in it is {len(long.encode())} bytes; at most 255)"
     for path in (folder, *folder.parents):
         if path.exists() or path.is_symlink():
             if path.is_dir():

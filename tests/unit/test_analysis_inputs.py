@@ -136,6 +136,9 @@ def _break_summary(folder: Path, **fields: object) -> None:
         ({"mean_epoch_time_s": 0}, "field 'mean_epoch_time_s' should be a time > 0 s"),
         # read as 1 rank, a 4-rank run became its own baseline
         ({"world_size": None}, "field 'world_size' is missing"),
+        # no run records these: the tables printed -5 parameters and 0 samples per rank
+        ({"num_params": -5}, "field 'num_params' should be at least 0, got -5"),
+        ({"per_rank_batch": 0}, "field 'per_rank_batch' should be at least 1, got 0"),
         # the diagnosis multiplies and compares these: a traceback, or a rule silently off
         ({"system": {"num_loader_workers": "abc"}}, "'system.num_loader_workers' should be a"),
         ({"system": {"num_cpus": 2.5}}, "'system.num_cpus' should be a whole number >= 1"),
@@ -196,6 +199,22 @@ def test_a_cut_off_or_mismatched_metrics_csv_is_one_line(tmp_path: Path) -> None
     path.write_text("1,2,3\n")
     with pytest.raises(AnalysisError, match=r"line 1 is not a metrics.csv header"):
         load_run(tmp_path / "ws1")
+    # a negative figure, or rows of another world size than the summary's
+    table = [row.split(",") for row in lines]
+    col = table[0].index("epoch_time_s")
+    path.write_text("\n".join(",".join(r[:col] + ["-1"] + r[col + 1 :]) if i == 2 else ",".join(r)
+                              for i, r in enumerate(table)) + "\n")  # fmt: skip
+    with pytest.raises(
+        AnalysisError, match=r"metrics.csv: line 3, column 'epoch_time_s' is negative"
+    ):
+        load_run(tmp_path / "ws1")
+    col = table[0].index("world_size")
+    path.write_text("\n".join(",".join(r[:col] + ["4"] + r[col + 1 :]) if i else ",".join(r)
+                              for i, r in enumerate(table)) + "\n")  # fmt: skip
+    with pytest.raises(
+        AnalysisError, match=r"rows of world size 4, but summary.json is of a 1-rank"
+    ):
+        load_run(tmp_path / "ws1")
     # a column dropped in an edit: the accuracy plot silently left the run out
     table = [row.split(",") for row in lines]
     drop = table[0].index("val_acc")
@@ -231,6 +250,17 @@ def test_a_failed_report_leaves_the_previous_one_untouched(
         write_report([tmp_path / "runs"], out, busbw_gbps=10.0)
     # every file as it was (plots included), and no staging folder left behind
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_report_out_with_a_name_too_long_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from scalelab.cli import main
+
+    write_sweep(tmp_path / "runs", [1])  # was an OSError traceback (File name too long)
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / ("a" * 300))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be made (a name in it is 300 bytes; at most 255)" in err
 
 
 def test_report_out_below_a_file_is_one_line(tmp_path: Path) -> None:

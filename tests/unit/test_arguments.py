@@ -13,12 +13,14 @@ from scalelab.cli import main
         (["predict", "run", "--world-sizes", "abc"], "comma-separated integers"),
         (["predict", "run", "--busbw-gbps", "fast"], "invalid float value: 'fast'"),
         (["predict", "run", "--world-sizes", "2,2"], "lists a size twice"),
+        (["predict", "run", "--world-sizes", "2,,4"], "comma-separated integers"),  # was 2,4
         (["data", "--older-than-days", "abc"], "invalid float value"),
         (["report", "runs"], "required: --out"),
         (["bogus"], "invalid choice: 'bogus'"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
         # the commands with their own parsers
         (["sweep", "--world-sizes", "abc"], "comma-separated integers"),
+        (["sweep", "--world-sizes", "1,,2"], "comma-separated integers"),
         (["slurm", "--nodes", "two"], "invalid int value: 'two'"),
         (["commbench", "--factor", "3"], "invalid choice: 3"),
     ],

@@ -161,6 +161,17 @@ def test_ctrl_c_while_writing_finishes_the_checkpoint_then_interrupts(
         ("metrics", "rows", "field metrics is 'rows', expected a list"),
         ("metrics", [{"epoch": 1}, 7], r"field metrics\[1\] is 7, expected a dict"),
         ("metrics", [{"epoch": "one"}], r"field metrics\[0\].epoch is 'one', expected a number"),
+        # written back to metrics.csv by the resume: no figure of a run is negative
+        (
+            "metrics",
+            [{"epoch_time_s": -2.0}],
+            r"metrics\[0\].epoch_time_s is -2.0, expected a number >= 0",
+        ),
+        (
+            "metrics",
+            [{"val_acc": float("nan")}],
+            r"metrics\[0\].val_acc is nan, expected a fraction",
+        ),
         # a row per finished epoch (0 here): a resume rewrites metrics.csv from them
         ("metrics", [{"epoch": 1}], r"field metrics has 1 rows, expected one per finished epoch"),
         ("rng", {"python": 1}, "field rng is a dict, expected a list"),

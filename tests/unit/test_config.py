@@ -377,3 +377,18 @@ def test_numbers_read_as_decimals_in_files_and_overrides(tmp_path) -> None:
         0.25,
         3,
     )
+
+
+def test_a_config_path_that_is_a_folder_says_so(tmp_path, capsys) -> None:
+    from scalelab.cli import main
+
+    (tmp_path / "mine.yaml").mkdir()  # was "config not found: ..." of a path that exists
+    assert main(["config", "--config", str(tmp_path / "mine.yaml")]) == 2
+    assert capsys.readouterr().err == (
+        f"scalelab: error: {tmp_path / 'mine.yaml'}: is a folder, not a YAML config file\n"
+    )
+    for command in ("config", "train", "data"):  # `--config "$UNSET"`: was the defaults
+        assert main([command, "--config", ""]) == 2
+        assert capsys.readouterr().err == (
+            "scalelab: error: --config is empty: give a preset name or a YAML path\n"
+        )

@@ -423,6 +423,14 @@ def test_trained_wordpiece_special_ids_and_truncation(tmp_path):
     assert again.encode("the cat sat on the mat").ids == enc.ids
 
 
+def test_a_vocab_txt_saved_with_a_bom_reads_as_without(tmp_path):
+    # the BOM stuck to the first token: "[PAD]" was not found ("no padding token")
+    lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat"]
+    (tmp_path / "v.txt").write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    tok = build_tokenizer(DataConfig(vocab_path=str(tmp_path / "v.txt")), 0, [], max_seq_len=8)
+    assert pad_id(tok) == 0 and tok.encode("the cat").ids == [2, 5, 6, 3]
+
+
 def test_missing_vocab_file(tmp_path):
     with pytest.raises(DataError, match="vocab file not found"):
         build_tokenizer(DataConfig(vocab_path=str(tmp_path / "v.txt")), 0, [])

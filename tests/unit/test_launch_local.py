@@ -173,6 +173,8 @@ def test_demo_runs_hide_gpus_and_plain_sweeps_do_not(
     out, err = capsys.readouterr()
     assert out == "" and err == "scalelab: error: train.epochs must be >= 1, got 0\n"
     assert not (tmp_path / "bad").exists()
+    assert cli.main(["demo", "--out", str(tmp_path / "bad"), "train.epochs=5"]) == 2  # won
+    assert "give the epochs as --epochs N, not train.epochs=N" in capsys.readouterr().err
 
     envs.clear()
     run_sweep(SMALL, [1, 2], [], out_dir=tmp_path / "sweep", threads_per_rank=1)

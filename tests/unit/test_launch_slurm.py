@@ -74,6 +74,7 @@ def test_no_submit_writes_only_the_script(tmp_path: Path, capsys: pytest.Capture
         (["--sbatch-arg=--nodes=4"], "the script sets --nodes itself (use scalelab's --nodes)"),
         (["--sbatch-arg", "-o /tmp/x.log"], "the script sets -o itself (it would break the job)"),
         (["--sbatch-arg=--signal=B:USR1@5"], "use scalelab's --signal-seconds"),
+        (["--python", ""], "--python is empty"),
     ],
 )
 def test_impossible_jobs_are_one_line_errors_and_write_nothing(

@@ -171,6 +171,13 @@ def load_run(path: str | Path) -> Run:
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise AnalysisError(f"{folder / METRICS_FILE}: unreadable CSV ({exc})") from None
     _check_metrics(folder / METRICS_FILE, metrics)
+    ranks = {row.get("world_size") for row in metrics} - {None}
+    if ranks - {summary["world_size"]}:
+        raise AnalysisError(
+            f"{folder / METRICS_FILE}: rows of world size {', '.join(f'{n:g}' for n in sorted(ranks))}, "
+            f"but {SUMMARY_FILE} is of a {summary['world_size']:g}-rank run: the files are of "
+            "different runs"
+        )
     epochs = summary.get("num_epochs")
     if is_number(epochs) and epochs != len(metrics):
         raise AnalysisError(
@@ -201,6 +208,12 @@ _NUMBER_FIELDS = (
     "per_rank_batch", "grad_accum_steps", "num_epochs", "num_train_samples", "num_test_samples",
     "mean_tokens_per_sample", "final_val_acc", "final_val_loss", "mean_epoch_time_s",
     "samples_per_s", "tokens_per_s", "peak_mem_mb",
+)  # fmt: skip
+# the fields of _NUMBER_FIELDS that are at least 1 (the others are at least 0)
+_LEAST = dict.fromkeys(
+    ("world_size", "num_nodes", "local_world_size", "global_batch", "per_rank_batch",
+     "grad_accum_steps", "num_epochs", "num_train_samples", "num_test_samples"),
+    1,
 )  # fmt: skip
 _SECTIONS = ("timing", "comm", "system", "data", "profile")
 _COMM_NUMBERS = (
@@ -254,10 +267,9 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
     for key in _NUMBER_FIELDS:  # NaN counts as a number: a diverged run's loss is one
         if summary.get(key) is not None and not is_number(summary[key]):
             raise bad(key, "a number")
-    if is_number(summary.get("world_size")) and summary["world_size"] < 1:
-        raise bad("world_size", "at least 1")
-    if is_number(summary.get("global_batch")) and summary["global_batch"] < 1:
-        raise bad("global_batch", "at least 1")
+    for key in _NUMBER_FIELDS:  # counts, sizes, times, rates, losses: none is negative
+        if is_number(summary.get(key)) and summary[key] < _LEAST.get(key, 0):
+            raise bad(key, f"at least {_LEAST.get(key, 0)}")
     # a speedup divides by it: 0 or less is no time a run can take (NaN: not measured)
     if is_number(summary.get("mean_epoch_time_s")) and summary["mean_epoch_time_s"] <= 0:
         raise bad("mean_epoch_time_s", "a time > 0 s")
@@ -285,11 +297,13 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def _check_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Every metrics.csv cell the trainer writes is a number (or empty)."""
+    """Every metrics.csv cell the trainer writes is a number >= 0 (or empty)."""
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         for key, value in row.items():
             if value is not None and not is_number(value):
                 raise AnalysisError(f"{path}: line {i}, column {key!r} is not a number: {value!r}")
+            if is_number(value) and value < 0:  # times, rates, losses, counts
+                raise AnalysisError(f"{path}: line {i}, column {key!r} is negative: {value!r}")
 
 
 def _looks_like_run(folder: Path) -> bool:

@@ -255,7 +255,7 @@ def _canonical_ids(vocab: dict[str, int]) -> WordPiece:
 
 def _from_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not part of [PAD]
     except UnicodeDecodeError:
         raise DataError(f"{path}: vocab.txt is not valid UTF-8") from None
     if not lines:

@@ -240,6 +240,8 @@ def check_job(job: SlurmJob) -> None:
     ):  # fmt: skip
         if value and any(c in value for c in "\n\r\0"):
             raise SlurmError(f"{name} {value!r}: contains a line break or NUL")
+    if not job.python.strip():  # the script ran srun '' -m torch.distributed.run
+        raise SlurmError("--python is empty: give the python of the compute nodes")
     if job.time is not None:
         try:
             limit = time_limit_s(job.time)
