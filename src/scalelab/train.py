@@ -124,6 +124,13 @@ def _set_threads(cfg: Config, env: D.DistEnv) -> int:
     if env.device.type != "cpu":
         return torch.get_num_threads()
     n = cfg.train.num_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if not n and omp and not (omp.strip().isdigit() and int(omp) >= 1):
+        # libgomp only warns and torch then takes every core: the run would not be the one asked
+        raise ConfigError(
+            f"OMP_NUM_THREADS={omp!r} is not a whole number >= 1: set it to the threads per "
+            "rank, or unset it (or set train.num_threads)"
+        )
     if not n:
         # An explicit OMP_NUM_THREADS (torchrun sets 1, sweeps set cores / ranks) already sized the
         # pool; otherwise split the cores between this node's ranks so they do not oversubscribe.

@@ -239,6 +239,22 @@ def test_a_run_folder_that_is_a_broken_link_says_so(
     )
 
 
+def test_an_omp_num_threads_that_is_no_count_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # libgomp only warned, and the run took every core instead of the threads asked for
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")
+    argv = ["train", f"output.dir={tmp_path / 'exp'}", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(argv) == 2
+    assert _error_line(capsys) == (
+        "scalelab: error: OMP_NUM_THREADS='0' is not a whole number >= 1: set it to the threads "
+        "per rank, or unset it (or set train.num_threads)"
+    )
+    assert not (tmp_path / "exp").exists()
+
+
 def test_a_folder_named_checkpoint_pt_is_named_as_such_at_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
