@@ -124,18 +124,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _ctrl_c_after() -> Iterator[None]:
+def _ctrl_c_after(pending: list[int]) -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) back until the block ends, then raise it. Raised inside torch.save,
     whose C++ writer calls the file's write, it surfaced as a failed write ("unexpected pos")
-    instead of an interrupt, and the checkpoint being written was lost."""
+    instead of an interrupt, and the checkpoint being written was lost. A second Ctrl-C
+    interrupts at once (a write stuck on a network file system must stay stoppable)."""
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
         yield  # only the main thread may set handlers; a handler of the caller's stays in charge
         return
-    pending: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+
+    def hold(signum: int, frame: Any) -> None:  # `pending`: the Ctrl-Cs received
+        pending.append(signum)
+        if len(pending) > 1:  # the second: the previous checkpoint stays (atomic_write_bytes)
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
@@ -148,10 +154,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically; a failed write (a full disk) is one line, and the previous
     checkpoint stays as it was. Ctrl-C during the write stops the run after it."""
     state = {"format_version": FORMAT_VERSION, **state}
+    ctrl_c: list[int] = []
     try:
-        with _ctrl_c_after():
+        with _ctrl_c_after(ctrl_c):
             atomic_write_bytes(path, lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as exc:  # torch.save reports a short write as RuntimeError
+        if len(ctrl_c) > 1:  # a second Ctrl-C, raised inside the writer: an interrupt
+            raise KeyboardInterrupt from None
         try:
             free = f"; {shutil.disk_usage(path.parent).free / 1e9:.2f} GB free there"
         except OSError:

@@ -42,10 +42,6 @@ def find_config(name: str) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    if p.is_dir():  # was "config not found" of a path that exists
-        from scalelab.config import ConfigError
-
-        raise ConfigError(f"{p}: is a folder, not a YAML config file")
     # ./configs first (a user's own presets), then the presets installed with the package
     for base in (Path.cwd() / "configs", PACKAGE_DIR / "configs"):
         cand = base / f"{name.removesuffix('.yaml')}.yaml"
@@ -53,6 +49,8 @@ def find_config(name: str) -> Path:
             return cand
     from scalelab.config import ConfigError
 
+    if p.is_dir():  # no preset of that name either (was "config not found" of a path that exists)
+        raise ConfigError(f"{p}: is a folder, not a YAML config file")
     raise ConfigError(f"config not found: {name} (give a YAML path or a preset name from configs/)")
 
 
@@ -246,7 +244,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # the prediction keeps the base run's global batch: a world size it does not split over
     # is a run the trainer refuses (train.batch_size not divisible by ranks x accumulation)
     batch, accum = run.summary.get("global_batch"), int(run.summary.get("grad_accum_steps") or 1)
-    uneven = [n for n in args.world_sizes if n >= 1 and is_number(batch) and batch % (n * accum)]
+
+    def splits(n: int) -> bool:
+        return n < 1 or not is_number(batch) or batch % (n * accum) == 0
+
+    if args.world_sizes is None:  # the default sizes the batch splits over (1 always does)
+        args.world_sizes = [n for n in (1, 2, 4, 8) if splits(n)]
+    uneven = [n for n in args.world_sizes if not splits(n)]
     if uneven:
         raise ConfigError(
             f"global batch {batch:g} of run {run.name} does not split over {uneven[0]} ranks x "
@@ -391,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of all-reduce hidden behind backward (default: modelled)",
     )
     sp.add_argument(
-        "--world-sizes", type=parse_world_sizes, default=[1, 2, 4, 8], help="e.g. 2,4,8"
+        "--world-sizes",
+        type=parse_world_sizes,
+        default=None,
+        help="e.g. 2,4,8 (default: those of 1, 2, 4, 8 the global batch splits over)",
     )
     sp.add_argument(
         "--threads-per-rank",
@@ -427,7 +434,7 @@ def _warning_line(
 ) -> str:
     """scalelab's own warnings as one line, as its errors (Python's format adds the file, line
     number and source line); other libraries' keep Python's format, which names where."""
-    if f"{os.sep}scalelab{os.sep}" in filename:
+    if Path(filename).resolve().is_relative_to(PACKAGE_DIR):
         return f"scalelab: warning: {message}\n"
     return _python_warning_format(message, category, filename, lineno, line)
 
@@ -487,7 +494,7 @@ def _run(argv: list[str] | None) -> int:
     except _user_errors() as exc:
         from scalelab.distributed import is_main_process
 
-        if is_main_process():
+        if is_main_process() or getattr(exc, "every_rank", False):
             print(f"scalelab: error: {exc}", file=sys.stderr, flush=True)
         # a sweep a signal stopped (demo's runs): 128 + the signal, as `scalelab sweep` exits
         return getattr(exc, "exit_code", 2)

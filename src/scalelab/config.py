@@ -13,6 +13,7 @@ import math
 import os
 import re
 import types
+import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -31,6 +32,10 @@ _MAX_NAME_BYTES = 255  # a file name's limit on Linux and macOS file systems
 class ConfigError(ValueError):
     """A problem with the user's configuration; the message names the key."""
 
+    every_rank = (
+        False  # rank 0 prints the line; True: each rank that raises it does (only some may)
+    )
+
 
 def is_number(value: Any) -> bool:
     """An int or float, not a bool (True is an int to Python, never a figure to us)."""
@@ -48,9 +53,9 @@ def not_a_folder(folder: str | Path) -> str | None:
     """Why `folder` cannot be (made into) a folder: it is a file, or a file stands where one of
     its parents would be made (mkdir would fail there with a traceback); None when it can."""
     folder = Path(folder)
-    long = next((part for part in folder.parts if len(part.encode()) > _MAX_NAME_BYTES), None)
+    long = next((p for p in folder.parts if len(os.fsencode(p)) > _MAX_NAME_BYTES), None)
     if long is not None:  # the file system refuses it (and exists() raises on it)
-        return f"cannot be made (a name in it is {len(long.encode())} bytes; at most 255)"
+        return f"cannot be made (a name in it is {len(os.fsencode(long))} bytes; at most 255)"
     for path in (folder, *folder.parents):
         if path.exists() or path.is_symlink():
             if path.is_dir():
@@ -250,15 +255,17 @@ class Config:
         _choice("output.progress", o.progress, ("auto", "bar", "plain", "none"))
         # the run folder is output.dir/<run_name or name-ws<n>-<time>>: it must stay inside
         for key, value in (("output.run_name", o.run_name), ("name", self.name)):
-            if value in (".", "..") or any(c in value for c in "/\\") or not value.isprintable():
+            if value in (".", "..") or any(
+                c in "/\\" or unicodedata.category(c) == "Cc" for c in value
+            ):
                 raise ConfigError(
                     f"{key} must be a plain folder name (no '/', no control characters, not '.' "
                     f"or '..'), got {value!r}"
                 )
             # a folder name of at most 255 bytes; name is followed by -ws<n>-<date>-<time>
             room = _MAX_NAME_BYTES - (0 if key == "output.run_name" else 32)
-            if len(value.encode()) > room:
-                raise ConfigError(f"{key} is {len(value.encode())} bytes long; at most {room}")
+            if len(os.fsencode(value)) > room:
+                raise ConfigError(f"{key} is {len(os.fsencode(value))} bytes long; at most {room}")
         if not self.name:
             raise ConfigError("name must not be empty (it names the run folders)")
         _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)

@@ -95,13 +95,41 @@ def _check_layout(world_size: int, rank: int, local_rank: int, local_world_size:
     for a rank that never comes (a timeout after minutes) or index past the world."""
     if world_size < 1 or local_world_size < 1:
         raise LaunchError(
-            f"WORLD_SIZE={world_size}, LOCAL_WORLD_SIZE={local_world_size}: both must be >= 1"
+            f"world size {world_size}, {local_world_size} on this node: both must be >= 1 "
+            "(WORLD_SIZE and LOCAL_WORLD_SIZE, or SLURM's task counts)"
         )
     if not 0 <= rank < world_size or not 0 <= local_rank < local_world_size:
         raise LaunchError(
-            f"RANK={rank} (LOCAL_RANK={local_rank}) is outside WORLD_SIZE={world_size} "
-            f"(LOCAL_WORLD_SIZE={local_world_size}): ranks run 0..size-1"
+            f"rank {rank} (local rank {local_rank}) is outside world size {world_size} "
+            f"({local_world_size} on this node): ranks run 0..size-1 (RANK/LOCAL_RANK, or "
+            "SLURM_PROCID/SLURM_LOCALID)"
         )
+
+
+def _tasks_on_this_node(spec: str) -> int | None:
+    """This node's entry of SLURM_STEP_TASKS_PER_NODE ("2(x3),1": 2 on nodes 0-2, 1 on node 3),
+    by SLURM_NODEID; None when the spec does not parse."""
+    counts: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not match:
+            return None
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    node = _env_int("SLURM_NODEID", default=0)
+    return counts[node] if 0 <= node < len(counts) else counts[0]
+
+
+def _layout() -> tuple[int, int, int, int]:
+    """(world size, rank, local rank, local world size) from torchrun's variables, else a plain
+    srun step's; one process otherwise."""
+    slurm = _slurm_step()
+    world_size = _env_int("WORLD_SIZE", default=slurm.get("world_size", 1))
+    rank = _env_int("RANK", default=slurm.get("rank", 0))
+    local_rank = _env_int("LOCAL_RANK", default=slurm.get("local_rank", 0))
+    local_world_size = _env_int(
+        "LOCAL_WORLD_SIZE", default=slurm.get("local_world_size", world_size)
+    )
+    return world_size, rank, local_rank, local_world_size
 
 
 def _slurm_step() -> dict[str, int]:
@@ -110,13 +138,13 @@ def _slurm_step() -> dict[str, int]:
     SLURM_NTASKS and SLURM_PROCID, but it is one process, not one rank of many."""
     if not os.environ.get("SLURM_STEP_NUM_TASKS"):
         return {}
-    per_node = re.match(r"\d+", os.environ.get("SLURM_STEP_TASKS_PER_NODE", ""))  # "2(x3),1"
+    per_node = _tasks_on_this_node(os.environ.get("SLURM_STEP_TASKS_PER_NODE", ""))
     world = _env_int("SLURM_STEP_NUM_TASKS", default=1)
     return {
         "world_size": world,
         "rank": _env_int("SLURM_PROCID", default=0),
         "local_rank": _env_int("SLURM_LOCALID", default=0),
-        "local_world_size": int(per_node.group()) if per_node else world,
+        "local_world_size": per_node if per_node is not None else world,
     }
 
 
@@ -126,13 +154,7 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     torchrun sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; under plain `srun` we map the
     SLURM_* variables instead so one task per GPU works without torchrun.
     """
-    slurm = _slurm_step()
-    world_size = _env_int("WORLD_SIZE", default=slurm.get("world_size", 1))
-    rank = _env_int("RANK", default=slurm.get("rank", 0))
-    local_rank = _env_int("LOCAL_RANK", default=slurm.get("local_rank", 0))
-    local_world_size = _env_int(
-        "LOCAL_WORLD_SIZE", default=slurm.get("local_world_size", world_size)
-    )
+    world_size, rank, local_rank, local_world_size = _layout()
     _check_layout(world_size, rank, local_rank, local_world_size)
     num_nodes = max(1, world_size // max(1, local_world_size))
     use_cuda = torch.cuda.is_available()
@@ -506,9 +528,8 @@ def is_main_process() -> bool:
     """Rank 0 (or no launcher); usable before the process group exists, e.g. to print errors once
     (and every process, when the launcher's variables are broken, to say so)."""
     try:
-        slurm = _slurm_step()
-        rank = _env_int("RANK", default=slurm.get("rank", 0))
-        world_size = _env_int("WORLD_SIZE", default=slurm.get("world_size", 1))
-    except LaunchError:  # not a number
+        layout = _layout()
+        _check_layout(*layout)
+    except LaunchError:  # not a number, or a rank outside the world
         return True
-    return rank == 0 or not 0 <= rank < world_size
+    return layout[1] == 0

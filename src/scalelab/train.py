@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import random
+import re
 import resource
 import signal
 import socket
@@ -125,7 +126,8 @@ def _set_threads(cfg: Config, env: D.DistEnv) -> int:
         return torch.get_num_threads()
     n = cfg.train.num_threads
     omp = os.environ.get("OMP_NUM_THREADS", "")
-    if not n and omp and not (omp.strip().isdigit() and int(omp) >= 1):
+    # a count, or OpenMP's list of counts per nesting level ("4,2")
+    if not n and omp and not re.fullmatch(r"\s*[1-9][0-9]*(\s*,\s*[1-9][0-9]*)*\s*", omp):
         # libgomp only warns and torch then takes every core: the run would not be the one asked
         raise ConfigError(
             f"OMP_NUM_THREADS={omp!r} is not a whole number >= 1: set it to the threads per "
@@ -748,11 +750,13 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     except (MemoryError, RuntimeError) as exc:
         if not _out_of_memory(exc):
             raise
-        raise ConfigError(
+        err = ConfigError(
             f"the model ({cfg.model.arch}, d_model {cfg.model.d_model}, d_ff {cfg.model.d_ff}, "
             f"{cfg.model.num_layers} layers, vocab {data.vocab_size}) does not fit in memory on "
             f"{env.device} ({first_line(exc)[:120]}): choose smaller model sizes"
-        ) from None
+        )
+        err.every_rank = True  # one rank's GPU may be fuller than the others'
+        raise err from None
     num_params = count_parameters(model)
     emb_rows = make_embedding_rows(model, cfg, env, host_train_tokens)
     ddp_skips = [emb_rows.name] if emb_rows is not None and emb_rows.sync_rows else []
@@ -1131,7 +1135,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 env,
                 f"warning: epoch {epoch + 1}'s loss is not finite: the run diverged (lower "
                 "train.lr or raise train.warmup_ratio); its timings still count, its accuracy "
-                "does not, and its checkpoint cannot be resumed",
+                "does not, and a checkpoint with NaN weights is not resumed",
             )
         state = TrainState(
             epoch=epoch + 1, step_in_epoch=0, global_step=state.global_step, metrics=state.metrics

@@ -381,6 +381,11 @@ def test_predict_cli_refuses_world_sizes_the_global_batch_does_not_split_over(tm
         err = capsys.readouterr().err
         assert err.count("\n") == 1, err
         assert f"global batch 64 of run base does not split over {n} ranks x 1 accum" in err
+    # the default sizes (1, 2, 4, 8) keep those the batch splits over: 100 = 4 x 25, not 8
+    odd = write_run(tmp_path, "odd", world_size=1, summary={"global_batch": 100})
+    assert main(["predict", str(odd), "--busbw-gbps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert [ln.split()[0] for ln in out.splitlines() if ln[:1].isdigit()] == ["1", "2", "4"]
     accum = write_run(tmp_path, "accum", world_size=1, summary={"grad_accum_steps": 4})
     assert main(["predict", str(accum), "--busbw-gbps", "2", "--world-sizes", "16"]) == 0
     assert main(["predict", str(accum), "--busbw-gbps", "2", "--world-sizes", "32"]) == 2

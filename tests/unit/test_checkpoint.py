@@ -138,6 +138,22 @@ def test_ctrl_c_while_writing_finishes_the_checkpoint_then_interrupts(
     assert torch.equal(load_checkpoint(tmp_path / "c.pt")["model"]["w"], torch.ones(2))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
+    # a second Ctrl-C stops a write that hangs (a stalled network file system) at once
+    class CtrlCTwice(CtrlCOnFirstWrite):
+        def write(self, data: bytes) -> int:
+            os.kill(os.getpid(), signal.SIGINT)
+            return self.f.write(data)  # type: ignore[attr-defined]
+
+    before = (tmp_path / "c.pt").read_bytes()
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, CtrlCTwice(f)))
+    state = _state()
+    state["model"]["w"] = torch.zeros(2)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "c.pt", state)
+    assert (tmp_path / "c.pt").read_bytes() == before  # the previous checkpoint stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temp file left
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
 
 @pytest.mark.parametrize(
     ("field", "value", "says"),

@@ -379,7 +379,7 @@ def test_numbers_read_as_decimals_in_files_and_overrides(tmp_path) -> None:
     )
 
 
-def test_a_config_path_that_is_a_folder_says_so(tmp_path, capsys) -> None:
+def test_a_config_path_that_is_a_folder_says_so(tmp_path, capsys, monkeypatch) -> None:
     from scalelab.cli import main
 
     (tmp_path / "mine.yaml").mkdir()  # was "config not found: ..." of a path that exists
@@ -387,6 +387,11 @@ def test_a_config_path_that_is_a_folder_says_so(tmp_path, capsys) -> None:
     assert capsys.readouterr().err == (
         f"scalelab: error: {tmp_path / 'mine.yaml'}: is a folder, not a YAML config file\n"
     )
+    # a folder named like a preset does not hide the preset
+    (tmp_path / "ag_news_small").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "--config", "ag_news_small"]) == 0
+    assert capsys.readouterr().out.startswith("name: ag_news_small\n")
     for command in ("config", "train", "data"):  # `--config "$UNSET"`: was the defaults
         assert main([command, "--config", ""]) == 2
         assert capsys.readouterr().err == (

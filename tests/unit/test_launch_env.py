@@ -57,9 +57,9 @@ def test_a_missing_master_port_is_one_line_not_a_traceback(clean_env: pytest.Mon
         ({"WORLD_SIZE": "abc"}, "environment variable WORLD_SIZE='abc' is not a whole number"),
         ({"RANK": "x1"}, "environment variable RANK='x1' is not a whole number"),
         ({"SLURM_STEP_NUM_TASKS": "two"}, "SLURM_STEP_NUM_TASKS='two' is not a whole number"),
-        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0, LOCAL_WORLD_SIZE=0: both must be >= 1"),
-        ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 (LOCAL_RANK=0) is outside WORLD_SIZE=2"),
-        ({"LOCAL_RANK": "-1"}, "LOCAL_RANK=-1) is outside WORLD_SIZE=1"),
+        ({"WORLD_SIZE": "0"}, "world size 0, 0 on this node: both must be >= 1"),
+        ({"WORLD_SIZE": "2", "RANK": "5"}, "rank 5 (local rank 0) is outside world size 2"),
+        ({"LOCAL_RANK": "-1"}, "rank 0 (local rank -1) is outside world size 1 (1 on this node)"),
         (
             {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"},
             "MASTER_PORT=99999 is not a TCP port",
@@ -73,4 +73,20 @@ def test_broken_launcher_variables_are_one_line(
         clean_env.setenv(var, value)
     with pytest.raises(D.LaunchError, match=re.escape(says)):
         D.init_distributed(DistributedConfig())
-    assert D.is_main_process()  # so that every such process prints the line, rank 5 too
+    assert D.is_main_process()  # every such process prints the line (rank 5's RANK too)
+
+
+def test_an_uneven_srun_step_takes_this_nodes_task_count(clean_env: pytest.MonkeyPatch) -> None:
+    # srun -n5 over two nodes, 2 + 3 tasks: the second node's third task was refused as outside
+    # "2 on this node" (the first node's count), silently on a rank that prints nothing
+    for var, value in (("SLURM_STEP_NUM_TASKS", "5"), ("SLURM_STEP_TASKS_PER_NODE", "2,3"),
+                       ("SLURM_PROCID", "4"), ("SLURM_LOCALID", "2"), ("SLURM_NODEID", "1")):  # fmt: skip
+        clean_env.setenv(var, value)
+    assert D._slurm_step() == {"world_size": 5, "rank": 4, "local_rank": 2, "local_world_size": 3}
+    D._check_layout(*D._layout())  # a layout that exists
+    assert not D.is_main_process()
+    clean_env.setenv("SLURM_STEP_TASKS_PER_NODE", "2(x3),1")
+    clean_env.setenv("SLURM_NODEID", "3")
+    assert D._slurm_step()["local_world_size"] == 1
+    clean_env.setenv("SLURM_NODEID", "2")
+    assert D._slurm_step()["local_world_size"] == 2

@@ -90,7 +90,7 @@ def test_impossible_jobs_are_one_line_errors_and_write_nothing(
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("90", 5400), ("2:30", 150), ("01:00:00", 3600), ("1-2", 93600), ("1-0:30", 88200),
-     ("0-00:10:05", 605), ("UNLIMITED", None), ("infinite", None)],
+     ("0-00:10:05", 605), ("UNLIMITED", None), ("infinite", None), ("0", None)],
 )  # fmt: skip
 def test_every_slurm_time_form_is_understood(text: str, seconds: int | None) -> None:
     assert time_limit_s(text) == seconds

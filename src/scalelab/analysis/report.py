@@ -521,14 +521,16 @@ def _largest_losses(groups: Sequence[ScalingGroup]) -> str | None:
             if point.world_size == group.baseline_world_size or breakdown is None:
                 continue
             excess = {k: m - i for k, (m, i) in breakdown.items()}
-            total = sum(excess.values())
+            # against what the phases that grew added (one that shrank must not push a share
+            # past 100 %); the step's net excess is said beside it
+            grown = sum(v for v in excess.values() if v > 0)
             key = max(excess, key=excess.get)
-            if total <= 0 or excess[key] <= 0:
+            if grown <= 0:
                 continue
             parts.append(
                 f"{point.run.name} ({point.world_size} ranks, efficiency {point.efficiency:.0%}): "
-                f"{PHASE_LABELS[key]}, {excess[key]:+.2f} ms of the {total:.2f} ms excess "
-                f"({excess[key] / total:.0%})"
+                f"{PHASE_LABELS[key]}, {excess[key]:+.2f} ms, {excess[key] / grown:.0%} of what "
+                f"the phases grew by (step excess {sum(excess.values()):.2f} ms)"
             )
     return "Largest loss per run: " + "; ".join(parts) + "." if parts else None
 

@@ -315,8 +315,12 @@ def run_commbench(
 
 def parse_world_sizes(text: str) -> list[int]:
     try:
-        # every part a number: "2,,4" is a typo (was read as 2,4), not a list of two sizes
-        sizes = [int(part) for part in text.split(",")] if text.strip() else []
+        # every part a number: "2,,4" is a typo (was read as 2,4); a trailing comma is fine
+        sizes = (
+            [int(part) for part in text.strip().removesuffix(",").split(",")]
+            if text.strip()
+            else []
+        )
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--world-sizes must be comma-separated integers like 1,2,4, got {text!r}"

@@ -39,7 +39,7 @@ _RESERVED_OVERRIDES = ("output.dir", "output.run_name", "train.resume")
 # SLURM's --time forms: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
 # days-hours:minutes, days-hours:minutes:seconds; or no limit
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
-_NO_LIMIT = ("unlimited", "infinite", "-1")
+_NO_LIMIT = ("unlimited", "infinite", "-1", "0")  # sbatch reads --time=0 as no limit
 # options the script sets itself, each for a reason (see render_sbatch): another value would break
 # the rendezvous, the log, the requeue or the checkpoint signal; the ones with a flag name it
 _SCRIPT_OPTIONS = {
