@@ -297,6 +297,13 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
     elapsed = state.get("epoch_elapsed_s")
     if elapsed is not None and not (is_number(elapsed) and elapsed >= 0):
         raise bad("epoch_elapsed_s", elapsed, "a number >= 0 or None")
+    warmup = state.get("timing_warmup")  # absent in checkpoints from before it was kept
+    if warmup is not None:
+        if not isinstance(warmup, dict):
+            raise bad("timing_warmup", warmup, "a dict")
+        for key, value in warmup.items():  # steps, seconds and invocations left out of timing
+            if not (is_number(value) and value >= 0):
+                raise bad(f"timing_warmup.{key}", value, "a number >= 0")
     metrics = state.get("metrics")
     if metrics is not None:
         if not isinstance(metrics, list):

@@ -100,7 +100,7 @@ def _train_interrupted(cfg: Any, started: float) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from scalelab.config import describe, load_config, save_config
+    from scalelab.config import ConfigError, describe, load_config, save_config
 
     if args.config is not None or args.overrides:  # overrides alone: the defaults, checked
         cfg = load_config(
@@ -110,9 +110,16 @@ def cmd_config(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory() as d:
             save_config(cfg, Path(d) / "c.yaml")
-            print((Path(d) / "c.yaml").read_text(), end="")
+            text = (Path(d) / "c.yaml").read_text()
     else:
-        print(describe())
+        text = describe() + "\n"
+    try:  # its output is the product: `scalelab config > my.yaml` on a full disk must say so
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # `scalelab config | head`: _run's quiet exit
+    except OSError as exc:
+        raise ConfigError(f"cannot write the config to standard output ({exc.strerror})") from None
     return 0
 
 

@@ -188,6 +188,13 @@ def test_ctrl_c_while_writing_finishes_the_checkpoint_then_interrupts(
             [{"val_acc": float("nan")}],
             r"metrics\[0\].val_acc is nan, expected a fraction",
         ),
+        # taken as 0 silently: summary.json then counted the warm-up without it
+        (
+            "timing_warmup",
+            {"warmup_steps": -3},
+            r"timing_warmup.warmup_steps is -3, expected a number",
+        ),
+        ("timing_warmup", [1], r"field timing_warmup is a list, expected a dict"),
         # a row per finished epoch (0 here): a resume rewrites metrics.csv from them
         ("metrics", [{"epoch": 1}], r"field metrics has 1 rows, expected one per finished epoch"),
         ("rng", {"python": 1}, "field rng is a dict, expected a list"),

@@ -397,3 +397,23 @@ def test_a_config_path_that_is_a_folder_says_so(tmp_path, capsys, monkeypatch) -
         assert capsys.readouterr().err == (
             "scalelab: error: --config is empty: give a preset name or a YAML path\n"
         )
+
+
+def test_config_output_that_cannot_be_written_is_one_line(monkeypatch, capsys) -> None:
+    # `scalelab config > my.yaml` on a full disk was an OSError traceback
+    import errno
+
+    from scalelab.cli import main
+
+    class FullDisk:
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr("sys.stdout", FullDisk())
+    assert main(["config", "--config", "ag_news_small"]) == 2
+    assert capsys.readouterr().err == (
+        "scalelab: error: cannot write the config to standard output (No space left on device)\n"
+    )
