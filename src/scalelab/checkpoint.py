@@ -20,6 +20,7 @@ import torch
 from scalelab.config import first_line, is_number
 
 CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
 
 
 def holds_run(folder: Path) -> bool:
@@ -28,9 +29,6 @@ def holds_run(folder: Path) -> bool:
     return any(
         (folder / name).exists() for name in (CHECKPOINT_NAME, "metrics.csv", "summary.json")
     )
-
-
-FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):

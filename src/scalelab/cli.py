@@ -54,12 +54,18 @@ def find_config(name: str) -> Path:
     raise ConfigError(f"config not found: {name} (give a YAML path or a preset name from configs/)")
 
 
+def _load_config(args: argparse.Namespace) -> Any:
+    """The Config of a command's --config (preset or YAML; none: the defaults) and overrides."""
+    from scalelab.config import load_config
+
+    path = find_config(args.config) if args.config is not None else None
+    return load_config(path, args.overrides)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
-    from scalelab.config import load_config
-
-    cfg = load_config(find_config(args.config) if args.config is not None else None, args.overrides)
+    cfg = _load_config(args)
     started = time.time()
     try:
         from scalelab.train import fit
@@ -100,12 +106,10 @@ def _train_interrupted(cfg: Any, started: float) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from scalelab.config import ConfigError, describe, load_config, save_config
+    from scalelab.config import ConfigError, describe, save_config
 
     if args.config is not None or args.overrides:  # overrides alone: the defaults, checked
-        cfg = load_config(
-            find_config(args.config) if args.config is not None else None, args.overrides
-        )
+        cfg = _load_config(args)
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
@@ -125,14 +129,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Prepare (tokenise + cache) the data of a config and print what it holds."""
-    from scalelab.config import ConfigError, load_config
+    from scalelab.config import ConfigError
     from scalelab.data import prepare_data
 
     if args.older_than_days is not None and not args.clear:
         raise ConfigError("--older-than-days needs --clear (it picks the cache files to delete)")
     if args.list and args.clear:
         raise ConfigError("--list and --clear: give one (--list shows the cache, --clear deletes)")
-    cfg = load_config(find_config(args.config) if args.config is not None else None, args.overrides)
+    cfg = _load_config(args)
     if args.list or args.clear:
         from scalelab.data import default_cache_dir
 
@@ -201,6 +205,7 @@ def cmd_commbench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from scalelab.analysis import AnalysisError
+    from scalelab.analysis.collect import REQUIRED_FILES
     from scalelab.analysis.report import write_report
     from scalelab.config import not_a_folder
 
@@ -209,7 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     why = not_a_folder(args.out)
     if why:
         raise AnalysisError(f"--out {args.out}: {why}")
-    held = [n for n in ("summary.json", "metrics.csv") if (Path(args.out) / n).is_file()]
+    held = [n for n in REQUIRED_FILES if (Path(args.out) / n).is_file()]
     if held:  # its report files would sit among the run's own, and a rerun would replace them
         raise AnalysisError(
             f"--out {args.out} is a run folder (it holds {held[0]}): choose a folder of its own, "

@@ -32,9 +32,8 @@ _MAX_NAME_BYTES = 255  # a file name's limit on Linux and macOS file systems
 class ConfigError(ValueError):
     """A problem with the user's configuration; the message names the key."""
 
-    every_rank = (
-        False  # rank 0 prints the line; True: each rank that raises it does (only some may)
-    )
+    # rank 0 prints the line; True: each rank that raises it does (only some ranks may)
+    every_rank = False
 
 
 def is_number(value: Any) -> bool:
@@ -53,9 +52,9 @@ def not_a_folder(folder: str | Path) -> str | None:
     """Why `folder` cannot be (made into) a folder: it is a file, or a file stands where one of
     its parents would be made (mkdir would fail there with a traceback); None when it can."""
     folder = Path(folder)
-    long = next((p for p in folder.parts if len(os.fsencode(p)) > _MAX_NAME_BYTES), None)
-    if long is not None:  # the file system refuses it (and exists() raises on it)
-        return f"cannot be made (a name in it is {len(os.fsencode(long))} bytes; at most 255)"
+    longest = max((len(os.fsencode(p)) for p in folder.parts), default=0)
+    if longest > _MAX_NAME_BYTES:  # the file system refuses it (and exists() raises on it)
+        return f"cannot be made (a name in it is {longest} bytes; at most 255)"
     for path in (folder, *folder.parents):
         if path.exists() or path.is_symlink():
             if path.is_dir():
@@ -264,8 +263,9 @@ class Config:
                 )
             # a folder name of at most 255 bytes; name is followed by -ws<n>-<date>-<time>
             room = _MAX_NAME_BYTES - (0 if key == "output.run_name" else 32)
-            if len(os.fsencode(value)) > room:
-                raise ConfigError(f"{key} is {len(os.fsencode(value))} bytes long; at most {room}")
+            size = len(os.fsencode(value))
+            if size > room:
+                raise ConfigError(f"{key} is {size} bytes long; at most {room}")
         if not self.name:
             raise ConfigError("name must not be empty (it names the run folders)")
         _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)

@@ -696,7 +696,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         D.gather_objects((socket.gethostname(), str(resume_from or "")), env), run_dir
     )
     recorded_run = holds_run(run_dir)
-    if resume_from is not None and recorded_run and resume_from.resolve() != ckpt_path.resolve():
+    # resuming another folder's checkpoint into this one
+    elsewhere = resume_from is not None and resume_from.resolve() != ckpt_path.resolve()
+    if elsewhere and recorded_run:
         raise ConfigError(
             f"output folder {run_dir} already holds another run; resuming {resume_from} there "
             "would overwrite it: choose another output.run_name"
@@ -841,7 +843,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         if finished:
             log(env, finished)
             return run_dir
-        if state.epoch >= cfg.train.epochs and resume_from.resolve() != ckpt_path.resolve():
+        if state.epoch >= cfg.train.epochs and elsewhere:
             # nothing would train, so no checkpoint would be written here: the new folder
             # would hold a summary that no train.resume=auto could ever continue
             raise CheckpointError(

@@ -517,8 +517,10 @@ def _largest_losses(groups: Sequence[ScalingGroup]) -> str | None:
     parts = []
     for group in groups:
         for point in group.points:
+            if point.world_size == group.baseline_world_size:
+                continue
             breakdown = excess_breakdown(group, point)
-            if point.world_size == group.baseline_world_size or breakdown is None:
+            if breakdown is None:
                 continue
             excess = {k: m - i for k, (m, i) in breakdown.items()}
             # against what the phases that grew added (one that shrank must not push a share
@@ -1035,10 +1037,14 @@ def tex_escape(text: str) -> str:
     """Escape user strings for LaTeX; other non-ASCII is transliterated (pdflatex, OT1 fonts):
     accents dropped (é -> e), a character with no ASCII form shown as ? (was dropped, so runs
     named 实验1 and 1 read alike)."""
-    escaped = unicodedata.normalize(
-        "NFKD", _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group()], str(text))
-    )
-    return "".join(c if c.isascii() else "" if unicodedata.combining(c) else "?" for c in escaped)
+    escaped = _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group()], str(text))
+    return "".join(_ascii_char(c) for c in unicodedata.normalize("NFKD", escaped))
+
+
+def _ascii_char(c: str) -> str:
+    if c.isascii():
+        return c
+    return "" if unicodedata.combining(c) else "?"  # an accent of the letter before it: dropped
 
 
 def latex_table(table: Table, *, standalone: bool = False) -> str:

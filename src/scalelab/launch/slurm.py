@@ -69,7 +69,7 @@ def time_limit_s(text: str) -> float | None:
 
 def _option_name(arg: str) -> str:
     """'--mem=4G' -> '--mem', '--mem 4G' -> '--mem', '-J x' / '-Jx' -> '-J'."""
-    word = arg.split()[0] if arg.split() else arg
+    word = (arg.split() or [arg])[0]
     if word.startswith("--"):
         return word.split("=", 1)[0]
     return word[:2]
