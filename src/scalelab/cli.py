@@ -236,7 +236,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from scalelab.analysis.collect import load_run
-    from scalelab.analysis.predict import load_commbench, load_sync_latency, predict_scaling
+    from scalelab.analysis.predict import (
+        commbench_mismatch,
+        load_commbench,
+        load_sync_latency,
+        predict_scaling,
+    )
     from scalelab.analysis.report import cpu_prediction_notes, format_predictions
     from scalelab.analysis.scaling import cpu_threads_per_rank
     from scalelab.config import ConfigError, is_number
@@ -289,6 +294,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threads_per_rank=None if threads is None else dict.fromkeys(args.world_sizes, threads),
     )
     print(format_predictions(preds))
+    mismatch = None if args.busbw_gbps is not None else commbench_mismatch(args.commbench, run)
+    if mismatch:
+        warnings.warn(mismatch, stacklevel=1)
     for line in cpu_prediction_notes(run.summary, preds, given=threads is not None):  # CPU only
         out = sys.stderr if line.startswith("warning:") else sys.stdout
         print(line, file=out, flush=True)

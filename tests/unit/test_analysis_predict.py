@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -390,3 +392,49 @@ def test_predict_cli_refuses_world_sizes_the_global_batch_does_not_split_over(tm
     assert main(["predict", str(accum), "--busbw-gbps", "2", "--world-sizes", "16"]) == 0
     assert main(["predict", str(accum), "--busbw-gbps", "2", "--world-sizes", "32"]) == 2
     assert "over 32 ranks x 4 accumulation step(s)" in capsys.readouterr().err
+
+
+def _warned(argv: list[str]) -> list[str]:
+    """scalelab's warnings while `main(argv)` succeeds (pytest records them instead of stderr)."""
+    from scalelab.cli import main
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0
+    return [str(w.message) for w in caught]
+
+
+def test_a_commbench_of_another_backend_than_the_run_is_warned_of(tmp_path):
+    """A GPU's NCCL bandwidth used for a CPU run (or gloo for a GPU run) predicts from links the
+    run does not use: predict and report warn, the report's bandwidth note says it too, and a
+    commbench of the run's own backend (or one that records none) is taken silently."""
+    from scalelab.analysis.report import analyse_runs
+
+    cpu = write_run(tmp_path / "cpu", "base", summary={**_cpu(1), "backend": "none"})
+    gpu = write_run(tmp_path / "gpu", "base", config={"distributed": {"backend": "auto"}})
+
+    def bench(name: str, **fields) -> str:
+        path = tmp_path / name
+        fit = {"alpha_ms": 0.1, "busbw_gbps": 2.0}
+        path.write_text(json.dumps({"world_size": 2, "fit": fit, **fields}))
+        return str(path)
+
+    nccl = bench("nccl.json", backend="nccl", device="NVIDIA H100 80GB HBM3")
+    gloo = bench("gloo.json", backend="gloo", device="cpu")
+    unknown = bench("old.json")
+    for run, other, own, used in ((cpu, nccl, gloo, "gloo"), (gpu, gloo, nccl, "nccl")):
+        args = ["predict", str(run), "--world-sizes", "2", "--commbench"]
+        [warning] = _warned([*args, other])
+        measured = Path(other).stem
+        assert warning.startswith(f"{measured}.json measured {measured} on ")
+        assert f"but run base ({'cpu' if run is cpu else 'cuda'}) uses {used}" in warning
+        assert _warned([*args, own]) == _warned([*args, unknown]) == []
+        # a bandwidth the user gives replaces the file: nothing to warn of
+        assert _warned([*args, other, "--busbw-gbps", "5"]) == []
+    with pytest.warns(UserWarning, match="nccl.json measured nccl on NVIDIA H100"):
+        analysis = analyse_runs([load_run(cpu)], commbench=nccl)
+    assert any("warning: nccl.json measured nccl" in n for n in analysis.bandwidth_notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        analysis = analyse_runs([load_run(cpu)], commbench=gloo)
+    assert not any("warning" in n for n in analysis.bandwidth_notes)

@@ -388,6 +388,36 @@ def load_commbench(path: str | Path) -> tuple[float, float, int]:
     return alpha, busbw, world_size
 
 
+def run_backend(run: Run) -> str | None:
+    """The backend `run` used; for a 1-rank run, the one it would use at several ranks."""
+    used = run.summary.get("backend")
+    if used not in (None, "none"):
+        return str(used)
+    configured = (run.config.get("distributed") or {}).get("backend")
+    if configured in ("gloo", "nccl"):
+        return str(configured)
+    return {"cpu": "gloo", "cuda": "nccl"}.get(str(run.summary.get("device_type")))
+
+
+def commbench_mismatch(path: str | Path, run: Run) -> str | None:
+    """One sentence when the commbench file measured another backend than `run` uses (a GPU's
+    NCCL bandwidth for a CPU run, or gloo for a GPU run): its prediction would rest on links the
+    run does not use. None when they agree or either is unknown."""
+    bench = _read_commbench(path)
+    measured = bench.get("backend") if isinstance(bench, dict) else None
+    wanted = run_backend(run)
+    if not isinstance(measured, str) or wanted is None or measured == wanted:
+        return None
+    where = bench.get("device")
+    on = f" on {where}" if isinstance(where, str) and where else ""
+    return (
+        f"{Path(path).name} measured {measured}{on}, but run {run.name} "
+        f"({run.summary.get('device_type') or 'unknown device'}) uses {wanted}: the prediction "
+        f"rests on another link's bandwidth; run scalelab commbench with {wanted} where the "
+        "run trains"
+    )
+
+
 def load_sync_latency(path: str | Path) -> float | None:
     """Median sync latency after compute (ms) from a commbench JSON file; None if not recorded."""
     bench = _read_commbench(path)

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from scalelab.analysis.predict import (
     NoBandwidthFit,
     Prediction,
     bandwidth_from_run,
+    commbench_mismatch,
     compare,
     load_commbench,
     load_sync_latency,
@@ -184,7 +186,11 @@ def _bandwidth(
         return max(0.0, alpha_ms or 0.0), busbw_gbps, "given by the user", None
     if commbench is not None:
         alpha, busbw, n = load_commbench(commbench)
-        return alpha, busbw, f"commbench fit ({Path(commbench).name}, {n} ranks)", None
+        source = f"commbench fit ({Path(commbench).name}, {n} ranks)"
+        mismatch = commbench_mismatch(commbench, group.baseline_runs()[0])
+        if mismatch:
+            warnings.warn(f"{group.label}: {mismatch}", stacklevel=1)
+        return alpha, busbw, source + (f" - warning: {mismatch}" if mismatch else ""), None
     for run in sorted(group.runs, key=lambda r: r.world_size):
         measured = bandwidth_from_run(run)
         if measured is not None:
