@@ -146,6 +146,10 @@ def _break_summary(folder: Path, **fields: object) -> None:
         ({"system": {"find_unused_parameters": "yes"}}, "should be true or false, got 'yes'"),
         ({"data": {"pad_multiple": 0}}, "field 'data.pad_multiple' should be a whole number"),
         ({"data": {"delay_per_batch_s": -1}}, "'data.delay_per_batch_s' should be a number >= 0"),
+        # values the trainer never writes: "tpu" was analysed as a GPU, "fp64" as a group
+        ({"device_type": "tpu"}, "field 'device_type' should be one of cpu, cuda, got 'tpu'"),
+        ({"backend": "mpi"}, "field 'backend' should be one of none, gloo, nccl, got 'mpi'"),
+        ({"precision": "fp64"}, "field 'precision' should be one of fp32, bf16, fp16, got 'fp64'"),
     ],
 )
 def test_wrongly_typed_summary_fields_are_one_line(

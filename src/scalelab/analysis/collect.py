@@ -203,6 +203,12 @@ _TEXT_FIELDS = (
     "run_name", "preset", "dataset", "model_arch", "torch_version", "python_version",
     "device_type", "device_name", "backend", "git_commit", "precision",
 )  # fmt: skip
+# the text fields the analysis branches on, and every value the trainer writes there
+_TEXT_CHOICES = {
+    "device_type": ("cpu", "cuda"),
+    "backend": ("none", "gloo", "nccl"),
+    "precision": ("fp32", "bf16", "fp16"),
+}
 _NUMBER_FIELDS = (
     "world_size", "num_nodes", "local_world_size", "device_count", "num_params", "global_batch",
     "per_rank_batch", "grad_accum_steps", "num_epochs", "num_train_samples", "num_test_samples",
@@ -264,6 +270,9 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
     for key in _TEXT_FIELDS:
         if summary.get(key) is not None and not isinstance(summary[key], str):
             raise bad(key, "text")
+    for key, allowed in _TEXT_CHOICES.items():
+        if summary.get(key) is not None and summary[key] not in allowed:
+            raise bad(key, "one of " + ", ".join(allowed))
     for key in _NUMBER_FIELDS:  # NaN counts as a number: a diverged run's loss is one
         if summary.get(key) is not None and not is_number(summary[key]):
             raise bad(key, "a number")
