@@ -310,8 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     processes get CUDA_VISIBLE_DEVICES="" (only the demo's; `scalelab sweep` uses what it finds).
     """
     from scalelab.analysis.report import write_report
-    from scalelab.config import load_config
-    from scalelab.launch.local import run_commbench, run_sweep
+    from scalelab.launch.local import check_sweep, run_commbench, run_sweep
 
     out = Path(args.out or f"experiments/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     config = find_config("ag_news_small")
@@ -320,7 +319,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         raise ConfigError("demo: give the epochs as --epochs N, not train.epochs=N")
     overrides = ["data.source=sample", f"train.epochs={args.epochs}", *args.overrides]
-    load_config(config, overrides).validate(world_size=2)  # before the line that says it starts
+    check_sweep(config, [1, 2], overrides, out)  # before the line that says it starts
     print(
         f"scalelab demo: {config.stem} on the bundled AG News sample, "
         f"1 and 2 CPU processes -> {out}/",

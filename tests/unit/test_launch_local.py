@@ -114,6 +114,14 @@ def test_sweep_into_an_existing_sweep_is_refused_before_any_run(
     with pytest.raises(SweepError, match="ag_news_small-ws2 already holds a run"):
         run_sweep(SMALL, [1, 2], [], out_dir=tmp_path, threads_per_rank=1)
     assert calls == []
+    # nor into a run folder itself (its runs would nest in it, where report reads it alone),
+    # not even to continue
+    for resume in ([], ["train.resume=auto"]):
+        with pytest.raises(SweepError, match="ag_news_small-ws2 is a run folder"):
+            run_sweep(
+                SMALL, [1], resume, out_dir=tmp_path / "ag_news_small-ws2", threads_per_rank=1
+            )
+    assert calls == []
     # continuing the sweep is allowed, and each run names its folder (resume=auto needs that)
     run_sweep(SMALL, [1, 2], ["train.resume=auto"], out_dir=tmp_path, threads_per_rank=1)
     assert len(calls) == 2
@@ -175,6 +183,17 @@ def test_demo_runs_hide_gpus_and_plain_sweeps_do_not(
     assert not (tmp_path / "bad").exists()
     assert cli.main(["demo", "--out", str(tmp_path / "bad"), "train.epochs=5"]) == 2  # won
     assert "give the epochs as --epochs N, not train.epochs=N" in capsys.readouterr().err
+    # --out a run folder (or a demo folder that holds its runs) too, before any run or line
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    (tmp_path / "demo" / "ag_news_small-ws1").mkdir(parents=True)
+    (tmp_path / "demo" / "ag_news_small-ws1" / "metrics.csv").write_text("epoch\n")
+    for folder, why in (("run", "run is a run folder"), ("demo", "ws1 already holds a run")):
+        envs.clear()
+        assert cli.main(["demo", "--out", str(tmp_path / folder)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("scalelab: error: ") and err.count("\n") == 1
+        assert why in err and envs == []
 
     envs.clear()
     run_sweep(SMALL, [1, 2], [], out_dir=tmp_path / "sweep", threads_per_rank=1)

@@ -160,7 +160,7 @@ def _check_devices(
             )
 
 
-def _check_sweep(
+def check_sweep(
     config_path: str | Path,
     world_sizes: list[int],
     overrides: list[str],
@@ -194,11 +194,17 @@ def _check_sweep(
     why = not_a_folder(out_dir) if out_dir is not None else None
     if why:
         raise SweepError(f"--out {out_dir}: {why}")
+    from scalelab.checkpoint import holds_run
+
+    if out_dir is not None and holds_run(Path(out_dir)):
+        # its runs would nest inside another run's folder, where report reads that run alone
+        raise SweepError(
+            f"--out {out_dir} is a run folder (it holds a run of its own): choose a folder "
+            "for the sweep's runs, e.g. one beside it"
+        )
     if out_dir is not None and not cfg.train.resume:
         # `train` would refuse these folders too, but only after the earlier runs had finished,
         # and with its own error line on top of the sweep's
-        from scalelab.checkpoint import holds_run
-
         for n in world_sizes:
             run_dir = Path(out_dir) / f"{cfg.name}-ws{n}"
             if holds_run(run_dir):
@@ -225,7 +231,7 @@ def run_sweep(
 
     Raises SweepError naming the world size and exit code of the first run that fails.
     """
-    config_file, cfg = _check_sweep(config_path, world_sizes, overrides, out_dir)
+    config_file, cfg = check_sweep(config_path, world_sizes, overrides, out_dir)
     # train.num_threads, when set, wins over the OMP_NUM_THREADS a sweep gives (train._set_threads)
     threads = {n: cfg.train.num_threads or rank_threads(n, threads_per_rank) for n in world_sizes}
     _check_devices(world_sizes, cpu_only, threads)
