@@ -6,7 +6,8 @@ The same ranks, model and batches (ag_news_small's trainer pieces, built as `sca
 them, with the same CPU binding) take steps in four modes, in blocks whose order rotates so that
 machine noise and the slow first steps after each block's barrier hit all modes alike:
 
-* ``plain``: forward + backward of the unwrapped model and the optimizer step: no DDP and no
+* ``plain``: forward + backward of the unwrapped model, gradient clipping (when
+  ``train.max_grad_norm`` is set, as in `train_step`) and the optimizer step: no DDP and no
   collective, so each rank runs at its own pace (what two separate runs would do);
 * ``independent``: the same through the DDP wrapper under its no_sync: what the wrapper's own
   forward and gradient hooks cost, still without any collective;
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         _make_optimizer,
         _make_scheduler,
         batch_padding,
+        clip_grad_norm,
         make_embedding_rows,
         make_sampler,
         train_step,
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                         emb.finish(global_batch, sync=False)
                     if mode == "lock_step":
                         dist.all_reduce(flag)
+                    if cfg.train.max_grad_norm:  # as train_step does (the preset's default: 1.0)
+                        clip_grad_norm(net, cfg.train.max_grad_norm, emb)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
