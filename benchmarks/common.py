@@ -366,3 +366,51 @@ def wait_for_quiet(threshold: float = 0.25, max_wait_s: float = 30.0) -> dict[st
     while busy is not None and busy >= threshold and time.perf_counter() - t0 < max_wait_s:
         busy = background_busy(2.0)
     return {"background_busy": busy, "waited_s": round(time.perf_counter() - t0, 1)}
+
+
+# ----------------------------------------------------------------------------- paired A/B rounds
+
+
+def add_round_arguments(p: Any, rounds: int, steps: int) -> None:
+    """The flags of a paired A/B benchmark (`paired_rounds`): rounds, steps, --quick, --out."""
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--steps", type=int, default=steps, help="timed steps per side per round")
+    p.add_argument("--quick", action="store_true", help="2 short rounds: a smoke run")
+    p.add_argument("--max-quiet-wait", type=float, default=30.0)
+    p.add_argument("--out", type=Path, default=None)
+
+
+def paired_rounds(
+    sides: dict[str, ScalelabStepper],
+    rounds: int,
+    steps: int,
+    *,
+    warmup_steps: int,
+    max_quiet_wait: float,
+    ratio: tuple[str, str],
+    label: str = "",
+) -> dict[str, Any]:
+    """Time two steppers in alternating order (the first of `sides` goes first in even rounds,
+    the other in odd ones, so machine noise hits both alike): per side its runs and median
+    phases, and per round the step-time ratio `ratio[0]` / `ratio[1]` (> 1: the second is
+    faster)."""
+    a, b = sides
+    num, den = ratio
+    runs: dict[str, list[dict[str, Any]]] = {a: [], b: []}
+    ratios, quiet = [], []
+    for r in range(rounds):
+        quiet.append(wait_for_quiet(max_wait_s=max_quiet_wait))
+        for side in (a, b) if r % 2 == 0 else (b, a):
+            runs[side].append(sides[side].run(steps, warmup_steps=warmup_steps))
+        ms = {side: runs[side][-1]["step_ms"] for side in runs}
+        ratios.append(ms[num] / ms[den])
+        print(
+            f"  {label}round {r + 1}/{rounds}: step {a} {ms[a]:.2f} ms, {b} {ms[b]:.2f} ms "
+            f"({num}/{den} {ratios[-1]:.3f})",
+            flush=True,
+        )
+    phases = {
+        side: {k: median([x["phase_ms"][k] for x in runs[side]]) for k in runs[side][0]["phase_ms"]}
+        for side in runs
+    }
+    return {"runs": runs, "ratios": ratios, "quiet": quiet, "phases": phases}

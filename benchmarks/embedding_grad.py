@@ -14,7 +14,6 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -22,12 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     ScalelabStepper,
+    add_round_arguments,
     default_out,
     load_preset,
     median,
+    paired_rounds,
     run_header,
     spread,
-    wait_for_quiet,
     write_result,
 )
 
@@ -36,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="ag_news_small")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 = one rank's share)")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--steps", type=int, default=30, help="timed steps per side per round")
-    p.add_argument("--quick", action="store_true", help="2 rounds x 4 steps: a smoke run")
-    p.add_argument("--max-quiet-wait", type=float, default=30.0)
-    p.add_argument("--out", type=Path, default=None)
+    add_round_arguments(p, rounds=7, steps=30)
     args = p.parse_args(argv)
     rounds, steps = (2, 4) if args.quick else (args.rounds, args.steps)
     torch.set_num_threads(args.threads)
@@ -58,23 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         sides = {m: ScalelabStepper(cfgs[m], data, device=torch.device("cpu")) for m in cfgs}
         assert sides["rows"].emb_rows is not None and sides["rows"].emb_rows.sparse_backward
         assert sides["dense"].emb_rows is None
-        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in sides}
-        ratios, quiet = [], []
-        for r in range(rounds):
-            quiet.append(wait_for_quiet(max_wait_s=args.max_quiet_wait))
-            for m in ("rows", "dense") if r % 2 == 0 else ("dense", "rows"):
-                runs[m].append(sides[m].run(steps, warmup_steps=3))
-            ms = {m: runs[m][-1]["step_ms"] for m in runs}
-            ratios.append(ms["dense"] / ms["rows"])
-            print(
-                f"  round {r + 1}/{rounds}: step rows {ms['rows']:.2f} ms, dense "
-                f"{ms['dense']:.2f} ms (dense/rows {ratios[-1]:.3f})",
-                flush=True,
-            )
-    phases = {
-        m: {k: median([x["phase_ms"][k] for x in runs[m]]) for k in runs[m][0]["phase_ms"]}
-        for m in runs
-    }
+        ab = paired_rounds(
+            sides,
+            rounds,
+            steps,
+            warmup_steps=3,
+            max_quiet_wait=args.max_quiet_wait,
+            ratio=("dense", "rows"),
+        )
+    runs, ratios, quiet, phases = ab["runs"], ab["ratios"], ab["quiet"], ab["phases"]
     result = {
         **header,
         "quick": args.quick,

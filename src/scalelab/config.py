@@ -141,7 +141,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0 disables clipping."""
     precision: str = "fp32"
-    """'fp32', 'bf16' (autocast) or 'fp16' (autocast + GradScaler: a step whose gradients overflow is skipped on the GPU, without a host sync, so the learning-rate schedule still advances on it). Mixed precision is CUDA only; 'auto' = bf16 on CUDA, else fp32."""
+    """'fp32', 'bf16' (autocast) or 'fp16' (autocast + GradScaler: a step whose gradients overflow is skipped on the GPU, without a host sync, so the learning-rate schedule still advances on it). bf16 also runs on CPUs (autocast; fastest where the CPU has AMX or AVX-512 BF16: benchmarks/cpu_precision.py), fp16 needs CUDA; 'auto' = bf16 on CUDA, else fp32."""
     compile: bool = False
     """Wrap the model in torch.compile."""
     compile_mode: str = "default"

@@ -116,8 +116,8 @@ def _resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
         p = "bf16" if device.type == "cuda" else "fp32"
     if p == "fp32":
         return None
-    if device.type != "cuda":
-        raise ConfigError(f"train.precision={p} needs a CUDA device; use fp32 on CPU")
+    if p == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision={p} needs a CUDA device; use bf16 or fp32 on CPU")
     return torch.bfloat16 if p == "bf16" else torch.float16
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import os
 import signal
 import subprocess
@@ -454,6 +455,28 @@ def test_bf16_comm_hook_on_gloo_is_one_line(tmp_path: Path, cache_dir: Path) -> 
     assert res.returncode != 0
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("scalelab: error:")]
     assert len(errors) == 1 and "comm_hook=bf16 needs CUDA" in errors[0]
+
+
+def test_bf16_autocast_trains_on_a_cpu_as_fp32_does(tmp_path: Path, cache_dir: Path) -> None:
+    """train.precision=bf16 on a CPU: autocast there (fp32 weights and optimizer), recorded as
+    bf16, and the same batches end near fp32's losses (the bf16 matmuls round, nothing else)."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        res = scalelab(
+            ["train", *common(tmp_path, cache_dir), "train.epochs=2", "train.num_threads=1",
+             f"train.precision={precision}", f"output.run_name={precision}"]
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+        summary = json.loads((tmp_path / "exp" / precision / "summary.json").read_text())
+        assert summary["precision"] == precision and summary["device_type"] == "cpu"
+        with (tmp_path / "exp" / precision / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        losses[precision] = [float(r["train_loss"]) for r in rows]
+    assert all(math.isfinite(v) for v in losses["bf16"])
+    assert losses["bf16"][1] < losses["bf16"][0]  # it learns
+    for fp32, bf16 in zip(losses["fp32"], losses["bf16"], strict=True):
+        assert bf16 == pytest.approx(fp32, rel=0.05)
+    assert losses["bf16"] != losses["fp32"]  # autocast did run: the rounding shows
 
 
 def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, cache_dir: Path) -> None:

@@ -105,6 +105,24 @@ def test_embedding_grad_quick_writes_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_cpu_precision_quick_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "precision.json"
+    _run([str(BENCH / "cpu_precision.py"), "--quick", "--presets", "ag_news_small",
+          "--threads", "1", "--max-quiet-wait", "0", "--out", str(out)])  # fmt: skip
+    res = json.loads(out.read_text())
+    for key in ("device", "torch_version", "git_commit", "command", "date", "quick"):
+        assert key in res
+    assert set(res["cpu_bf16_support"]) == {"amx_tile", "avx512_bf16"}
+    small = res["presets"]["ag_news_small"]
+    assert set(small["step_ms"]) == {"fp32", "bf16"}
+    assert small["step_ms"]["fp32"]["median"] > 0 and small["step_ms"]["bf16"]["median"] > 0
+    assert len(small["speedup_bf16_over_fp32_per_round"]) == small["rounds"] == 2
+    # the same batches: bf16's rounding moves the loss a little, not far
+    loss = small["mean_train_loss"]
+    assert loss["bf16"] == pytest.approx(loss["fp32"], rel=0.05) and loss["bf16"] != loss["fp32"]
+
+
+@pytest.mark.slow
 def test_ddp_lockstep_splits_the_2_rank_step(tmp_path: Path, cache_dir: Path) -> None:
     from tests.conftest import rank_errors, torchrun
 

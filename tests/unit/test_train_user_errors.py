@@ -646,3 +646,20 @@ def test_a_damaged_metrics_csv_stops_a_resume_with_one_line(
     line = _error_line(capsys)
     assert "metrics.csv: not the run's own epoch rows" in line and says in line, line
     assert _files(run) == before
+
+
+def test_fp16_on_a_cpu_is_one_line_naming_what_runs_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var in (*_DIST_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["train", "train.precision=fp16", "data.max_train_samples=8", "data.max_test_samples=8",
+            "train.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}",
+            f"output.dir={tmp_path / 'exp'}"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "scalelab: error: train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU\n"
+    )
+    assert not (tmp_path / "exp").exists()
