@@ -1,7 +1,7 @@
 """`scalelab slurm` on a real (local, one-node) SLURM cluster: the job trains with srun + torchrun
 on 2 ranks, SIGUSR1 to the batch shell (what `--signal=B:USR1@T` sends before the time limit)
 makes the ranks checkpoint, the job requeues itself, resumes, and ends with the weights of an
-uninterrupted run."""
+uninterrupted run; a user's scancel checkpoints too but leaves the job cancelled."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,19 @@ def _wait(what: str, cond, timeout: float = 180.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _submit(slurm: LocalSlurm, out: Path, args: list[str]) -> tuple[str, Callable[[], str]]:
+    """`scalelab slurm` a 2-rank job of `args` into `out`: its job id and a reader of its log."""
+    res = subprocess.run(
+        [sys.executable, "-m", "scalelab", "slurm", "--config", "ag_news_small",
+         "--procs-per-node", "2", "--cpus-per-task", "2", "--out", str(out), *args],
+        cwd=REPO, env=slurm.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    job_id = re.search(r"submitted job (\d+)", res.stdout).group(1)
+    log = out / "slurm" / f"ag_news_small-ws2-{job_id}.out"
+    return job_id, lambda: log.read_text() if log.exists() else ""
+
+
 def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
     slurm: LocalSlurm, tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -47,17 +61,7 @@ def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
     assert ref.returncode == 0, rank_errors(ref)
 
     out = tmp_path / "study"
-    res = subprocess.run(
-        [sys.executable, "-m", "scalelab", "slurm", "--config", "ag_news_small",
-         "--procs-per-node", "2", "--cpus-per-task", "2", "--out", str(out), *args],
-        cwd=REPO, env=slurm.env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    job_id = re.search(r"submitted job (\d+)", res.stdout).group(1)
-    log = out / "slurm" / f"ag_news_small-ws2-{job_id}.out"
-
-    def log_text() -> str:
-        return log.read_text() if log.exists() else ""
+    job_id, log_text = _submit(slurm, out, args)
 
     _wait("training to start", lambda: "epoch 1/1 step 5/" in log_text())
     slurm.run("scancel", "--signal=USR1", "--batch", job_id)
@@ -84,3 +88,29 @@ def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
     assert a["model"].keys() == b["model"].keys()
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+def test_a_users_scancel_checkpoints_and_is_not_requeued(
+    slurm: LocalSlurm, tmp_path: Path, cache_dir: Path
+) -> None:
+    """`scancel <job>` sends SIGTERM as a preemption does: the ranks checkpoint, and the job
+    stays cancelled (the batch shell requeued it, so the job started again in 2 minutes)."""
+    out = tmp_path / "study"
+    job_id, log_text = _submit(slurm, out, [*TINY, f"data.cache_dir={cache_dir}"])
+
+    _wait("training to start", lambda: "epoch 1/1 step 5/" in log_text())
+    slurm.run("scancel", job_id)
+    _wait(
+        "the batch shell to end", lambda: "stopped on SIGTERM (preemption or scancel)" in log_text()
+    )
+    _wait(
+        "the job to leave the node",
+        lambda: slurm.scontrol_job(job_id).get("JobState") != "COMPLETING",
+    )
+    time.sleep(3.0)  # a requeue would show by now: PENDING with Restarts=1
+    job = slurm.scontrol_job(job_id)
+    assert job.get("JobState") == "CANCELLED" and job.get("Restarts") == "0", job
+    text = log_text()
+    assert re.search(r"stopped after \d+ steps on SIGTERM", text), text
+    assert "requeueing job" not in text and "Invalid job id" not in text, text
+    assert (out / "ag_news_small-ws2" / "checkpoint.pt").is_file()

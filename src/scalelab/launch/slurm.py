@@ -4,12 +4,15 @@ The script is plain SLURM + torchrun, nothing home-made: `srun` starts one torch
 torchruns meet at a c10d rendezvous on the job's first node, and each starts the node's ranks.
 
 Preemption and time limits: the job asks for `--signal=B:USR1@<seconds>` (SIGUSR1 to the batch
-shell that long before the time limit) and `--requeue`. On SIGUSR1 or SIGTERM the batch shell
-sends SIGTERM to the job step (`scancel --signal=TERM <job>`; `kill` on srun would make srun kill
-the tasks). Every rank then checkpoints after the same step and exits (scalelab.checkpoint.
-StopSignals); the batch shell requeues the job (`scontrol requeue`, at most --max-requeues times)
-and the next start continues with `train.resume=auto`. When SLURM itself preempts with SIGTERM,
-the ranks receive it directly and do the same.
+shell that long before the time limit) and `--requeue`. On SIGUSR1 the batch shell sends SIGTERM
+to the job step (`scancel --signal=TERM <job>`; `kill` on srun would make srun kill the tasks).
+Every rank then checkpoints after the same step and exits (scalelab.checkpoint.StopSignals); the
+batch shell requeues the job (`scontrol requeue`, at most --max-requeues times) and the next
+start continues with `train.resume=auto`. When SLURM itself ends the job with SIGTERM (a
+preemption, or the user's `scancel <job>`), the ranks receive it directly and checkpoint the
+same way, but the batch shell does not requeue: under PreemptMode=REQUEUE SLURM requeues a
+preempted `--requeue` job itself (a second requeue from the job would count twice), and a
+requeue after scancel would undo the user's cancel. `--resume` continues such a run.
 """
 
 from __future__ import annotations
@@ -180,14 +183,17 @@ def render_sbatch(job: SlurmJob) -> str:
         'echo "scalelab: job $SLURM_JOB_ID start ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST,'
         ' rendezvous $head_addr:$port"',
         "",
-        "# SIGUSR1 (time limit near) or SIGTERM (preemption): every rank checkpoints and stops.",
-        '# scancel signals the job step (torchrun and its ranks), not this shell; "kill" on srun',
-        "# would make srun kill the tasks at once.",
+        "# SIGUSR1 (time limit near) or SIGTERM (preemption, scancel): every rank checkpoints and",
+        '# stops. scancel signals the job step (torchrun and its ranks), not this shell; "kill" on',
+        "# srun would make srun kill the tasks at once. (On a SIGTERM SLURM signals the step too, and",
+        "# a job it is ending no longer takes signals: scancel's complaint is dropped.)",
         'stop_signal=""',
         "on_signal() {",
-        '    stop_signal="$1"',
+        "    # the first signal decides: a time limit reached while the ranks checkpoint after",
+        "    # SIGUSR1 (SLURM's SIGTERM) still requeues",
+        '    stop_signal="${stop_signal:-$1}"',
         '    echo "scalelab: SIG$1 received: asking every rank to checkpoint and stop"',
-        '    scancel --signal=TERM "$SLURM_JOB_ID"',
+        '    scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null',
         "}",
         "trap 'on_signal USR1' USR1",
         "trap 'on_signal TERM' TERM",
@@ -198,7 +204,14 @@ def render_sbatch(job: SlurmJob) -> str:
         'wait "$step"; code=$?',
         "# a trapped signal interrupts wait: wait again until the step has really ended",
         'while kill -0 "$step" 2>/dev/null; do wait "$step"; code=$?; done',
-        'if [ -n "$stop_signal" ]; then',
+        "# Only the time-limit signal requeues: a SIGTERM is SLURM ending the job (a preemption,",
+        "# which SLURM requeues itself where PreemptMode=REQUEUE, or the user's scancel, which a",
+        "# requeue would undo)",
+        'if [ "$stop_signal" = TERM ]; then',
+        '    echo "scalelab: stopped on SIGTERM (preemption or scancel), not requeued by this job;'
+        " SLURM requeues a preempted job itself under PreemptMode=REQUEUE; else submit again with"
+        ' --resume to continue from the checkpoint"',
+        'elif [ -n "$stop_signal" ]; then',
         f'    if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {job.max_requeues} ]; then',
         '        echo "scalelab: requeueing job $SLURM_JOB_ID; the run resumes from its checkpoint"',
         '        scontrol requeue "$SLURM_JOB_ID"',
