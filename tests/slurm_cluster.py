@@ -74,8 +74,13 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 ReturnToService=2
 JobRequeue=1
+# a job in partition "urgent" preempts the jobs of "test": SIGTERM, SIGKILL after GraceTime,
+# then SLURM requeues them (a job submitted with --requeue)
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName={host} CPUs={cpus} RealMemory=1000 State=UNKNOWN
-PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=60
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """
 
 

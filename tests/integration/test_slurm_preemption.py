@@ -5,6 +5,7 @@ uninterrupted run; a user's scancel checkpoints too but leaves the job cancelled
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -52,24 +53,31 @@ def _submit(slurm: LocalSlurm, out: Path, args: list[str]) -> tuple[str, Callabl
     return job_id, lambda: log.read_text() if log.exists() else ""
 
 
-def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
-    slurm: LocalSlurm, tmp_path: Path, cache_dir: Path
-) -> None:
-    args = [*TINY, f"data.cache_dir={cache_dir}"]
-    ref = torchrun(["-m", "scalelab", "train", *args, f"output.dir={tmp_path / 'ref'}",
-                    "output.run_name=full"], nproc=2)  # fmt: skip
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint of the same run, uninterrupted, under torchrun (2 ranks)."""
+    out = tmp_path_factory.mktemp("ref")
+    cache = tmp_path_factory.getbasetemp() / "scalelab_cache"
+    ref = torchrun(["-m", "scalelab", "train", *TINY, f"data.cache_dir={cache}",
+                    f"output.dir={out}", "output.run_name=full"], nproc=2)  # fmt: skip
     assert ref.returncode == 0, rank_errors(ref)
+    return out / "full" / "checkpoint.pt"
 
-    out = tmp_path / "study"
-    job_id, log_text = _submit(slurm, out, args)
 
+def _stop_requeue_and_finish(
+    slurm: LocalSlurm, out: Path, cache_dir: Path, reference: Path, stop: Callable[[str], None]
+) -> str:
+    """Submit the run, `stop(job_id)` it mid-training, wait for its requeue, start it again and
+    check it ends with the uninterrupted run's weights; returns the job's log."""
+    job_id, log_text = _submit(slurm, out, [*TINY, f"data.cache_dir={cache_dir}"])
     _wait("training to start", lambda: "epoch 1/1 step 5/" in log_text())
-    slurm.run("scancel", "--signal=USR1", "--batch", job_id)
+    stop(job_id)
     _wait("the requeue", lambda: slurm.scontrol_job(job_id).get("Restarts") == "1")
     # A requeued job may not start for ~2 min (SLURM's BeginTime delay): start it now, but only
-    # once the node has cleaned up the first run and a second has passed. slurmd revokes the
-    # first run's credential, and a new one issued within the same second counts as revoked
-    # ("Killing non-startable batch job: Job credential revoked": the job fails, never resumes).
+    # once the node has cleaned up the first run (and any job that preempted it) and a second
+    # has passed. slurmd revokes the first run's credential, and a new one issued within the
+    # same second counts as revoked ("Killing non-startable batch job: Job credential revoked":
+    # the job fails, never resumes).
     _wait(
         "the node to be idle", lambda: slurm.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle"
     )
@@ -78,30 +86,57 @@ def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
     _wait("the job to finish", lambda: slurm.scontrol_job(job_id).get("JobState") == "COMPLETED")
 
     text = log_text()
-    assert "SIGUSR1 received" in text, text
     assert re.search(r"stopped after \d+ steps on SIGTERM", text), text
     assert "requeueing job" in text and "resumed" in text, text
     run = out / "ag_news_small-ws2"
     assert (run / "summary.json").is_file()
-    a = torch.load(tmp_path / "ref" / "full" / "checkpoint.pt", weights_only=False)
+    a = torch.load(reference, weights_only=False)
     b = torch.load(run / "checkpoint.pt", weights_only=False)
     assert a["model"].keys() == b["model"].keys()
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+    return text
+
+
+def test_job_requeues_on_sigusr1_and_resumes_to_the_uninterrupted_weights(
+    slurm: LocalSlurm, tmp_path: Path, cache_dir: Path, reference: Path
+) -> None:
+    def time_limit_near(job_id: str) -> None:  # what --signal=B:USR1@T sends
+        slurm.run("scancel", "--signal=USR1", "--batch", job_id)
+
+    text = _stop_requeue_and_finish(
+        slurm, tmp_path / "study", cache_dir, reference, time_limit_near
+    )
+    assert "SIGUSR1 received" in text, text
+
+
+def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_weights(
+    slurm: LocalSlurm, tmp_path: Path, cache_dir: Path, reference: Path
+) -> None:
+    """A job of the higher-priority partition preempts the run (PreemptMode=REQUEUE with a
+    GraceTime: SLURM sends SIGTERM to the step only, and a job that exits within its grace time
+    ended FAILED; the batch shell now sees the PreemptTime and requeues it)."""
+
+    def preempt(job_id: str) -> None:
+        slurm.run("sbatch", "--partition=urgent", f"--ntasks={os.cpu_count() or 1}",
+                  f"--output={tmp_path / 'urgent.out'}", "--wrap", "sleep 2")  # fmt: skip
+
+    text = _stop_requeue_and_finish(slurm, tmp_path / "study", cache_dir, reference, preempt)
+    assert "(preempted)" in text and "SIGUSR1" not in text, text
 
 
 def test_a_users_scancel_checkpoints_and_is_not_requeued(
     slurm: LocalSlurm, tmp_path: Path, cache_dir: Path
 ) -> None:
     """`scancel <job>` sends SIGTERM as a preemption does: the ranks checkpoint, and the job
-    stays cancelled (the batch shell requeued it, so the job started again in 2 minutes)."""
+    stays cancelled (the batch shell used to requeue it: the job started again 2 minutes later)."""
     out = tmp_path / "study"
     job_id, log_text = _submit(slurm, out, [*TINY, f"data.cache_dir={cache_dir}"])
 
     _wait("training to start", lambda: "epoch 1/1 step 5/" in log_text())
     slurm.run("scancel", job_id)
     _wait(
-        "the batch shell to end", lambda: "stopped on SIGTERM (preemption or scancel)" in log_text()
+        "the batch shell to end", lambda: "stopped on SIGTERM, not requeued (scancel)" in log_text()
     )
     _wait(
         "the job to leave the node",

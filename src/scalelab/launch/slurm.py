@@ -8,11 +8,12 @@ shell that long before the time limit) and `--requeue`. On SIGUSR1 the batch she
 to the job step (`scancel --signal=TERM <job>`; `kill` on srun would make srun kill the tasks).
 Every rank then checkpoints after the same step and exits (scalelab.checkpoint.StopSignals); the
 batch shell requeues the job (`scontrol requeue`, at most --max-requeues times) and the next
-start continues with `train.resume=auto`. When SLURM itself ends the job with SIGTERM (a
-preemption, or the user's `scancel <job>`), the ranks receive it directly and checkpoint the
-same way, but the batch shell does not requeue: under PreemptMode=REQUEUE SLURM requeues a
-preempted `--requeue` job itself (a second requeue from the job would count twice), and a
-requeue after scancel would undo the user's cancel. `--resume` continues such a run.
+start continues with `train.resume=auto`. When SLURM preempts the job it sends SIGTERM to the
+step (under a partition's GraceTime, to the step only): the ranks checkpoint the same way, and
+the batch shell, seeing the job's PreemptTime, requeues it too (a job that exits within its
+grace time is otherwise FAILED, not requeued: measured on SLURM 22.05). A SIGTERM without a
+preemption, such as the user's `scancel <job>`, checkpoints but does not requeue (that would
+undo the cancel); `--resume` continues such a run.
 """
 
 from __future__ import annotations
@@ -204,16 +205,22 @@ def render_sbatch(job: SlurmJob) -> str:
         'wait "$step"; code=$?',
         "# a trapped signal interrupts wait: wait again until the step has really ended",
         'while kill -0 "$step" 2>/dev/null; do wait "$step"; code=$?; done',
-        "# Only the time-limit signal requeues: a SIGTERM is SLURM ending the job (a preemption,",
-        "# which SLURM requeues itself where PreemptMode=REQUEUE, or the user's scancel, which a",
-        "# requeue would undo)",
-        'if [ "$stop_signal" = TERM ]; then',
-        '    echo "scalelab: stopped on SIGTERM (preemption or scancel), not requeued by this job;'
-        " SLURM requeues a preempted job itself under PreemptMode=REQUEUE; else submit again with"
-        ' --resume to continue from the checkpoint"',
-        'elif [ -n "$stop_signal" ]; then',
+        "# SLURM preempting the job (PreemptTime set; under a GraceTime it signals only the step,",
+        "# and a job that then exits is FAILED, not requeued) and the time limit requeue it. Other",
+        "# SIGTERMs do not (the user's scancel: a requeue would undo it), nor a finished step",
+        'preempted=""',
+        'if scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -q "PreemptTime=[0-9]"; then',
+        "    preempted=1",
+        "fi",
+        'if [ "$code" -eq 0 ]; then',
+        "    :",
+        'elif [ "$stop_signal" = TERM ] && [ -z "$preempted" ]; then',
+        '    echo "scalelab: stopped on SIGTERM, not requeued (scancel); submit again with --resume'
+        ' to continue from the checkpoint"',
+        'elif [ -n "$stop_signal$preempted" ]; then',
         f'    if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {job.max_requeues} ]; then',
-        '        echo "scalelab: requeueing job $SLURM_JOB_ID; the run resumes from its checkpoint"',
+        '        echo "scalelab: requeueing job $SLURM_JOB_ID${preempted:+ (preempted)}; the run'
+        ' resumes from its checkpoint"',
         '        scontrol requeue "$SLURM_JOB_ID"',
         "    else",
         f'        echo "scalelab: stopped after {job.max_requeues} requeues; resubmit to continue"',
