@@ -83,6 +83,45 @@ def _check_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, grou
             raise ValueError(f"{key} is not a list of {groups} learning rates")
 
 
+def _check_saved_optimizer(state: object) -> None:
+    """The saved optimizer state's shape before torch reads it: per parameter index a mapping of
+    names to tensors or numbers (torch's own message for a text value names a generator)."""
+    if not (isinstance(state, dict) and isinstance(state.get("state"), dict)):
+        raise ValueError("it is not an optimizer state_dict (no 'state' mapping)")
+    for index, entry in state["state"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"the state of parameter {index!r} is not a mapping")
+        for key, value in entry.items():
+            if not (isinstance(value, torch.Tensor) or is_number(value)):
+                raise ValueError(f"parameter {index!r}: {key!r} is {type(value).__name__}")
+
+
+def _check_adamw_state(optimizer: torch.optim.Optimizer) -> None:
+    """AdamW reads each parameter's moments unchecked: a moment of another shape crashed the
+    fused step (a segfault on CPU), a missing one was a KeyError in the first step."""
+    for g, group in enumerate(optimizer.param_groups):
+        for i, param in enumerate(group["params"]):
+            state = optimizer.state.get(param)
+            if not state:  # a parameter the saved run never stepped
+                continue
+            where = f"parameter {i} of group {g}"
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                if key not in state:
+                    raise ValueError(f"{where} has no {key!r}")
+            step = state["step"]
+            if isinstance(step, torch.Tensor):
+                step = step.item() if step.numel() == 1 else None
+            if not (is_number(step) and step >= 0):
+                raise ValueError(f"{where}: 'step' is not a count >= 0")
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = state[key]
+                if moment.shape != param.shape:
+                    raise ValueError(
+                        f"{where}: {key!r} has shape {list(moment.shape)}, the parameter "
+                        f"{list(param.shape)}"
+                    )
+
+
 def load_states(
     saved: dict[str, Any],
     path: Path | None,
@@ -103,7 +142,9 @@ def load_states(
     except LOAD_ERRORS as exc:
         raise refuse("does not fit this model/config: model weights", exc) from None
     try:
+        _check_saved_optimizer(saved["optimizer"])
         optimizer.load_state_dict(saved["optimizer"])
+        _check_adamw_state(optimizer)
     except LOAD_ERRORS as exc:
         raise refuse("does not fit this model/config: optimizer state", exc) from None
     try:

@@ -382,6 +382,23 @@ def _corrupt_model_shape(ckpt: dict) -> None:
         (lambda c: c.update(rng={}), "checkpoint field rng is a dict, expected a list"),
         (lambda c: c["rng"][0].update(python="x"), "its RNG state of rank 0 does not load"),
         (lambda c: c.update(optimizer=[]), "checkpoint field optimizer is a list, expected a dict"),
+        # AdamW read these unchecked: a segfault in the fused step, a KeyError, a generator
+        (
+            lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
+            "optimizer state (parameter 0 of group 0: 'exp_avg' has shape [3], the parameter",
+        ),
+        (
+            lambda c: c["optimizer"]["state"][0].pop("exp_avg_sq"),
+            "optimizer state (parameter 0 of group 0 has no 'exp_avg_sq')",
+        ),
+        (
+            lambda c: c["optimizer"]["state"][0].update(step="x"),
+            "optimizer state (parameter 0: 'step' is str)",
+        ),
+        (
+            lambda c: c["optimizer"]["state"][0].update(step=torch.tensor(-1.0)),
+            "optimizer state (parameter 0 of group 0: 'step' is not a count >= 0)",
+        ),
         (_corrupt_model_key, 'model weights (Missing key(s) in state_dict: "head.bias")'),
         (_corrupt_model_shape, "model weights (size mismatch for blocks.0.ff1.weight: copying"),
     ],
