@@ -210,8 +210,9 @@ TARGET_CASES = ("ag_news_small-b32", "ag_news_large-b128", "distilbert-seq256-b1
 
 
 def variants(case: str, cuda: bool, tiny: bool) -> list[Variant]:
-    """The variants of a case. On CPU one eager fp32 variant (bf16 autocast is CUDA-only in
-    scalelab; compile is slow to smoke-test), padded to a multiple so that path runs too."""
+    """The variants of a case. On CPU (a smoke test of the script, not a measurement) one eager
+    fp32 variant, also padded to a multiple so that path runs too (CPU bf16 is measured by
+    cpu_precision.py; compile is slow to smoke-test)."""
     if not cuda:
         return [Variant("fp32", "", "longest", 0), Variant("fp32", "", "multiple", 1)]
     target = case in TARGET_CASES

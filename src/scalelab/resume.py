@@ -115,6 +115,8 @@ def _check_adamw_state(optimizer: torch.optim.Optimizer) -> None:
                 raise ValueError(f"{where}: 'step' is not a count >= 0")
             for key in ("exp_avg", "exp_avg_sq"):
                 moment = state[key]
+                if not isinstance(moment, torch.Tensor):
+                    raise ValueError(f"{where}: {key!r} is not a tensor")
                 if moment.shape != param.shape:
                     raise ValueError(
                         f"{where}: {key!r} has shape {list(moment.shape)}, the parameter "

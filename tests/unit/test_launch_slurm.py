@@ -344,3 +344,63 @@ def test_two_submissions_of_one_run_at_the_same_moment_make_one_job(tmp_path: Pa
     refused = next(err for code, _, err in results if code == 2)
     assert "SLURM job 41 (pending) of this run is still queued" in refused
     assert len(calls.read_text().splitlines()) == 1  # one job
+
+
+_STUBS = {
+    # scontrol: hostnames / node address for the rendezvous, the job record (PreemptTime from
+    # the test), requeue logged
+    "scontrol": """case "$*" in
+  *hostnames*) echo vm ;;
+  *"show node"*) echo "NodeName=vm NodeAddr=vm" ;;
+  *"show job"*) echo "JobId=7 JobState=RUNNING PreemptTime=${STUB_PREEMPT:-None}" ;;
+  requeue*) echo "requeue $2" >> "$STUB_LOG" ;;
+esac""",
+    "scancel": 'echo "scancel $*" >> "$STUB_LOG"',
+    # srun: the step; STUB_SIGNALS are sent to the batch shell (as SLURM would) mid-step
+    "srun": """for sig in $STUB_SIGNALS; do kill -s "$sig" "$PPID"; sleep 0.2; done
+exit "${STUB_CODE:-0}\"""",
+}
+
+
+@pytest.mark.parametrize(
+    ("signals", "preempt", "code", "restarts", "requeued", "says"),
+    [
+        ("", "None", 0, 0, False, None),  # finished
+        ("", "None", 1, 0, False, None),  # crashed: no requeue
+        ("USR1", "None", 1, 0, True, "requeueing job 7; the run resumes"),  # time limit near
+        ("USR1 TERM", "None", 1, 0, True, "requeueing job 7"),  # limit hit while checkpointing
+        ("TERM", "None", 1, 0, False, "stopped on SIGTERM without a preemption"),  # scancel
+        # preempted under a GraceTime: SLURM signals only the step, the shell sees PreemptTime
+        ("", "2026-12-07T01:38:19", 1, 0, True, "requeueing job 7 (preempted)"),
+        ("TERM", "2026-12-07T01:38:19", 1, 0, True, "(preempted)"),
+        ("USR1", "None", 1, 3, False, "stopped after 3 requeues; resubmit to continue"),
+    ],
+)
+def test_the_batch_shell_requeues_after_the_time_limit_signal_or_a_preemption_only(
+    tmp_path: Path, signals: str, preempt: str, code: int, restarts: int, requeued: bool, says
+) -> None:
+    """The sbatch script's own logic, run by bash with stub SLURM commands (the local-cluster
+    tests need root): what requeues, what does not, and the step's exit code passes through."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in _STUBS.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch(SlurmJob(config=SMALL, run_name="r", out_dir=tmp_path)))
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log),
+           "STUB_SIGNALS": signals, "STUB_PREEMPT": preempt, "STUB_CODE": str(code),
+           "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "vm", "SLURM_NNODES": "1",
+           "SLURM_CPUS_PER_TASK": "2", "SLURM_RESTART_COUNT": str(restarts)}  # fmt: skip
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == code, res.stdout + res.stderr
+    calls = log.read_text().splitlines()
+    assert ("requeue 7" in calls) is requeued, (calls, res.stdout)
+    if says:
+        assert says in res.stdout, res.stdout
+    else:
+        assert "requeue" not in res.stdout and "SIGTERM" not in res.stdout, res.stdout
+    # SIGUSR1 asks the step to checkpoint (scancel --signal=TERM), whatever follows
+    assert ("scancel --signal=TERM 7" in calls) is bool(signals), calls

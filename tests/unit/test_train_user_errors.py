@@ -392,6 +392,10 @@ def _corrupt_model_shape(ckpt: dict) -> None:
             "optimizer state (parameter 0 of group 0 has no 'exp_avg_sq')",
         ),
         (
+            lambda c: c["optimizer"]["state"][0].update(exp_avg=0.5),
+            "optimizer state (parameter 0 of group 0: 'exp_avg' is not a tensor)",
+        ),
+        (
             lambda c: c["optimizer"]["state"][0].update(step="x"),
             "optimizer state (parameter 0: 'step' is str)",
         ),

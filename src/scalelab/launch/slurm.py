@@ -187,14 +187,15 @@ def render_sbatch(job: SlurmJob) -> str:
         "# SIGUSR1 (time limit near) or SIGTERM (preemption, scancel): every rank checkpoints and",
         '# stops. scancel signals the job step (torchrun and its ranks), not this shell; "kill" on',
         "# srun would make srun kill the tasks at once. (On a SIGTERM SLURM signals the step too, and",
-        "# a job it is ending no longer takes signals: scancel's complaint is dropped.)",
+        "# a job it is ending no longer takes signals: scancel's complaint is dropped there.)",
         'stop_signal=""',
         "on_signal() {",
         "    # the first signal decides: a time limit reached while the ranks checkpoint after",
         "    # SIGUSR1 (SLURM's SIGTERM) still requeues",
         '    stop_signal="${stop_signal:-$1}"',
         '    echo "scalelab: SIG$1 received: asking every rank to checkpoint and stop"',
-        '    scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null',
+        '    if [ "$1" = TERM ]; then scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null;'
+        ' else scancel --signal=TERM "$SLURM_JOB_ID"; fi',
         "}",
         "trap 'on_signal USR1' USR1",
         "trap 'on_signal TERM' TERM",
@@ -207,7 +208,8 @@ def render_sbatch(job: SlurmJob) -> str:
         'while kill -0 "$step" 2>/dev/null; do wait "$step"; code=$?; done',
         "# SLURM preempting the job (PreemptTime set; under a GraceTime it signals only the step,",
         "# and a job that then exits is FAILED, not requeued) and the time limit requeue it. Other",
-        "# SIGTERMs do not (the user's scancel: a requeue would undo it), nor a finished step",
+        "# SIGTERMs do not (the user's scancel: a requeue would undo it), nor a finished step.",
+        "# (SLURM clears PreemptTime when it requeues: a later scancel is not taken for one.)",
         'preempted=""',
         'if scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -q "PreemptTime=[0-9]"; then',
         "    preempted=1",
@@ -215,8 +217,8 @@ def render_sbatch(job: SlurmJob) -> str:
         'if [ "$code" -eq 0 ]; then',
         "    :",
         'elif [ "$stop_signal" = TERM ] && [ -z "$preempted" ]; then',
-        '    echo "scalelab: stopped on SIGTERM, not requeued (scancel); submit again with --resume'
-        ' to continue from the checkpoint"',
+        '    echo "scalelab: stopped on SIGTERM without a preemption (e.g. scancel), not requeued;'
+        ' submit again with --resume to continue from the checkpoint"',
         'elif [ -n "$stop_signal$preempted" ]; then',
         f'    if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {job.max_requeues} ]; then',
         '        echo "scalelab: requeueing job $SLURM_JOB_ID${preempted:+ (preempted)}; the run'
@@ -428,7 +430,7 @@ def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="scalelab slurm",
         description="Write (and submit) an sbatch script that trains one run on N nodes with "
-        "srun + torchrun, checkpoints on SIGUSR1/SIGTERM and requeues itself.",
+        "srun + torchrun, checkpoints on SIGUSR1/SIGTERM and requeues itself after SIGUSR1 or a preemption.",
     )
     p.add_argument("--config", required=True, help="preset name or YAML path")
     p.add_argument("--nodes", type=int, default=1)
