@@ -4,6 +4,7 @@ cleanly on a preemption signal so that a resumed run continues where it stopped.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import shutil
@@ -246,10 +247,15 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
         if not isinstance(group, dict):
             raise bad(f"optimizer.param_groups[{i}]", group, "a dict")
     for key, value in state["model"].items():
+        if not isinstance(value, torch.Tensor):
+            raise bad(f"model.{key}", value, "a tensor")
+        if value.is_meta:  # holds no values: the first .item() on it was a traceback
+            raise CheckpointError(
+                f"{path}: checkpoint field model.{key} is a meta tensor (no data)"
+            )
         # a run that diverged was saved so (fp16's scaler skips such steps, the others do not):
         # resumed, every step after would compute NaN
-        weights = isinstance(value, torch.Tensor) and value.is_floating_point()
-        if weights and not bool(torch.isfinite(value).all()):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(
                 f"{path}: checkpoint field model.{key} holds NaN or infinite weights (the "
                 "run had diverged when it was saved); start again, e.g. with a lower train.lr"
@@ -278,7 +284,11 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
         raise bad("world_size", state["world_size"], f"the number of RNG states ({ranks})")
     # one entry per rank (None: saved by a version that did not record it, or a stateless hook)
     per_rank = {
-        "epoch_loss_sums": ("a number", is_number),
+        # a loss sum may be NaN (fp16 skips the steps that overflow), never negative or infinite
+        "epoch_loss_sums": (
+            "a number >= 0",
+            lambda v: is_number(v) and (math.isnan(v) or (math.isfinite(v) and v >= 0)),
+        ),
         "epoch_tokens": ("a whole number >= 0", is_count),
         "epoch_phases": ("a dict or None", lambda v: v is None or isinstance(v, dict)),
         "comm_hook_state": ("a dict", lambda v: isinstance(v, dict)),
@@ -292,8 +302,13 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
         for r, v in enumerate(values):
             if not ok(v):
                 raise bad(f"{key}[{r}]", v, want)
+    for r, phases in enumerate(state.get("epoch_phases") or []):
+        # phase means (ms; NaN: no step measured yet) and their step count
+        for key, value in (phases or {}).items():
+            if not (is_number(value) and (math.isnan(value) or value >= 0) and value != math.inf):
+                raise bad(f"epoch_phases[{r}].{key}", value, "a number >= 0")
     elapsed = state.get("epoch_elapsed_s")
-    if elapsed is not None and not (is_number(elapsed) and elapsed >= 0):
+    if elapsed is not None and not (is_number(elapsed) and math.isfinite(elapsed) and elapsed >= 0):
         raise bad("epoch_elapsed_s", elapsed, "a number >= 0 or None")
     warmup = state.get("timing_warmup")  # absent in checkpoints from before it was kept
     if warmup is not None:

@@ -91,8 +91,46 @@ class PowerSGDHook:
         cpu = {n: {k: t.detach().cpu().clone() for k, t in p.items()} for n, p in pieces.items()}
         return {"slots": plain, "per_parameter": cpu}
 
+    def _check_saved(self, saved: Any) -> None:
+        """What `load_state_dict` and the first steps would trip over, as a ValueError: slots
+        this hook does not have or of another type, pieces of parameters it does not know or of
+        another size than theirs (the first step's all-reduce failed on them mid-training)."""
+        if not (isinstance(saved, dict) and {"slots", "per_parameter"} <= saved.keys()):
+            raise ValueError("expected a dict with 'slots' and 'per_parameter'")
+        slots, pieces = saved["slots"], saved["per_parameter"]
+        if not (isinstance(slots, dict) and isinstance(pieces, dict)):
+            raise ValueError("'slots' and 'per_parameter' should be dicts")
+        for slot, value in slots.items():
+            if slot not in type(self.state).__slots__ or slot in _BUCKET_DICTS.values():
+                raise ValueError(f"slot {slot!r} is not PowerSGD's")
+            now = getattr(self.state, slot, None)
+            if isinstance(now, bool) and not isinstance(value, bool):
+                raise ValueError(f"slot {slot!r} is {value!r}, expected true or false")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if isinstance(now, int | float) and not isinstance(now, bool) and not number:
+                raise ValueError(f"slot {slot!r} is {value!r}, expected a number")
+        rank = slots.get("matrix_approximation_rank", self.state.matrix_approximation_rank)
+        if not (isinstance(rank, int) and rank >= 1):
+            raise ValueError(f"slot 'matrix_approximation_rank' is {rank!r}")
+        for name, piece in pieces.items():
+            shape = self._shapes.get(name)
+            if shape is None or not isinstance(piece, dict):
+                raise ValueError(f"state for {name!r}, which is not a parameter of this model")
+            n = shape[0]
+            m = math.prod(shape) // n
+            r = min(n, m, rank)
+            want = {"error": n * m, "p": n * r, "q": m * r}
+            for key, tensor in piece.items():
+                if key not in want or not isinstance(tensor, torch.Tensor):
+                    raise ValueError(f"{name}: {key!r} is not a PowerSGD state tensor")
+                if tensor.numel() != want[key]:
+                    raise ValueError(
+                        f"{name}: {key!r} has {tensor.numel()} values, expected {want[key]}"
+                    )
+
     def load_state_dict(self, saved: dict[str, Any], device: torch.device) -> None:
         """Restore `state_dict()` (before the first step); laid out into buckets as they run."""
+        self._check_saved(saved)
         for slot, value in saved["slots"].items():
             if isinstance(value, tuple) and value[:1] == ("RandomState",):
                 rng = np.random.RandomState()

@@ -96,6 +96,31 @@ def _check_saved_optimizer(state: object) -> None:
                 raise ValueError(f"parameter {index!r}: {key!r} is {type(value).__name__}")
 
 
+def _check_saved_groups(saved: list[Any], groups: list[dict[str, Any]]) -> None:
+    """Each saved param group's hyperparameters against this run's optimizer: the learning rates
+    (set by the scheduler) are numbers >= 0, the rest as this run's (train.weight_decay and the
+    like may not change at a resume): AdamW's fused step took text as a traceback, amsgrad a
+    KeyError, a NaN rate trained to NaN."""
+    for g, (old, new) in enumerate(zip(saved, groups, strict=False)):  # torch counts them
+        for key, value in new.items():
+            if key == "params" or key not in old:
+                continue
+            got = old[key]
+            if key in ("lr", "initial_lr"):
+                if isinstance(got, torch.Tensor) and got.numel() == 1:
+                    got = got.item()
+                if not (is_number(got) and math.isfinite(got) and got >= 0):
+                    raise ValueError(f"group {g}: {key!r} is {got!r}, expected a rate >= 0")
+            elif not _same(got, value):
+                raise ValueError(f"group {g}: {key!r} is {got!r}, this run's optimizer {value!r}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b or (is_number(a) and is_number(b) and a == b)
+
+
 def _check_adamw_state(optimizer: torch.optim.Optimizer) -> None:
     """AdamW reads each parameter's moments unchecked: a moment of another shape crashed the
     fused step (a segfault on CPU), a missing one was a KeyError in the first step."""
@@ -122,6 +147,10 @@ def _check_adamw_state(optimizer: torch.optim.Optimizer) -> None:
                         f"{where}: {key!r} has shape {list(moment.shape)}, the parameter "
                         f"{list(param.shape)}"
                     )
+                if not bool(torch.isfinite(moment).all()):  # every later step would be NaN
+                    raise ValueError(f"{where}: {key!r} holds NaN or infinite values")
+            if bool((state["exp_avg_sq"] < 0).any()):  # a mean of squares; its sqrt is NaN
+                raise ValueError(f"{where}: 'exp_avg_sq' has negative values")
 
 
 def load_states(
@@ -139,12 +168,20 @@ def load_states(
     def refuse(what: str, exc: BaseException) -> CheckpointError:
         return CheckpointError(f"{path}: {what} ({load_error(exc)})")
 
+    expected = model.state_dict()
+    for key, value in saved["model"].items():  # load_state_dict casts: int weights truncated
+        if key in expected and expected[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(
+                f"{path}: does not fit this model/config: model weights ({key} is "
+                f"{value.dtype}, the model's {expected[key].dtype})"
+            )
     try:
         model.load_state_dict(saved["model"])
     except LOAD_ERRORS as exc:
         raise refuse("does not fit this model/config: model weights", exc) from None
     try:
         _check_saved_optimizer(saved["optimizer"])
+        _check_saved_groups(saved["optimizer"]["param_groups"], optimizer.param_groups)
         optimizer.load_state_dict(saved["optimizer"])
         _check_adamw_state(optimizer)
     except LOAD_ERRORS as exc:

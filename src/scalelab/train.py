@@ -810,7 +810,13 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                     "state (saved with another hook); its error feedback starts afresh",
                 )
             else:
-                D.load_comm_hook_state(_ddp(model), saved_hook[env.rank], env.device)
+                try:
+                    D.load_comm_hook_state(_ddp(model), saved_hook[env.rank], env.device)
+                except LOAD_ERRORS as exc:
+                    raise CheckpointError(
+                        f"{resume_from}: its distributed.comm_hook={cfg.distributed.comm_hook} "
+                        f"state of rank {env.rank} does not load ({load_error(exc)})"
+                    ) from None
         state = TrainState(
             epoch=resume_state["epoch"],
             step_in_epoch=resume_state["step_in_epoch"],

@@ -345,6 +345,43 @@ def test_powersgd_resume_under_torchrun_matches_an_uninterrupted_run(
     _assert_same_run(tmp_path / "exp" / "full", tmp_path / "exp" / "cut")
 
 
+def test_a_malformed_powersgd_state_is_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    """PowerSGD's saved state read unchecked: a piece of another size failed the first step's
+    all-reduce mid-training, text slots were AttributeErrors and TypeErrors (tracebacks)."""
+    base = ["-m", "scalelab", "train", *common(tmp_path, cache_dir), "train.epochs=2",
+            "train.max_steps_per_epoch=4", "distributed.comm_hook=powersgd"]  # fmt: skip
+    stopped = torchrun([*base, "output.run_name=cut", "train.stop_after_steps=5"], nproc=2)
+    assert stopped.returncode == 0, rank_errors(stopped)
+    saved = torch.load(tmp_path / "exp" / "cut" / "checkpoint.pt", weights_only=False)
+
+    def size(state: dict) -> None:
+        state["per_parameter"]["head.bias"]["error"] = torch.zeros(7)
+
+    def rank(state: dict) -> None:
+        state["slots"]["matrix_approximation_rank"] = "x"
+
+    cases = [
+        (size, "head.bias: 'error' has 7 values, expected 4"),
+        (rank, "slot 'matrix_approximation_rank' is 'x', expected a number"),
+    ]
+    for i, (corrupt, says) in enumerate(cases):
+        bad = {**saved, "comm_hook_state": [dict(h) for h in saved["comm_hook_state"]]}
+        for state in bad["comm_hook_state"]:
+            state["slots"] = dict(state["slots"])
+            state["per_parameter"] = {k: dict(v) for k, v in state["per_parameter"].items()}
+            corrupt(state)
+        ckpt = tmp_path / f"bad{i}.pt"
+        torch.save(bad, ckpt)
+        res = torchrun([*base, f"output.run_name=r{i}", f"train.resume={ckpt}"], nproc=2)
+        errors = [ln for ln in res.stderr.splitlines() if "scalelab: error:" in ln]
+        # (a rank that fails first makes torchrun stop the other, which may not get to say it)
+        assert res.returncode != 0 and errors, res.stderr[-3000:]
+        assert all("state of rank" in e and says in e for e in errors), errors
+        # torchrun adds its own ChildFailedError traceback; the ranks print none
+        assert not [ln for ln in res.stderr.splitlines() if "Traceback" in ln and "[rank" in ln]
+        assert not (tmp_path / "exp" / f"r{i}").exists()
+
+
 def test_bad_config_key_is_one_line(tmp_path: Path) -> None:
     res = scalelab(["train", "train.batchsize=3", f"output.dir={tmp_path}"])
     assert_one_line_error(res, "train.batchsize")

@@ -403,6 +403,45 @@ def _corrupt_model_shape(ckpt: dict) -> None:
             lambda c: c["optimizer"]["state"][0].update(step=torch.tensor(-1.0)),
             "optimizer state (parameter 0 of group 0: 'step' is not a count >= 0)",
         ),
+        # tracebacks in AdamW's fused step / its init, or training on to NaN
+        (
+            lambda c: c["optimizer"]["param_groups"][0].update(lr="abc"),
+            "optimizer state (group 0: 'lr' is 'abc', expected a rate >= 0)",
+        ),
+        (
+            lambda c: c["optimizer"]["param_groups"][1].update(lr=float("nan")),
+            "optimizer state (group 1: 'lr' is nan, expected a rate >= 0)",
+        ),
+        (
+            lambda c: c["optimizer"]["param_groups"][0].update(amsgrad=True),
+            "optimizer state (group 0: 'amsgrad' is True, this run's optimizer False)",
+        ),
+        (
+            lambda c: c["optimizer"]["param_groups"][0].update(betas=(1.5, 0.999)),
+            "optimizer state (group 0: 'betas' is (1.5, 0.999), this run's optimizer (0.9, 0.999))",
+        ),
+        (
+            lambda c: c["optimizer"]["state"][1]["exp_avg"].fill_(float("nan")),
+            "optimizer state (parameter 1 of group 0: 'exp_avg' holds NaN or infinite values)",
+        ),
+        (
+            lambda c: c["optimizer"]["state"][1]["exp_avg_sq"].fill_(-1.0),
+            "optimizer state (parameter 1 of group 0: 'exp_avg_sq' has negative values)",
+        ),
+        (
+            lambda c: c["model"].update({"head.bias": c["model"]["head.bias"].long()}),
+            "model weights (head.bias is torch.int64, the model's torch.float32)",
+        ),
+        (
+            lambda c: c["model"].update({"head.bias": torch.empty(4, device="meta")}),
+            "checkpoint field model.head.bias is a meta tensor (no data)",
+        ),
+        (lambda c: c.update(epoch_loss_sums=[-100.0]), "field epoch_loss_sums[0] is -100.0"),
+        (
+            lambda c: c.update(epoch_phases=[{"data_ms": "x"}]),
+            "checkpoint field epoch_phases[0].data_ms is 'x', expected a number >= 0",
+        ),
+        (lambda c: c.update(epoch_elapsed_s=float("inf")), "field epoch_elapsed_s is inf"),
         (_corrupt_model_key, 'model weights (Missing key(s) in state_dict: "head.bias")'),
         (_corrupt_model_shape, "model weights (size mismatch for blocks.0.ff1.weight: copying"),
     ],
