@@ -64,7 +64,7 @@ _MODEL_KEYS = tuple(
 _RECORDED_KEYS = (
     ("train", "lr_schedule"), ("train", "warmup_ratio"), ("train", "max_grad_norm"),
     ("train", "batch_size"), ("train", "max_steps_per_epoch"), ("train", "seed"),
-    ("model", "dropout"),
+    ("train", "precision"), ("model", "dropout"),
 )  # fmt: skip
 
 #: What a load_state_dict (or an RNG restore) raises on a state of the wrong shape or type.

@@ -114,6 +114,8 @@ def test_resume_with_another_lr_schedule_warmup_or_dropout_is_refused() -> None:
         ("train.max_steps_per_epoch=8", r"train\.max_steps_per_epoch=0, resumed with 8"),
         ("train.max_grad_norm=5", r"train\.max_grad_norm=1\.0, resumed with 5"),
         ("train.seed=7", r"train\.seed=42, resumed with 7"),
+        # the arithmetic of the steps to come (a bf16 run resumed in fp32 was recorded as fp32)
+        ("train.precision=bf16", r"train\.precision=fp32, resumed with bf16"),
     ):
         with pytest.raises(CheckpointError, match=says + ".*resume with the saved value"):
             check_resume_config(saved, load_config(None, [override]), ckpt, 4)
