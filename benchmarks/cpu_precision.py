@@ -38,15 +38,6 @@ from common import (  # noqa: E402
 SIDES = ("fp32", "bf16")
 
 
-def cpu_bf16_support() -> dict[str, bool]:
-    """The CPU features oneDNN's bf16 kernels use (torch's own probes)."""
-    probe = {
-        "amx_tile": getattr(torch.cpu, "_is_amx_tile_supported", None),
-        "avx512_bf16": getattr(torch.cpu, "_is_avx512_bf16_supported", None),
-    }
-    return {name: bool(fn()) if fn is not None else False for name, fn in probe.items()}
-
-
 def measure_preset(
     preset: str, rounds: int, steps: int, cache: str, max_quiet_wait: float
 ) -> dict[str, Any]:
@@ -96,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             name: measure_preset(name, rounds, steps, cache, args.max_quiet_wait)
             for name in presets
         }
+    from scalelab.train import cpu_bf16_support
+
     result = {
         **header,
         "quick": args.quick,

@@ -328,3 +328,26 @@ def test_sync_wait_quotes_the_wait_and_stays_silent_when_exposed_is_the_all_redu
     write_run(tmp_path / "bytes", "ws2", world_size=2, timing={"backward_ms": 36.0},
               summary={"comm": {"exposed_comm_ms": 6.0, "allreduce_ms": 5.0}})  # fmt: skip
     assert "sync_wait" not in {f.rule for f in _findings(tmp_path / "bytes")}
+
+
+def test_fp32_compute_on_an_amx_cpu_suggests_bf16(tmp_path: Path) -> None:
+    """Only fp32 CPU runs whose compute dominates, on a CPU that reports AMX bf16 tiles; one
+    finding naming them (not one per run), never on a GPU, in bf16 or without AMX."""
+    cpu = {"device_type": "cpu", "backend": "none", "system": {"num_cpus": 2}}
+
+    def amx(flag: bool) -> dict:
+        return {"amx_tile": flag, "avx512_bf16": flag}
+
+    write_run(tmp_path, "amx", summary={**cpu, "system": {"cpu_bf16": amx(True)}})
+    write_run(tmp_path, "no-amx", summary={**cpu, "system": {"cpu_bf16": amx(False)}})
+    write_run(tmp_path, "bf16", summary={**cpu, "precision": "bf16",
+                                                "system": {"cpu_bf16": amx(True)}})  # fmt: skip
+    write_run(tmp_path, "gpu")  # the CUDA default of the fake runs
+    write_run(tmp_path, "idle", summary={**cpu, "system": {"cpu_bf16": amx(True)}},
+              timing={"data_ms": 200.0, "step_ms": 298.0})  # fmt: skip
+    findings = [f for f in diagnose(load_runs([tmp_path])) if f.rule == "cpu_bf16"]
+    assert len(findings) == 1 and findings[0].severity == "info"
+    assert findings[0].subject == "amx"  # forward + backward 90 of 100 ms; idle's 90 of 298
+    assert "amx 90 %" in findings[0].evidence
+    assert "train.precision=bf16" in findings[0].recommendation
+    assert not [f for f in diagnose(load_runs([tmp_path / "no-amx"])) if f.rule == "cpu_bf16"]

@@ -246,6 +246,10 @@ _SECTION_FIELDS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
         "a list of CPU numbers",
     ),
     ("system", "find_unused_parameters"): _FLAG,
+    ("system", "cpu_bf16"): (
+        lambda v: isinstance(v, dict) and all(isinstance(x, bool) for x in v.values()),
+        "an object of true/false CPU features",
+    ),
     ("data", "pad_to_max_len"): _FLAG,
     ("data", "on_device"): _FLAG,
     ("data", "pad_multiple"): _COUNT,
