@@ -238,6 +238,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from scalelab.analysis.collect import load_run
     from scalelab.analysis.predict import (
         commbench_mismatch,
+        commbench_scope_note,
         load_commbench,
         load_sync_latency,
         predict_scaling,
@@ -294,9 +295,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threads_per_rank=None if threads is None else dict.fromkeys(args.world_sizes, threads),
     )
     print(format_predictions(preds))
-    mismatch = None if args.busbw_gbps is not None else commbench_mismatch(args.commbench, run)
-    if mismatch:
-        warnings.warn(mismatch, stacklevel=1)
+    if args.busbw_gbps is None:
+        mismatch = commbench_mismatch(args.commbench, run)
+        if mismatch:
+            warnings.warn(mismatch, stacklevel=1)
+        scope = commbench_scope_note(args.commbench, args.world_sizes)
+        if scope:
+            print(f"note: {scope}")
     for line in cpu_prediction_notes(run.summary, preds, given=threads is not None):  # CPU only
         out = sys.stderr if line.startswith("warning:") else sys.stdout
         print(line, file=out, flush=True)

@@ -438,3 +438,27 @@ def test_a_commbench_of_another_backend_than_the_run_is_warned_of(tmp_path):
         warnings.simplefilter("error")
         analysis = analyse_runs([load_run(cpu)], commbench=gloo)
     assert not any("warning" in n for n in analysis.bandwidth_notes)
+
+
+def test_predictions_beyond_the_commbench_ranks_say_they_assume_its_links(
+    tmp_path: Path, capsys
+) -> None:
+    """A 2-rank, 1-node bandwidth used for 4 and 8 ranks: predict notes it (not for 2 ranks),
+    and so does the report's bandwidth note; a bandwidth the user gives has no such note."""
+    from scalelab.analysis.report import analyse_runs
+    from scalelab.cli import main
+
+    run = write_run(tmp_path / "runs", "base")
+    bench = tmp_path / "cb.json"
+    fit = {"alpha_ms": 0.1, "busbw_gbps": 20.0}
+    bench.write_text(json.dumps({"world_size": 2, "num_nodes": 1, "fit": fit}))
+    args = ["predict", str(run), "--commbench", str(bench), "--world-sizes"]
+    assert main([*args, "2,4,8"]) == 0
+    note = "note: cb.json measured 2 ranks on 1 node(s); the predictions for 4, 8 ranks assume"
+    assert note in capsys.readouterr().out
+    assert main([*args, "2"]) == 0
+    assert "assume the same links" not in capsys.readouterr().out
+    assert main([*args, "8", "--busbw-gbps", "5"]) == 0
+    assert "assume the same links" not in capsys.readouterr().out
+    analysis = analyse_runs(load_runs([tmp_path / "runs"]), commbench=bench)
+    assert any("cb.json measured 2 ranks on 1 node(s)" in n for n in analysis.bandwidth_notes)

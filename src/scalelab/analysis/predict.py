@@ -418,6 +418,23 @@ def commbench_mismatch(path: str | Path, run: Run) -> str | None:
     )
 
 
+def commbench_scope_note(path: str | Path, world_sizes: Sequence[int]) -> str | None:
+    """A sentence when predictions go beyond the ranks the commbench file measured: they assume
+    its links (a bandwidth measured on one node says nothing of the links between nodes)."""
+    bench = _read_commbench(path)
+    measured = bench.get("world_size") if isinstance(bench, dict) else None
+    nodes = bench.get("num_nodes") if isinstance(bench, dict) else None
+    beyond = [n for n in world_sizes if is_number(measured) and n > measured]
+    if not beyond:
+        return None
+    where = f" on {nodes} node(s)" if is_number(nodes) else ""
+    return (
+        f"{Path(path).name} measured {measured} ranks{where}; the predictions for "
+        f"{', '.join(map(str, beyond))} ranks assume the same links (links between nodes are "
+        "usually slower: run scalelab commbench at that scale to check)"
+    )
+
+
 def load_sync_latency(path: str | Path) -> float | None:
     """Median sync latency after compute (ms) from a commbench JSON file; None if not recorded."""
     bench = _read_commbench(path)

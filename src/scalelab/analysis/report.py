@@ -30,6 +30,7 @@ from scalelab.analysis.predict import (
     Prediction,
     bandwidth_from_run,
     commbench_mismatch,
+    commbench_scope_note,
     compare,
     load_commbench,
     load_sync_latency,
@@ -267,6 +268,9 @@ def analyse_runs(
             )
             continue
         alpha, busbw, source, source_run = bandwidth
+        if commbench is not None and busbw_gbps is None:
+            scope = commbench_scope_note(commbench, _prediction_sizes(group))
+            source += f" ({scope})" if scope else ""
         if source_run is not None:
             bandwidth_runs.append(source_run)
         base = group.baseline_runs()[0].summary
