@@ -36,6 +36,7 @@ from common import (  # noqa: E402
 )
 
 SIDES = ("fp32", "bf16")
+WARMUP_STEPS = 2  # untimed steps per side before each round's timed ones
 
 
 def measure_preset(
@@ -52,7 +53,7 @@ def measure_preset(
         sides,
         rounds,
         steps,
-        warmup_steps=2,
+        warmup_steps=WARMUP_STEPS,
         max_quiet_wait=max_quiet_wait,
         ratio=("fp32", "bf16"),
         label=f"{preset} ",
@@ -65,7 +66,9 @@ def measure_preset(
         "samples_per_s": {s: spread([x["samples_per_s"] for x in runs[s]]) for s in SIDES},
         "phase_ms_median": phases,
         # both sides trained the same batches in the same order: the losses should agree closely
-        "mean_train_loss": {s: float(sides[s].loss_sum) / (rounds * (steps + 2)) for s in SIDES},
+        "mean_train_loss": {
+            s: float(sides[s].loss_sum) / (rounds * (steps + WARMUP_STEPS)) for s in SIDES
+        },
         "speedup_bf16_over_fp32_per_round": ratios,
         "speedup_bf16_over_fp32": median(ratios),
         "background_load_before_rounds": quiet,

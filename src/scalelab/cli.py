@@ -237,8 +237,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from scalelab.analysis.collect import load_run
     from scalelab.analysis.predict import (
-        commbench_mismatch,
-        commbench_scope_note,
+        commbench_caveats,
         load_commbench,
         load_sync_latency,
         predict_scaling,
@@ -296,10 +295,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     print(format_predictions(preds))
     if args.busbw_gbps is None:
-        mismatch = commbench_mismatch(args.commbench, run)
+        mismatch, scope = commbench_caveats(args.commbench, run, args.world_sizes)
         if mismatch:
             warnings.warn(mismatch, stacklevel=1)
-        scope = commbench_scope_note(args.commbench, args.world_sizes)
         if scope:
             print(f"note: {scope}")
     for line in cpu_prediction_notes(run.summary, preds, given=threads is not None):  # CPU only

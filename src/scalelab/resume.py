@@ -83,11 +83,10 @@ def _check_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, grou
             raise ValueError(f"{key} is not a list of {groups} learning rates")
 
 
-def _check_saved_optimizer(state: object) -> None:
-    """The saved optimizer state's shape before torch reads it: per parameter index a mapping of
-    names to tensors or numbers (torch's own message for a text value names a generator)."""
-    if not (isinstance(state, dict) and isinstance(state.get("state"), dict)):
-        raise ValueError("it is not an optimizer state_dict (no 'state' mapping)")
+def _check_saved_optimizer(state: dict[str, Any]) -> None:
+    """The saved optimizer state's entries before torch reads them: per parameter index a
+    mapping of names to tensors or numbers (torch's own message for a text value names a
+    generator). That `state` and its 'state' are dicts, checkpoint.load_checkpoint checked."""
     for index, entry in state["state"].items():
         if not isinstance(entry, dict):
             raise ValueError(f"the state of parameter {index!r} is not a mapping")

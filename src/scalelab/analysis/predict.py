@@ -399,37 +399,46 @@ def run_backend(run: Run) -> str | None:
     return {"cpu": "gloo", "cuda": "nccl"}.get(str(run.summary.get("device_type")))
 
 
-def commbench_mismatch(path: str | Path, run: Run) -> str | None:
-    """One sentence when the commbench file measured another backend than `run` uses (a GPU's
-    NCCL bandwidth for a CPU run, or gloo for a GPU run): its prediction would rest on links the
-    run does not use. None when they agree or either is unknown."""
+def commbench_caveats(
+    path: str | Path, run: Run, world_sizes: Sequence[int]
+) -> tuple[str | None, str | None]:
+    """What to say of predicting `run` at `world_sizes` from the commbench file (read once):
+    (a warning when it measured another backend than the run uses, a note when the world sizes
+    go beyond the ranks it measured); None for either that does not apply."""
     bench = _read_commbench(path)
-    measured = bench.get("backend") if isinstance(bench, dict) else None
+    if not isinstance(bench, dict):
+        return None, None
+    name = Path(path).name
+    return _backend_mismatch(bench, name, run), _beyond_measured(bench, name, world_sizes)
+
+
+def _backend_mismatch(bench: dict[str, Any], name: str, run: Run) -> str | None:
+    """A GPU's NCCL bandwidth for a CPU run, or gloo for a GPU run: a prediction from links the
+    run does not use. None when the backends agree or either is unknown."""
+    measured = bench.get("backend")
     wanted = run_backend(run)
     if not isinstance(measured, str) or wanted is None or measured == wanted:
         return None
     where = bench.get("device")
     on = f" on {where}" if isinstance(where, str) and where else ""
     return (
-        f"{Path(path).name} measured {measured}{on}, but run {run.name} "
+        f"{name} measured {measured}{on}, but run {run.name} "
         f"({run.summary.get('device_type') or 'unknown device'}) uses {wanted}: the prediction "
         f"rests on another link's bandwidth; run scalelab commbench with {wanted} where the "
         "run trains"
     )
 
 
-def commbench_scope_note(path: str | Path, world_sizes: Sequence[int]) -> str | None:
-    """A sentence when predictions go beyond the ranks the commbench file measured: they assume
-    its links (a bandwidth measured on one node says nothing of the links between nodes)."""
-    bench = _read_commbench(path)
-    measured = bench.get("world_size") if isinstance(bench, dict) else None
-    nodes = bench.get("num_nodes") if isinstance(bench, dict) else None
+def _beyond_measured(bench: dict[str, Any], name: str, world_sizes: Sequence[int]) -> str | None:
+    """Predictions beyond the ranks the file measured assume its links (a bandwidth measured on
+    one node says nothing of the links between nodes)."""
+    measured, nodes = bench.get("world_size"), bench.get("num_nodes")
     beyond = [n for n in world_sizes if is_number(measured) and n > measured]
     if not beyond:
         return None
     where = f" on {nodes} node(s)" if is_number(nodes) else ""
     return (
-        f"{Path(path).name} measured {measured} ranks{where}; the predictions for "
+        f"{name} measured {measured} ranks{where}; the predictions for "
         f"{', '.join(map(str, beyond))} ranks assume the same links (links between nodes are "
         "usually slower: run scalelab commbench at that scale to check)"
     )

@@ -29,8 +29,7 @@ from scalelab.analysis.predict import (
     NoBandwidthFit,
     Prediction,
     bandwidth_from_run,
-    commbench_mismatch,
-    commbench_scope_note,
+    commbench_caveats,
     compare,
     load_commbench,
     load_sync_latency,
@@ -188,10 +187,13 @@ def _bandwidth(
     if commbench is not None:
         alpha, busbw, n = load_commbench(commbench)
         source = f"commbench fit ({Path(commbench).name}, {n} ranks)"
-        mismatch = commbench_mismatch(commbench, group.baseline_runs()[0])
+        mismatch, scope = commbench_caveats(
+            commbench, group.baseline_runs()[0], _prediction_sizes(group)
+        )
         if mismatch:
             warnings.warn(f"{group.label}: {mismatch}", stacklevel=1)
-        return alpha, busbw, source + (f" - warning: {mismatch}" if mismatch else ""), None
+            source += f" - warning: {mismatch}"
+        return alpha, busbw, source + (f" ({scope})" if scope else ""), None
     for run in sorted(group.runs, key=lambda r: r.world_size):
         measured = bandwidth_from_run(run)
         if measured is not None:
@@ -268,9 +270,6 @@ def analyse_runs(
             )
             continue
         alpha, busbw, source, source_run = bandwidth
-        if commbench is not None and busbw_gbps is None:
-            scope = commbench_scope_note(commbench, _prediction_sizes(group))
-            source += f" ({scope})" if scope else ""
         if source_run is not None:
             bandwidth_runs.append(source_run)
         base = group.baseline_runs()[0].summary
