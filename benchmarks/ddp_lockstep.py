@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.vocab_size, cfg.model.num_classes or data.num_classes)
     emb = make_embedding_rows(model, cfg, env, data.train.tokens)
-    ddp = D.wrap_ddp(
-        model, cfg.distributed, env, exclude=[emb.name] if emb and emb.sync_rows else []
-    )
+    ddp = D.wrap_ddp(model, cfg.distributed, env, rows=emb)
     optimizer = _make_optimizer(ddp, cfg, env.device)
     scheduler = _make_scheduler(optimizer, cfg, 10**6)
     sampler = make_sampler(cfg, env, data.train.lengths)

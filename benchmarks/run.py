@@ -299,6 +299,7 @@ def _run_figures(
         "val_acc": last["val_acc"],
         "exposed_comm_ms": summary["comm"].get("exposed_comm_ms"),
         "allreduce_ms": summary["comm"].get("allreduce_ms"),
+        "grad_sync": summary["comm"].get("grad_sync"),  # fused or buckets (distributed.grad_sync)
         "bound_cpus": summary["system"].get("bound_cpus"),  # rank 0's, under distributed.pin_cpus
         "wall_s": wall,
         "command": " ".join(argv),
@@ -326,12 +327,15 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
     # Build the cache here, so no run's peak memory includes tokenizer training.
     prepare_data(load_preset("ag_news_small", overrides))
     # (key, ranks, threads, extra overrides); "2x1-pinned": each rank bound to its own core
-    # (distributed.pin_cpus=true) instead of left to the OS scheduler, what the binding buys
+    # (distributed.pin_cpus=true) instead of left to the OS scheduler, what the binding buys;
+    # "2x1-buckets": DDP's bucket all-reduces and then the embedding rows' (two collectives per
+    # step) instead of the default one fused all-reduce (distributed.grad_sync), what fusing buys
     layouts = [
         ("1x1", 1, 1, []),
         ("1x2", 1, 2, []),
         ("2x1", 2, 1, []),
         ("2x1-pinned", 2, 1, ["distributed.pin_cpus=true"]),
+        ("2x1-buckets", 2, 1, ["distributed.grad_sync=buckets"]),
     ]
     repeats = 1 if quick else 3
     out_dir = Path(tempfile.mkdtemp(prefix="scalelab-bench-ddp-"))
@@ -377,10 +381,15 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
         return median([r[field] for r in runs[key]])
 
     sps = {k: med(k, "samples_per_s") for k in runs}
-    pinned_ratios = [
-        a["samples_per_s"] / b["samples_per_s"]
-        for a, b in zip(runs["2x1-pinned"], runs["2x1"], strict=True)
-    ]
+
+    def paired(key: str) -> list[float]:  # samples/s of `key` / 2x1's, repeat by repeat
+        return [
+            a["samples_per_s"] / b["samples_per_s"]
+            for a, b in zip(runs[key], runs["2x1"], strict=True)
+        ]
+
+    pinned_ratios = paired("2x1-pinned")
+    fused_ratios = [1.0 / r for r in paired("2x1-buckets")]
     speedup = sps["2x1"] / sps["1x1"]
     return {
         "what": "ag_news_small, global batch 32, train.epochs=2; figures are epoch 2 of each run "
@@ -416,6 +425,14 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
             "samples/s ratio of each repeat's pair and their median",
             "ratio": median(pinned_ratios),
             "per_repeat": pinned_ratios,
+        },
+        "fused_vs_buckets_2x1": {
+            "what": "2x1 as run by default (distributed.grad_sync=auto: one all-reduce per step "
+            "of DDP's bucket and the embedding rows) against distributed.grad_sync=buckets "
+            "(DDP's bucket all-reduce, then the rows'): the samples/s ratio of each repeat's "
+            "pair and their median",
+            "ratio": median(fused_ratios),
+            "per_repeat": fused_ratios,
         },
         "step_decomposition_2x1": decomposition,
         "runs": runs,
@@ -582,6 +599,16 @@ def main(argv: list[str] | None = None) -> int:
                     "DDP 2x1 pinned vs unpinned (distributed.pin_cpus)",
                     f"{s['2x1-pinned']:,.1f} vs {s['2x1']:,.1f}: {pin['ratio']:.2f}x (median of "
                     "repeats " + ", ".join(f"{x:.2f}" for x in pin["per_repeat"]) + ")",
+                    "-",
+                    "info",
+                ]
+            )
+            fused = ddp["fused_vs_buckets_2x1"]
+            checks.append(
+                [
+                    "DDP 2x1 one fused all-reduce vs two (distributed.grad_sync)",
+                    f"{s['2x1']:,.1f} vs {s['2x1-buckets']:,.1f}: {fused['ratio']:.2f}x (median "
+                    "of repeats " + ", ".join(f"{x:.2f}" for x in fused["per_repeat"]) + ")",
                     "-",
                     "info",
                 ]

@@ -196,6 +196,8 @@ class DistributedConfig:
     """Rank of the PowerSGD approximation."""
     embedding_grad_sync: str = "auto"
     """How ranks sum the token-embedding gradient: 'dense' (DDP all-reduces all vocab_size x d_model values), 'rows' (one all-reduce of only the rows the global batch used: the same sum, ~20x fewer bytes with a 20k vocabulary) or 'auto' (rows with gloo, dense with nccl)."""
+    grad_sync: str = "auto"
+    """When ranks sum gradients: 'buckets' (DDP all-reduces each bucket as it fills, overlapping the backward; the embedding rows follow in one more all-reduce), 'fused' (one all-reduce per step after the backward: DDP's buckets and the embedding rows together, one collective's latency instead of one per bucket plus one; needs embedding_grad_sync=rows, comm_hook=none, find_unused_parameters=false) or 'auto' (fused with gloo when those hold, else buckets)."""
     timeout_s: int = 600
     """Collective timeout in seconds."""
     pin_cpus: bool = False
@@ -251,6 +253,19 @@ class Config:
         _choice(
             "distributed.embedding_grad_sync", dist.embedding_grad_sync, ("auto", "dense", "rows")
         )
+        _choice("distributed.grad_sync", dist.grad_sync, ("auto", "buckets", "fused"))
+        if dist.grad_sync == "fused":
+            clash = (
+                ("distributed.embedding_grad_sync=dense", dist.embedding_grad_sync == "dense"),
+                (f"distributed.comm_hook={dist.comm_hook}", dist.comm_hook != "none"),
+                ("distributed.find_unused_parameters=true", dist.find_unused_parameters),
+            )
+            for what, bad in clash:
+                if bad:
+                    raise ConfigError(
+                        f"distributed.grad_sync=fused does not combine with {what} (it sums DDP's "
+                        "buckets and the embedding rows in one plain all-reduce)"
+                    )
         _choice("output.progress", o.progress, ("auto", "bar", "plain", "none"))
         # the run folder is output.dir/<run_name or name-ws<n>-<time>>: it must stay inside
         for key, value in (("output.run_name", o.run_name), ("name", self.name)):

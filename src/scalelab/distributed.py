@@ -324,16 +324,24 @@ def _collective_device(env: DistEnv) -> torch.device:
 
 
 def wrap_ddp(
-    model: nn.Module, cfg: DistributedConfig, env: DistEnv, exclude: Sequence[str] = ()
+    model: nn.Module, cfg: DistributedConfig, env: DistEnv, rows: EmbeddingRowGrad | None = None
 ) -> nn.Module:
     """Wrap in DDP (multi-rank only) with the configured buckets and communication hook.
 
-    `exclude`: parameter names DDP leaves alone (their gradients are synchronised by the
-    caller, e.g. `EmbeddingRowSync`); they are broadcast from rank 0 here, as DDP does for
-    the others.
+    `rows`: when it syncs the token-embedding rows itself, DDP leaves the embedding alone (it is
+    broadcast from rank 0 here, as DDP does for the others), and under
+    distributed.grad_sync=fused DDP's buckets are handed to it (`DeferredBuckets`).
     """
     if not env.is_distributed:
         return model
+    syncs_rows = rows is not None and rows.sync_rows
+    fused = fuses_grad_sync(cfg, env.backend)
+    if fused and not syncs_rows:
+        raise LaunchError(
+            "distributed.grad_sync=fused needs the token-embedding rows summed outside DDP "
+            f"(distributed.embedding_grad_sync=rows; with {env.backend} 'auto' is dense)"
+        )
+    exclude = [rows.name] if rows is not None and syncs_rows else []
     if exclude:
         DDP._set_params_and_buffers_to_ignore_for_model(model, list(exclude))
         params = dict(model.named_parameters())
@@ -352,7 +360,12 @@ def wrap_ddp(
         gradient_as_bucket_view=cfg.gradient_as_bucket_view,
         find_unused_parameters=cfg.find_unused_parameters,
     )
-    register_comm_hook(ddp, cfg, env.backend)
+    if fused:
+        assert rows is not None
+        rows.deferred = DeferredBuckets()
+        ddp.register_comm_hook(rows.deferred, DeferredBuckets.hook)
+    else:
+        register_comm_hook(ddp, cfg, env.backend)
     return ddp
 
 
@@ -368,6 +381,69 @@ def syncs_embedding_rows(cfg: DistributedConfig, backend: str | None = None) -> 
     if cfg.embedding_grad_sync == "auto":
         return (backend or planned_backend(cfg)) == "gloo"
     return cfg.embedding_grad_sync == "rows"
+
+
+def fuses_grad_sync(cfg: DistributedConfig, backend: str | None = None) -> bool:
+    """Whether a step's gradients are summed in one all-reduce after the backward
+    (distributed.grad_sync; 'auto': with gloo, when the embedding rows are synced outside DDP
+    and no comm hook or unused-parameter search is set)."""
+    if cfg.grad_sync != "auto":
+        return cfg.grad_sync == "fused"
+    return (
+        (backend or planned_backend(cfg)) == "gloo"
+        and syncs_embedding_rows(cfg, backend)
+        and cfg.comm_hook == "none"
+        and not cfg.find_unused_parameters
+    )
+
+
+class DeferredBuckets:
+    """DDP communication hook for distributed.grad_sync=fused: every bucket goes back to DDP
+    unreduced, and `EmbeddingRowGrad.finish` sums all of them together with the token-embedding
+    rows in ONE all-reduce after the backward.
+
+    On CPUs (gloo) the backward hides none of DDP's bucket all-reduces (they need the cores the
+    compute keeps busy), and each collective pays gloo's latency and its ranks' wait for each
+    other, so one collective per step is cheaper than DDP's buckets plus the rows' own. Nothing
+    is lost to overlap there; on GPUs (NCCL) overlap matters, which is why 'auto' fuses with
+    gloo only. The sum and the division by the world size are DDP's.
+    """
+
+    def __init__(self) -> None:
+        # bucket index -> (its flat buffer, its parameters)
+        self.buckets: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self.calls = 0  # hook calls (one per bucket per synchronised backward)
+
+    # no annotations: DDP checks a hook's annotations at run time, and this module's are strings
+    @staticmethod
+    def hook(state, bucket):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN205
+        state.calls += 1
+        # after several micro-steps (static_graph's first iteration syncs each) still once
+        state.buckets[bucket.index()] = (bucket.buffer(), bucket.parameters())
+        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        fut.set_result(bucket.buffer())  # unchanged: DDP keeps the local gradients for now
+        return fut
+
+    def take(self) -> list[torch.Tensor]:
+        """Tensors that hold the deferred buckets' gradients, in bucket order: a bucket's flat
+        buffer when its gradients are views into it (gradient_as_bucket_view, after DDP's hook),
+        else its gradients; forgets them."""
+        out: list[torch.Tensor] = []
+        for index in sorted(self.buckets):
+            buffer, params = self.buckets[index]
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):
+                raise RuntimeError(f"DDP bucket {index} has a parameter without a gradient")
+            storage = buffer.untyped_storage().data_ptr()
+            if all(g.untyped_storage().data_ptr() == storage for g in grads):  # type: ignore[union-attr]
+                out.append(buffer)  # one contiguous copy instead of one per parameter
+            else:
+                out.extend(grads)  # type: ignore[arg-type]
+        self.buckets = {}
+        return out
+
+    def discard(self) -> None:
+        self.buckets = {}
 
 
 def embedding_rows(tokens: torch.Tensor, global_batch: np.ndarray) -> torch.Tensor:
@@ -423,6 +499,9 @@ class EmbeddingRowGrad:
         self._grad: torch.Tensor | None = None  # persistent dense gradient (sparse_backward)
         self._written = torch.empty(0, dtype=torch.long, device=self.weight.device)
         self.rows = self._written
+        # distributed.grad_sync=fused: DDP's buckets, summed here with the rows (`wrap_ddp` sets it)
+        self.deferred: DeferredBuckets | None = None
+        self._flat = torch.empty(0, device=self.weight.device)  # its one all-reduce's buffer, kept
 
     def finish(self, global_batch: np.ndarray, sync: bool = True) -> int:
         """After the last micro-step's backward: make the embedding's gradient dense (and summed
@@ -444,11 +523,33 @@ class EmbeddingRowGrad:
         elif grad is None:  # every rank must join the collective
             self.weight.grad = grad = torch.zeros_like(self.weight)
         if not (sync and self.sync_rows):
+            if self.deferred is not None:
+                self.deferred.discard()  # a no_sync backward: DDP called no hook anyway
             return 0
         compact = grad.index_select(0, rows)
-        dist.all_reduce(compact)
-        grad.index_copy_(0, rows, compact.div_(self.env.world_size))
-        return compact.numel() * compact.element_size()
+        if self.deferred is None:
+            dist.all_reduce(compact)
+            grad.index_copy_(0, rows, compact.div_(self.env.world_size))
+            return compact.numel() * compact.element_size()
+        # one all-reduce for DDP's buckets and the rows (every rank lays them out alike)
+        grads = self.deferred.take()
+        if not grads:
+            raise RuntimeError("grad_sync=fused: DDP ran no bucket hook in this step's backward")
+        parts = [*grads, compact]
+        sizes = [t.numel() for t in parts]
+        if self._flat.numel() < sum(sizes) or self._flat.dtype != compact.dtype:
+            # kept across steps (the rows vary): a fresh buffer each step costs page faults
+            self._flat = torch.empty(
+                int(sum(sizes) * 1.25), dtype=compact.dtype, device=grad.device
+            )
+        flat = self._flat[: sum(sizes)]
+        torch.cat([t.reshape(-1) for t in parts], out=flat)
+        dist.all_reduce(flat)
+        flat.div_(self.env.world_size)
+        pieces = flat.split(sizes)
+        torch._foreach_copy_(grads, [p.view_as(g) for p, g in zip(pieces, grads, strict=False)])
+        grad.index_copy_(0, rows, pieces[-1].view_as(compact))
+        return flat.numel() * flat.element_size()
 
 
 def register_comm_hook(ddp: DDP, cfg: DistributedConfig, backend: str) -> None:

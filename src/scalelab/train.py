@@ -567,6 +567,9 @@ def measure_communication(
     )
     if rows_mode:
         buckets = [*buckets, row_bytes]  # one all-reduce after the backward
+    fused = D.fuses_grad_sync(cfg.distributed, env.backend if env.is_distributed else None)
+    if fused:
+        buckets = [sum(buckets)]  # DDP's buckets and the rows in one all-reduce
     # what an fp16/bf16 hook puts on the wire (None: PowerSGD, whose traffic is not the buckets)
     wire = wire_bucket_bytes(buckets, cfg.distributed.comm_hook, rows_mode)
     comm: dict[str, Any] = {
@@ -577,6 +580,7 @@ def measure_communication(
         "bucket_cap_mb": cfg.distributed.bucket_cap_mb,
         "comm_hook": cfg.distributed.comm_hook,
         "embedding_grad_sync": "rows" if rows_mode else "dense",
+        "grad_sync": "fused" if fused else "buckets",
         "embedding_grad": "rows" if emb_rows is not None and emb_rows.sparse_backward else "dense",
         "embedding_grad_bytes": emb.numel() * emb.element_size(),
         "embedding_rows_per_step": rows_per_step,
@@ -587,7 +591,8 @@ def measure_communication(
         "overlap_fraction": None,
         "method": "calibration: median(fwd+bwd with DDP sync) - median(fwd+bwd under no_sync); "
         "allreduce_ms: gradient buckets all-reduced back to back"
-        + ("" if wire is None else ", at the bytes the comm hook sends"),
+        + ("" if wire is None else ", at the bytes the comm hook sends")
+        + (" (grad_sync=fused: one all-reduce of all of them)" if fused else ""),
     }
     n = cfg.train.comm_calibration_steps
     if not env.is_distributed or n == 0:
@@ -771,8 +776,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         raise err from None
     num_params = count_parameters(model)
     emb_rows = make_embedding_rows(model, cfg, env, host_train_tokens)
-    ddp_skips = [emb_rows.name] if emb_rows is not None and emb_rows.sync_rows else []
-    model = D.wrap_ddp(model, cfg.distributed, env, exclude=ddp_skips)
+    model = D.wrap_ddp(model, cfg.distributed, env, rows=emb_rows)
     if cfg.train.compile:
         # Compile the DDP-wrapped model: dynamo then splits the graph at bucket boundaries so the
         # all-reduce still overlaps the compiled backward (compiling inside DDP would not).

@@ -36,10 +36,16 @@ def assert_params_close(a: dict, b: dict, atol: float = 2e-5) -> None:
 
 
 @pytest.mark.parametrize(
-    ("embedding_sync", "embedding_grad"), [("rows", "auto"), ("dense", "auto"), ("rows", "dense")]
+    ("embedding_sync", "embedding_grad", "grad_sync"),
+    [
+        ("rows", "auto", "auto"),  # gloo's default: one fused all-reduce per step
+        ("rows", "auto", "buckets"),  # DDP's bucket all-reduces, then the rows'
+        ("dense", "auto", "auto"),
+        ("rows", "dense", "auto"),
+    ],
 )
 def test_two_ranks_match_one_process(
-    tmp_path: Path, cache_dir: Path, embedding_sync: str, embedding_grad: str
+    tmp_path: Path, cache_dir: Path, embedding_sync: str, embedding_grad: str, grad_sync: str
 ) -> None:
     [single] = run_worker(tmp_path, "ws1", 1, cache_dir)
     assert single["sparse_backward"]  # auto on CPU: the embedding's backward is row-sparse
@@ -50,9 +56,15 @@ def test_two_ranks_match_one_process(
         cache_dir,
         f"distributed.embedding_grad_sync={embedding_sync}",
         f"train.embedding_grad={embedding_grad}",
+        f"distributed.grad_sync={grad_sync}",
+        "distributed.bucket_cap_mb=0.01",  # several buckets even without the embedding
     )
     # rows: the embedding left DDP and only the rows the global batch used were all-reduced
     assert r0["row_sync"] is (embedding_sync == "rows")
+    # fused: DDP handed all its buckets over to the one all-reduce
+    assert r0["fused"] is (embedding_sync == "rows" and grad_sync == "auto")
+    # (from the second step on: DDP lays its buckets out anew after the first)
+    assert r0["num_buckets"] > 1 and set(r0["calls_per_step"][1:]) == {r0["num_buckets"]}
     # auto: sparse backward only where DDP does not bucket the embedding
     assert r0["sparse_backward"] is (embedding_sync == "rows" and embedding_grad == "auto")
     if embedding_sync == "rows":
@@ -83,15 +95,26 @@ def test_row_sparse_embedding_gradient_gives_the_dense_update(
     assert_params_close(dense["params"], rows["params"], atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("grad_sync", "static_graph"), [("fused", False), ("buckets", False), ("fused", True)]
+)
 def test_accumulation_with_no_sync_matches_full_batch_and_skips_allreduce(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, cache_dir: Path, grad_sync: str, static_graph: bool
 ) -> None:
-    full = run_worker(tmp_path, "acc1", 2, cache_dir, "train.grad_accum_steps=1")
-    accum = run_worker(tmp_path, "acc2", 2, cache_dir, "train.grad_accum_steps=2")
+    sync = f"distributed.grad_sync={grad_sync}"
+    full = run_worker(tmp_path, "acc1", 2, cache_dir, "train.grad_accum_steps=1", sync)
+    accum = run_worker(
+        tmp_path, "acc2", 2, cache_dir, "train.grad_accum_steps=2", sync,
+        f"distributed.static_graph={str(static_graph).lower()}",
+    )  # fmt: skip
+    assert accum[0]["fused"] is (grad_sync == "fused")
     assert_params_close(full[0]["params"], accum[0]["params"])
+    for k in accum[0]["params"]:
+        assert torch.equal(accum[0]["params"][k], accum[1]["params"][k]), k
     # 2 micro-steps per step, but only the last one all-reduces: one call per bucket per step
-    # (without no_sync it would be 2 * STEPS * buckets)
-    assert accum[0]["allreduce_calls"] == STEPS * accum[0]["num_buckets"]
+    # (without no_sync it would be 2 * STEPS * buckets; static_graph syncs both on step one)
+    synced = STEPS + (1 if static_graph else 0)
+    assert accum[0]["allreduce_calls"] == synced * accum[0]["num_buckets"]
     assert full[0]["allreduce_calls"] == STEPS * full[0]["num_buckets"]
     assert accum[0]["allreduce_calls"] > 0
     assert sum(len(m) for m in accum[0]["batches"][0]) == 12  # 2 micro-batches of 6 per rank

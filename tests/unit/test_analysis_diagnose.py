@@ -351,3 +351,23 @@ def test_fp32_compute_on_an_amx_cpu_suggests_bf16(tmp_path: Path) -> None:
     assert "amx 90 %" in findings[0].evidence
     assert "train.precision=bf16" in findings[0].recommendation
     assert not [f for f in diagnose(load_runs([tmp_path / "no-amx"])) if f.rule == "cpu_bf16"]
+
+
+@pytest.mark.parametrize("grad_sync", ["buckets", "fused"])
+def test_comm_bound_gloo_run_with_two_collectives_suggests_fusing(tmp_path, grad_sync):
+    write_run(tmp_path, "ws1", world_size=1)
+    buckets = [1_130_000, 370_000] if grad_sync == "buckets" else [1_500_000]
+    comm = {
+        "exposed_comm_ms": 25.0, "allreduce_ms": 26.0, "grad_bytes": 1_500_000,
+        "bucket_bytes": buckets, "num_buckets": len(buckets), "comm_hook": "none",
+        "embedding_grad_sync": "rows", "grad_sync": grad_sync,
+    }  # fmt: skip
+    write_run(
+        tmp_path, "ws2", world_size=2, timing={"backward_ms": 55.0, "step_ms": 78.5},
+        summary={"comm": comm, "backend": "gloo"},
+    )  # fmt: skip
+    (f,) = [f for f in _findings(tmp_path) if f.rule == "comm_bound"]
+    # a run that already sends one all-reduce per step is not told to
+    assert ("grad_sync=fused: one all-reduce per step instead of 2" in f.recommendation) is (
+        grad_sync == "buckets"
+    )

@@ -67,6 +67,7 @@ def test_overrides_are_typed() -> None:
         ("train.precision=fp8", "train.precision must be one of"),
         ("train.compile_mode=fast", "train.compile_mode must be one of"),
         ("distributed.comm_hook=zip", "distributed.comm_hook must be one of"),
+        ("distributed.grad_sync=later", "distributed.grad_sync must be one of"),
         ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
         ("train.resume=/nonexistent.pt", "train.resume: checkpoint file not found"),
         # sizes past int32 overflowed the tokenizer (a traceback); 10,000 threads crashed torch
@@ -85,6 +86,41 @@ def test_bad_values_name_the_key(override: str, fragment: str) -> None:
         load_config(None, [override])
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "clash",
+    [
+        "distributed.embedding_grad_sync=dense",
+        "distributed.comm_hook=fp16",
+        "distributed.comm_hook=powersgd",
+        "distributed.find_unused_parameters=true",
+    ],
+)
+def test_fused_grad_sync_refuses_what_it_cannot_fuse(clash: str) -> None:
+    with pytest.raises(ConfigError, match=f"grad_sync=fused does not combine with {clash}"):
+        load_config(None, ["distributed.grad_sync=fused", clash])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "backend", "fused"),
+    [
+        ([], "gloo", True),  # CPU default: the embedding rows outside DDP, no hook
+        ([], "nccl", False),  # GPUs keep DDP's overlapped buckets
+        (["distributed.comm_hook=fp16"], "gloo", False),
+        (["distributed.embedding_grad_sync=dense"], "gloo", False),
+        (["distributed.find_unused_parameters=true"], "gloo", False),
+        (["distributed.grad_sync=buckets"], "gloo", False),
+        (["distributed.grad_sync=fused", "distributed.embedding_grad_sync=rows"], "nccl", True),
+    ],
+)
+def test_grad_sync_auto_fuses_with_gloo_only_when_it_can(
+    overrides: list[str], backend: str, fused: bool
+) -> None:
+    from scalelab.distributed import fuses_grad_sync
+
+    cfg = load_config(None, overrides)
+    assert fuses_grad_sync(cfg.distributed, backend) is fused
 
 
 def test_global_batch_must_divide_world_size_times_accumulation() -> None:
@@ -417,3 +453,15 @@ def test_config_output_that_cannot_be_written_is_one_line(monkeypatch, capsys) -
     assert capsys.readouterr().err == (
         "scalelab: error: cannot write the config to standard output (No space left on device)\n"
     )
+
+
+def test_fused_grad_sync_without_embedding_rows_is_one_line() -> None:
+    # with nccl, embedding_grad_sync=auto is dense: nothing outside DDP to fuse the buckets with
+    from torch import nn
+
+    from scalelab.distributed import DistEnv, LaunchError, wrap_ddp
+
+    cfg = load_config(None, ["distributed.grad_sync=fused"])
+    env = DistEnv(world_size=2, local_world_size=2, backend="nccl")
+    with pytest.raises(LaunchError, match="grad_sync=fused needs the token-embedding rows"):
+        wrap_ddp(nn.Linear(2, 2), cfg.distributed, env, rows=None)

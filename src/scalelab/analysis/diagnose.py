@@ -458,6 +458,19 @@ def _run_rules(run: Run) -> list[Finding]:
             ddp_buckets = int(run.comm_value("num_buckets") or 0) - (
                 1 if run.comm.get("embedding_grad_sync") == "rows" else 0
             )
+            collectives = int(run.comm_value("num_buckets") or 0)
+            if (
+                run.comm.get("grad_sync") == "buckets"
+                and run.summary.get("backend") == "gloo"
+                and run.comm.get("embedding_grad_sync") == "rows"
+                and hook == "none"
+                and collectives > 1
+            ):
+                tips.append(
+                    f"distributed.grad_sync=fused: one all-reduce per step instead of "
+                    f"{collectives} (on CPUs the backward hides none of them, and each pays "
+                    "gloo's latency)"
+                )
             if ddp_buckets > 1:
                 tips.append(
                     f"a larger distributed.bucket_cap_mb (now {run.comm.get('bucket_cap_mb')}, "

@@ -49,9 +49,10 @@ def main() -> None:
         # as the trainer: the embedding's rows summed outside DDP (gloo default), sparse backward
         emb_rows = make_embedding_rows(model, cfg, env, data.train.tokens)
         row_sync = emb_rows is not None and emb_rows.sync_rows
-        model = D.wrap_ddp(model, cfg.distributed, env, exclude=[emb_rows.name] if row_sync else [])
+        model = D.wrap_ddp(model, cfg.distributed, env, rows=emb_rows)
+        deferred = emb_rows.deferred if emb_rows is not None else None  # grad_sync=fused
         hook_state = {"calls": 0}
-        if env.is_distributed and cfg.distributed.comm_hook == "none":
+        if env.is_distributed and cfg.distributed.comm_hook == "none" and deferred is None:
             model.register_comm_hook(hook_state, counting_allreduce_hook)
         sampler = TrainBatchSampler(
             data.train.lengths,
@@ -67,16 +68,23 @@ def main() -> None:
         sched = _make_scheduler(opt, cfg, steps)
         timer = StepTimer(env.device)
         sampler.set_epoch(0)
-        seen, rows_used = [], []
-        for micro in itertools.islice(sampler, steps):
+        seen, rows_used, calls = [], [], []
+
+        def hook_calls() -> int:
+            return deferred.calls if deferred else hook_state["calls"]
+
+        for step, micro in enumerate(itertools.islice(sampler, steps)):
             gb = sampler.current_global_batch
             if row_sync:
                 rows_used.append(int(D.embedding_rows(data.train.tokens, gb).numel()))
             train_step(
                 model, micro, data, opt, sched, None, timer, cfg, env, None,
+                # as the trainer: DDP(static_graph=True) records its graph on a synced first step
+                sync_every_micro_step=cfg.distributed.static_graph and step == 0,
                 emb_rows=emb_rows, global_batch=gb,
             )  # fmt: skip
             timer.end_step()
+            calls.append(hook_calls() - sum(calls))
             seen.append([m.tolist() for m in micro])
         val_loss, val_acc = evaluate(model, data, cfg, env, None)
         net = getattr(model, "module", model)
@@ -88,7 +96,10 @@ def main() -> None:
             "powersgd_iter": psgd.state.iter if psgd else None,
             "powersgd_error_buckets": len(psgd.state.error_dict) if psgd else None,
             "params": {k: v.detach().clone() for k, v in net.state_dict().items()},
-            "allreduce_calls": hook_state["calls"],
+            # bucket hook calls: DDP's all-reduces, or (fused) the buckets it handed over
+            "allreduce_calls": hook_calls(),
+            "calls_per_step": calls,
+            "fused": deferred is not None,
             "row_sync": row_sync,
             "sparse_backward": emb_rows is not None and emb_rows.sparse_backward,
             "rows_per_step": rows_used,
