@@ -341,12 +341,10 @@ def wrap_ddp(
             "distributed.grad_sync=fused needs the token-embedding rows summed outside DDP "
             f"(distributed.embedding_grad_sync=rows; with {env.backend} 'auto' is dense)"
         )
-    exclude = [rows.name] if rows is not None and syncs_rows else []
-    if exclude:
-        DDP._set_params_and_buffers_to_ignore_for_model(model, list(exclude))
-        params = dict(model.named_parameters())
-        for name in exclude:
-            dist.broadcast(params[name].data, src=0)
+    if syncs_rows:
+        assert rows is not None
+        DDP._set_params_and_buffers_to_ignore_for_model(model, [rows.name])
+        dist.broadcast(rows.weight.data, src=0)
     if cfg.comm_hook == "bf16" and env.backend != "nccl":
         # torch's bf16 compression hook is NCCL-only (it needs CUDA and NCCL >= 2.10)
         raise LaunchError(
@@ -473,7 +471,7 @@ class EmbeddingRowGrad:
       are the token ids of the whole GLOBAL batch, which every rank knows (the sampler is
       world-size invariant), so all ranks send the same rows in the same order with no
       collective to agree on them, and the sum equals DDP's. Wrap with
-      ``wrap_ddp(..., exclude=[rows.name])`` so DDP leaves the embedding to this class.
+      ``wrap_ddp(..., rows=this)`` so DDP leaves the embedding to this class.
 
     `rows` of the last `finish` let clipping measure and scale just those rows
     (`clip_grad_norm`).
@@ -537,12 +535,11 @@ class EmbeddingRowGrad:
             raise RuntimeError("grad_sync=fused: DDP ran no bucket hook in this step's backward")
         parts = [*grads, compact]
         sizes = [t.numel() for t in parts]
-        if self._flat.numel() < sum(sizes) or self._flat.dtype != compact.dtype:
+        total = sum(sizes)
+        if self._flat.numel() < total or self._flat.dtype != compact.dtype:
             # kept across steps (the rows vary): a fresh buffer each step costs page faults
-            self._flat = torch.empty(
-                int(sum(sizes) * 1.25), dtype=compact.dtype, device=grad.device
-            )
-        flat = self._flat[: sum(sizes)]
+            self._flat = torch.empty(int(total * 1.25), dtype=compact.dtype, device=grad.device)
+        flat = self._flat[:total]
         torch.cat([t.reshape(-1) for t in parts], out=flat)
         dist.all_reduce(flat)
         flat.div_(self.env.world_size)

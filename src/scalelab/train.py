@@ -555,7 +555,8 @@ def measure_communication(
 
     net = _unwrap(model)
     emb = net.token_embedding().weight
-    rows_mode = D.syncs_embedding_rows(cfg.distributed, env.backend if env.is_distributed else None)
+    backend = env.backend if env.is_distributed else None  # None: the planned one (1 rank)
+    rows_mode = D.syncs_embedding_rows(cfg.distributed, backend)
     # Mean rows a global batch uses (the sampler's batches do not depend on the world size).
     tokens = data.train.tokens.cpu()  # once per run
     rows_per_step = float(
@@ -567,7 +568,7 @@ def measure_communication(
     )
     if rows_mode:
         buckets = [*buckets, row_bytes]  # one all-reduce after the backward
-    fused = D.fuses_grad_sync(cfg.distributed, env.backend if env.is_distributed else None)
+    fused = D.fuses_grad_sync(cfg.distributed, backend)
     if fused:
         buckets = [sum(buckets)]  # DDP's buckets and the rows in one all-reduce
     # what an fp16/bf16 hook puts on the wire (None: PowerSGD, whose traffic is not the buckets)

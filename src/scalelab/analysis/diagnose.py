@@ -455,10 +455,10 @@ def _run_rules(run: Run) -> list[Finding]:
                 kind = "fp16" if run.summary.get("backend") == "gloo" else "bf16 or fp16"
                 tips.append(f"an {kind} comm hook (distributed.comm_hook) halves the bytes sent")
             # DDP's own buckets (the embedding rows, when summed row-wise, are one more)
-            ddp_buckets = int(run.comm_value("num_buckets") or 0) - (
-                1 if run.comm.get("embedding_grad_sync") == "rows" else 0
-            )
+            # the step's all-reduces; DDP's own buckets are one fewer when the embedding rows
+            # are summed row-wise (as one more)
             collectives = int(run.comm_value("num_buckets") or 0)
+            ddp_buckets = collectives - (1 if run.comm.get("embedding_grad_sync") == "rows" else 0)
             if (
                 run.comm.get("grad_sync") == "buckets"
                 and run.summary.get("backend") == "gloo"
