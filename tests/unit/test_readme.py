@@ -24,7 +24,7 @@ def _field_docs() -> dict[str, str]:
     docs = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name in section_of:
-            for field, doc in zip(node.body, node.body[1:]):
+            for field, doc in zip(node.body, node.body[1:], strict=False):
                 if (
                     isinstance(field, ast.AnnAssign)
                     and isinstance(doc, ast.Expr)
