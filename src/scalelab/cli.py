@@ -290,7 +290,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         busbw_gbps=busbw,
         alpha_ms=alpha_ms,
         overlap=args.overlap,
-        sync_latency_ms=sync,
+        sync_latency=sync,
         threads_per_rank=None if threads is None else dict.fromkeys(args.world_sizes, threads),
     )
     print(format_predictions(preds))

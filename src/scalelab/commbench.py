@@ -20,6 +20,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -173,42 +174,71 @@ def _fit(results: list[dict[str, Any]], world_size: int) -> dict[str, float]:
     return {"alpha_ms": max(0.0, alpha), "busbw_gbps": busbw}
 
 
+#: Message sizes of the after-compute probe besides 4 bytes (up to the sweep's largest): a
+#: gradient all-reduce reached from compute can cost more than its size's back-to-back time.
+AFTER_COMPUTE_BYTES = (64 * 1024, 1024 * 1024, 16 * 1024 * 1024)
+
+
+def after_compute_sizes(max_bytes: int) -> list[int]:
+    """4 bytes, then the AFTER_COMPUTE_BYTES that do not exceed `max_bytes`."""
+    return [4, *(b for b in AFTER_COMPUTE_BYTES if b <= max_bytes)]
+
+
 def measure_sync_latency(
-    env: DistEnv, *, busy_ms: float = 20.0, iters: int = 40, warmup: int = 4
-) -> dict[str, float]:
-    """Latency of a 4-byte all-reduce that the ranks reach straight from `busy_ms` of compute.
+    env: DistEnv,
+    *,
+    sizes: Sequence[int] = (4,),
+    busy_ms: float = 20.0,
+    iters: int = 40,
+    warmup: int = 4,
+) -> dict[str, Any]:
+    """Time of all-reduces that the ranks reach straight from `busy_ms` of compute.
 
     A training step's gradient all-reduce does not start from a warm, idle loop as the size
-    sweep's back-to-back calls do: every rank arrives from computing. Per iteration all ranks
-    compute for `busy_ms` (small matrix products), then all-reduce 4 bytes; the iteration's
-    latency is the time of the rank that arrived last (the minimum over ranks), which waited
-    for nobody. Returns its median and 90th percentile in ms.
+    sweep's back-to-back calls do: every rank arrives from computing. Per iteration, for each
+    of `sizes` in turn (interleaved, so drift affects all alike), all ranks compute for
+    `busy_ms` (small matrix products), then all-reduce that many bytes; an iteration's time is
+    that of the rank that arrived last (the minimum over ranks), which waited for nobody.
+    Returns the first size's median and 90th percentile in ms (4 bytes: the sync latency), and
+    under ``sizes`` each size's median, mean and 90th percentile (their spread is wide: most
+    calls are quick, some wait for a sleeping thread; the mean is what a step pays on average).
     """
     if not env.is_distributed:
-        return {"median_ms": 0.0, "p90_ms": 0.0, "busy_ms": busy_ms, "iters": 0}
+        return {"median_ms": 0.0, "p90_ms": 0.0, "busy_ms": busy_ms, "iters": 0, "sizes": []}
     dev = _buffer_device(env)
-    x = torch.zeros(1, device=dev)
+    bufs = [torch.zeros(max(1, b // 4), device=dev) for b in sizes]
     a = torch.randn(128, 128)
-    times: list[float] = []
+    times: list[list[float]] = [[] for _ in sizes]
     for i in range(warmup + iters):
-        until = time.perf_counter() + busy_ms / 1e3
-        while time.perf_counter() < until:
-            a @ a
-        t0 = time.perf_counter()
-        dist.all_reduce(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)  # host-device sync: the collective must be done to time it
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    mine = torch.tensor(times, dtype=torch.float64, device=dev)
+        for buf, out in zip(bufs, times, strict=True):
+            until = time.perf_counter() + busy_ms / 1e3
+            while time.perf_counter() < until:
+                a @ a
+            t0 = time.perf_counter()
+            dist.all_reduce(buf)
+            if dev.type == "cuda":  # host-device sync: the collective must be done to time it
+                torch.cuda.synchronize(dev)
+            if i >= warmup:
+                out.append((time.perf_counter() - t0) * 1e3)
+    mine = torch.tensor(times, dtype=torch.float64, device=dev)  # [size, iteration]
     every = [torch.zeros_like(mine) for _ in range(env.world_size)]
     dist.all_gather(every, mine)
     last_arrival = torch.stack(every).min(dim=0).values.cpu()  # host-device sync (once)
+    per_size = [
+        {
+            "bytes": int(b),
+            "median_ms": float(row.median()),
+            "mean_ms": float(row.mean()),
+            "p90_ms": float(torch.quantile(row, 0.9)),
+        }
+        for b, row in zip(sizes, last_arrival, strict=True)
+    ]
     return {
-        "median_ms": float(last_arrival.median()),
-        "p90_ms": float(torch.quantile(last_arrival, 0.9)),
+        "median_ms": per_size[0]["median_ms"],
+        "p90_ms": per_size[0]["p90_ms"],
         "busy_ms": busy_ms,
         "iters": iters,
+        "sizes": per_size,
     }
 
 
@@ -329,7 +359,7 @@ def run_commbench(
         "command": command if command is not None else shlex.join(sys.orig_argv),
         "results": results,
         "fit": _fit(results, env.world_size),
-        "sync_latency": measure_sync_latency(env),
+        "sync_latency": measure_sync_latency(env, sizes=after_compute_sizes(max_bytes)),
     }
 
 
@@ -373,6 +403,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"sync latency after {lat['busy_ms']:g} ms of compute (4-byte all-reduce, last rank "
             f"to arrive): median {lat['median_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms"
         )
+        for row in lat.get("sizes") or []:
+            if row["bytes"] > 4:
+                lines.append(
+                    f"  {format_bytes(row['bytes'])} after compute: median {row['median_ms']:.3f}"
+                    f" ms, mean {row['mean_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms"
+                )
     return "\n".join(lines)
 
 
@@ -413,6 +449,15 @@ def save_commbench(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, P
         color="gray",
         label=f"fit: {fit['alpha_ms']:.3g} ms + bytes/{fit['busbw_gbps']:.3g} GB/s",
     )
+    after = [r for r in (result.get("sync_latency") or {}).get("sizes") or [] if r["bytes"] > 4]
+    if after:  # reached from compute: what a training step's gradient all-reduce meets
+        ax_t.loglog(
+            [r["bytes"] for r in after],
+            [r["mean_ms"] for r in after],
+            "^",
+            color="tab:red",
+            label=f"after {result['sync_latency']['busy_ms']:g} ms of compute (mean)",
+        )
     ax_t.set_ylabel("all-reduce time (ms)")
     ax_t.set_title("Time per all-reduce")
     ax_bw.semilogx(sizes, [r["busbw_gbps"] for r in rows], "o-", label="busbw")

@@ -11,7 +11,12 @@ import pytest
 from scalelab.analysis import AnalysisError, load_runs
 from scalelab.analysis.collect import load_run
 from scalelab.analysis.diagnose import diagnose
-from scalelab.analysis.predict import load_commbench, load_sync_latency, predict_scaling
+from scalelab.analysis.predict import (
+    SyncLatency,
+    load_commbench,
+    load_sync_latency,
+    predict_scaling,
+)
 from scalelab.analysis.report import _amdahl_text, analyse_runs, csv_rows, write_report
 from scalelab.analysis.scaling import analyse
 from tests.unit.runfolders import write_run, write_sweep
@@ -69,7 +74,9 @@ def test_the_sync_wake_up_is_paid_in_full_whatever_the_overlap(tmp_path: Path) -
     summary = load_run(tmp_path / "cpu-ws1").summary
     kw = {"busbw_gbps": 1.0, "alpha_ms": 0.1}
     (plain,) = predict_scaling(summary, [2], overlap=0.5, **kw)
-    (woken,) = predict_scaling(summary, [2], overlap=0.5, sync_latency_ms=5.1, **kw)
+    (woken,) = predict_scaling(
+        summary, [2], overlap=0.5, sync_latency=SyncLatency(((4, 5.1),), 2), **kw
+    )
     # the 5.0 ms above alpha is added once, not halved by the overlap
     assert woken.exposed_comm_ms - plain.exposed_comm_ms == pytest.approx(5.0)
     assert woken.comm_ms - plain.comm_ms == pytest.approx(5.0)

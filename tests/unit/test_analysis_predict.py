@@ -10,6 +10,7 @@ import pytest
 
 from scalelab.analysis import AnalysisError, load_run, load_runs
 from scalelab.analysis.predict import (
+    SyncLatency,
     allreduce_ms,
     compare,
     fit_alpha_beta,
@@ -167,17 +168,25 @@ def test_sync_latency_after_compute_replaces_alpha_once_per_step_on_cpu(base, tm
     cpu = dict(base, device_type="cpu")
     gpu = dict(base, device_type="cuda")
     (plain,) = predict_scaling(cpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA)
-    (woken,) = predict_scaling(cpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency_ms=3.0)
+    (woken,) = predict_scaling(
+        cpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency=SyncLatency(((4, 3.0),), 2)
+    )
     # one collective per step (the first) pays 3 ms instead of alpha; the other buckets keep alpha
     assert woken.comm_ms - plain.comm_ms == pytest.approx(3.0 - ALPHA)
     assert woken.step_ms - plain.step_ms == pytest.approx(3.0 - ALPHA)
     # a latency below alpha changes nothing; accelerators keep their bucket model
-    (low,) = predict_scaling(cpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency_ms=0.01)
+    (low,) = predict_scaling(
+        cpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency=SyncLatency(((4, 0.01),), 2)
+    )
     assert low.step_ms == pytest.approx(plain.step_ms)
     (g1,) = predict_scaling(gpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA)
-    (g2,) = predict_scaling(gpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency_ms=3.0)
+    (g2,) = predict_scaling(
+        gpu, [2], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency=SyncLatency(((4, 3.0),), 2)
+    )
     assert g1.step_ms == pytest.approx(g2.step_ms)
-    (one,) = predict_scaling(cpu, [1], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency_ms=3.0)
+    (one,) = predict_scaling(
+        cpu, [1], busbw_gbps=BUSBW, alpha_ms=ALPHA, sync_latency=SyncLatency(((4, 3.0),), 2)
+    )
     assert one.comm_ms == 0.0
 
     bench = tmp_path / "commbench.json"
@@ -186,7 +195,51 @@ def test_sync_latency_after_compute_replaces_alpha_once_per_step_on_cpu(base, tm
     bench.write_text(
         json.dumps({"world_size": 2, "sync_latency": {"median_ms": 2.5, "p90_ms": 4.0}})
     )
-    assert load_sync_latency(bench) == 2.5
+    # a file with only the 4-byte probe: that latency holds at every size
+    assert load_sync_latency(bench) == SyncLatency(((4.0, 2.5),), 2)
+
+
+def test_the_first_all_reduce_pays_the_after_compute_time_measured_at_its_size(base, tmp_path):
+    cpu = dict(base, device_type="cpu")  # buckets 3 MB, 3 MB, 2 MB: the first is 3e6 bytes
+    kw = {"busbw_gbps": BUSBW, "alpha_ms": ALPHA}
+    (plain,) = predict_scaling(cpu, [2], **kw)
+    b2b_2 = allreduce_ms(3e6, 2, **kw)  # 0.35 ms back to back at the commbench's 2 ranks
+    # measured at the first bucket's own size: it costs that, not the 4-byte figure
+    at_size = SyncLatency(((4, 0.2), (3e6, 2.35)), 2)
+    (woken,) = predict_scaling(cpu, [2], sync_latency=at_size, **kw)
+    assert woken.step_ms - plain.step_ms == pytest.approx(2.35 - b2b_2)
+    # what is beyond the back-to-back time is carried to other world sizes, where the bytes
+    # term differs (4 ranks: ring factor 1.5)
+    (plain4,) = predict_scaling(cpu, [4], **kw)
+    (woken4,) = predict_scaling(cpu, [4], sync_latency=at_size, **kw)
+    assert woken4.step_ms - plain4.step_ms == pytest.approx(2.35 - b2b_2)
+    # measured with 4 ranks: their back-to-back time is what the 2.35 ms exceeds
+    (w4,) = predict_scaling(cpu, [2], sync_latency=SyncLatency(at_size.points, 4), **kw)
+    assert w4.step_ms - plain.step_ms == pytest.approx(2.35 - allreduce_ms(3e6, 4, **kw))
+    # between measured sizes: interpolated in log(bytes) (3e6 is the log-midpoint of 1e6, 9e6)
+    around = SyncLatency(((1e6, 1.5), (9e6, 4.5)), 2)
+    (mid,) = predict_scaling(cpu, [2], sync_latency=around, **kw)
+    extra = [1.5 - allreduce_ms(1e6, 2, **kw), 4.5 - allreduce_ms(9e6, 2, **kw)]
+    assert mid.step_ms - plain.step_ms == pytest.approx(sum(extra) / 2)
+    # beyond the largest size measured, its excess holds
+    (far,) = predict_scaling(cpu, [2], sync_latency=SyncLatency(((4, 0.2), (64e3, 2.0)), 2), **kw)
+    assert far.step_ms - plain.step_ms == pytest.approx(2.0 - allreduce_ms(64e3, 2, **kw))
+
+    bench = tmp_path / "commbench.json"
+    sizes = [{"bytes": 4, "median_ms": 0.2, "mean_ms": 0.5}, {"bytes": 65536, "mean_ms": 1.7}]
+    bench.write_text(
+        json.dumps(
+            {"world_size": 4, "sync_latency": {"median_ms": 0.2, "p90_ms": 1.0, "sizes": sizes}}
+        )
+    )
+    # each size's mean: what a step pays on average (the 4-byte median is for older files)
+    assert load_sync_latency(bench) == SyncLatency(((4.0, 0.5), (65536.0, 1.7)), 4)
+    sizes[1]["mean_ms"] = None
+    bench.write_text(
+        json.dumps({"world_size": 2, "sync_latency": {"median_ms": 0.2, "sizes": sizes}})
+    )
+    with pytest.raises(AnalysisError, match=r"'sync_latency.sizes\[1\].mean_ms'"):
+        load_sync_latency(bench)
 
 
 def test_commbench_busbw_zero_means_refit_and_pure_noise_is_a_note_not_a_failure(tmp_path):

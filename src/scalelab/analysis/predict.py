@@ -23,10 +23,14 @@ the same number of optimizer steps per epoch, hence speedup = step_1 / step_n):
   exposed = t_last + max(0, (T_ar - t_last) - backward_n/k * (1 - 1/num_buckets)),
   where k = grad_accum_steps (only the last micro-batch's backward runs alongside the sync);
 * on CPU, a step's first collective is reached straight from compute, not from the warm loop of
-  the size sweep: it costs the commbench's measured sync latency L (4 bytes, last rank to arrive
-  after 20 ms of compute) instead of alpha, so exposed += max(0, L - alpha) once per step when
-  the commbench file holds L, whatever the overlap (gloo on the 2-core test machine: L has a
-  median near alpha, ~1 ms, and a p90 of ~4 ms, from thread wake-ups while both cores compute);
+  the size sweep: it costs what the commbench measured for all-reduces after 20 ms of compute
+  (last rank to arrive; `SyncLatency`: the mean at 4 bytes, 64 KB, 1 MB and 16 MB, or in older
+  files the 4-byte median) instead of its back-to-back time, so exposed += w(b_1) once per step,
+  whatever the overlap, with w(b) = max(0, L(b) - T_ar,b2b(b)) at the commbench's world size, L
+  interpolated in log(bytes) between the measured sizes (held constant beyond them) and b_1 the
+  step's first all-reduce (gloo on the 2-vCPU test machine, ad hoc: medians of 0.2 ms at 4 bytes
+  but 1.7-3.5 ms at 64 KB to 1.5 MB, against 0.3-0.8 ms back to back, and a p90 of 4-7 ms: a
+  rank that waits from compute sleeps, and waking it costs);
 * CPU ranks: a rank's compute speed follows its threads, so with t_1 threads in the base run
   and t_n per rank at n ranks, h2d, forward and backward are also scaled by t_1/t_n (perfect
   thread scaling: optimistic when t_n > t_1, pessimistic when t_n < t_1; the optimizer, which
@@ -147,14 +151,14 @@ def predict_scaling(
     busbw_gbps: float,
     alpha_ms: float,
     overlap: float | None = None,
-    sync_latency_ms: float | None = None,
+    sync_latency: SyncLatency | None = None,
     threads_per_rank: Mapping[int, float] | None = None,
 ) -> list[Prediction]:
     """Predict per-step time, communication and speedup at each world size (see module doc).
 
-    ``sync_latency_ms``: the commbench's latency after compute (`load_sync_latency`); applied to
-    CPU runs only, where nothing overlaps the all-reduce. ``threads_per_rank``: CPU threads per
-    rank at some world sizes (the others keep the base run's).
+    ``sync_latency``: the commbench's all-reduce times after compute (`load_sync_latency`);
+    applied to CPU runs only, where nothing overlaps the all-reduce. ``threads_per_rank``: CPU
+    threads per rank at some world sizes (the others keep the base run's).
     """
     name = summary_1rank.get("run_name")
     if int(summary_1rank.get("world_size") or 1) != 1:
@@ -194,7 +198,9 @@ def predict_scaling(
     if overlap is None and on_cpu:
         overlap = 0.0  # see module doc: CPU ranks have no idle cores to hide the all-reduce
     # see module doc: the step's first collective wakes ranks that were computing
-    wake_ms = max(0.0, (sync_latency_ms or 0.0) - alpha) if on_cpu else 0.0
+    wake_ms = 0.0
+    if on_cpu and sync_latency is not None:
+        wake_ms = sync_latency.wake_ms(buckets[0], busbw_gbps=busbw_gbps, alpha_ms=alpha)
     # the simulated slow loader's sleep per step (one per micro-batch), at most the data wait
     delay_s = (summary_1rank.get("data") or {}).get("delay_per_batch_s") or 0.0
     delay_ms = min(base["data_ms"], 1000.0 * float(delay_s) * accum)
@@ -444,13 +450,52 @@ def _beyond_measured(bench: dict[str, Any], name: str, world_sizes: Sequence[int
     )
 
 
-def load_sync_latency(path: str | Path) -> float | None:
-    """Median sync latency after compute (ms) from a commbench JSON file; None if not recorded."""
+@dataclass(frozen=True)
+class SyncLatency:
+    """All-reduce times after compute from a commbench file: (bytes, ms) by size: the mean of
+    each size's calls where the file records sizes, else (older files, 4 bytes only) the median."""
+
+    points: tuple[tuple[float, float], ...]
+    world_size: int
+    """The ranks the commbench measured them with."""
+
+    def wake_ms(self, nbytes: float, *, busbw_gbps: float, alpha_ms: float) -> float:
+        """What an all-reduce of `nbytes` reached from compute costs beyond its back-to-back
+        time (alpha + bytes/busbw at the commbench's world size), at least 0: interpolated in
+        log(bytes) between the measured sizes, the nearest one's beyond them."""
+        pts = sorted(self.points)
+        ranks = max(2, self.world_size)
+        b2b = [allreduce_ms(b, ranks, busbw_gbps=busbw_gbps, alpha_ms=alpha_ms) for b, _ in pts]
+        extra = [max(0.0, t - b) for (_, t), b in zip(pts, b2b, strict=True)]
+        xs = [math.log(max(b, 1.0)) for b, _ in pts]
+        return float(np.interp(math.log(max(nbytes, 1.0)), xs, extra))
+
+
+def load_sync_latency(path: str | Path) -> SyncLatency | None:
+    """The after-compute all-reduce times of a commbench JSON file (`sync_latency`: its 4-byte
+    median, or in newer files under ``sizes`` each size's mean); None if not recorded."""
     bench = _read_commbench(path)
     lat = bench.get("sync_latency") if isinstance(bench, dict) else None
     if not isinstance(lat, dict) or lat.get("median_ms") is None:
         return None
-    return _finite(path, "sync_latency.median_ms", lat["median_ms"], at_least=0.0)
+    points = [(4.0, _finite(path, "sync_latency.median_ms", lat["median_ms"], at_least=0.0))]
+    sizes = lat.get("sizes")
+    if sizes is not None:
+        if not isinstance(sizes, list) or not all(isinstance(r, dict) for r in sizes):
+            raise AnalysisError(
+                f"{path}: commbench field 'sync_latency.sizes' should be a list of objects"
+            )
+        points = []  # the sizes' means replace the 4-byte median
+        for i, row in enumerate(sizes):
+            where = f"sync_latency.sizes[{i}]"
+            nbytes = _finite(path, f"{where}.bytes", row.get("bytes"), positive=True)
+            ms = _finite(path, f"{where}.mean_ms", row.get("mean_ms"), at_least=0.0)
+            points.append((nbytes, ms))
+        if not points:
+            raise AnalysisError(f"{path}: commbench field 'sync_latency.sizes' is empty")
+    world_size = bench.get("world_size")
+    ranks = int(world_size) if is_number(world_size) and world_size >= 2 else 2
+    return SyncLatency(tuple(points), ranks)
 
 
 def bandwidth_from_run(run: Run) -> tuple[float, float] | None:

@@ -28,6 +28,7 @@ from scalelab.analysis.predict import (
     Comparison,
     NoBandwidthFit,
     Prediction,
+    SyncLatency,
     bandwidth_from_run,
     commbench_caveats,
     compare,
@@ -240,6 +241,20 @@ def _overlap_note(group: ScalingGroup) -> str:
     return f" Overlap of all-reduce and backward assumed 0 (CPU){seen}."
 
 
+def _after_compute_note(sync: SyncLatency) -> str:
+    """The commbench's after-compute all-reduce medians, as the prediction notes give them."""
+
+    def size(b: float) -> str:  # binary units, as commbench prints them
+        for unit in ("B", "KB", "MB"):
+            if b < 1024:
+                return f"{b:g} {unit}"
+            b /= 1024
+        return f"{b:g} GB"
+
+    sizes = ", ".join(f"{size(b)} {t:.3g} ms" for b, t in sorted(sync.points))
+    return f"all-reduce after compute (CPU runs, median) {sizes}"
+
+
 def analyse_runs(
     runs: Sequence[Run],
     *,
@@ -283,7 +298,7 @@ def analyse_runs(
                     sizes,
                     busbw_gbps=busbw,
                     alpha_ms=alpha,
-                    sync_latency_ms=sync,
+                    sync_latency=sync,
                     threads_per_rank=threads,
                 )
             predictions[group.label] = sorted(
@@ -292,7 +307,7 @@ def analyse_runs(
         except AnalysisError as exc:
             notes.append(f"{group.label}: no prediction ({exc}).")
             continue
-        wake = f", sync latency after compute {sync:.3g} ms (CPU runs)" if sync else ""
+        wake = f", {_after_compute_note(sync)}" if sync else ""
         notes.append(
             f"{group.label}: bus bandwidth {busbw:.3g} GB/s, alpha {alpha:.3g} ms{wake}, {source}."
             + _overlap_note(group)
@@ -841,9 +856,10 @@ def build_document(analysis: Analysis, figures: dict[str, Path]) -> list[Block]:
             "the remaining layers (k = gradient accumulation steps, N_b = number of buckets); on CPUs "
             "the model assumes nothing is hidden (exposed = T_ar: gloo's all-reduce needs the cores the "
             "compute keeps busy; the notes below set this beside the overlap the runs measured), and "
-            "a step's first collective, reached straight from compute, costs the "
-            "commbench's sync latency after compute L instead of alpha (T_ar += max(0, L - alpha) "
-            "when the commbench file records L). On CPUs a rank's compute also follows its "
+            "a step's first collective, reached straight from compute, costs what the "
+            "commbench measured after compute L(b) instead of its back-to-back time (T_ar += "
+            "max(0, L(b) - alpha - 2(n-1)/n * b / busbw) for the first all-reduce's b bytes, L "
+            "interpolated between the measured sizes, when the commbench file records L). On CPUs a rank's compute also follows its "
             "threads: h2d, forward and backward are multiplied by t_1/t_n, the base run's threads "
             "per rank over those of the run the prediction is checked against (perfect thread "
             "scaling; the optimizer and data phases are not scaled). Speedup "
