@@ -423,11 +423,13 @@ def _run_rules(run: Run) -> list[Finding]:
                     f"exposed communication {_ms(exposed)} per step against {_ms(allreduce)} "
                     "for the step's all-reduces timed back to back; the other "
                     f"{_ms(exposed - allreduce)} is waiting: some rank reaches the collective "
-                    "later than the others (step-time jitter, a straggler, a slow wake-up)",
+                    "later than the others (step-time jitter, a straggler), or a rank that "
+                    "waited from compute is slow to wake",
                     "Bandwidth, comm hooks and bucket sizes cannot remove waiting. Look at the "
                     "slowest rank (forward_ms_max, data_ms_max), at what the ranks share (CPU "
-                    "cores, a device) and at the sync latency after compute that scalelab "
-                    "commbench measures; fewer collectives per step pay the wait fewer times "
+                    "cores, a device) and at the all-reduce times after compute that scalelab "
+                    "commbench measures (sync_latency.sizes: against its back-to-back times, "
+                    "the cost of waking); fewer collectives per step pay the wait fewer times "
                     "(a bigger global batch, with train.grad_accum_steps if the per-rank batch "
                     "must stay small).",
                     "sync_wait",
