@@ -395,8 +395,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise CheckpointError(f"{path}: not a readable checkpoint ({_why(exc)})") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: not a scalelab checkpoint (format version mismatch)")
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path}: not a scalelab checkpoint (no format_version)")
+    version = state["format_version"]
+    if type(version) is not int or version != FORMAT_VERSION:  # True and 1.0 equal 1
+        raise CheckpointError(
+            f"{path}: checkpoint format_version is {_describe(version)}; this scalelab reads "
+            f"format {FORMAT_VERSION}"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing {', '.join(missing)}")

@@ -71,12 +71,21 @@ _RECORDED_KEYS = (
 LOAD_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def _check_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, groups: int) -> None:
+def _check_scheduler_state(
+    scheduler: torch.optim.lr_scheduler.LRScheduler, groups: int, global_step: int
+) -> None:
     """LambdaLR.load_state_dict takes any dict (it updates its attributes): check what the next
-    scheduler.step() reads, or a bad value would be a traceback after training started."""
+    scheduler.step() reads, or a bad value would be a traceback after training started. The
+    scheduler steps once per optimizer step, so its last_epoch is the checkpoint's global_step:
+    another count would resume the learning rate at another point of its schedule."""
     last = scheduler.last_epoch
     if not is_count(last):
         raise ValueError(f"last_epoch is {last!r}, expected a whole number >= 0")
+    if last != global_step:
+        raise ValueError(
+            f"last_epoch is {last}, expected the checkpoint's global_step ({global_step}): "
+            "one scheduler step per optimizer step"
+        )
     for key in ("base_lrs", "_last_lr"):
         lrs = getattr(scheduler, key, None)
         if not (isinstance(lrs, list) and len(lrs) == groups and all(map(is_number, lrs))):
@@ -187,7 +196,7 @@ def load_states(
         raise refuse("does not fit this model/config: optimizer state", exc) from None
     try:
         scheduler.load_state_dict(saved["scheduler"])
-        _check_scheduler_state(scheduler, len(optimizer.param_groups))
+        _check_scheduler_state(scheduler, len(optimizer.param_groups), saved["global_step"])
     except LOAD_ERRORS as exc:
         raise refuse("its learning-rate scheduler state does not load", exc) from None
     if scaler is not None and saved.get("scaler"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 from pathlib import Path
 
@@ -214,6 +215,25 @@ def test_a_field_of_the_wrong_type_is_one_line_naming_file_and_field(
         load_checkpoint(path)
     assert str(info.value).startswith(f"{path}: checkpoint field {field}"), info.value
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({}, "not a scalelab checkpoint (no format_version)"),
+        ({"format_version": 2}, "checkpoint format_version is 2; this scalelab reads format 1"),
+        (
+            {"format_version": True},
+            "checkpoint format_version is True; this scalelab reads format 1",
+        ),
+        ({"format_version": 1.0}, "checkpoint format_version is 1.0; this scalelab reads format 1"),
+    ],
+)
+def test_a_checkpoint_of_another_format_is_one_line(tmp_path: Path, extra: dict, says: str) -> None:
+    path = tmp_path / "c.pt"
+    torch.save({**_state(), **extra}, path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: {says}")):
+        load_checkpoint(path)
 
 
 def test_a_well_formed_checkpoint_with_every_optional_field_loads(tmp_path: Path) -> None:

@@ -372,6 +372,12 @@ def _corrupt_model_shape(ckpt: dict) -> None:
             "scheduler state does not load (missing key 'lr_lambdas')",
         ),
         (lambda c: c["scheduler"].update(last_epoch="x"), "last_epoch is 'x', expected a whole"),
+        # the learning rate would resume at another point of its schedule
+        (
+            lambda c: c["scheduler"].update(last_epoch=c["global_step"] + 7),
+            "scheduler state does not load (last_epoch is 10, expected the checkpoint's "
+            "global_step (3)",
+        ),
         (lambda c: c["scheduler"].update(base_lrs=[1.0]), "base_lrs is not a list of 2 learning"),
         (
             lambda c: c.update(scheduler=[0]),
