@@ -261,6 +261,29 @@ def test_commbench_busbw_zero_means_refit_and_pure_noise_is_a_note_not_a_failure
     assert any("does not grow with message size" in n for n in analysis.bandwidth_notes)
 
 
+def test_the_report_states_the_after_compute_times_it_predicted_with(tmp_path):
+    from scalelab.analysis.report import analyse_runs
+
+    rows = [{"bytes": b, "time_ms": 0.01 + b / 5e7} for b in (1e5, 1e6, 1e7)]
+    sizes = [{"bytes": 4, "median_ms": 0.1, "mean_ms": 0.5, "p90_ms": 2.0},
+             {"bytes": 65536, "median_ms": 1.5, "mean_ms": 1.7, "p90_ms": 4.0}]  # fmt: skip
+    bench = tmp_path / "commbench.json"
+    bench.write_text(
+        json.dumps(
+            {"world_size": 2, "results": rows, "fit": {"alpha_ms": 0.01, "busbw_gbps": 50.0},
+             "sync_latency": {"median_ms": 0.1, "p90_ms": 2.0, "sizes": sizes}}
+        )
+    )  # fmt: skip
+    cpu = {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo"}
+    write_sweep(tmp_path / "runs", [1, 2], summary=cpu)
+    analysis = analyse_runs(load_runs([tmp_path / "runs"]), commbench=bench)
+    assert analysis.predictions, analysis.bandwidth_notes
+    assert any(
+        "all-reduce after compute (CPU runs) 4 B 0.5 ms, 64 KB 1.7 ms" in n
+        for n in analysis.bandwidth_notes
+    ), analysis.bandwidth_notes
+
+
 def test_nan_timing_is_no_measurement(tmp_path):
     # every step of the run was warm-up: the trainer writes NaN phase means
     nan = {k: float("nan") for k in ("data_ms", "forward_ms", "step_ms")}

@@ -242,7 +242,8 @@ def _overlap_note(group: ScalingGroup) -> str:
 
 
 def _after_compute_note(sync: SyncLatency) -> str:
-    """The commbench's after-compute all-reduce medians, as the prediction notes give them."""
+    """The commbench's after-compute all-reduce times (each size's mean; older files: the
+    4-byte median), as the prediction notes give them."""
 
     def size(b: float) -> str:  # binary units, as commbench prints them
         for unit in ("B", "KB", "MB"):
@@ -252,7 +253,7 @@ def _after_compute_note(sync: SyncLatency) -> str:
         return f"{b:g} GB"
 
     sizes = ", ".join(f"{size(b)} {t:.3g} ms" for b, t in sorted(sync.points))
-    return f"all-reduce after compute (CPU runs, median) {sizes}"
+    return f"all-reduce after compute (CPU runs) {sizes}"
 
 
 def analyse_runs(
