@@ -330,6 +330,34 @@ def test_sync_wait_quotes_the_wait_and_stays_silent_when_exposed_is_the_all_redu
     assert "sync_wait" not in {f.rule for f in _findings(tmp_path / "bytes")}
 
 
+def test_sync_wait_splits_the_wait_by_the_commbenchs_after_compute_times(tmp_path):
+    from scalelab.analysis.predict import SyncLatency, predict_scaling
+
+    cpu = {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo"}
+    write_run(tmp_path, "ws1", summary=cpu)
+    write_run(tmp_path, "ws2", world_size=2, timing={"backward_ms": 36.0},
+              summary={**cpu, "comm": {"exposed_comm_ms": 6.0, "allreduce_ms": 2.0}})  # fmt: skip
+    runs = load_runs([tmp_path])
+    base = next(r for r in runs if r.world_size == 1).summary
+
+    def wait_evidence(after_compute_ms: float) -> str:
+        # the first bucket (3 MB) measured at its own size: back to back it takes 0.35 ms here
+        sync = SyncLatency(((3e6, after_compute_ms),), 2)
+        preds = predict_scaling(base, [2], busbw_gbps=10.0, alpha_ms=0.05, sync_latency=sync)
+        assert preds[0].wake_ms == pytest.approx(after_compute_ms - 0.35)
+        (f,) = [f for f in diagnose(runs, preds) if f.rule == "sync_wait"]
+        return f.evidence
+
+    # 1.5 ms of the 4 ms wait is waking; 2.5 ms is ranks waiting for a late peer
+    text = wait_evidence(1.85)
+    assert "cost 1.5 ms more than back to back at this size" in text, text
+    assert "leaves 2.5 ms of ranks waiting for a late peer" in text, text
+    assert "waking accounts for all of it" in wait_evidence(5.0)
+    # without predictions (no commbench), the finding says only what the run measured
+    (f,) = [f for f in diagnose(runs) if f.rule == "sync_wait"]
+    assert "commbench" not in f.evidence
+
+
 def test_fp32_compute_on_an_amx_cpu_suggests_bf16(tmp_path: Path) -> None:
     """Only fp32 CPU runs whose compute dominates, on a CPU that reports AMX bf16 tiles; one
     finding naming them (not one per run), never on a GPU, in bf16 or without AMX."""

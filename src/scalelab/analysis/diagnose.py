@@ -367,7 +367,25 @@ def _compute_contention_rule(group: ScalingGroup) -> list[Finding]:
     return findings
 
 
-def _run_rules(run: Run) -> list[Finding]:
+def _wake_split(waiting: float, wake_ms: float | None) -> str:
+    """How much of `waiting` the commbench's after-compute all-reduce times explain."""
+    if not wake_ms or wake_ms <= 0:
+        return ""
+    if wake_ms >= waiting:
+        return (
+            f"; the commbench's all-reduces reached from compute cost {_ms(wake_ms)} more than "
+            "back to back at this size: waking accounts for all of it"
+        )
+    return (
+        f"; the commbench's all-reduces reached from compute cost {_ms(wake_ms)} more than back "
+        f"to back at this size, which leaves {_ms(waiting - wake_ms)} of ranks waiting for a "
+        "late peer"
+    )
+
+
+def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
+    """Findings of one run; ``wake_ms``: the predicted after-compute cost of its step's first
+    all-reduce (`Prediction.wake_ms`), when a prediction was checked against the run."""
     findings = []
     name, n = run.name, run.world_size
     step = run.phase("step_ms")
@@ -418,13 +436,14 @@ def _run_rules(run: Run) -> list[Finding]:
             findings.append(
                 Finding(
                     "warning",
-                    f"Ranks wait for each other at {n} ranks: exposed communication is "
+                    f"Ranks wait in the collective at {n} ranks: exposed communication is "
                     f"{exposed / allreduce:.1f}x the all-reduce itself",
                     f"exposed communication {_ms(exposed)} per step against {_ms(allreduce)} "
                     "for the step's all-reduces timed back to back; the other "
                     f"{_ms(exposed - allreduce)} is waiting: some rank reaches the collective "
                     "later than the others (step-time jitter, a straggler), or a rank that "
-                    "waited from compute is slow to wake",
+                    "waited from compute is slow to wake"
+                    + _wake_split(exposed - allreduce, wake_ms),
                     "Bandwidth, comm hooks and bucket sizes cannot remove waiting. Look at the "
                     "slowest rank (forward_ms_max, data_ms_max), at what the ranks share (CPU "
                     "cores, a device) and at the all-reduce times after compute that scalelab "
@@ -789,12 +808,14 @@ def _cpu_bf16_rule(runs: Sequence[Run]) -> list[Finding]:
 def diagnose(runs: Sequence[Run], predictions: Sequence[Prediction] | None = None) -> list[Finding]:
     """All findings for the runs (and predictions, if given), most severe first."""
     findings: list[Finding] = []
+    # what the commbench's after-compute times put on waking ranks, per run a prediction checks
+    wakes = {id(c.run): c.prediction.wake_ms for c in compare(predictions or [], runs)}
     for group in analyse(runs):
         findings.extend(_scaling_rules(group))
         findings.extend(_forward_shrink_rule(group))
         findings.extend(_compute_contention_rule(group))
     for run in runs:
-        findings.extend(_run_rules(run))
+        findings.extend(_run_rules(run, wakes.get(id(run))))
     findings.extend(_divergence_rule(runs))
     findings.extend(_accuracy_rule(runs))
     findings.extend(_cpu_bf16_rule(runs))

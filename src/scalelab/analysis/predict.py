@@ -90,6 +90,9 @@ class Prediction:
     backward_ms: float = 0.0
     optimizer_ms: float = 0.0
     other_ms: float = 0.0
+    wake_ms: float = 0.0
+    """Of comm_ms: what the step's first all-reduce costs beyond its back-to-back time because
+    it is reached from compute (CPU runs with a commbench's after-compute times; else 0)."""
     base_run: str = ""
     group: tuple[Any, ...] = ()
     """scaling.group_key of the base run: predictions are only compared with that group."""
@@ -237,6 +240,7 @@ def predict_scaling(
                 compute_ms=fwd + bwd,
                 comm_ms=t_ar,
                 exposed_comm_ms=exposed,
+                wake_ms=wake,
                 speedup=speedup,
                 efficiency=speedup / n,
                 data_ms=data,
