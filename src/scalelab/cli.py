@@ -294,6 +294,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threads_per_rank=None if threads is None else dict.fromkeys(args.world_sizes, threads),
     )
     print(format_predictions(preds))
+    wake = max((p.wake_ms for p in preds), default=0.0)
+    if wake > 0:
+        print(
+            f"note: comm T_ar includes {wake:.3g} ms per step because the step's first "
+            "all-reduce is reached from compute (the commbench's after-compute time at its size "
+            "less its back-to-back time)"
+        )
     if args.busbw_gbps is None:
         mismatch, scope = commbench_caveats(args.commbench, run, args.world_sizes)
         if mismatch:

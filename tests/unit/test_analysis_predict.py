@@ -358,6 +358,29 @@ def test_predict_cli_takes_the_users_bandwidth_over_a_commbench_file(tmp_path, m
     assert main(args) == 0 and seen["busbw_gbps"] == 150.0
 
 
+def test_predict_cli_says_what_the_after_compute_term_adds(tmp_path, capsys):
+    from scalelab.cli import main
+
+    cpu = {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo"}
+    run = write_run(tmp_path, "base", summary=cpu)  # first bucket 3 MB: 0.35 ms back to back
+    bench = tmp_path / "cb.json"
+    sizes = [{"bytes": 3_000_000, "median_ms": 1.0, "mean_ms": 2.35, "p90_ms": 4.0}]
+    bench.write_text(
+        json.dumps(
+            {"world_size": 2, "fit": {"alpha_ms": 0.05, "busbw_gbps": 10.0},
+             "sync_latency": {"median_ms": 0.1, "p90_ms": 1.0, "sizes": sizes}}
+        )
+    )  # fmt: skip
+    assert main(["predict", str(run), "--commbench", str(bench), "--world-sizes", "2"]) == 0
+    assert "note: comm T_ar includes 2 ms per step because the step's first all-reduce" in (
+        capsys.readouterr().out
+    )
+    # a GPU run: no after-compute term, no note
+    gpu = write_run(tmp_path, "gpu")
+    assert main(["predict", str(gpu), "--commbench", str(bench), "--world-sizes", "2"]) == 0
+    assert "after-compute" not in capsys.readouterr().out
+
+
 def _cpu(threads: int) -> dict:
     return {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo",
             "system": {"num_cpus": 2, "num_threads_per_rank": threads}}  # fmt: skip
