@@ -475,7 +475,6 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
             if hook == "none":
                 kind = "fp16" if run.summary.get("backend") == "gloo" else "bf16 or fp16"
                 tips.append(f"an {kind} comm hook (distributed.comm_hook) halves the bytes sent")
-            # DDP's own buckets (the embedding rows, when summed row-wise, are one more)
             # the step's all-reduces; DDP's own buckets are one fewer when the embedding rows
             # are summed row-wise (as one more)
             collectives = int(run.comm_value("num_buckets") or 0)

@@ -497,9 +497,8 @@ def load_sync_latency(path: str | Path) -> SyncLatency | None:
             points.append((nbytes, ms))
         if not points:
             raise AnalysisError(f"{path}: commbench field 'sync_latency.sizes' is empty")
-    world_size = bench.get("world_size")
-    ranks = int(world_size) if is_number(world_size) and world_size >= 2 else 2
-    return SyncLatency(tuple(points), ranks)
+    world_size = bench.get("world_size")  # fewer than 2 ranks: SyncLatency.wake_ms takes 2
+    return SyncLatency(tuple(points), int(world_size) if is_number(world_size) else 2)
 
 
 def bandwidth_from_run(run: Run) -> tuple[float, float] | None:
