@@ -20,6 +20,17 @@ def _body_keys(keys) -> list[str]:
     return sorted(n for n in names if not n.startswith(HEAD_PREFIXES))
 
 
+def _takes_prepared_mask() -> bool:
+    """Whether this transformers builds DistilBERT's attention mask with
+    `masking_utils.create_bidirectional_mask` (transformers 5), which returns a 4-D mask as it
+    is given. Given the 2-D padding mask it asks the device whether any token is padding
+    (`padding_mask.all()` in a Python `if`): a host sync in every eager forward, so the CPU
+    cannot queue the next kernels while the GPU works. transformers 4 takes only a 2-D mask."""
+    from transformers.models.distilbert import modeling_distilbert
+
+    return hasattr(modeling_distilbert, "create_bidirectional_mask")
+
+
 def _few(names: list[str]) -> str:
     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     return ", ".join(names[:3]) + more
@@ -136,8 +147,16 @@ class DistilBertClassifier(nn.Module):
             )
             self.net = DistilBertForSequenceClassification(cfg)
 
+        self.prepared_mask = _takes_prepared_mask()
+
     def token_embedding(self) -> nn.Embedding:
         return self.net.get_input_embeddings()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.prepared_mask and self.net.config._attn_implementation == "sdpa":
+            # the mask SDPA takes (bool, True = attend), broadcast over heads and queries: no
+            # host sync. A batch without padding then runs SDPA with an all-true mask (the
+            # memory-efficient kernel) rather than none (flash): whether a batch is padded is
+            # known on the host only, before the batch is made.
+            attention_mask = attention_mask[:, None, None, :].to(torch.bool)
         return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
