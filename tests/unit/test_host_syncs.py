@@ -148,3 +148,18 @@ def test_distilbert_prepared_mask_computes_what_transformers_mask_does() -> None
         alone = model(ids[2:, :3], mask[2:, :3])  # the short sequence without its padding
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours[2:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_distilbert_forward_with_the_prepared_mask_compiles_as_one_graph() -> None:
+    """train.compile=true (and benchmarks/gpu.py's compiled DistilBERT): the 4-D mask keeps the
+    forward one graph without breaks."""
+    _prepared_mask()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="distilbert", max_seq_len=32, dropout=0.1), 300, 3)
+    ids = torch.randint(5, 300, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 6:] = False
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model.train())(ids, mask)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
