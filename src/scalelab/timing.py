@@ -12,12 +12,14 @@ starves the GPU shows up as a gap. On CPU, laps are `perf_counter` stamps.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 
 import torch
 
 PHASES = ("data", "h2d", "forward", "backward", "optimizer")
+SPREAD_KEY = "arrival_spread_ms"
 
 
 class StepTimer:
@@ -26,11 +28,16 @@ class StepTimer:
         self.warmup_steps = warmup_steps
         self.steps_seen = 0  # across the whole run, for the warm-up exclusion
         self.warmup_time_s = 0.0
+        #: per measured step of the last `epoch_summary()` that called `arrive()` (not the
+        #: first step it summarised): ms from the end of the previous step's all-reduce (its
+        #: optimizer step) to `arrive()` (`arrival_spread`)
+        self.arrivals_ms: list[float] = []
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
         self._laps: list[tuple[str, object]] = []  # (phase, event or float), in order
         self._step_bounds: list[tuple[int, int, bool]] = []  # (first lap, last lap, is_warmup)
+        self._arrivals: dict[int, int] = {}  # step's first lap -> laps before its arrive()
         self._step_first = 0
         self._last = self._now()
 
@@ -47,6 +54,13 @@ class StepTimer:
     def lap(self, phase: str) -> None:
         """The time since the previous lap belongs to `phase`."""
         self._laps.append((phase, self._now()))
+
+    def arrive(self) -> None:
+        """This rank reaches the step's first collective now (call right after a lap): the
+        laps of the step so far, with the previous step's optimizer, are its arrival time.
+        DDP's ranks leave each all-reduce together, so ranks whose arrival times differ wait
+        for the last (`arrival_spread`)."""
+        self._arrivals.setdefault(self._step_first, len(self._laps))
 
     def untimed(self) -> None:
         """The time since the previous lap belongs to no phase (e.g. writing a profiler trace):
@@ -72,12 +86,22 @@ class StepTimer:
         measured = 0
         prev = self._last
         stamps = [s for _, s in self._laps]
+        self.arrivals_ms = []
+        previous_optimizer: float | None = None
         for first, last, is_warmup in self._step_bounds:
             step_totals: dict[str, float] = defaultdict(float)
+            arrived = self._arrivals.get(first, -1)  # laps before the step's arrive()
+            arrival = 0.0
             for i in range(first, last):
                 phase = self._laps[i][0]
-                step_totals[phase] += self._elapsed_ms(prev, stamps[i])
+                ms = self._elapsed_ms(prev, stamps[i])
+                step_totals[phase] += ms
+                if i < arrived and phase != "untimed":
+                    arrival += ms
                 prev = stamps[i]
+            if arrived >= 0 and not is_warmup and previous_optimizer is not None:
+                self.arrivals_ms.append(previous_optimizer + arrival)
+            previous_optimizer = step_totals["optimizer"]
             if is_warmup:
                 self.warmup_time_s += sum(step_totals.values()) / 1000.0
                 continue
@@ -89,6 +113,7 @@ class StepTimer:
         out["measured_steps"] = float(measured)
         self._last = stamps[-1] if stamps else self._last
         self._laps, self._step_bounds, self._step_first = [], [], 0
+        self._arrivals = {}
         return out
 
 
@@ -103,7 +128,28 @@ def merge_phase_means(before: dict[str, float] | None, after: dict[str, float]) 
     out = {f"{p}_ms": (before[f"{p}_ms"] * na + after[f"{p}_ms"] * nb) / (na + nb) for p in PHASES}
     out["step_ms"] = sum(out[f"{p}_ms"] for p in PHASES)
     out["measured_steps"] = na + nb
+    # the ranks' arrival spread (`arrival_spread`), where both parts have one (a checkpoint of
+    # an older version has none)
+    spreads = [
+        (d[SPREAD_KEY], n)
+        for d, n in ((before, na), (after, nb))
+        if not math.isnan(d.get(SPREAD_KEY, math.nan))
+    ]
+    if spreads:
+        out[SPREAD_KEY] = sum(v * n for v, n in spreads) / sum(n for _, n in spreads)
     return out
+
+
+def arrival_spread(means: list[float], maxes: list[float]) -> float:
+    """How late, on average, the slowest rank reached each step's first collective after the
+    ranks' mean: mean over steps of (max - mean) over ranks of `StepTimer.arrivals_ms`. A rank
+    that arrives early waits that long in the all-reduce (DDP's ranks leave each all-reduce
+    together), so this is the waiting that step-time differences before the collective explain.
+    NaN when no step was measured."""
+    if not means:
+        return float("nan")
+    # max(0, .): a mean over 3 or more equal values may round a hair above them
+    return sum(max(0.0, mx - m) for m, mx in zip(means, maxes, strict=True)) / len(means)
 
 
 class Stopwatch:

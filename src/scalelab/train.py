@@ -74,13 +74,20 @@ from scalelab.resume import (
     run_record,
     warmup_record,
 )
-from scalelab.timing import PHASES, StepTimer, Stopwatch, merge_phase_means
+from scalelab.timing import (
+    PHASES,
+    SPREAD_KEY,
+    StepTimer,
+    Stopwatch,
+    arrival_spread,
+    merge_phase_means,
+)
 
 METRIC_COLUMNS = [
     "epoch", "world_size", "global_batch", "num_steps", "train_loss", "val_loss", "val_acc",
     "epoch_time_s", "eval_time_s", "samples_per_s", "tokens_per_s", "peak_mem_mb",
     "data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms", "step_ms",
-    "step_ms_max", "data_ms_max", "forward_ms_max",
+    "step_ms_max", "data_ms_max", "forward_ms_max", SPREAD_KEY,
 ]  # fmt: skip
 
 
@@ -455,6 +462,7 @@ def train_step(
     """
     accum = len(micro_batches)
     padding = batch_padding(cfg)
+    fused = emb_rows is not None and emb_rows.deferred is not None  # distributed.grad_sync
     loss_sum = torch.zeros((), device=env.device)
     for i, idx in enumerate(micro_batches):
         if cfg.data.delay_per_batch_s:
@@ -472,11 +480,15 @@ def train_step(
         with sync_ctx:
             loss = _forward_loss(model, batch, amp, env.device) / accum
             timer.lap("forward")
+            if last and not fused:
+                timer.arrive()  # DDP all-reduces its buckets in this backward
             (scaler.scale(loss) if scaler else loss).backward()
             timer.lap("backward")
         loss_sum += loss.detach()
     if emb_rows is not None:
         assert global_batch is not None, "emb_rows needs the step's global batch"
+        if fused:
+            timer.arrive()  # all of the step's gradients in one all-reduce, from here
         emb_rows.finish(global_batch)  # may all-reduce (gradient communication): timed as backward
         timer.lap("backward")
     if scaler:
@@ -651,6 +663,20 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write_text(path, buf.getvalue())
+
+
+def _epoch_phases(
+    before: dict[str, float] | None, timer: StepTimer, env: D.DistEnv
+) -> dict[str, float]:
+    """This rank's phase means of the steps since the last call (`StepTimer.epoch_summary`),
+    merged with those of the epoch's earlier part (`before`), and the ranks' arrival spread
+    (`arrival_spread`; 0 with one rank). A collective: every rank calls it after the same step."""
+    phases = timer.epoch_summary()
+    if env.is_distributed:
+        phases[SPREAD_KEY] = arrival_spread(*D.all_reduce_mean_max(timer.arrivals_ms, env))
+    else:
+        phases[SPREAD_KEY] = 0.0  # no peer to wait for
+    return merge_phase_means(before, phases)
 
 
 def _mean_excluding_first(rows: list[dict[str, Any]], key: str) -> float:
@@ -1071,7 +1097,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 _keep_position(state, num_tokens, carried_s, watch)
                 # the phase times so far go into the checkpoint too, so an epoch resumed from
                 # it after a crash keeps them (the epoch's end merges the rest)
-                state.epoch_phases = merge_phase_means(state.epoch_phases, timer.epoch_summary())
+                state.epoch_phases = _epoch_phases(state.epoch_phases, timer, env)
                 checkpoint(state, loss_sum)
                 watch.resume()
                 timer.untimed()  # nor the next step's data time
@@ -1093,7 +1119,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         if stop_requested and state.step_in_epoch < steps_per_epoch:
             _keep_position(state, num_tokens, carried_s, watch)
             # host-device sync: the phase times of the steps so far, kept for the resumed epoch
-            state.epoch_phases = merge_phase_means(state.epoch_phases, timer.epoch_summary())
+            state.epoch_phases = _epoch_phases(state.epoch_phases, timer, env)
             checkpoint(state, loss_sum)
             D.barrier(env)  # rank 0 has written it before any rank exits
             _stop(env, steps_this_invocation, run_dir, stopped_by, cfg.train.save_checkpoint)
@@ -1111,7 +1137,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         eval_watch.start()  # host-device sync: once per epoch
         val_loss, val_acc = evaluate(model, data, cfg, env, amp)
         eval_time_s = eval_watch.elapsed_s()  # host-device sync: once per epoch
-        phase = merge_phase_means(state.epoch_phases, timer.epoch_summary())
+        phase = _epoch_phases(state.epoch_phases, timer, env)
         keys = [f"{p}_ms" for p in PHASES] + ["step_ms"]
         means, maxes = D.all_reduce_mean_max([phase[k] for k in keys], env)
         mean_of = dict(zip(keys, means, strict=True))
@@ -1143,6 +1169,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             # the forward has no collective, so a slow rank shows here; under DDP every rank's
             # step lasts as long as the slowest one's (the others wait in their backward)
             "forward_ms_max": max_of["forward_ms"],
+            # how late the last rank reached the step's first collective (the others wait)
+            SPREAD_KEY: phase.get(SPREAD_KEY, math.nan),
         }
         state.metrics.append(row)
         log(
@@ -1289,7 +1317,7 @@ def _summary(
     rows = state.metrics
     last = rows[-1] if rows else {}
     timing_keys = [f"{p}_ms" for p in PHASES] + [
-        "step_ms", "step_ms_max", "data_ms_max", "forward_ms_max",
+        "step_ms", "step_ms_max", "data_ms_max", "forward_ms_max", SPREAD_KEY,
     ]  # fmt: skip
     cuda = env.device.type == "cuda"
     return {

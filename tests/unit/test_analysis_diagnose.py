@@ -399,3 +399,39 @@ def test_comm_bound_gloo_run_with_two_collectives_suggests_fusing(tmp_path, grad
     assert ("grad_sync=fused: one all-reduce per step instead of 2" in f.recommendation) is (
         grad_sync == "buckets"
     )
+
+
+def test_sync_wait_puts_the_measured_arrival_spread_against_the_wait(tmp_path):
+    """arrival_spread_ms (how late the last rank reached the collective) decides what the
+    wait is: late peers when it explains most of it, else the all-reduce running slower in
+    the step than alone (the ranks arrived together)."""
+    from scalelab.analysis.predict import SyncLatency, predict_scaling
+
+    def finding(folder: str, spread: float, after_compute_ms: float | None = None):
+        cpu = {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo"}
+        write_run(tmp_path / folder, "ws1", summary=cpu)
+        write_run(tmp_path / folder, "ws2", world_size=2,
+                  timing={"backward_ms": 36.0, "arrival_spread_ms": spread},
+                  summary={**cpu, "comm": {"exposed_comm_ms": 6.0, "allreduce_ms": 2.0}})  # fmt: skip
+        runs = load_runs([tmp_path / folder])
+        preds = None
+        if after_compute_ms is not None:  # the first bucket (3 MB): 0.35 ms back to back
+            base = next(r for r in runs if r.world_size == 1).summary
+            sync = SyncLatency(((3e6, after_compute_ms),), 2)
+            preds = predict_scaling(base, [2], busbw_gbps=10.0, alpha_ms=0.05, sync_latency=sync)
+        (f,) = [f for f in diagnose(runs, preds) if f.rule == "sync_wait"]
+        return f
+
+    late = finding("late", 3.0)  # 3 of the 4 ms waiting
+    assert late.title.startswith("Ranks wait for a late peer at 2 ranks"), late.title
+    assert "of the other 4 ms, ranks reached the step's first collective 3 ms apart" in (
+        late.evidence
+    ), late.evidence
+    assert "the remaining 1 ms is the all-reduce itself running slower" in late.evidence
+    assert "slowest rank (forward_ms_max" in late.recommendation
+
+    together = finding("together", 0.2, after_compute_ms=1.85)  # waking 1.5 ms
+    assert together.title.startswith("The all-reduce is slower inside the step than alone")
+    assert "0.2 ms apart" in together.evidence and "cost 1.5 ms more" in together.evidence
+    assert "the remaining 2.3 ms is the all-reduce itself" in together.evidence, together.evidence
+    assert together.recommendation.startswith("The ranks arrive together")

@@ -80,3 +80,67 @@ def test_epoch_time_leaves_out_the_profiler_trace_export(tmp_path, monkeypatch) 
     # 4 steps of a 1-layer, 16-wide model: far below the 1.5 s the export took
     assert float(row["epoch_time_s"]) < 1.0, row
     assert float(row["samples_per_s"]) == pytest.approx(64 / float(row["epoch_time_s"]), rel=1e-3)
+
+
+def test_arrival_is_the_previous_optimizer_and_the_laps_before_arrive(monkeypatch) -> None:
+    """StepTimer.arrivals_ms: per measured step, the previous step's optimizer and the step's
+    laps before arrive() (where the rank reaches the step's first all-reduce: before the
+    backward with DDP's buckets, after it with grad_sync=fused); untimed laps do not count."""
+    import torch
+
+    from scalelab import timing
+
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    timer = timing.StepTimer(torch.device("cpu"), warmup_steps=1)
+    timer.start_epoch()
+
+    def lap(phase: str, ms: float) -> None:
+        now[0] += ms / 1000.0
+        timer.untimed() if phase == "untimed" else timer.lap(phase)
+
+    for step in range(4):
+        if step == 3:
+            lap("untimed", 100)  # e.g. a profiler trace written between steps
+        lap("data", 1 + step)
+        lap("h2d", 0)
+        lap("forward", 10)
+        if step != 2:
+            timer.arrive()  # buckets: before the backward
+        lap("backward", 20)
+        if step == 2:
+            timer.arrive()  # fused: after it
+        lap("optimizer", 3 + step)
+        timer.end_step()
+    out = timer.epoch_summary()
+    assert out["measured_steps"] == 3  # step 0 is warm-up, but its optimizer precedes step 1
+    assert out["data_ms"] == pytest.approx(3.0) and out["optimizer_ms"] == pytest.approx(5.0)
+    assert timer.arrivals_ms == pytest.approx([3 + 2 + 10, 4 + 3 + 10 + 20, 5 + 4 + 10])
+    timer.lap("data")
+    timer.end_step()  # a step that never arrives (one process: no collective)
+    timer.epoch_summary()
+    assert timer.arrivals_ms == []
+
+
+def test_arrival_spread_is_the_mean_lateness_of_the_last_rank() -> None:
+    from scalelab.timing import arrival_spread
+
+    # two steps; per step the ranks' mean and max arrival
+    assert arrival_spread([10.0, 12.0], [11.0, 15.0]) == pytest.approx(2.0)
+    assert arrival_spread([5.0], [5.0 - 1e-15]) == 0.0  # rounding never makes it negative
+    assert arrival_spread([], []) != arrival_spread([], [])  # NaN: nothing measured
+
+
+def test_merged_phases_weigh_the_arrival_spread_of_both_parts() -> None:
+    from scalelab.timing import PHASES, SPREAD_KEY, merge_phase_means
+
+    def part(spread: float | None, steps: int) -> dict[str, float]:
+        out = {f"{p}_ms": 1.0 for p in PHASES}
+        out["step_ms"], out["measured_steps"] = float(len(PHASES)), float(steps)
+        return out if spread is None else {**out, SPREAD_KEY: spread}
+
+    assert merge_phase_means(part(1.0, 3), part(5.0, 1))[SPREAD_KEY] == 2.0
+    # a checkpoint of an older version (no spread), or a part without arrivals (NaN)
+    assert merge_phase_means(part(None, 3), part(5.0, 1))[SPREAD_KEY] == 5.0
+    assert merge_phase_means(part(float("nan"), 3), part(5.0, 1))[SPREAD_KEY] == 5.0
+    assert SPREAD_KEY not in merge_phase_means(part(None, 3), part(None, 1))

@@ -367,20 +367,48 @@ def _compute_contention_rule(group: ScalingGroup) -> list[Finding]:
     return findings
 
 
-def _wake_split(waiting: float, wake_ms: float | None) -> str:
-    """How much of `waiting` the commbench's after-compute all-reduce times explain."""
-    if not wake_ms or wake_ms <= 0:
-        return ""
-    if wake_ms >= waiting:
-        return (
-            f"; the commbench's all-reduces reached from compute cost {_ms(wake_ms)} more than "
-            "back to back at this size: waking accounts for all of it"
+def _wait_split(waiting: float, spread: float | None, wake_ms: float | None) -> tuple[str, bool]:
+    """What explains `waiting` (exposed communication beyond the back-to-back all-reduce):
+    ranks reaching the collective at different times (the run's measured arrival spread), the
+    cost of waking from compute (the commbench's after-compute times), and the rest: the
+    all-reduce running slower inside the step than alone. Returns (the evidence's sentence,
+    whether late peers explain most of it)."""
+    parts, explained = [], 0.0
+    if spread is not None:
+        parts.append(
+            f"ranks reached the step's first collective {_ms(spread)} apart on average "
+            "(arrival_spread_ms: the last rank against the ranks' mean)"
         )
-    return (
-        f"; the commbench's all-reduces reached from compute cost {_ms(wake_ms)} more than back "
-        f"to back at this size, which leaves {_ms(waiting - wake_ms)} of ranks waiting for a "
-        "late peer"
+        explained += spread
+    if wake_ms and wake_ms > 0:
+        parts.append(
+            f"the commbench's all-reduces reached from compute cost {_ms(wake_ms)} more than "
+            "back to back at this size"
+        )
+        explained += wake_ms
+    if spread is None:
+        cause = (
+            "some rank reaches the collective later than the others (step-time jitter, a "
+            "straggler), or a rank that waited from compute is slow to wake"
+        )
+        if not parts:
+            return f"; the other {_ms(waiting)} is waiting: {cause}", False
+        rest = waiting - explained
+        tail = (
+            f", which leaves {_ms(rest)} of ranks waiting for a late peer"
+            if rest > 0
+            else ": waking accounts for all of it"
+        )
+        return f"; the other {_ms(waiting)} is waiting: {cause}; " + parts[0] + tail, False
+    rest = waiting - explained
+    tail = (
+        f"; the remaining {_ms(rest)} is the all-reduce itself running slower inside the step "
+        "than alone"
+        if rest > 0
+        else ""
     )
+    late = spread >= 0.5 * waiting
+    return f"; of the other {_ms(waiting)}, " + " and ".join(parts) + tail, late
 
 
 def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
@@ -433,24 +461,45 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
             and exposed > SYNC_WAIT_RATIO * allreduce
             and exposed - allreduce >= 1.0
         ):
-            findings.append(
-                Finding(
-                    "warning",
-                    f"Ranks wait in the collective at {n} ranks: exposed communication is "
-                    f"{exposed / allreduce:.1f}x the all-reduce itself",
-                    f"exposed communication {_ms(exposed)} per step against {_ms(allreduce)} "
-                    "for the step's all-reduces timed back to back; the other "
-                    f"{_ms(exposed - allreduce)} is waiting: some rank reaches the collective "
-                    "later than the others (step-time jitter, a straggler), or a rank that "
-                    "waited from compute is slow to wake"
-                    + _wake_split(exposed - allreduce, wake_ms),
+            spread = run.phase("arrival_spread_ms")  # None: a run of an older version
+            split, late = _wait_split(exposed - allreduce, spread, wake_ms)
+            ratio = f"exposed communication is {exposed / allreduce:.1f}x the all-reduce"
+            if spread is None:
+                title = f"Ranks wait in the collective at {n} ranks: {ratio} itself"
+            elif late:
+                title = f"Ranks wait for a late peer at {n} ranks: {ratio} itself"
+            else:
+                title = (
+                    f"The all-reduce is slower inside the step than alone at {n} ranks: "
+                    f"{ratio} timed back to back"
+                )
+            fewer = (
+                "fewer collectives per step pay it fewer times (a bigger global batch, with "
+                "train.grad_accum_steps if the per-rank batch must stay small)."
+            )
+            if spread is not None and not late:
+                advice = (
+                    "The ranks arrive together, so no rank is to blame: the collective costs "
+                    "more between compute than back to back (on CPUs gloo needs cores the "
+                    "compute keeps busy, and caches are cold; the commbench's sync_latency "
+                    "sizes measure it after compute). Bandwidth-based predictions miss this; "
+                    + fewer
+                )
+            else:
+                advice = (
                     "Bandwidth, comm hooks and bucket sizes cannot remove waiting. Look at the "
                     "slowest rank (forward_ms_max, data_ms_max), at what the ranks share (CPU "
                     "cores, a device) and at the all-reduce times after compute that scalelab "
                     "commbench measures (sync_latency.sizes: against its back-to-back times, "
-                    "the cost of waking); fewer collectives per step pay the wait fewer times "
-                    "(a bigger global batch, with train.grad_accum_steps if the per-rank batch "
-                    "must stay small).",
+                    "the cost of waking); " + fewer
+                )
+            findings.append(
+                Finding(
+                    "warning",
+                    title,
+                    f"exposed communication {_ms(exposed)} per step against {_ms(allreduce)} "
+                    "for the step's all-reduces timed back to back" + split,
+                    advice,
                     "sync_wait",
                     name,
                 )

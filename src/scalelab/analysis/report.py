@@ -60,6 +60,7 @@ CSV_COLUMNS = [
     "optimizer_ms",
     "step_ms",
     "exposed_comm_ms",
+    "arrival_spread_ms",
     "allreduce_ms",
     "compute_to_comm_ratio",
     "predicted_step_ms",
@@ -373,6 +374,7 @@ def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
                     )
                 },
                 "exposed_comm_ms": run.comm_value("exposed_comm_ms"),
+                "arrival_spread_ms": run.phase("arrival_spread_ms") if run.world_size > 1 else None,
                 "allreduce_ms": run.comm_value("allreduce_ms"),
                 "compute_to_comm_ratio": point.compute_to_comm_ratio if point else None,
                 "predicted_step_ms": cmp.predicted_step_ms if cmp else None,
@@ -579,6 +581,7 @@ def _breakdown_table(runs: Sequence[Run]) -> Table:
                 _f(step),
                 _f(r.phase("forward_ms_max")),
                 _f(r.comm_value("exposed_comm_ms")),
+                _f(r.phase("arrival_spread_ms") if r.world_size > 1 else None),
                 _f(r.comm_value("allreduce_ms")),
                 _pct(r.comm_value("overlap_fraction")),
             ]
@@ -586,7 +589,9 @@ def _breakdown_table(runs: Sequence[Run]) -> Table:
     return Table(
         "Where the time goes: mean time per optimizer step (ms); backward includes the exposed "
         "all-reduce; slowest forward is the slowest rank's (no collective runs in the forward, so "
-        "a straggler shows there, while DDP makes every rank's step equally long).",
+        "a straggler shows there, while DDP makes every rank's step equally long); arrival spread "
+        "is how late the last rank reached the step's first collective after the ranks' mean "
+        "(the others wait that long in it).",
         [
             "run",
             "ranks",
@@ -599,6 +604,7 @@ def _breakdown_table(runs: Sequence[Run]) -> Table:
             "step",
             "slowest forward",
             "exposed comm",
+            "arrival spread",
             "all-reduce",
             "overlap",
         ],
