@@ -85,6 +85,25 @@ def test_two_ranks_match_one_process(
         assert a | b == set(single["batches"][step][0])
 
 
+@pytest.mark.parametrize("grad_sync", ["fused", "buckets"])
+def test_arrival_spread_shows_a_rank_that_reaches_the_all_reduce_late(
+    tmp_path: Path, cache_dir: Path, grad_sync: str, monkeypatch
+) -> None:
+    """The last rank's forward sleeps 40 ms per step: with 2 ranks it arrives 40 ms after the
+    other, 20 ms after the ranks' mean, in every step after the worker's 2 warm-up steps.
+    Without the sleep the ranks arrive together, within a few ms."""
+    sync = [f"distributed.grad_sync={grad_sync}"]
+    monkeypatch.setenv("LATE_RANK_MS", "40")
+    late = run_worker(tmp_path, "late", 2, cache_dir, *sync)
+    monkeypatch.delenv("LATE_RANK_MS")
+    together = run_worker(tmp_path, "together", 2, cache_dir, *sync)
+    for r in (*late, *together):
+        assert r["fused"] == (grad_sync == "fused") and r["arrivals"] == STEPS - 2
+    assert late[0]["arrival_spread_ms"] == late[1]["arrival_spread_ms"]  # one figure for all
+    assert 18.0 <= late[0]["arrival_spread_ms"] <= 30.0, late[0]["arrival_spread_ms"]
+    assert together[0]["arrival_spread_ms"] < 8.0, together[0]["arrival_spread_ms"]
+
+
 def test_row_sparse_embedding_gradient_gives_the_dense_update(
     tmp_path: Path, cache_dir: Path
 ) -> None:

@@ -5,10 +5,15 @@ test compares: every rank's parameters after K steps, the number of gradient all
 batches each rank saw, and the evaluation result.
 
 usage: ddp_worker.py OUT_DIR key=value ...   (config overrides)
+
+LATE_RANK_MS=<ms> makes the last rank's forward that much slower in every step (a straggler):
+the arrival spread the trainer records (`_epoch_phases`) must show it.
 """
 
 import itertools
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -16,11 +21,13 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from scalelab import distributed as D
+from scalelab import train
 from scalelab.config import load_config
 from scalelab.data import TrainBatchSampler, prepare_data
 from scalelab.models import build_model
-from scalelab.timing import StepTimer
+from scalelab.timing import SPREAD_KEY, StepTimer
 from scalelab.train import (
+    _epoch_phases,
     _make_optimizer,
     _make_scheduler,
     evaluate,
@@ -66,7 +73,18 @@ def main() -> None:
         steps = cfg.train.max_steps_per_epoch
         opt = _make_optimizer(model, cfg, env.device)
         sched = _make_scheduler(opt, cfg, steps)
-        timer = StepTimer(env.device)
+        # as the trainer, warm-up steps are not timed: DDP rebuilds its buckets in the second
+        # forward (a collective there)
+        timer = StepTimer(env.device, warmup_steps=2)
+        late_ms = float(os.environ.get("LATE_RANK_MS", 0))
+        if late_ms and env.rank == env.world_size - 1:
+            forward_loss = train._forward_loss
+
+            def late_forward(*args, **kwargs):
+                time.sleep(late_ms / 1000.0)
+                return forward_loss(*args, **kwargs)
+
+            train._forward_loss = late_forward
         sampler.set_epoch(0)
         seen, rows_used, calls = [], [], []
 
@@ -86,6 +104,7 @@ def main() -> None:
             timer.end_step()
             calls.append(hook_calls() - sum(calls))
             seen.append([m.tolist() for m in micro])
+        arrival_spread = _epoch_phases(None, timer, env)[SPREAD_KEY]  # a collective
         val_loss, val_acc = evaluate(model, data, cfg, env, None)
         net = getattr(model, "module", model)
         ddp_log = model._get_ddp_logging_data() if env.is_distributed else {}
@@ -105,6 +124,8 @@ def main() -> None:
             "rows_per_step": rows_used,
             "embedding_in_ddp": not row_sync,
             "batches": seen,
+            "arrival_spread_ms": arrival_spread,
+            "arrivals": len(timer.arrivals_ms),
             "val_loss": val_loss,
             "val_acc": val_acc,
             "num_buckets": len(
