@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import socket
@@ -323,6 +324,23 @@ def _collective_device(env: DistEnv) -> torch.device:
     return env.device if env.backend == "nccl" else torch.device("cpu")
 
 
+def broadcasts_buffers(model: nn.Module) -> bool:
+    """Whether DDP must broadcast rank 0's buffers before every forward: only for buffers that
+    training changes, statistics such as BatchNorm's (floating point). Index tables
+    (DistilBERT's position_ids) never change, and broadcasting them cost one more collective in
+    every forward, which calibration (with and without no_sync, both broadcasting) could not
+    see as communication."""
+    return any(b.is_floating_point() for b in model.buffers())
+
+
+def _buffer_sync(every_forward: bool) -> dict[str, bool]:
+    """DDP's argument for syncing buffers before each forward: torch 2.13 renamed
+    broadcast_buffers forward_sync_buffers (which still syncs them once at construction)."""
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": every_forward}
+    return {"broadcast_buffers": every_forward}
+
+
 def wrap_ddp(
     model: nn.Module, cfg: DistributedConfig, env: DistEnv, rows: EmbeddingRowGrad | None = None
 ) -> nn.Module:
@@ -353,6 +371,7 @@ def wrap_ddp(
     ddp = DDP(
         model,
         device_ids=[env.device.index] if env.device.type == "cuda" else None,
+        **_buffer_sync(broadcasts_buffers(model)),
         bucket_cap_mb=cfg.bucket_cap_mb,
         static_graph=cfg.static_graph,
         gradient_as_bucket_view=cfg.gradient_as_bucket_view,

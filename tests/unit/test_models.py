@@ -309,3 +309,27 @@ def test_distilbert_keeps_the_tokenizers_padding_row_out_of_training(tmp_path) -
     cfg.pretrained = str(tmp_path / "saved")
     loaded = build_model(cfg, 500, 4, pad_id=3)
     assert loaded.net.distilbert.embeddings.word_embeddings.padding_idx == 3
+
+
+def test_ddp_broadcasts_buffers_only_where_training_changes_them() -> None:
+    """DistilBERT's only buffer is its position-id table: DDP would broadcast it before every
+    forward (a collective per step). A floating-point buffer (BatchNorm's statistics) is
+    still broadcast."""
+    pytest.importorskip("transformers")
+    import torch.distributed as dist
+    from torch import nn
+
+    from scalelab.config import DistributedConfig, ModelConfig
+    from scalelab.distributed import DistEnv, wrap_ddp
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    try:
+        env = DistEnv(world_size=2, local_world_size=2, backend="gloo")  # wrap as for 2 ranks
+        cfg = DistributedConfig(embedding_grad_sync="dense", grad_sync="buckets")
+        bert = build_model(ModelConfig(arch="distilbert", max_seq_len=32), 300, 3)
+        assert [n for n, _ in bert.named_buffers()] == ["net.distilbert.embeddings.position_ids"]
+        assert not wrap_ddp(bert, cfg, env).will_sync_module_buffers()
+        norm = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        assert wrap_ddp(norm, cfg, env).will_sync_module_buffers()
+    finally:
+        dist.destroy_process_group()
