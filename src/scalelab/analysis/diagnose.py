@@ -481,9 +481,9 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
                 advice = (
                     "The ranks arrive together, so no rank is to blame: the collective costs "
                     "more between compute than back to back (on CPUs gloo needs cores the "
-                    "compute keeps busy, and caches are cold; the commbench's sync_latency "
-                    "sizes measure it after compute). Bandwidth-based predictions miss this; "
-                    + fewer
+                    "compute keeps busy, and caches are cold; scalelab commbench's "
+                    "sync_latency sizes measure the part a collective reached from compute "
+                    "pays, and predictions include it). Bandwidth does not help; " + fewer
                 )
             else:
                 advice = (
