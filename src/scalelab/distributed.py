@@ -335,7 +335,9 @@ def broadcasts_buffers(model: nn.Module) -> bool:
 
 def _buffer_sync(every_forward: bool) -> dict[str, bool]:
     """DDP's argument for syncing buffers before each forward: torch 2.13 renamed
-    broadcast_buffers forward_sync_buffers (which still syncs them once at construction)."""
+    broadcast_buffers forward_sync_buffers (which still syncs them once at construction; before
+    2.13 broadcast_buffers=False skips that too, which leaves only buffers unsynced that are
+    index tables, built alike on every rank)."""
     if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
         return {"forward_sync_buffers": every_forward}
     return {"broadcast_buffers": every_forward}
