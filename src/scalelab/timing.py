@@ -36,9 +36,10 @@ class StepTimer:
 
     def _reset_epoch(self) -> None:
         self._laps: list[tuple[str, object]] = []  # (phase, event or float), in order
-        self._step_bounds: list[tuple[int, int, bool]] = []  # (first lap, last lap, is_warmup)
-        self._arrivals: dict[int, int] = {}  # step's first lap -> laps before its arrive()
+        # (first lap, last lap, is_warmup, laps before the step's arrive() or -1)
+        self._step_bounds: list[tuple[int, int, bool, int]] = []
         self._step_first = 0
+        self._arrived = -1
         self._last = self._now()
 
     def _now(self) -> object:
@@ -60,7 +61,8 @@ class StepTimer:
         laps of the step so far, with the previous step's optimizer, are its arrival time.
         DDP's ranks leave each all-reduce together, so ranks whose arrival times differ wait
         for the last (`arrival_spread`)."""
-        self._arrivals.setdefault(self._step_first, len(self._laps))
+        if self._arrived < 0:
+            self._arrived = len(self._laps)
 
     def untimed(self) -> None:
         """The time since the previous lap belongs to no phase (e.g. writing a profiler trace):
@@ -69,8 +71,9 @@ class StepTimer:
 
     def end_step(self) -> None:
         is_warmup = self.steps_seen < self.warmup_steps
-        self._step_bounds.append((self._step_first, len(self._laps), is_warmup))
+        self._step_bounds.append((self._step_first, len(self._laps), is_warmup, self._arrived))
         self._step_first = len(self._laps)
+        self._arrived = -1
         self.steps_seen += 1
 
     def _elapsed_ms(self, a: object, b: object) -> float:
@@ -88,9 +91,8 @@ class StepTimer:
         stamps = [s for _, s in self._laps]
         self.arrivals_ms = []
         previous_optimizer: float | None = None
-        for first, last, is_warmup in self._step_bounds:
+        for first, last, is_warmup, arrived in self._step_bounds:
             step_totals: dict[str, float] = defaultdict(float)
-            arrived = self._arrivals.get(first, -1)  # laps before the step's arrive()
             arrival = 0.0
             for i in range(first, last):
                 phase = self._laps[i][0]
@@ -113,7 +115,6 @@ class StepTimer:
         out["measured_steps"] = float(measured)
         self._last = stamps[-1] if stamps else self._last
         self._laps, self._step_bounds, self._step_first = [], [], 0
-        self._arrivals = {}
         return out
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from scalelab.analysis import load_runs
 from scalelab.analysis.diagnose import Finding, diagnose
-from scalelab.analysis.predict import predict_scaling
+from scalelab.analysis.predict import SyncLatency, predict_scaling
 from tests.unit.runfolders import write_run, write_sweep
 
 
@@ -330,20 +330,29 @@ def test_sync_wait_quotes_the_wait_and_stays_silent_when_exposed_is_the_all_redu
     assert "sync_wait" not in {f.rule for f in _findings(tmp_path / "bytes")}
 
 
-def test_sync_wait_splits_the_wait_by_the_commbenchs_after_compute_times(tmp_path):
-    from scalelab.analysis.predict import SyncLatency, predict_scaling
-
+def _cpu_wait_runs(folder: Path, **timing: float) -> list:
+    """A gloo CPU group whose 2-rank run exposes 6 ms of communication against 2 ms for its
+    all-reduces back to back: 4 ms of waiting."""
     cpu = {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo"}
-    write_run(tmp_path, "ws1", summary=cpu)
-    write_run(tmp_path, "ws2", world_size=2, timing={"backward_ms": 36.0},
+    write_run(folder, "ws1", summary=cpu)
+    write_run(folder, "ws2", world_size=2, timing={"backward_ms": 36.0, **timing},
               summary={**cpu, "comm": {"exposed_comm_ms": 6.0, "allreduce_ms": 2.0}})  # fmt: skip
-    runs = load_runs([tmp_path])
+    return load_runs([folder])
+
+
+def _wake_predictions(runs: list, after_compute_ms: float) -> list:
+    """Predictions from the 1-rank run with a commbench that measured the first bucket (3 MB;
+    0.35 ms back to back at these figures) after compute at `after_compute_ms`."""
     base = next(r for r in runs if r.world_size == 1).summary
+    sync = SyncLatency(((3e6, after_compute_ms),), 2)
+    return predict_scaling(base, [2], busbw_gbps=10.0, alpha_ms=0.05, sync_latency=sync)
+
+
+def test_sync_wait_splits_the_wait_by_the_commbenchs_after_compute_times(tmp_path):
+    runs = _cpu_wait_runs(tmp_path)
 
     def wait_evidence(after_compute_ms: float) -> str:
-        # the first bucket (3 MB) measured at its own size: back to back it takes 0.35 ms here
-        sync = SyncLatency(((3e6, after_compute_ms),), 2)
-        preds = predict_scaling(base, [2], busbw_gbps=10.0, alpha_ms=0.05, sync_latency=sync)
+        preds = _wake_predictions(runs, after_compute_ms)
         assert preds[0].wake_ms == pytest.approx(after_compute_ms - 0.35)
         (f,) = [f for f in diagnose(runs, preds) if f.rule == "sync_wait"]
         return f.evidence
@@ -405,20 +414,10 @@ def test_sync_wait_puts_the_measured_arrival_spread_against_the_wait(tmp_path):
     """arrival_spread_ms (how late the last rank reached the collective) decides what the
     wait is: late peers when it explains most of it, else the all-reduce running slower in
     the step than alone (the ranks arrived together)."""
-    from scalelab.analysis.predict import SyncLatency, predict_scaling
 
     def finding(folder: str, spread: float, after_compute_ms: float | None = None):
-        cpu = {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo"}
-        write_run(tmp_path / folder, "ws1", summary=cpu)
-        write_run(tmp_path / folder, "ws2", world_size=2,
-                  timing={"backward_ms": 36.0, "arrival_spread_ms": spread},
-                  summary={**cpu, "comm": {"exposed_comm_ms": 6.0, "allreduce_ms": 2.0}})  # fmt: skip
-        runs = load_runs([tmp_path / folder])
-        preds = None
-        if after_compute_ms is not None:  # the first bucket (3 MB): 0.35 ms back to back
-            base = next(r for r in runs if r.world_size == 1).summary
-            sync = SyncLatency(((3e6, after_compute_ms),), 2)
-            preds = predict_scaling(base, [2], busbw_gbps=10.0, alpha_ms=0.05, sync_latency=sync)
+        runs = _cpu_wait_runs(tmp_path / folder, arrival_spread_ms=spread)
+        preds = None if after_compute_ms is None else _wake_predictions(runs, after_compute_ms)
         (f,) = [f for f in diagnose(runs, preds) if f.rule == "sync_wait"]
         return f
 

@@ -111,13 +111,13 @@ def test_scalelab_transformer_step_reads_nothing_on_the_host(tmp_path, precision
     )
 
 
-def _prepared_mask() -> bool:
+def _prepared_mask() -> None:
+    """Skip unless transformers is installed and takes DistilBERT's 4-D mask (version 5)."""
     pytest.importorskip("transformers")
     from scalelab.models.distilbert import _takes_prepared_mask
 
     if not _takes_prepared_mask():
         pytest.skip("transformers 4 takes only a 2-D mask (and syncs on it)")
-    return True
 
 
 def test_distilbert_step_reads_nothing_on_the_host(tmp_path) -> None:

@@ -386,6 +386,7 @@ def _wait_split(waiting: float, spread: float | None, wake_ms: float | None) -> 
             "back to back at this size"
         )
         explained += wake_ms
+    rest = waiting - explained
     if spread is None:
         cause = (
             "some rank reaches the collective later than the others (step-time jitter, a "
@@ -393,14 +394,12 @@ def _wait_split(waiting: float, spread: float | None, wake_ms: float | None) -> 
         )
         if not parts:
             return f"; the other {_ms(waiting)} is waiting: {cause}", False
-        rest = waiting - explained
         tail = (
             f", which leaves {_ms(rest)} of ranks waiting for a late peer"
             if rest > 0
             else ": waking accounts for all of it"
         )
         return f"; the other {_ms(waiting)} is waiting: {cause}; " + parts[0] + tail, False
-    rest = waiting - explained
     tail = (
         f"; the remaining {_ms(rest)} is the all-reduce itself running slower inside the step "
         "than alone"

@@ -374,7 +374,7 @@ def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
                     )
                 },
                 "exposed_comm_ms": run.comm_value("exposed_comm_ms"),
-                "arrival_spread_ms": run.phase("arrival_spread_ms") if run.world_size > 1 else None,
+                "arrival_spread_ms": _arrival_spread(run),
                 "allreduce_ms": run.comm_value("allreduce_ms"),
                 "compute_to_comm_ratio": point.compute_to_comm_ratio if point else None,
                 "predicted_step_ms": cmp.predicted_step_ms if cmp else None,
@@ -564,6 +564,11 @@ def _largest_losses(groups: Sequence[ScalingGroup]) -> str | None:
     return "Largest loss per run: " + "; ".join(parts) + "." if parts else None
 
 
+def _arrival_spread(run: Run) -> float | None:
+    """The run's arrival_spread_ms; None (not 0) for one rank, which has no peer to wait for."""
+    return run.phase("arrival_spread_ms") if run.world_size > 1 else None
+
+
 def _breakdown_table(runs: Sequence[Run]) -> Table:
     rows = []
     for r in sorted(runs, key=lambda r: (r.preset, r.world_size, r.name)):
@@ -581,7 +586,7 @@ def _breakdown_table(runs: Sequence[Run]) -> Table:
                 _f(step),
                 _f(r.phase("forward_ms_max")),
                 _f(r.comm_value("exposed_comm_ms")),
-                _f(r.phase("arrival_spread_ms") if r.world_size > 1 else None),
+                _f(_arrival_spread(r)),
                 _f(r.comm_value("allreduce_ms")),
                 _pct(r.comm_value("overlap_fraction")),
             ]
