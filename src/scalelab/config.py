@@ -162,7 +162,7 @@ class TrainConfig:
     timing_warmup_steps: int = 5
     """First optimizer steps of each invocation excluded from the per-phase timing (warm-up, compile); a resumed run warms up again, over at most half of the epoch's steps left."""
     profile_steps: int = 0
-    """Run N optimizer steps of the first epoch (right after the timing warm-up; at most half of the epoch's remaining steps, but at least one when more epochs follow) under torch.profiler: each rank writes profile-rank<r>.json (a chrome trace) into the run folder, and summary.json's `profile` holds rank 0's GPU busy/idle time, launches and top kernels and host ops. Profiled steps are left out of the phase timing. 0 = off."""
+    """Run N optimizer steps of the first epoch (right after the timing warm-up; at most half of the epoch's remaining steps, but at least one when more epochs follow) under torch.profiler: each rank writes profile-rank<r>.json (a chrome trace) into the run folder, and summary.json's `profile` holds rank 0's GPU busy/idle time, launches, host syncs and pageable-memory copies inside the steps, and top kernels and host ops. Profiled steps are left out of the phase timing. 0 = off."""
     comm_calibration_steps: int = 8
     """Steps timed with and without gradient all-reduce after training to measure exposed communication (0 = skip)."""
     num_threads: int = 0

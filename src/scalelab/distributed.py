@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from scalelab.config import DistributedConfig
+from scalelab.data.batching import to_device
 
 
 class LaunchError(RuntimeError):
@@ -525,7 +526,7 @@ class EmbeddingRowGrad:
     def finish(self, global_batch: np.ndarray, sync: bool = True) -> int:
         """After the last micro-step's backward: make the embedding's gradient dense (and summed
         over ranks unless ``sync`` is False). Returns the bytes all-reduced."""
-        rows = embedding_rows(self.tokens, global_batch).to(self.weight.device, non_blocking=True)
+        rows = to_device(embedding_rows(self.tokens, global_batch), self.weight.device)
         self.rows = rows
         grad = self.weight.grad
         if self.sparse_backward:

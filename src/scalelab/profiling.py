@@ -10,6 +10,7 @@ kernels were launched and which took the time -- the question the phase timers c
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,11 @@ def gpu_timeline(trace: dict[str, Any], steps: int, top: int = 8) -> dict[str, A
     Busy = the union of kernel / memcpy / memset intervals (overlapping streams count once);
     span = first GPU event start to last GPU event end; idle = span - busy: the time the GPU
     waited for the host between kernels. Launches = CUDA runtime / driver launch calls
-    (cudaLaunchKernel, Triton's cuLaunchKernel, cudaGraphLaunch).
+    (cudaLaunchKernel, Triton's cuLaunchKernel, cudaGraphLaunch). Two signs of a host that
+    waits for the GPU inside the steps: host syncs = the runtime / driver *Synchronize calls
+    made before the last launch (the one that ends a profile, after it, is left out), and
+    pageable copies = memcpys from or to pageable host memory (a read of a value to the host,
+    or an upload CUDA may serialise with the stream; scalelab's batches come from pinned memory).
     """
     events = [e for e in trace.get("traceEvents", []) if isinstance(e, dict)]
     gpu = sorted(
@@ -42,6 +47,16 @@ def gpu_timeline(trace: dict[str, Any], steps: int, top: int = 8) -> dict[str, A
     )
     if not gpu:
         return {"gpu_events": 0, "launches_per_step": launches / max(1, steps)}
+    host = [e for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver") and "ts" in e]
+    last_launch = max(
+        (float(e["ts"]) for e in host if "Launch" in str(e.get("name", ""))), default=-math.inf
+    )
+    syncs = sum(
+        1
+        for e in host
+        if str(e.get("name", "")).endswith("Synchronize") and float(e["ts"]) < last_launch
+    )
+    pageable = sum(1 for _, _, name in gpu if "Pageable" in name)
     busy, gaps, cur_s, cur_e = 0.0, [], gpu[0][0], gpu[0][1]
     for s, e, _ in gpu[1:]:
         if s > cur_e:
@@ -69,6 +84,8 @@ def gpu_timeline(trace: dict[str, Any], steps: int, top: int = 8) -> dict[str, A
         "gpu_busy_fraction": busy / span if span > 0 else None,
         "largest_gaps_us": [round(g, 1) for g in gaps[:5]],
         "gaps_over_10us": sum(1 for g in gaps if g > 10.0),
+        "host_syncs_per_step": syncs / steps,
+        "pageable_copies_per_step": pageable / steps,
         "top_kernels": [
             {"name": n[:120], "ms_per_step": t / 1000.0 / steps, "calls_per_step": c / steps}
             for n, (t, c) in ranked

@@ -62,7 +62,14 @@ from scalelab.checkpoint import (
     set_rng_state,
 )
 from scalelab.config import Config, ConfigError, first_line, not_a_folder, save_config
-from scalelab.data import EncodedData, TrainBatchSampler, eval_shards, make_batch, prepare_data
+from scalelab.data import (
+    EncodedData,
+    TrainBatchSampler,
+    eval_shards,
+    make_batch,
+    prepare_data,
+    to_device,
+)
 from scalelab.models import build_model, count_parameters
 from scalelab.profiling import StepProfiler
 from scalelab.resume import (
@@ -471,7 +478,7 @@ def train_step(
             )  # simulated slow input pipeline (diagnostics knob)
         batch = make_batch(data.train, idx, **padding)
         timer.lap("data")
-        batch = tuple(t.to(env.device, non_blocking=True) for t in batch)
+        batch = tuple(to_device(t, env.device) for t in batch)  # no-ops with data.on_device
         timer.lap("h2d")
         # Only the last micro-step all-reduces: DDP's no_sync skips the others.
         last = i == accum - 1
@@ -524,9 +531,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.int64, device=env.device)
     count = 0
     for idx in eval_shards(data.test.lengths, env.world_size, env.rank, per_rank):
-        ids, mask, labels = (
-            t.to(env.device, non_blocking=True) for t in make_batch(data.test, idx, **padding)
-        )
+        ids, mask, labels = make_batch(data.test, idx, device=env.device, **padding)
         with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
             logits = net(ids, mask).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
@@ -622,7 +627,7 @@ def measure_communication(
     watch = Stopwatch(env.device)
     for i, (idx, global_batch) in enumerate(batches):
         for use_sync in (True, False):
-            batch = tuple(t.to(env.device) for t in make_batch(data.train, idx, **padding))
+            batch = make_batch(data.train, idx, device=env.device, **padding)
             D.barrier(env)  # start aligned, so a late rank's wait is not counted as communication
             watch.start()
             ctx = contextlib.nullcontext() if use_sync else model.no_sync()
@@ -1255,7 +1260,7 @@ def _settle_ddp_buckets(
     sampler.set_epoch(0)
     sampler.set_start_step(0)
     idx = next(iter(sampler))[-1]
-    batch = tuple(t.to(env.device) for t in make_batch(data.train, idx, **batch_padding(cfg)))
+    batch = make_batch(data.train, idx, device=env.device, **batch_padding(cfg))
     model.train()
     _forward_loss(model, batch, amp, env.device).backward()
     model.zero_grad(set_to_none=True)

@@ -180,3 +180,33 @@ def test_make_batch_pad_to_and_device():
         make_batch(split, np.array([3]), pad_to=4)
     moved = split.to("cpu")
     assert moved.num_tokens == 25 and len(moved) == 4 and isinstance(moved.lengths, np.ndarray)
+
+
+def test_host_tensors_bound_for_cuda_are_copied_from_pinned_memory(monkeypatch) -> None:
+    """CUDA may serialise an asynchronous copy from pageable memory with the stream (the host
+    then waits for the GPU every step): make_batch's index upload and its `device` copies go
+    through pinned memory, asynchronously. (Recorded without a GPU: pin_memory and to are
+    stubbed; tests/unit/test_host_syncs.py checks a real trace where CUDA is.)"""
+    from scalelab.data.batching import to_device
+
+    calls = []
+
+    def pin(t):
+        calls.append("pin")
+        return t.clone()
+
+    def to(t, device, non_blocking=False):
+        calls.append((str(device), non_blocking))
+        return t
+
+    split = split_of([3, 5])
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    make_batch(split, np.array([0, 1]), device="cuda")
+    assert calls == ["pin", ("cuda", True)] * 3  # ids, mask, labels
+    calls.clear()
+    to_device(torch.arange(4), torch.device("cuda", 1))
+    assert calls == ["pin", ("cuda:1", True)]
+    calls.clear()
+    to_device(torch.arange(4), "cpu")  # nothing to pin, nothing asynchronous
+    assert calls == [("cpu", False)]

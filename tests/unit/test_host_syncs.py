@@ -69,7 +69,9 @@ def _gpu_code_paths(model: torch.nn.Module) -> None:
             module.cpu_kernels = False  # CUDA takes F.dropout and SDPA
 
 
-def _steps_read_nothing(preset: str, tmp_path: Path, *overrides: str) -> None:
+def _trainer(preset: str, tmp_path: Path, *overrides: str, on_device: bool = False):
+    """What `fit` builds for a run of `preset` (one process; the splits on the GPU where
+    `on_device` and the device is CUDA, as data.on_device does), on the GPU's code paths."""
     cfg = load_config(
         CONFIGS / f"{preset}.yaml",
         [
@@ -86,17 +88,30 @@ def _steps_read_nothing(preset: str, tmp_path: Path, *overrides: str) -> None:
     data = prepare_data(cfg, is_main=True, barrier=lambda: None)
     model = build_model(cfg.model, data.vocab_size, data.num_classes, data.train.pad_id)
     _gpu_code_paths(model)
+    model.to(env.device)
+    if on_device and env.device.type == "cuda":
+        data = data.to(env.device)
     sampler = make_sampler(cfg, env, data.train.lengths)
     sampler.set_epoch(0)
     optimizer = _make_optimizer(model, cfg, env.device)
     scheduler = _make_scheduler(optimizer, cfg, 10)
     timer = StepTimer(env.device)
     amp = torch.bfloat16 if cfg.train.precision == "bf16" else None
+
+    def step(micro) -> torch.Tensor:
+        loss = train_step(model, micro, data, optimizer, scheduler, None, timer, cfg, env, amp)
+        timer.end_step()
+        return loss
+
+    return env, sampler, step
+
+
+def _steps_read_nothing(preset: str, tmp_path: Path, *overrides: str) -> None:
+    _, sampler, step = _trainer(preset, tmp_path, *overrides)
     losses = []
     for micro in itertools.islice(sampler, 3):
         with HostReads() as reads:
-            loss = train_step(model, micro, data, optimizer, scheduler, None, timer, cfg, env, amp)
-            timer.end_step()
+            loss = step(micro)
         assert not reads.seen, "a training step reads on the host:\n" + "\n".join(
             f"{name} at\n{where}" for name, where in reads.seen
         )
@@ -163,3 +178,30 @@ def test_distilbert_forward_with_the_prepared_mask_compiles_as_one_graph() -> No
     explained = torch._dynamo.explain(model.train())(ids, mask)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("on_device", [True, False])
+def test_cuda_steps_neither_wait_for_the_gpu_nor_copy_from_pageable_memory(
+    tmp_path, on_device
+) -> None:
+    """What the recorder above cannot see: a copy from pageable host memory (the batch's index
+    with data.on_device, the batch itself without) may synchronise with the stream. The
+    profiler's trace of three steps holds neither such a copy nor a host sync."""
+    from scalelab.profiling import StepProfiler
+
+    env, sampler, step = _trainer(
+        "ag_news_small", tmp_path, "train.batch_size=16", on_device=on_device
+    )
+    batches = itertools.islice(sampler, 5)
+    for micro in itertools.islice(batches, 2):  # warm-up: allocator, kernels' first launches
+        step(micro)
+    prof = StepProfiler(3, 0, env.device, tmp_path / "trace.json")
+    for i, micro in enumerate(batches):
+        prof.before_step(i)
+        step(micro)
+        prof.after_step()
+    res = prof.result
+    assert res is not None and res["gpu_events"] > 0, res
+    assert res["pageable_copies_per_step"] == 0, res
+    assert res["host_syncs_per_step"] == 0, res

@@ -42,6 +42,28 @@ def test_gpu_timeline_unions_overlaps_and_measures_the_gaps() -> None:
     top = t["top_kernels"]
     assert [k["name"] for k in top] == ["gemm", "softmax", "Memcpy HtoD"]
     assert top[0]["ms_per_step"] == pytest.approx(20 / 1000 / 2) and top[0]["calls_per_step"] == 1
+    # the sync at ts 4 precedes no launch (as the one that ends a profile): not inside the steps
+    assert t["host_syncs_per_step"] == 0 and t["pageable_copies_per_step"] == 0
+
+
+def test_gpu_timeline_counts_host_syncs_and_pageable_copies_inside_the_steps() -> None:
+    trace = {
+        "traceEvents": [
+            _x("cuda_runtime", "cudaLaunchKernel", 0, 1),
+            _x("kernel", "gemm", 2, 10),
+            _x("cuda_runtime", "cudaMemcpyAsync", 3, 1),
+            _x("gpu_memcpy", "Memcpy DtoH (Device -> Pageable)", 12, 1),  # a value read back
+            _x("cuda_runtime", "cudaStreamSynchronize", 4, 9),  # ... waited for: inside
+            _x("gpu_memcpy", "Memcpy HtoD (Pageable -> Device)", 14, 1),
+            _x("gpu_memcpy", "Memcpy HtoD (Pinned -> Device)", 15, 1),  # asynchronous: fine
+            _x("cuda_driver", "cuLaunchKernel", 20, 1),
+            _x("kernel", "softmax", 21, 5),
+            _x("cuda_runtime", "cudaDeviceSynchronize", 22, 5),  # ends the profile: left out
+        ]
+    }
+    t = profiling.gpu_timeline(trace, steps=2)
+    assert t["host_syncs_per_step"] == 0.5
+    assert t["pageable_copies_per_step"] == 1.0
 
 
 def test_gpu_timeline_without_gpu_events() -> None:

@@ -12,7 +12,7 @@ Typical use (in every DDP rank)::
             input_ids, mask, labels = make_batch(train, idx)
 """
 
-from scalelab.data.batching import TrainBatchSampler, eval_shards, make_batch
+from scalelab.data.batching import TrainBatchSampler, eval_shards, make_batch, to_device
 from scalelab.data.cache import (
     CACHE_VERSION,
     CacheEntry,
@@ -62,4 +62,5 @@ __all__ = [
     "pad_id",
     "prepare_data",
     "resolve_path",
+    "to_device",
 ]

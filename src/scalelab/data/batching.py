@@ -130,12 +130,23 @@ def eval_shards(
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t` on `device`; host to CUDA without a host-device sync. A CPU tensor bound for a CUDA
+    device is copied into pinned memory first (a host memcpy; PyTorch's caching host allocator
+    reuses the block once the copy has run) and then copied asynchronously: CUDA documents that
+    an asynchronous copy from pageable memory may synchronise with the stream, which would make
+    the host wait, every step, for the GPU work queued before it."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def make_batch(
     split: EncodedSplit,
     idx: np.ndarray,
     pad_to: int | None = None,
     device: torch.device | str | None = None,
-    pin: bool = False,
     pad_multiple: int = 1,
     max_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -143,9 +154,9 @@ def make_batch(
 
     L = the longest selected sequence, computed on the host from ``split.lengths`` (no device
     sync), rounded up to a multiple of ``pad_multiple`` but not beyond ``max_len`` (the model's
-    longest input), or ``pad_to``. Tensors are created where the split lives (index copied host to
-    device without blocking) and then moved to ``device`` if given (``pin`` pins the CPU batch
-    first so that copy can overlap compute).
+    longest input), or ``pad_to``. Tensors are created where the split lives (the index copied
+    there by `to_device`: no host-device sync) and then moved to ``device`` if given
+    (`to_device`).
     """
     idx = np.asarray(idx, dtype=np.int64)
     longest = int(split.lengths[idx].max()) if len(idx) else 0
@@ -160,7 +171,7 @@ def make_batch(
     src = split.tokens.device
     idx_t = torch.from_numpy(idx)
     if src.type != "cpu":
-        idx_t = idx_t.to(src, non_blocking=True)
+        idx_t = to_device(idx_t, src)
     stored = min(width, split.tokens.shape[1])
     # index_select on the column slice copies only `stored` columns per row.
     ids = torch.index_select(split.tokens[:, :stored], 0, idx_t).long()
@@ -170,7 +181,5 @@ def make_batch(
     mask = torch.arange(width, device=src) < lengths_t.index_select(0, idx_t)[:, None]
     labels = split.labels.index_select(0, idx_t)
     if device is not None and torch.device(device) != src:
-        if pin and src.type == "cpu" and torch.cuda.is_available():
-            ids, mask, labels = ids.pin_memory(), mask.pin_memory(), labels.pin_memory()
-        ids, mask, labels = (t.to(device, non_blocking=pin) for t in (ids, mask, labels))
+        ids, mask, labels = (to_device(t, device) for t in (ids, mask, labels))
     return ids, mask, labels
