@@ -113,6 +113,20 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
+def waits_note(profile: dict[str, Any]) -> str:
+    """The table's note on a profile whose steps made the host wait for the GPU (host syncs,
+    copies from or to pageable memory: `scalelab.profiling.gpu_timeline`); '' when none."""
+    parts = [
+        f"{label} {profile[key]:.2g}/step"
+        for key, label in (
+            ("host_syncs_per_step", "syncs"),
+            ("pageable_copies_per_step", "pageable"),
+        )
+        if profile.get(key)
+    ]
+    return ", ".join(parts)
+
+
 def sticky_cuda_error(message: str) -> bool:
     return any(m in message for m in STICKY_CUDA_ERRORS)
 
@@ -632,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a",
                     f"{100 * busy:.0f} %" if busy is not None else "n/a",
                     f"{r['peak_mem_mb']:,.0f}" if r["peak_mem_mb"] is not None else "n/a",
-                    "",
+                    waits_note(prof),
                 ]
             )
             print(f"{key}: {r['samples_per_s']:,.0f} samples/s, epoch {epoch:.2f} s", flush=True)

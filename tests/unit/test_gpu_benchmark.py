@@ -189,6 +189,13 @@ def test_peak_tflops_takes_the_most_specific_name(name: str, peak: float | None)
     assert gpu.peak_tflops(name) == peak
 
 
+def test_waits_note_names_host_syncs_and_pageable_copies_only_when_present() -> None:
+    assert gpu.waits_note({"host_syncs_per_step": 0.0, "pageable_copies_per_step": 0.0}) == ""
+    assert gpu.waits_note({}) == ""  # a profile without a GPU timeline (its error)
+    note = gpu.waits_note({"host_syncs_per_step": 1.0, "pageable_copies_per_step": 0.3333})
+    assert note == "syncs 1/step, pageable 0.33/step"
+
+
 def test_inductor_counter_reads_a_missing_key_as_zero() -> None:
     from torch._dynamo.utils import counters
 
