@@ -129,6 +129,24 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b or (is_number(a) and is_number(b) and a == b)
 
 
+def _check_scaler_state(state: dict[str, Any]) -> None:
+    """GradScaler.load_state_dict stores these unchecked (train.precision=fp16): text for the
+    scale was a traceback in the first step, a NaN or zero scale skipped every step."""
+    checks = (
+        ("scale", "a number > 0", lambda v: math.isfinite(v) and v > 0),
+        ("growth_factor", "a number > 1", lambda v: math.isfinite(v) and v > 1),
+        ("backoff_factor", "a number in (0, 1)", lambda v: 0 < v < 1),
+        ("growth_interval", "a whole number > 0", lambda v: isinstance(v, int) and v > 0),
+        ("_growth_tracker", "a whole number >= 0", lambda v: isinstance(v, int) and v >= 0),
+    )
+    for key, want, ok in checks:
+        if key not in state:
+            raise ValueError(f"no {key!r}")
+        value = state[key]
+        if not (is_number(value) and ok(value)):
+            raise ValueError(f"{key!r} is {value!r}, expected {want}")
+
+
 def _check_adamw_state(optimizer: torch.optim.Optimizer) -> None:
     """AdamW reads each parameter's moments unchecked: a moment of another shape crashed the
     fused step (a segfault on CPU), a missing one was a KeyError in the first step."""
@@ -201,6 +219,7 @@ def load_states(
         raise refuse("its learning-rate scheduler state does not load", exc) from None
     if scaler is not None and saved.get("scaler"):
         try:
+            _check_scaler_state(saved["scaler"])
             scaler.load_state_dict(saved["scaler"])
         except LOAD_ERRORS as exc:
             raise refuse("its grad scaler state does not load", exc) from None

@@ -268,3 +268,40 @@ def test_a_state_dict_mismatch_names_the_first_offending_key() -> None:
     assert why.startswith('Missing key(s) in state_dict: "1.bias"'), why
     assert why.endswith("(and 2 more problems)") and "\n" not in why and len(why) < 250, why
     assert load_error(KeyError("param_groups")) == "missing key 'param_groups'"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"scale": "abc"}, "'scale' is 'abc', expected a number > 0"),
+        ({"scale": float("nan")}, "'scale' is nan, expected a number > 0"),
+        ({"growth_factor": 0.5}, "'growth_factor' is 0.5, expected a number > 1"),
+        ({"backoff_factor": 1.0}, "'backoff_factor' is 1.0, expected a number in (0, 1)"),
+        ({"growth_interval": 2.5}, "'growth_interval' is 2.5, expected a whole number > 0"),
+        ({"_growth_tracker": -1}, "'_growth_tracker' is -1, expected a whole number >= 0"),
+        ({"_growth_tracker": None}, "'_growth_tracker' is None"),
+    ],
+)
+def test_a_bad_grad_scaler_state_is_one_line(tmp_path: Path, change: dict, says: str) -> None:
+    """train.precision=fp16's GradScaler took these unchecked: text was a traceback in the first
+    step, a NaN scale skipped every step from then on."""
+    from scalelab.checkpoint import CheckpointError
+    from scalelab.resume import load_states
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    saved = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "global_step": 0,
+        "scaler": {**scaler.state_dict(), "scale": 64.0},
+    }
+    load_states(saved, tmp_path / "ok.pt", model, opt, sched, scaler)  # a sound state loads
+    assert scaler.get_scale() == 64.0
+    saved["scaler"].update(change)
+    with pytest.raises(CheckpointError, match="grad scaler state does not load") as err:
+        load_states(saved, tmp_path / "c.pt", model, opt, sched, scaler)
+    assert says in str(err.value) and "\n" not in str(err.value)
