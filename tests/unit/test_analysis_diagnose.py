@@ -107,6 +107,9 @@ CASES: dict[str, Callable[[Path], None]] = {
     "diverged": lambda r: write_run(r, "ws1", summary={"final_val_loss": float("nan")}),
     "padding_waste": lambda r: write_run(r, "ws1", summary={"data": {"pad_to_max_len": True}}),
     "gpu_idle": lambda r: write_run(r, "ws1", summary={"profile": _GPU_PROFILE}),
+    "host_waits": lambda r: write_run(
+        r, "ws1", summary={"profile": {**_GPU_PROFILE, "host_syncs_per_step": 2.0}}
+    ),
 }
 
 
@@ -222,6 +225,26 @@ def test_gpu_idle_quotes_the_profile_and_stays_silent_on_a_busy_gpu_or_a_cpu(tmp
         root = tmp_path / name
         write_run(root, "ws1", summary={"profile": profile})
         assert "gpu_idle" not in {f.rule for f in _findings(root)}
+
+
+def test_host_waits_counts_per_step_syncs_not_the_occasional_loss_read(tmp_path: Path) -> None:
+    write_run(
+        tmp_path,
+        "ws1",
+        summary={"profile": {**_GPU_PROFILE, "pageable_copies_per_step": 1.0}},
+    )
+    (f,) = [f for f in _findings(tmp_path) if f.rule == "host_waits"]
+    assert "5 profiled steps of 2 ms: 0 host syncs and 1 copies from or to pageable" in f.evidence
+    assert "pin_memory()" in f.recommendation
+    for name, profile in (
+        # train.log_every_steps reading the loss once in 5 profiled steps: not the step's own
+        ("occasional", {**_GPU_PROFILE, "host_syncs_per_step": 0.2}),
+        ("older", _GPU_PROFILE),  # a summary from before these were counted
+        ("cpu", {"profiled_steps": 5, "gpu_events": 0, "host_syncs_per_step": 3.0}),
+    ):
+        root = tmp_path / name
+        write_run(root, "ws1", summary={"profile": profile})
+        assert "host_waits" not in {f.rule for f in _findings(root)}
 
 
 def test_comm_is_not_called_harmless_when_it_grew_most(tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ ACCURACY_DELTA_PP = 2.0
 # In a profiled step (train.profile_steps) a GPU busy less than 70 % of the time between its
 # first and last kernel waits on the host (Python, launches, syncs): faster kernels won't help.
 GPU_BUSY_MIN = 0.7
+# One host sync or pageable copy per profiled step is the step's own; scalelab's occasional ones
+# (reading the loss every train.log_every_steps, the stop poll every ~5 s) average below that.
+HOST_WAITS_PER_STEP_MIN = 1.0
 # A cost model within 25 % is useful for planning; beyond that a term is mis-modelled.
 PREDICTION_ERROR_PCT = 25.0
 
@@ -623,6 +626,27 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
                 "for CUDA graphs, with data.pad_multiple = 16), raise the per-rank batch, and "
                 "keep data.on_device = true. The trace (profile-rank0.json) shows each gap.",
                 "gpu_idle",
+                name,
+            )
+        )
+    syncs = prof.get("host_syncs_per_step") or 0.0
+    pageable = prof.get("pageable_copies_per_step") or 0.0
+    if prof.get("gpu_events") and max(syncs, pageable) >= HOST_WAITS_PER_STEP_MIN:
+        findings.append(
+            Finding(
+                "warning",
+                "The host waits for the GPU inside each step",
+                f"{prof.get('profiled_steps')} profiled steps of "
+                f"{_ms(prof.get('span_ms_per_step') or 0.0)}: {syncs:.2g} host syncs and "
+                f"{pageable:.2g} copies from or to pageable host memory per step",
+                "Each sync empties the GPU's queue: the GPU idles while the host launches the "
+                "next kernels. scalelab's own step makes neither (tests/unit/test_host_syncs.py; "
+                "its uploads come from pinned memory), so look in the trace (profile-rank0.json) "
+                "for cudaStreamSynchronize and 'Memcpy ... Pageable' near the code that calls "
+                "them: a value read on the host (.item(), print, an if on a tensor, a "
+                "data-dependent shape) in model or hook code, or a host tensor copied without "
+                "pin_memory().",
+                "host_waits",
                 name,
             )
         )
