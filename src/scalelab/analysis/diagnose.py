@@ -645,7 +645,8 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
                 "for cudaStreamSynchronize and 'Memcpy ... Pageable' near the code that calls "
                 "them: a value read on the host (.item(), print, an if on a tensor, a "
                 "data-dependent shape) in model or hook code, or a host tensor copied without "
-                "pin_memory().",
+                "pin_memory(). With train.compile_mode = reduce-overhead each new batch shape "
+                "records a CUDA graph, which synchronises: data.pad_multiple = 16 bounds them.",
                 "host_waits",
                 name,
             )
