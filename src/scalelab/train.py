@@ -470,7 +470,7 @@ def train_step(
     accum = len(micro_batches)
     padding = batch_padding(cfg)
     fused = emb_rows is not None and emb_rows.deferred is not None  # distributed.grad_sync
-    loss_sum = torch.zeros((), device=env.device)
+    loss_sum: torch.Tensor | None = None
     for i, idx in enumerate(micro_batches):
         if cfg.data.delay_per_batch_s:
             time.sleep(
@@ -485,13 +485,15 @@ def train_step(
         skip_sync = env.is_distributed and not last and not sync_every_micro_step
         sync_ctx = model.no_sync() if skip_sync else contextlib.nullcontext()
         with sync_ctx:
-            loss = _forward_loss(model, batch, amp, env.device) / accum
+            loss = _forward_loss(model, batch, amp, env.device)
+            if accum > 1:  # the mean over micro-batches (no kernel, and no autograd node, at 1)
+                loss = loss / accum
             timer.lap("forward")
             if last and not fused:
                 timer.arrive()  # DDP all-reduces its buckets in this backward
             (scaler.scale(loss) if scaler else loss).backward()
             timer.lap("backward")
-        loss_sum += loss.detach()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     if emb_rows is not None:
         assert global_batch is not None, "emb_rows needs the step's global batch"
         if fused:
@@ -510,6 +512,7 @@ def train_step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     timer.lap("optimizer")
+    assert loss_sum is not None, "a step has at least one micro-batch"
     return loss_sum
 
 
