@@ -413,8 +413,12 @@ def test_fp32_compute_on_an_amx_cpu_suggests_bf16(tmp_path: Path) -> None:
     assert not [f for f in diagnose(load_runs([tmp_path / "no-amx"])) if f.rule == "cpu_bf16"]
 
 
-@pytest.mark.parametrize("grad_sync", ["buckets", "fused"])
+@pytest.mark.parametrize("grad_sync", ["buckets", "fused", "buckets-unused"])
 def test_comm_bound_gloo_run_with_two_collectives_suggests_fusing(tmp_path, grad_sync):
+    """... unless it already sends one, or searches for unused parameters (fused needs that
+    off)."""
+    unused = grad_sync == "buckets-unused"
+    grad_sync = grad_sync.removesuffix("-unused")
     write_run(tmp_path, "ws1", world_size=1)
     buckets = [1_130_000, 370_000] if grad_sync == "buckets" else [1_500_000]
     comm = {
@@ -424,12 +428,13 @@ def test_comm_bound_gloo_run_with_two_collectives_suggests_fusing(tmp_path, grad
     }  # fmt: skip
     write_run(
         tmp_path, "ws2", world_size=2, timing={"backward_ms": 55.0, "step_ms": 78.5},
-        summary={"comm": comm, "backend": "gloo"},
+        summary={"comm": comm, "backend": "gloo",
+                 "system": {"find_unused_parameters": unused}},
     )  # fmt: skip
     (f,) = [f for f in _findings(tmp_path) if f.rule == "comm_bound"]
     # a run that already sends one all-reduce per step is not told to
     assert ("grad_sync=fused: one all-reduce per step instead of 2" in f.recommendation) is (
-        grad_sync == "buckets"
+        grad_sync == "buckets" and not unused
     )
 
 

@@ -535,6 +535,7 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
                 and run.summary.get("backend") == "gloo"
                 and run.comm.get("embedding_grad_sync") == "rows"
                 and hook == "none"
+                and not run.system.get("find_unused_parameters")  # fused needs it off
                 and collectives > 1
             ):
                 tips.append(
