@@ -432,6 +432,21 @@ def compile_model(model: nn.Module, cfg: Config) -> nn.Module:
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
+def cuda_graph_note(cfg: Config, device: torch.device) -> str | None:
+    """The note to log when CUDA graphs meet unbounded batch widths: torch.compile's
+    reduce-overhead and max-autotune modes record a graph per batch shape, and batches padded
+    to their longest sequence come in up to max_seq_len widths (memory and a recording each)."""
+    t, d, m = cfg.train, cfg.data, cfg.model
+    graphs = t.compile and t.compile_mode in ("reduce-overhead", "max-autotune")
+    if not (graphs and device.type == "cuda" and d.pad_multiple == 1 and not d.pad_to_max_len):
+        return None
+    return (
+        f"note: train.compile_mode={t.compile_mode} records a CUDA graph per batch width, up to "
+        f"{m.max_seq_len} widths with data.pad_multiple=1; data.pad_multiple=16 bounds them to "
+        f"{-(-m.max_seq_len // 16)}"
+    )
+
+
 def batch_padding(cfg: Config) -> dict[str, Any]:
     """`make_batch`'s padding arguments: to max_seq_len (the study's way), or to the batch's
     longest sequence rounded up to ``data.pad_multiple``."""
@@ -816,6 +831,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         # Compile the DDP-wrapped model: dynamo then splits the graph at bucket boundaries so the
         # all-reduce still overlaps the compiled backward (compiling inside DDP would not).
         model = compile_model(model, cfg)
+        if note := cuda_graph_note(cfg, env.device):
+            log(env, note)
     # DDP broadcast rank 0's weights; from here each rank needs its own dropout stream.
     torch.manual_seed(cfg.train.seed + 1 + env.rank)
 

@@ -465,3 +465,22 @@ def test_fused_grad_sync_without_embedding_rows_is_one_line() -> None:
     env = DistEnv(world_size=2, local_world_size=2, backend="nccl")
     with pytest.raises(LaunchError, match="grad_sync=fused needs the token-embedding rows"):
         wrap_ddp(nn.Linear(2, 2), cfg.distributed, env, rows=None)
+
+
+def test_cuda_graphs_with_unbounded_batch_widths_get_a_note() -> None:
+    import torch
+
+    from scalelab.train import cuda_graph_note
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    graphs = ["train.compile=true", "train.compile_mode=reduce-overhead", "model.max_seq_len=128"]
+    note = cuda_graph_note(load_config(None, graphs), cuda)
+    assert note is not None and "up to 128 widths" in note and "bounds them to 8" in note
+    for overrides, device in (
+        (graphs, cpu),  # no CUDA graphs on a CPU
+        ([*graphs, "data.pad_multiple=16"], cuda),
+        ([*graphs, "data.pad_to_max_len=true"], cuda),
+        (["train.compile=true"], cuda),  # the default mode records no graphs
+        (graphs[1:], cuda),  # compile off
+    ):
+        assert cuda_graph_note(load_config(None, overrides), device) is None, overrides
