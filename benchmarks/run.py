@@ -300,6 +300,7 @@ def _run_figures(
         "exposed_comm_ms": summary["comm"].get("exposed_comm_ms"),
         "allreduce_ms": summary["comm"].get("allreduce_ms"),
         "grad_sync": summary["comm"].get("grad_sync"),  # fused or buckets (distributed.grad_sync)
+        "collective_wait": summary["comm"].get("collective_wait"),  # spin, block or None (1 rank)
         "bound_cpus": summary["system"].get("bound_cpus"),  # rank 0's, under distributed.pin_cpus
         "wall_s": wall,
         "command": " ".join(argv),
@@ -329,13 +330,16 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
     # (key, ranks, threads, extra overrides); "2x1-pinned": each rank bound to its own core
     # (distributed.pin_cpus=true) instead of left to the OS scheduler, what the binding buys;
     # "2x1-buckets": DDP's bucket all-reduces and then the embedding rows' (two collectives per
-    # step) instead of the default one fused all-reduce (distributed.grad_sync), what fusing buys
+    # step) instead of the default one fused all-reduce (distributed.grad_sync), what fusing buys;
+    # "2x1-block": that all-reduce waited for in gloo's wait() instead of spinning
+    # (distributed.collective_wait), what spinning buys
     layouts = [
         ("1x1", 1, 1, []),
         ("1x2", 1, 2, []),
         ("2x1", 2, 1, []),
         ("2x1-pinned", 2, 1, ["distributed.pin_cpus=true"]),
         ("2x1-buckets", 2, 1, ["distributed.grad_sync=buckets"]),
+        ("2x1-block", 2, 1, ["distributed.collective_wait=block"]),
     ]
     repeats = 1 if quick else 3
     out_dir = Path(tempfile.mkdtemp(prefix="scalelab-bench-ddp-"))
@@ -390,6 +394,7 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
 
     pinned_ratios = paired("2x1-pinned", "2x1")
     fused_ratios = paired("2x1", "2x1-buckets")
+    spin_ratios = paired("2x1", "2x1-block")
     speedup = sps["2x1"] / sps["1x1"]
     return {
         "what": "ag_news_small, global batch 32, train.epochs=2; figures are epoch 2 of each run "
@@ -433,6 +438,14 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
             "pair and their median",
             "ratio": median(fused_ratios),
             "per_repeat": fused_ratios,
+        },
+        "spin_vs_block_2x1": {
+            "what": "2x1 as run by default (distributed.collective_wait=auto: each rank waits "
+            "for the step's all-reduce yielding the CPU in a loop) against "
+            "distributed.collective_wait=block (gloo's wait()): the samples/s ratio of each "
+            "repeat's pair and their median",
+            "ratio": median(spin_ratios),
+            "per_repeat": spin_ratios,
         },
         "step_decomposition_2x1": decomposition,
         "runs": runs,
@@ -599,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
                  "2x1-pinned", "2x1"),
                 ("fused_vs_buckets_2x1", "one fused all-reduce vs two (distributed.grad_sync)",
                  "2x1", "2x1-buckets"),
+                ("spin_vs_block_2x1", "spinning vs blocking wait (distributed.collective_wait)",
+                 "2x1", "2x1-block"),
             ):  # fmt: skip
                 pair = ddp[field]
                 checks.append(

@@ -320,7 +320,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     processes get CUDA_VISIBLE_DEVICES="" (only the demo's; `scalelab sweep` uses what it finds).
     """
     from scalelab.analysis.report import write_report
-    from scalelab.launch.local import check_sweep, run_commbench, run_sweep
+    from scalelab.launch.local import check_sweep, commbench_wait, run_commbench, run_sweep
 
     out = Path(args.out or f"experiments/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     config = find_config("ag_news_small")
@@ -329,7 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         raise ConfigError("demo: give the epochs as --epochs N, not train.epochs=N")
     overrides = ["data.source=sample", f"train.epochs={args.epochs}", *args.overrides]
-    check_sweep(config, [1, 2], overrides, out)  # before the line that says it starts
+    _, cfg = check_sweep(config, [1, 2], overrides, out)  # before the line that says it starts
     print(
         f"scalelab demo: {config.stem} on the bundled AG News sample, "
         f"1 and 2 CPU processes -> {out}/",
@@ -339,7 +339,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dirs = run_sweep(
         str(config), [1, 2], overrides, out_dir=str(out), threads_per_rank=1, cpu_only=True
     )
-    bench = run_commbench(2, out / "commbench", max_bytes="16M", cpu_only=True)
+    bench = run_commbench(
+        2, out / "commbench", max_bytes="16M", cpu_only=True, wait=commbench_wait(cfg)
+    )
     outputs = write_report(run_dirs, out / "report", commbench=bench)
     print("\nruns:")
     for d in run_dirs:

@@ -36,6 +36,7 @@ from scalelab.distributed import (
     DistEnv,
     LaunchError,
     all_reduce_mean_max,
+    all_reduce_waiting,
     barrier,
     cleanup,
     gather_objects,
@@ -191,6 +192,7 @@ def measure_sync_latency(
     busy_ms: float = 20.0,
     iters: int = 40,
     warmup: int = 4,
+    wait: str = "spin",
 ) -> dict[str, Any]:
     """Time of all-reduces that the ranks reach straight from `busy_ms` of compute.
 
@@ -202,9 +204,14 @@ def measure_sync_latency(
     Returns the first size's median and 90th percentile in ms (4 bytes: the sync latency), and
     under ``sizes`` each size's median, mean and 90th percentile (their spread is wide: most
     calls are quick, some wait for a sleeping thread; the mean is what a step pays on average).
+    ``wait``: how each rank waits, as the trainer's distributed.collective_wait ('spin' with
+    gloo by default: `all_reduce_waiting`; NCCL always blocks here, to time the collective).
     """
+    spin = wait == "spin" and env.backend == "gloo"
+    how = "spin" if spin else "block"
     if not env.is_distributed:
-        return {"median_ms": 0.0, "p90_ms": 0.0, "busy_ms": busy_ms, "iters": 0, "sizes": []}
+        return {"median_ms": 0.0, "p90_ms": 0.0, "busy_ms": busy_ms, "iters": 0, "sizes": [],
+                "wait": how}  # fmt: skip
     dev = _buffer_device(env)
     bufs = [torch.zeros(max(1, b // 4), device=dev) for b in sizes]
     a = torch.randn(128, 128)
@@ -215,7 +222,7 @@ def measure_sync_latency(
             while time.perf_counter() < until:
                 a @ a
             t0 = time.perf_counter()
-            dist.all_reduce(buf)
+            all_reduce_waiting(buf, spin)
             if dev.type == "cuda":  # host-device sync: the collective must be done to time it
                 torch.cuda.synchronize(dev)
             if i >= warmup:
@@ -239,6 +246,7 @@ def measure_sync_latency(
         "busy_ms": busy_ms,
         "iters": iters,
         "sizes": per_size,
+        "wait": how,
     }
 
 
@@ -331,8 +339,10 @@ def run_commbench(
     iters: int | None = None,
     factor: int = 2,
     command: str | None = None,
+    wait: str = "spin",
 ) -> dict[str, Any]:
-    """Sweep all-reduce sizes on the current group; every rank returns the same result dict."""
+    """Sweep all-reduce sizes on the current group; every rank returns the same result dict.
+    ``wait``: how the after-compute all-reduces are waited for (`measure_sync_latency`)."""
     if not env.is_distributed:
         raise LaunchError("all-reduce needs >= 2 ranks: run under torchrun --nproc_per_node=N")
     results = []
@@ -359,7 +369,7 @@ def run_commbench(
         "command": command if command is not None else shlex.join(sys.orig_argv),
         "results": results,
         "fit": _fit(results, env.world_size),
-        "sync_latency": measure_sync_latency(env, sizes=after_compute_sizes(max_bytes)),
+        "sync_latency": measure_sync_latency(env, sizes=after_compute_sizes(max_bytes), wait=wait),
     }
 
 
@@ -401,7 +411,8 @@ def format_table(result: dict[str, Any]) -> str:
     if lat:
         lines.append(
             f"sync latency after {lat['busy_ms']:g} ms of compute (4-byte all-reduce, last rank "
-            f"to arrive): median {lat['median_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms"
+            f"to arrive{', waits spinning' if lat.get('wait') == 'spin' else ''}): median "
+            f"{lat['median_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms"
         )
         for row in lat.get("sizes") or []:
             if row["bytes"] > 4:
@@ -509,6 +520,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="experiments/commbench", help="output folder")
     p.add_argument(
+        "--wait",
+        choices=("spin", "block"),
+        default="spin",
+        help="how gloo ranks wait for the all-reduces after compute, as the trainer's "
+        "distributed.collective_wait (spin)",
+    )
+    p.add_argument(
         "--backend",
         choices=("auto", "gloo", "nccl"),
         default="auto",
@@ -553,6 +571,7 @@ def commbench_main(argv: list[str]) -> int:
             max_bytes=args.max_bytes,
             iters=args.iters,
             factor=args.factor,
+            wait=args.wait,
         )
         if env.is_main:
             try:

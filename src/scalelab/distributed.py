@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -403,6 +404,36 @@ def syncs_embedding_rows(cfg: DistributedConfig, backend: str | None = None) -> 
     return cfg.embedding_grad_sync == "rows"
 
 
+#: How long `all_reduce_waiting` spins before it blocks in gloo's wait() (which keeps the
+#: process group's timeout): far beyond a healthy step's wait, short enough that a hung peer
+#: costs no CPU.
+SPIN_WAIT_S = 0.05
+
+
+def spins_waiting(cfg: DistributedConfig, backend: str | None = None) -> bool:
+    """Whether scalelab's own gradient all-reduce is waited for by spinning
+    (distributed.collective_wait; gloo only: NCCL's collectives do not block the host)."""
+    return (backend or planned_backend(cfg)) == "gloo" and cfg.collective_wait != "block"
+
+
+def all_reduce_waiting(t: torch.Tensor, spin: bool) -> None:
+    """`dist.all_reduce(t)`; with `spin`, waited for by yielding the CPU in a loop (up to
+    SPIN_WAIT_S, then gloo's blocking wait) instead of sleeping in wait().
+
+    A rank that sleeps in gloo's wait must be woken when its peers' data is in: on the 2-vCPU
+    test VM that cost about 1 ms per step (a 1 MB all-reduce reached from 20 ms of compute:
+    mean 1.0-1.5 ms spinning against 1.5-2.6 ms blocking). sched_yield lets gloo's own threads,
+    and a peer rank sharing the core, run meanwhile."""
+    if not spin:
+        dist.all_reduce(t)
+        return
+    work = dist.all_reduce(t, async_op=True)
+    deadline = time.perf_counter() + SPIN_WAIT_S
+    while not work.is_completed() and time.perf_counter() < deadline:
+        os.sched_yield()
+    work.wait()  # raises the collective's error, if it failed
+
+
 def fuses_grad_sync(cfg: DistributedConfig, backend: str | None = None) -> bool:
     """Whether a step's gradients are summed in one all-reduce after the backward
     (distributed.grad_sync; 'auto': with gloo, when the embedding rows are synced outside DDP
@@ -507,6 +538,7 @@ class EmbeddingRowGrad:
         *,
         sparse_backward: bool,
         sync: bool,
+        spin_wait: bool = False,
     ) -> None:
         embedding: nn.Embedding = model.token_embedding()
         self.weight: nn.Parameter = embedding.weight
@@ -514,6 +546,7 @@ class EmbeddingRowGrad:
         self.tokens = tokens.cpu()  # host ids: the rows are found without a device sync
         self.env = env
         self.sync_rows = sync and env.is_distributed
+        self.spin_wait = spin_wait  # distributed.collective_wait (`all_reduce_waiting`)
         self.sparse_backward = sparse_backward
         embedding.sparse = sparse_backward  # read by nn.Embedding.forward
         self._grad: torch.Tensor | None = None  # persistent dense gradient (sparse_backward)
@@ -548,7 +581,7 @@ class EmbeddingRowGrad:
             return 0
         compact = grad.index_select(0, rows)
         if self.deferred is None:
-            dist.all_reduce(compact)
+            all_reduce_waiting(compact, self.spin_wait)
             grad.index_copy_(0, rows, compact.div_(self.env.world_size))
             return compact.numel() * compact.element_size()
         # one all-reduce for DDP's buckets and the rows (every rank lays them out alike)
@@ -563,7 +596,7 @@ class EmbeddingRowGrad:
             self._flat = torch.empty(int(total * 1.25), dtype=compact.dtype, device=grad.device)
         flat = self._flat[:total]
         torch.cat([t.reshape(-1) for t in parts], out=flat)
-        dist.all_reduce(flat)
+        all_reduce_waiting(flat, self.spin_wait)
         flat.div_(self.env.world_size)
         pieces = flat.split(sizes)
         torch._foreach_copy_(grads, [p.view_as(g) for p, g in zip(pieces, grads, strict=False)])

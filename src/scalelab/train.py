@@ -382,7 +382,14 @@ def make_embedding_rows(
         raise ConfigError("train.embedding_grad=rows does not combine with train.compile=true")
     if not (sparse or sync):
         return None
-    return D.EmbeddingRowGrad(model, host_tokens, env, sparse_backward=sparse, sync=sync)
+    return D.EmbeddingRowGrad(
+        model,
+        host_tokens,
+        env,
+        sparse_backward=sparse,
+        sync=sync,
+        spin_wait=D.spins_waiting(cfg.distributed, env.backend),
+    )
 
 
 def _check_same_data(data: EncodedData, env: D.DistEnv) -> None:
@@ -617,6 +624,12 @@ def measure_communication(
         "comm_hook": cfg.distributed.comm_hook,
         "embedding_grad_sync": "rows" if rows_mode else "dense",
         "grad_sync": "fused" if fused else "buckets",
+        # how a rank waits for the all-reduce of the rows (or the fused one): spin or block
+        "collective_wait": (
+            ("spin" if D.spins_waiting(cfg.distributed, backend) else "block")
+            if rows_mode
+            else None
+        ),
         "embedding_grad": "rows" if emb_rows is not None and emb_rows.sparse_backward else "dense",
         "embedding_grad_bytes": emb.numel() * emb.element_size(),
         "embedding_rows_per_step": rows_per_step,

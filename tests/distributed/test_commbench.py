@@ -56,6 +56,7 @@ def test_single_process_has_no_communication() -> None:
     assert measure_allreduce(1 << 20, env, iters=3, warmup=1) == 0.0
     assert measure_buckets([1 << 20, 1 << 10], env) == 0.0
     assert measure_sync_latency(env)["median_ms"] == 0.0
+    assert measure_sync_latency(env, wait="block")["wait"] == "block"
     assert after_compute_sizes(4 * 1024**2) == [4, 64 * 1024, 1024**2]
     assert after_compute_sizes(1024) == [4]
 
@@ -85,6 +86,7 @@ def test_commbench_two_gloo_ranks(tmp_path: Path) -> None:
     assert result["fit"]["busbw_gbps"] > 0
     lat = result["sync_latency"]
     assert lat["iters"] == 40 and lat["busy_ms"] == 20.0
+    assert lat["wait"] == "spin"  # gloo: as the trainer waits (distributed.collective_wait)
     assert 0 < lat["median_ms"] <= lat["p90_ms"]
     # after compute at 4 bytes and at the larger sizes up to --max-bytes (16 MB is beyond 4M)
     assert [r["bytes"] for r in lat["sizes"]] == [4, 64 * 1024, 1024**2]
@@ -92,6 +94,7 @@ def test_commbench_two_gloo_ranks(tmp_path: Path) -> None:
     for r in lat["sizes"]:
         assert 0 < r["median_ms"] <= r["p90_ms"] and r["mean_ms"] > 0
     assert "busbw" in proc.stdout and "sync latency after 20 ms" in proc.stdout
+    assert "last rank to arrive, waits spinning" in proc.stdout
     assert "1M after compute: median" in proc.stdout
     assert str(out / "commbench.json") in proc.stdout
 

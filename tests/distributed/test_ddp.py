@@ -36,16 +36,22 @@ def assert_params_close(a: dict, b: dict, atol: float = 2e-5) -> None:
 
 
 @pytest.mark.parametrize(
-    ("embedding_sync", "embedding_grad", "grad_sync"),
+    ("embedding_sync", "embedding_grad", "grad_sync", "wait"),
     [
-        ("rows", "auto", "auto"),  # gloo's default: one fused all-reduce per step
-        ("rows", "auto", "buckets"),  # DDP's bucket all-reduces, then the rows'
-        ("dense", "auto", "auto"),
-        ("rows", "dense", "auto"),
+        ("rows", "auto", "auto", "auto"),  # gloo's default: one fused all-reduce, spun for
+        ("rows", "auto", "auto", "block"),  # ... waited for in gloo's wait()
+        ("rows", "auto", "buckets", "auto"),  # DDP's bucket all-reduces, then the rows'
+        ("dense", "auto", "auto", "auto"),
+        ("rows", "dense", "auto", "auto"),
     ],
 )
 def test_two_ranks_match_one_process(
-    tmp_path: Path, cache_dir: Path, embedding_sync: str, embedding_grad: str, grad_sync: str
+    tmp_path: Path,
+    cache_dir: Path,
+    embedding_sync: str,
+    embedding_grad: str,
+    grad_sync: str,
+    wait: str,
 ) -> None:
     [single] = run_worker(tmp_path, "ws1", 1, cache_dir)
     assert single["sparse_backward"]  # auto on CPU: the embedding's backward is row-sparse
@@ -57,10 +63,13 @@ def test_two_ranks_match_one_process(
         f"distributed.embedding_grad_sync={embedding_sync}",
         f"train.embedding_grad={embedding_grad}",
         f"distributed.grad_sync={grad_sync}",
+        f"distributed.collective_wait={wait}",
         "distributed.bucket_cap_mb=0.01",  # several buckets even without the embedding
     )
     # rows: the embedding left DDP and only the rows the global batch used were all-reduced
     assert r0["row_sync"] is (embedding_sync == "rows")
+    # gloo: scalelab's own all-reduce is waited for spinning unless told to block
+    assert r0["spin_wait"] is (embedding_sync == "rows" and wait != "block")
     # fused: DDP handed all its buckets over to the one all-reduce
     assert r0["fused"] is (embedding_sync == "rows" and grad_sync == "auto")
     # (from the second step on: DDP lays its buckets out anew after the first)
@@ -169,3 +178,19 @@ def test_comm_hooks_keep_ranks_identical(tmp_path: Path, cache_dir: Path, hook: 
     if hook == "fp16":  # lossy only in the 16-bit rounding of the averaged gradients
         [single] = run_worker(tmp_path, "ws1", 1, cache_dir)  # (PowerSGD's rank-1 is not)
         assert_params_close(single["params"], r0["params"], atol=1e-3)
+
+
+@pytest.mark.parametrize("wait", ["spin", "block"])
+def test_a_spinning_wait_sums_alike_when_the_peer_is_later_than_its_window(wait: str) -> None:
+    """distributed.collective_wait=spin yields the CPU for up to SPIN_WAIT_S, then blocks in
+    gloo's wait(): a peer on time, a little late or later than the window gives the same sum."""
+    import json
+
+    res = torchrun([str(SCRIPTS / "wait_worker.py"), wait], 2)
+    assert res.returncode == 0, rank_errors(res)
+    out = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    rank0 = next(o for o in out if o["rank"] == 0)
+    assert len(out) == 2 and all(o["sums"] == [3.0, 3.0, 3.0] for o in out)  # 1 + 2
+    # rank 0 really waited for the late peer each time (beyond the window too)
+    for waited, late in zip(rank0["waited_s"], rank0["late_s"], strict=True):
+        assert waited >= 0.8 * late

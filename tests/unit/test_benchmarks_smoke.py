@@ -72,7 +72,7 @@ def test_run_quick_ddp_section_writes_every_layout(tmp_path: Path) -> None:
     ], timeout=900)  # fmt: skip
     ddp = json.loads(out.read_text())["ddp_cpu"]
     sps = ddp["samples_per_s"]
-    assert set(sps) == {"1x1", "1x2", "2x1", "2x1-pinned", "2x1-buckets"}
+    assert set(sps) == {"1x1", "1x2", "2x1", "2x1-pinned", "2x1-buckets", "2x1-block"}
     assert min(sps.values()) > 0
     assert ddp["speedup_2x1_vs_1x1"] == pytest.approx(sps["2x1"] / sps["1x1"])
     # the pinned run was bound (one core per rank), the default one was not
@@ -89,6 +89,11 @@ def test_run_quick_ddp_section_writes_every_layout(tmp_path: Path) -> None:
     assert runs["2x1-buckets"][0]["grad_sync"] == "buckets"
     fused = ddp["fused_vs_buckets_2x1"]
     assert fused["per_repeat"] == [pytest.approx(sps["2x1"] / sps["2x1-buckets"])]
+    # ... and waited for its all-reduce spinning, the 2x1-block run in gloo's wait()
+    assert runs["2x1"][0]["collective_wait"] == "spin"
+    assert runs["2x1-block"][0]["collective_wait"] == "block"
+    spin = ddp["spin_vs_block_2x1"]
+    assert spin["per_repeat"] == [pytest.approx(sps["2x1"] / sps["2x1-block"])]
     assert len(ddp["two_independent_runs"]["samples_per_s"]) == 1
     assert set(ddp["step_decomposition_2x1"]["step_ms"]) == {
         "plain",

@@ -297,13 +297,22 @@ def _child_env(threads: int, cpu_only: bool) -> dict[str, str]:
 
 
 def run_commbench(
-    nproc: int, out_dir: str | Path, *, max_bytes: str = "64M", cpu_only: bool = False
+    nproc: int,
+    out_dir: str | Path,
+    *,
+    max_bytes: str = "64M",
+    cpu_only: bool = False,
+    wait: str = "spin",
 ) -> Path:
     """All-reduce sweep on `nproc` local ranks (torchrun); returns the commbench.json path.
 
     `cpu_only` hides any GPU (CUDA_VISIBLE_DEVICES=""): gloo on the CPU, as the CPU runs use.
+    `wait`: how its after-compute all-reduces are waited for, as the runs' collective_wait.
     """
-    argv = torchrun_argv(nproc, ["commbench", "--out", str(out_dir), "--max-bytes", max_bytes])
+    argv = torchrun_argv(
+        nproc,
+        ["commbench", "--out", str(out_dir), "--max-bytes", max_bytes, "--wait", wait],
+    )
     env = _child_env(rank_threads(nproc), cpu_only)
     print(f"[sweep] all-reduce bandwidth on {nproc} ranks: {shlex.join(argv)}", flush=True)
     code, stopped_by = _run_child(argv, env)
@@ -317,6 +326,12 @@ def run_commbench(
     if code != 0:
         raise SweepError(f"commbench on {nproc} ranks failed with exit code {code}")
     return Path(out_dir) / "commbench.json"
+
+
+def commbench_wait(cfg: Config) -> str:
+    """commbench's --wait for runs of `cfg`: its after-compute all-reduces are waited for as
+    the runs wait for theirs (distributed.collective_wait)."""
+    return "block" if cfg.distributed.collective_wait == "block" else "spin"
 
 
 def parse_world_sizes(text: str) -> list[int]:
@@ -373,9 +388,10 @@ def sweep_main(argv: list[str]) -> int:
             threads_per_rank=args.threads_per_rank,
         )
         big = max(args.world_sizes)
-        bench = (
-            run_commbench(big, Path(args.out) / "commbench") if args.commbench and big > 1 else None
-        )
+        bench = None
+        if args.commbench and big > 1:
+            _, cfg = check_sweep(args.config, args.world_sizes, args.overrides)  # the runs' config
+            bench = run_commbench(big, Path(args.out) / "commbench", wait=commbench_wait(cfg))
     except SweepError as exc:
         print(f"scalelab: error: {exc}", file=sys.stderr)  # the CLI's one-line format
         return getattr(exc, "exit_code", 2)  # SweepStopped: 128 + the signal

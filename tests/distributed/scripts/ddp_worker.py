@@ -120,6 +120,7 @@ def main() -> None:
             "calls_per_step": calls,
             "fused": deferred is not None,
             "row_sync": row_sync,
+            "spin_wait": emb_rows is not None and emb_rows.spin_wait,
             "sparse_backward": emb_rows is not None and emb_rows.sparse_backward,
             "rows_per_step": rows_used,
             "embedding_in_ddp": not row_sync,
