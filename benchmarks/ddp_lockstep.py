@@ -11,8 +11,9 @@ machine noise and the slow first steps after each block's barrier hit all modes 
   collective, so each rank runs at its own pace (what two separate runs would do);
 * ``independent``: the same through the DDP wrapper under its no_sync: what the wrapper's own
   forward and gradient hooks cost, still without any collective;
-* ``lock_step``: the same plus one 4-byte all-reduce per step: the ranks now wait for each
-  other once per step but move no gradient bytes;
+* ``lock_step``: the same plus one 4-byte all-reduce per step (waited for as `train_step` waits
+  for its gradient all-reduce: distributed.collective_wait): the ranks now wait for each other
+  once per step but move no gradient bytes;
 * ``ddp``: scalelab's real `train_step` (DDP's gradient buckets and the embedding-row sum).
 
 A mode's figure is its mean step time per rank, averaged over the ranks (in the two synchronised
@@ -36,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 from common import load_preset, run_header  # noqa: E402
 
 MODES = ("plain", "independent", "lock_step", "ddp")
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                             _forward_loss(net, batch, None, env.device).backward()
                     if emb is not None:
                         emb.finish(global_batch, sync=False)
-                    if mode == "lock_step":
-                        dist.all_reduce(flag)
+                    if mode == "lock_step":  # waited for as the trainer waits for its own
+                        D.all_reduce_waiting(flag, emb is not None and emb.spin_wait)
                     if cfg.train.max_grad_norm:  # as train_step does (the preset's default: 1.0)
                         clip_grad_norm(net, cfg.train.max_grad_norm, emb)
                     optimizer.step()
