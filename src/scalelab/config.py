@@ -199,7 +199,7 @@ class DistributedConfig:
     grad_sync: str = "auto"
     """When ranks sum gradients: 'buckets' (DDP all-reduces each bucket as it fills, overlapping the backward; the embedding rows follow in one more all-reduce), 'fused' (one all-reduce per step after the backward: DDP's buckets and the embedding rows together, one collective's latency instead of one per bucket plus one; needs embedding_grad_sync=rows, comm_hook=none, find_unused_parameters=false) or 'auto' (fused with gloo when those hold, else buckets)."""
     collective_wait: str = "auto"
-    """How a gloo rank waits for the gradient all-reduce scalelab itself issues (distributed.grad_sync=fused, or the embedding rows' own): 'spin' (yield the CPU in a loop, for up to 50 ms, then block: the rank goes on as soon as the sum is in instead of being woken from sleep; 1.02x samples/s over block at the median of 3 paired 2-rank runs on the 2-vCPU test VM: benchmarks/run.py), 'block' (gloo's wait()) or 'auto' (spin). DDP's own bucket all-reduces wait inside DDP; NCCL's run on the GPU's stream (no host wait)."""
+    """How a gloo rank waits for the gradient all-reduce scalelab itself issues (distributed.grad_sync=fused, or the embedding rows' own): 'spin' (yield the CPU in a loop, for up to 50 ms, then block: the rank goes on as soon as the sum is in instead of being woken from sleep; 1.02x and 1.07x samples/s over block at the median of 3 paired 2-rank runs in two full benchmark runs on the 2-vCPU test VM: benchmarks/run.py), 'block' (gloo's wait()) or 'auto' (spin). DDP's own bucket all-reduces wait inside DDP; NCCL's run on the GPU's stream (no host wait)."""
     timeout_s: int = 600
     """Collective timeout in seconds."""
     pin_cpus: bool = False
