@@ -247,8 +247,15 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def barrier(env: DistEnv) -> None:
-    if env.is_distributed:
+def barrier(env: DistEnv, spin: bool = False) -> None:
+    """All ranks meet here. `spin` (gloo): a 4-byte all-reduce waited for as
+    `all_reduce_waiting` waits, so every rank leaves as soon as the last arrives instead of
+    whenever its sleeping thread is woken (a start skew that timing right after would count)."""
+    if not env.is_distributed:
+        return
+    if spin:
+        all_reduce_waiting(torch.zeros(1), spin=True)
+    else:
         dist.barrier()
 
 

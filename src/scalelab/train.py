@@ -659,7 +659,10 @@ def measure_communication(
     for i, (idx, global_batch) in enumerate(batches):
         for use_sync in (True, False):
             batch = make_batch(data.train, idx, device=env.device, **padding)
-            D.barrier(env)  # start aligned, so a late rank's wait is not counted as communication
+            # start aligned, so a late rank's wait is not counted as communication (released
+            # as the step's own all-reduce is waited for: a rank woken from a barrier's sleep
+            # would start late)
+            D.barrier(env, spin=D.spins_waiting(cfg.distributed, env.backend))
             watch.start()
             ctx = contextlib.nullcontext() if use_sync else model.no_sync()
             with ctx:

@@ -181,16 +181,20 @@ def test_comm_hooks_keep_ranks_identical(tmp_path: Path, cache_dir: Path, hook: 
 
 
 @pytest.mark.parametrize("wait", ["spin", "block"])
-def test_a_spinning_wait_sums_alike_when_the_peer_is_later_than_its_window(wait: str) -> None:
+def test_a_spinning_wait_sums_alike_when_the_peer_is_later_than_its_window(
+    tmp_path: Path, wait: str
+) -> None:
     """distributed.collective_wait=spin yields the CPU for up to SPIN_WAIT_S, then blocks in
-    gloo's wait(): a peer on time, a little late or later than the window gives the same sum."""
+    gloo's wait(): a peer on time, a little late or later than the window gives the same sum,
+    and the calibration's spinning barrier waits for it as gloo's barrier does."""
     import json
 
-    res = torchrun([str(SCRIPTS / "wait_worker.py"), wait], 2)
+    res = torchrun([str(SCRIPTS / "wait_worker.py"), wait, str(tmp_path)], 2)
     assert res.returncode == 0, rank_errors(res)
-    out = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     rank0 = next(o for o in out if o["rank"] == 0)
     assert len(out) == 2 and all(o["sums"] == [3.0, 3.0, 3.0] for o in out)  # 1 + 2
-    # rank 0 really waited for the late peer each time (beyond the window too)
-    for waited, late in zip(rank0["waited_s"], rank0["late_s"], strict=True):
-        assert waited >= 0.8 * late
+    # rank 0 really waited for the peer later than the spin window, in the all-reduce and in
+    # the barrier (less a margin: the ranks left the call before it some ms apart)
+    late = rank0["late_s"][-1]
+    assert rank0["waited_s"][-1] >= late - 0.03 and rank0["met_s"][-1] >= late - 0.03, rank0
