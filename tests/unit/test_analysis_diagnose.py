@@ -351,6 +351,16 @@ def test_sync_wait_quotes_the_wait_and_stays_silent_when_exposed_is_the_all_redu
     write_run(tmp_path / "bytes", "ws2", world_size=2, timing={"backward_ms": 36.0},
               summary={"comm": {"exposed_comm_ms": 6.0, "allreduce_ms": 5.0}})  # fmt: skip
     assert "sync_wait" not in {f.rule for f in _findings(tmp_path / "bytes")}
+    assert "collective_wait" not in f.recommendation  # nothing recorded: nothing to change
+
+
+def test_sync_wait_suggests_the_spinning_wait_to_a_run_that_blocked(tmp_path):
+    comm = {"exposed_comm_ms": 6.0, "allreduce_ms": 2.0}
+    for wait in ("block", "spin"):
+        write_run(tmp_path / wait, "ws2", world_size=2, timing={"backward_ms": 36.0},
+                  summary={"comm": {**comm, "collective_wait": wait}})  # fmt: skip
+        (f,) = [f for f in _findings(tmp_path / wait) if f.rule == "sync_wait"]
+        assert ("distributed.collective_wait=spin" in f.recommendation) is (wait == "block")
 
 
 def _cpu_wait_runs(folder: Path, **timing: float) -> list:

@@ -495,6 +495,11 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
                     "commbench measures (sync_latency.sizes: against its back-to-back times, "
                     "the cost of waking); " + fewer
                 )
+            if run.comm.get("collective_wait") == "block":
+                advice += (
+                    " This run waited for its all-reduce in gloo's blocking wait: "
+                    "distributed.collective_wait=spin (the default) resumes without being woken."
+                )
             findings.append(
                 Finding(
                     "warning",
