@@ -428,9 +428,10 @@ def all_reduce_waiting(t: torch.Tensor, spin: bool) -> None:
     SPIN_WAIT_S, then gloo's blocking wait) instead of sleeping in wait().
 
     A rank that sleeps in gloo's wait must be woken when its peers' data is in: on the 2-vCPU
-    test VM that cost about 1 ms per step (a 1 MB all-reduce reached from 20 ms of compute:
-    mean 1.0-1.5 ms spinning against 1.5-2.6 ms blocking). sched_yield lets gloo's own threads,
-    and a peer rank sharing the core, run meanwhile."""
+    test VM a 1 MB all-reduce reached from 20 ms of compute took a mean of 0.98 ms spinning
+    against 2.1-2.4 ms blocking (commbench in demos: benchmarks/results/
+    2026-12-07-vm-xeon-demo-spin-wait.json, -after-compute.json). sched_yield lets gloo's own
+    threads, and a peer rank sharing the core, run meanwhile."""
     if not spin:
         dist.all_reduce(t)
         return
