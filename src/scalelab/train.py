@@ -599,6 +599,7 @@ def measure_communication(
     emb = net.token_embedding().weight
     backend = env.backend if env.is_distributed else None  # None: the planned one (1 rank)
     rows_mode = D.syncs_embedding_rows(cfg.distributed, backend)
+    spin = D.spins_waiting(cfg.distributed, backend)  # distributed.collective_wait
     # Mean rows a global batch uses (the sampler's batches do not depend on the world size).
     tokens = data.train.tokens.cpu()  # once per run
     rows_per_step = float(
@@ -625,11 +626,7 @@ def measure_communication(
         "embedding_grad_sync": "rows" if rows_mode else "dense",
         "grad_sync": "fused" if fused else "buckets",
         # how a rank waits for the all-reduce of the rows (or the fused one): spin or block
-        "collective_wait": (
-            ("spin" if D.spins_waiting(cfg.distributed, backend) else "block")
-            if rows_mode
-            else None
-        ),
+        "collective_wait": ("spin" if spin else "block") if rows_mode else None,
         "embedding_grad": "rows" if emb_rows is not None and emb_rows.sparse_backward else "dense",
         "embedding_grad_bytes": emb.numel() * emb.element_size(),
         "embedding_rows_per_step": rows_per_step,
@@ -662,7 +659,7 @@ def measure_communication(
             # start aligned, so a late rank's wait is not counted as communication (released
             # as the step's own all-reduce is waited for: a rank woken from a barrier's sleep
             # would start late)
-            D.barrier(env, spin=D.spins_waiting(cfg.distributed, env.backend))
+            D.barrier(env, spin=spin)
             watch.start()
             ctx = contextlib.nullcontext() if use_sync else model.no_sync()
             with ctx:
