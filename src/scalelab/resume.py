@@ -2,13 +2,14 @@
 
 Every check here runs before a step trains or a file of the run folder is rewritten, and each
 refusal is one line naming the checkpoint and what to change (`train._fit` calls them in order:
-`check_same_resume`, `check_resume_config`, `load_states`, `run_record`, `resume_is_finished`).
+`resume_source`, `check_resume_config`, `load_states`, `run_record`, `resume_is_finished`).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import torch
 from torch import nn
 
 from scalelab import distributed as D
-from scalelab.checkpoint import CHECKPOINT_NAME, CheckpointError, is_count, load_error
-from scalelab.config import Config, first_line, is_number
+from scalelab.checkpoint import CHECKPOINT_NAME, CheckpointError, holds_run, is_count, load_error
+from scalelab.config import Config, ConfigError, first_line, is_number
 
 
 def check_same_resume(views: list[tuple[str, str]], run_dir: Path) -> None:
@@ -33,6 +34,44 @@ def check_same_resume(views: list[tuple[str, str]], run_dir: Path) -> None:
                 f"rank {r} ({host}) {does(resume)} but rank 0 ({views[0][0]}) {does(views[0][1])}"
                 f" in {run_dir}: output.dir must be a folder every node shares"
             )
+
+
+def resume_source(cfg: Config, env: D.DistEnv, run_dir: Path) -> tuple[Path | None, bool]:
+    """The checkpoint this run continues from (None: it starts afresh) and whether it lies
+    outside `run_dir` (resuming another folder's run into this one). Collective: every rank
+    decides alike. Refuses, before anything is written, a fresh start or a foreign checkpoint
+    that would overwrite the run `run_dir` already holds."""
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    resume_from: Path | None = None
+    if cfg.train.resume == "auto":
+        resume_from = ckpt_path if ckpt_path.exists() else None  # a folder: load says so
+    elif cfg.train.resume:
+        resume_from = Path(cfg.train.resume)
+    # Every rank decides alike, or all stop with one line: a run folder that the nodes do not
+    # share would make one node resume and another start afresh.
+    check_same_resume(
+        D.gather_objects((socket.gethostname(), str(resume_from or "")), env), run_dir
+    )
+    recorded_run = holds_run(run_dir)
+    # resuming another folder's checkpoint into this one
+    elsewhere = resume_from is not None and resume_from.resolve() != ckpt_path.resolve()
+    if elsewhere and recorded_run:
+        raise ConfigError(
+            f"output folder {run_dir} already holds another run; resuming {resume_from} there "
+            "would overwrite it: choose another output.run_name"
+        )
+    # A run stopped in its first epoch has a checkpoint but no metrics.csv yet: starting afresh
+    # would silently overwrite that checkpoint.
+    if resume_from is None and recorded_run:
+        hint = (
+            f"it has no {CHECKPOINT_NAME} to continue from (train.save_checkpoint was off)"
+            if cfg.train.resume == "auto"
+            else "set train.resume=auto to continue it"
+        )
+        raise ConfigError(
+            f"output folder {run_dir} already holds a run; {hint}, or choose another output.run_name"
+        )
+    return resume_from, elsewhere
 
 
 # Keys that define an epoch's sequence of global batches (TrainBatchSampler); the position saved

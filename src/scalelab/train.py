@@ -2,9 +2,10 @@
 
 Event points, in order (read `fit` top to bottom):
 
-    init process group -> validate config for this world size
-    -> prepare data (local rank 0 of each node builds the cache)
-    -> build model -> wrap DDP -> optimizer/schedule -> create run folder / resume
+    init process group -> validate config for this world size -> resume_source
+    -> _load_data (local rank 0 of each node builds the cache)
+    -> _build_model (model, DDP wrapper, compile) -> optimizer/schedule
+    -> _restore (a checkpoint's states) -> _open_run_folder
     for epoch:
         for step:                                   # StepTimer laps: data | h2d | forward | backward | optimizer
             for micro-step: batch -> forward -> backward (no_sync on all but the last micro-step)
@@ -13,7 +14,8 @@ Event points, in order (read `fit` top to bottom):
             [every checkpoint_every_steps: checkpoint (its time is in no phase)]
             [every ~STOP_POLL_S: SIGTERM/SIGUSR1 on any rank? -> checkpoint and stop
              (exit 128 + signal); train.resume=auto continues]
-        evaluate (exact under DDP) -> reduce timings across ranks -> checkpoint -> metrics.csv row
+        evaluate (exact under DDP) -> _epoch_row (timings reduced across ranks) -> checkpoint
+        -> metrics.csv row
     after the last epoch: measure communication (calibration + bucket all-reduce) -> summary.json
 """
 
@@ -53,7 +55,6 @@ from scalelab.checkpoint import (
     StopSignals,
     TrainingStopped,
     atomic_write_text,
-    holds_run,
     load_checkpoint,
     load_error,
     move_aside,
@@ -75,9 +76,9 @@ from scalelab.profiling import StepProfiler
 from scalelab.resume import (
     LOAD_ERRORS,
     check_resume_config,
-    check_same_resume,
     load_states,
     resume_is_finished,
+    resume_source,
     run_record,
     warmup_record,
 )
@@ -392,6 +393,72 @@ def make_embedding_rows(
     )
 
 
+def _load_data(
+    cfg: Config, env: D.DistEnv, num_threads: int
+) -> tuple[EncodedData, torch.Tensor, tuple[int, list[int] | None]]:
+    """The encoded data (on the GPU with data.on_device), its training tokens on the host, and
+    (CPUs this job may use, rank's bound CPUs or None). Local rank 0 of every node builds a
+    missing cache (nodes need not share data.cache_dir); the others wait."""
+    data = prepare_data(cfg, is_main=env.local_rank == 0, barrier=lambda: D.barrier(env))
+    _check_same_data(data, env)
+    for warning in data.warnings:
+        log(env, f"warning: {warning}")
+    # After the data: preparing a missing cache may use every core.
+    job_cpus = D.available_cpus()  # before binding narrows this rank's share
+    bound_cpus = D.bind_cpus(env, num_threads) if cfg.distributed.pin_cpus else None
+    host_train_tokens = data.train.tokens
+    if cfg.data.on_device and env.device.type == "cuda":
+        # whole encoded dataset on the GPU: batches are gathered there, only indices travel
+        data = data.to(env.device)
+    if len(data.train) < cfg.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the training set "
+            f"({len(data.train):,} examples): lower train.batch_size or use more data ("
+            + (
+                "raise data.max_train_samples, or 0 for every row"
+                if cfg.data.max_train_samples
+                else "a larger training file: every row is used already"
+            )
+            + ")"
+        )
+    return data, host_train_tokens, (job_cpus, bound_cpus)
+
+
+def _build_model(
+    cfg: Config, env: D.DistEnv, data: EncodedData, host_train_tokens: torch.Tensor
+) -> tuple[nn.Module, int, D.EmbeddingRowGrad | None]:
+    """The model on this rank's device, wrapped in DDP (and torch.compile), its parameter
+    count, and the row-wise embedding gradient it uses (`make_embedding_rows`)."""
+    num_classes = cfg.model.num_classes or data.num_classes
+    if num_classes < data.num_classes:
+        raise ConfigError(
+            f"model.num_classes={num_classes} but the data has {data.num_classes} classes"
+        )
+    try:
+        model = build_model(cfg.model, data.vocab_size, num_classes, data.train.pad_id)
+        model = model.to(env.device)
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        err = ConfigError(
+            f"the model ({cfg.model.arch}, d_model {cfg.model.d_model}, d_ff {cfg.model.d_ff}, "
+            f"{cfg.model.num_layers} layers, vocab {data.vocab_size}) does not fit in memory on "
+            f"{env.device} ({first_line(exc)[:120]}): choose smaller model sizes"
+        )
+        err.every_rank = True  # one rank's GPU may be fuller than the others'
+        raise err from None
+    num_params = count_parameters(model)
+    emb_rows = make_embedding_rows(model, cfg, env, host_train_tokens)
+    model = D.wrap_ddp(model, cfg.distributed, env, rows=emb_rows)
+    if cfg.train.compile:
+        # Compile the DDP-wrapped model: dynamo then splits the graph at bucket boundaries so the
+        # all-reduce still overlaps the compiled backward (compiling inside DDP would not).
+        model = compile_model(model, cfg)
+        if note := cuda_graph_note(cfg, env.device):
+            log(env, note)
+    return model, num_params, emb_rows
+
+
 def _check_same_data(data: EncodedData, env: D.DistEnv) -> None:
     """Every rank trains on the same encoding, or all stop with one line saying so.
 
@@ -692,6 +759,76 @@ def measure_communication(
 # ----------------------------------------------------------------------------- outputs
 
 
+def _open_run_folder(run_dir: Path, cfg: Config) -> None:
+    """Create the run folder (rank 0), clear what a killed process left half-written, and
+    write config.yaml."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. no permission to create it
+        raise ConfigError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
+    # temp files of a process killed while writing (each file is written aside, renamed)
+    for name in (CHECKPOINT_NAME, "config.yaml", "metrics.csv", "summary.json"):
+        for stale in run_dir.glob(f".{name}.*"):
+            stale.unlink(missing_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+
+def _epoch_row(
+    epoch: int,
+    phase: dict[str, float],
+    cfg: Config,
+    env: D.DistEnv,
+    *,
+    steps_done: int,
+    steps_timed: int,
+    carried_s: float | None,
+    epoch_time_s: float,
+    eval_time_s: float,
+    train_loss_sum: float,
+    tokens_all: float,
+    val_loss: float,
+    val_acc: float,
+) -> dict[str, Any]:
+    """The epoch's metrics.csv row (METRIC_COLUMNS). Collective: the phase times (this rank's,
+    `phase`) and peak memory are reduced over the ranks. ``steps_timed``: the steps this
+    invocation trained of the epoch's ``steps_done``; ``carried_s``: the epoch's training time
+    before a resume (None: unknown)."""
+    keys = [f"{p}_ms" for p in PHASES] + ["step_ms"]
+    means, maxes = D.all_reduce_mean_max([phase[k] for k in keys], env)
+    mean_of = dict(zip(keys, means, strict=True))
+    max_of = dict(zip(keys, maxes, strict=True))
+    return {
+        "epoch": epoch + 1,
+        "world_size": env.world_size,
+        "global_batch": cfg.train.batch_size,
+        "num_steps": steps_done,
+        "train_loss": train_loss_sum / (steps_done * env.world_size),
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "epoch_time_s": epoch_time_s,
+        "eval_time_s": eval_time_s,
+        # over the whole epoch; if a resumed epoch's earlier time is unknown (a checkpoint of
+        # an older version), over this invocation's steps, or nan when none ran here
+        "samples_per_s": (steps_done if carried_s is not None else steps_timed)
+        * cfg.train.batch_size
+        / epoch_time_s
+        if steps_timed or carried_s
+        else math.nan,
+        "tokens_per_s": tokens_all / epoch_time_s
+        if carried_s is not None and (steps_timed or carried_s)
+        else math.nan,
+        "peak_mem_mb": max(D.all_reduce_mean_max([_peak_mem_mb(env.device)], env)[1]),
+        **mean_of,
+        "step_ms_max": max_of["step_ms"],
+        "data_ms_max": max_of["data_ms"],
+        # the forward has no collective, so a slow rank shows here; under DDP every rank's
+        # step lasts as long as the slowest one's (the others wait in their backward)
+        "forward_ms_max": max_of["forward_ms"],
+        # how late the last rank reached the step's first collective (the others wait)
+        SPREAD_KEY: phase.get(SPREAD_KEY, math.nan),
+    }
+
+
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
@@ -763,89 +900,12 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         if why:
             raise ConfigError(f"{what} {folder}: {why}")
     ckpt_path = run_dir / CHECKPOINT_NAME
-    resume_from: Path | None = None
-    if cfg.train.resume == "auto":
-        resume_from = ckpt_path if ckpt_path.exists() else None  # a folder: load says so
-    elif cfg.train.resume:
-        resume_from = Path(cfg.train.resume)
-    # Every rank decides alike, or all stop with one line: a run folder that the nodes do not
-    # share would make one node resume and another start afresh.
-    check_same_resume(
-        D.gather_objects((socket.gethostname(), str(resume_from or "")), env), run_dir
-    )
-    recorded_run = holds_run(run_dir)
-    # resuming another folder's checkpoint into this one
-    elsewhere = resume_from is not None and resume_from.resolve() != ckpt_path.resolve()
-    if elsewhere and recorded_run:
-        raise ConfigError(
-            f"output folder {run_dir} already holds another run; resuming {resume_from} there "
-            "would overwrite it: choose another output.run_name"
-        )
-    # A run stopped in its first epoch has a checkpoint but no metrics.csv yet: starting afresh
-    # would silently overwrite that checkpoint.
-    if resume_from is None and recorded_run:
-        hint = (
-            f"it has no {CHECKPOINT_NAME} to continue from (train.save_checkpoint was off)"
-            if cfg.train.resume == "auto"
-            else "set train.resume=auto to continue it"
-        )
-        raise ConfigError(
-            f"output folder {run_dir} already holds a run; {hint}, or choose another output.run_name"
-        )
+    resume_from, elsewhere = resume_source(cfg, env, run_dir)
     resume_state = load_checkpoint(resume_from) if resume_from else None
 
-    # Data first: a bad data file must fail before anything is written. Local rank 0 of every
-    # node builds a missing cache (nodes need not share data.cache_dir); the others wait.
-    data = prepare_data(cfg, is_main=env.local_rank == 0, barrier=lambda: D.barrier(env))
-    _check_same_data(data, env)
-    for warning in data.warnings:
-        log(env, f"warning: {warning}")
-    # After the data: preparing a missing cache may use every core.
-    job_cpus = D.available_cpus()  # before binding narrows this rank's share
-    bound_cpus = D.bind_cpus(env, num_threads) if cfg.distributed.pin_cpus else None
-    host_train_tokens = data.train.tokens
-    if cfg.data.on_device and env.device.type == "cuda":
-        # whole encoded dataset on the GPU: batches are gathered there, only indices travel
-        data = data.to(env.device)
-    if len(data.train) < cfg.train.batch_size:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} is larger than the training set "
-            f"({len(data.train):,} examples): lower train.batch_size or use more data ("
-            + (
-                "raise data.max_train_samples, or 0 for every row"
-                if cfg.data.max_train_samples
-                else "a larger training file: every row is used already"
-            )
-            + ")"
-        )
-    num_classes = cfg.model.num_classes or data.num_classes
-    if num_classes < data.num_classes:
-        raise ConfigError(
-            f"model.num_classes={num_classes} but the data has {data.num_classes} classes"
-        )
-
-    try:
-        model = build_model(cfg.model, data.vocab_size, num_classes, data.train.pad_id)
-        model = model.to(env.device)
-    except (MemoryError, RuntimeError) as exc:
-        if not _out_of_memory(exc):
-            raise
-        err = ConfigError(
-            f"the model ({cfg.model.arch}, d_model {cfg.model.d_model}, d_ff {cfg.model.d_ff}, "
-            f"{cfg.model.num_layers} layers, vocab {data.vocab_size}) does not fit in memory on "
-            f"{env.device} ({first_line(exc)[:120]}): choose smaller model sizes"
-        )
-        err.every_rank = True  # one rank's GPU may be fuller than the others'
-        raise err from None
-    num_params = count_parameters(model)
-    emb_rows = make_embedding_rows(model, cfg, env, host_train_tokens)
-    model = D.wrap_ddp(model, cfg.distributed, env, rows=emb_rows)
-    if cfg.train.compile:
-        # Compile the DDP-wrapped model: dynamo then splits the graph at bucket boundaries so the
-        # all-reduce still overlaps the compiled backward (compiling inside DDP would not).
-        model = compile_model(model, cfg)
-        if note := cuda_graph_note(cfg, env.device):
-            log(env, note)
+    # Data first: a bad data file must fail before anything is written.
+    data, host_train_tokens, cpus = _load_data(cfg, env, num_threads)
+    model, num_params, emb_rows = _build_model(cfg, env, data, host_train_tokens)
     # DDP broadcast rank 0's weights; from here each rank needs its own dropout stream.
     torch.manual_seed(cfg.train.seed + 1 + env.rank)
 
@@ -862,51 +922,19 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     summary_to_move, summarised = False, 0  # a finished run's summary.json, of that many epochs
     recorded: int | str = 0  # the epoch rows of the run folder's metrics.csv
     if resume_state is not None:
-        # the config's one line before any state loads (another vocab size would otherwise be a
-        # tensor size mismatch) and before the settling steps spend time
-        rngs = resume_state["rng"]
-        if len(rngs) != env.world_size:
-            raise CheckpointError(
-                f"{resume_from}: saved with {len(rngs)} ranks, resumed with {env.world_size}; "
-                "resume with the same world size"
-            )
-        check_resume_config(resume_state, cfg, resume_from, steps_per_epoch, data.cache_path.name)
-        # before the checkpoint's RNG and comm-hook state are restored: its draws do not count
-        _settle_ddp_buckets(model, data, sampler, cfg, env, amp)
-        load_states(resume_state, resume_from, _unwrap(model), optimizer, scheduler, scaler)
-        try:
-            set_rng_state(rngs[env.rank])
-        except LOAD_ERRORS as exc:
-            raise CheckpointError(
-                f"{resume_from}: its RNG state of rank {env.rank} does not load ({load_error(exc)})"
-            ) from None
-        if D.has_comm_hook_state(_ddp(model)):
-            saved_hook = resume_state.get("comm_hook_state")
-            if saved_hook is None:
-                log(
-                    env,
-                    f"note: {resume_from} holds no distributed.comm_hook={cfg.distributed.comm_hook} "
-                    "state (saved with another hook); its error feedback starts afresh",
-                )
-            else:
-                try:
-                    D.load_comm_hook_state(_ddp(model), saved_hook[env.rank], env.device)
-                except LOAD_ERRORS as exc:
-                    raise CheckpointError(
-                        f"{resume_from}: its distributed.comm_hook={cfg.distributed.comm_hook} "
-                        f"state of rank {env.rank} does not load ({load_error(exc)})"
-                    ) from None
-        state = TrainState(
-            epoch=resume_state["epoch"],
-            step_in_epoch=resume_state["step_in_epoch"],
-            global_step=resume_state["global_step"],
-            epoch_loss_sum=resume_state.get("epoch_loss_sums", [0.0] * env.world_size)[env.rank],
-            metrics=resume_state.get("metrics", []),
-            epoch_elapsed_s=resume_state.get(
-                "epoch_elapsed_s", None if resume_state["step_in_epoch"] else 0.0
-            ),
-            epoch_tokens=resume_state.get("epoch_tokens", [0] * env.world_size)[env.rank],
-            epoch_phases=resume_state.get("epoch_phases", [None] * env.world_size)[env.rank],
+        state = _restore(
+            resume_state,
+            resume_from,
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            data=data,
+            sampler=sampler,
+            cfg=cfg,
+            env=env,
+            amp=amp,
+            steps_per_epoch=steps_per_epoch,
         )
         # What the run folder already records (rank 0 reads it; every rank decides alike)
         recorded, has_summary = D.broadcast_object(
@@ -967,15 +995,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         summary_to_move = False
 
     if env.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # e.g. no permission to create it
-            raise ConfigError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
-        # temp files of a process killed while writing (each file is written aside, renamed)
-        for name in (CHECKPOINT_NAME, "config.yaml", "metrics.csv", "summary.json"):
-            for stale in run_dir.glob(f".{name}.*"):
-                stale.unlink(missing_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        _open_run_folder(run_dir, cfg)
         if recorded < len(state.metrics):
             # stopped between an epoch's checkpoint and its metrics.csv row: the row is in the
             # checkpoint (and no epoch may be left to write it)
@@ -1175,48 +1195,28 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         eval_watch.start()  # host-device sync: once per epoch
         val_loss, val_acc = evaluate(model, data, cfg, env, amp)
         eval_time_s = eval_watch.elapsed_s()  # host-device sync: once per epoch
-        phase = _epoch_phases(state.epoch_phases, timer, env)
-        keys = [f"{p}_ms" for p in PHASES] + ["step_ms"]
-        means, maxes = D.all_reduce_mean_max([phase[k] for k in keys], env)
-        mean_of = dict(zip(keys, means, strict=True))
-        max_of = dict(zip(keys, maxes, strict=True))
-        row = {
-            "epoch": epoch + 1,
-            "world_size": env.world_size,
-            "global_batch": cfg.train.batch_size,
-            "num_steps": steps_done,
-            "train_loss": train_loss_sum / (steps_done * env.world_size),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "epoch_time_s": epoch_time_s,
-            "eval_time_s": eval_time_s,
-            # over the whole epoch; if a resumed epoch's earlier time is unknown (a checkpoint of
-            # an older version), over this invocation's steps, or nan when none ran here
-            "samples_per_s": (steps_done if carried_s is not None else steps_timed)
-            * cfg.train.batch_size
-            / epoch_time_s
-            if steps_timed or carried_s
-            else math.nan,
-            "tokens_per_s": tokens_all / epoch_time_s
-            if carried_s is not None and (steps_timed or carried_s)
-            else math.nan,
-            "peak_mem_mb": max(D.all_reduce_mean_max([_peak_mem_mb(env.device)], env)[1]),
-            **mean_of,
-            "step_ms_max": max_of["step_ms"],
-            "data_ms_max": max_of["data_ms"],
-            # the forward has no collective, so a slow rank shows here; under DDP every rank's
-            # step lasts as long as the slowest one's (the others wait in their backward)
-            "forward_ms_max": max_of["forward_ms"],
-            # how late the last rank reached the step's first collective (the others wait)
-            SPREAD_KEY: phase.get(SPREAD_KEY, math.nan),
-        }
+        row = _epoch_row(
+            epoch,
+            _epoch_phases(state.epoch_phases, timer, env),
+            cfg,
+            env,
+            steps_done=steps_done,
+            steps_timed=steps_timed,
+            carried_s=carried_s,
+            epoch_time_s=epoch_time_s,
+            eval_time_s=eval_time_s,
+            train_loss_sum=train_loss_sum,
+            tokens_all=tokens_all,
+            val_loss=val_loss,
+            val_acc=val_acc,
+        )
         state.metrics.append(row)
         log(
             env,
             f"epoch {epoch + 1}/{cfg.train.epochs}: train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
             f"val_acc {val_acc:.4f} | {epoch_time_s:.2f}s, {row['samples_per_s']:,.0f} samples/s | step "
-            f"{mean_of['step_ms']:.2f} ms = data {mean_of['data_ms']:.2f} + h2d {mean_of['h2d_ms']:.2f} + fwd "
-            f"{mean_of['forward_ms']:.2f} + bwd {mean_of['backward_ms']:.2f} + opt {mean_of['optimizer_ms']:.2f}",
+            f"{row['step_ms']:.2f} ms = data {row['data_ms']:.2f} + h2d {row['h2d_ms']:.2f} + fwd "
+            f"{row['forward_ms']:.2f} + bwd {row['backward_ms']:.2f} + opt {row['optimizer_ms']:.2f}",
         )
         if not (diverged or (math.isfinite(row["train_loss"]) and math.isfinite(val_loss))):
             diverged = True  # said once; the values were read to the host already: no sync
@@ -1257,7 +1257,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             num_threads,
             timer,
             amp,
-            cpus=(job_cpus, bound_cpus),
+            cpus=cpus,
             warmup_before=warmup_before,
         )
         if profiler.result is not None:
@@ -1269,6 +1269,72 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         log(env, f"wrote {run_dir}/ ({', '.join(held)})")
     D.barrier(env)
     return run_dir
+
+
+def _restore(
+    resume_state: dict[str, Any],
+    resume_from: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler | None,
+    *,
+    data: EncodedData,
+    sampler: TrainBatchSampler,
+    cfg: Config,
+    env: D.DistEnv,
+    amp: torch.dtype | None,
+    steps_per_epoch: int,
+) -> TrainState:
+    """Load a checkpoint's states (model, optimizer, schedule, scaler, this rank's RNG and
+    comm-hook state) and return where the run stands; refuses, with one line, a checkpoint this
+    run cannot continue."""
+    # the config's one line before any state loads (another vocab size would otherwise be a
+    # tensor size mismatch) and before the settling steps spend time
+    rngs = resume_state["rng"]
+    if len(rngs) != env.world_size:
+        raise CheckpointError(
+            f"{resume_from}: saved with {len(rngs)} ranks, resumed with {env.world_size}; "
+            "resume with the same world size"
+        )
+    check_resume_config(resume_state, cfg, resume_from, steps_per_epoch, data.cache_path.name)
+    # before the checkpoint's RNG and comm-hook state are restored: its draws do not count
+    _settle_ddp_buckets(model, data, sampler, cfg, env, amp)
+    load_states(resume_state, resume_from, _unwrap(model), optimizer, scheduler, scaler)
+    try:
+        set_rng_state(rngs[env.rank])
+    except LOAD_ERRORS as exc:
+        raise CheckpointError(
+            f"{resume_from}: its RNG state of rank {env.rank} does not load ({load_error(exc)})"
+        ) from None
+    if D.has_comm_hook_state(_ddp(model)):
+        saved_hook = resume_state.get("comm_hook_state")
+        if saved_hook is None:
+            log(
+                env,
+                f"note: {resume_from} holds no distributed.comm_hook={cfg.distributed.comm_hook} "
+                "state (saved with another hook); its error feedback starts afresh",
+            )
+        else:
+            try:
+                D.load_comm_hook_state(_ddp(model), saved_hook[env.rank], env.device)
+            except LOAD_ERRORS as exc:
+                raise CheckpointError(
+                    f"{resume_from}: its distributed.comm_hook={cfg.distributed.comm_hook} "
+                    f"state of rank {env.rank} does not load ({load_error(exc)})"
+                ) from None
+    return TrainState(
+        epoch=resume_state["epoch"],
+        step_in_epoch=resume_state["step_in_epoch"],
+        global_step=resume_state["global_step"],
+        epoch_loss_sum=resume_state.get("epoch_loss_sums", [0.0] * env.world_size)[env.rank],
+        metrics=resume_state.get("metrics", []),
+        epoch_elapsed_s=resume_state.get(
+            "epoch_elapsed_s", None if resume_state["step_in_epoch"] else 0.0
+        ),
+        epoch_tokens=resume_state.get("epoch_tokens", [0] * env.world_size)[env.rank],
+        epoch_phases=resume_state.get("epoch_phases", [None] * env.world_size)[env.rank],
+    )
 
 
 def _settle_ddp_buckets(

@@ -561,3 +561,66 @@ def test_predictions_beyond_the_commbench_ranks_say_they_assume_its_links(
     assert "assume the same links" not in capsys.readouterr().out
     analysis = analyse_runs(load_runs([tmp_path / "runs"]), commbench=bench)
     assert any("cb.json measured 2 ranks on 1 node(s)" in n for n in analysis.bandwidth_notes)
+
+
+def test_a_commbench_that_waited_otherwise_than_the_run_is_noted(tmp_path: Path, capsys) -> None:
+    """The CPU wake-up term comes from the commbench's after-compute all-reduces: a file that
+    timed them blocking (or older, with no `wait`: those blocked) for a run that spins, or the
+    other way round, is noted by predict and in the report's bandwidth note; matching waits, a
+    GPU run, or a file without after-compute times are taken silently."""
+    from scalelab.analysis.report import analyse_runs
+    from scalelab.cli import main
+
+    spins = write_run(tmp_path / "spin", "base", summary={**_cpu(1), "backend": "none"},
+                      config={"distributed": {"collective_wait": "auto"}})  # fmt: skip
+    blocks = write_run(tmp_path / "block", "base", summary={**_cpu(1), "backend": "none"},
+                       config={"distributed": {"collective_wait": "block"}})  # fmt: skip
+    gpu = write_run(tmp_path / "gpu", "base", config={"distributed": {"backend": "auto"}})
+
+    def bench(name: str, **latency) -> str:
+        path = tmp_path / name
+        fit = {"alpha_ms": 0.1, "busbw_gbps": 2.0}
+        lat = {"median_ms": 0.3, "p90_ms": 2.0, **latency}
+        path.write_text(json.dumps({"world_size": 2, "backend": "gloo", "fit": fit,
+                                    "sync_latency": lat}))  # fmt: skip
+        return str(path)
+
+    old, spun, blocked = (
+        bench("old.json"),
+        bench("spun.json", wait="spin"),
+        bench("blocked.json", wait="block"),
+    )
+    none = tmp_path / "none.json"
+    none.write_text(json.dumps({"world_size": 2, "fit": {"alpha_ms": 0.1, "busbw_gbps": 2.0}}))
+
+    def note(run: Path, file: str | Path) -> str:
+        assert main(["predict", str(run), "--world-sizes", "2", "--commbench", str(file)]) == 0
+        return capsys.readouterr().out
+
+    for file in (old, blocked):
+        name = Path(file).name
+        assert (
+            f"note: {name} timed its all-reduces after compute blocking, but run base waits "
+            "spinning (distributed.collective_wait)" in note(spins, file)
+        )
+        assert "--wait spin" in note(spins, file)
+        assert "timed its all-reduces" not in note(blocks, file)
+    assert (
+        "spun.json timed its all-reduces after compute spinning, but run base waits blocking"
+        in note(blocks, spun)
+    )
+    for run, file in ((spins, spun), (spins, none)):
+        assert "timed its all-reduces" not in note(run, file)
+    with pytest.warns(UserWarning, match="uses nccl"):  # that warning, not the wait's note
+        assert "timed its all-reduces" not in note(gpu, old)
+    analysis = analyse_runs([load_run(spins)], commbench=old)
+    assert any(
+        "old.json timed its all-reduces after compute blocking" in n
+        for n in analysis.bandwidth_notes
+    )
+    # a multi-rank run records how it waited: DDP's own wait (collective_wait null) blocks
+    ddp = write_run(tmp_path / "ddp", "two", world_size=2, summary={**_cpu(1), "comm": {"collective_wait": None}},
+                    config={"distributed": {"collective_wait": "spin"}})  # fmt: skip
+    from scalelab.analysis.predict import run_wait
+
+    assert run_wait(load_run(ddp)) == "block" and run_wait(load_run(spins)) == "spin"

@@ -414,12 +414,54 @@ def commbench_caveats(
 ) -> tuple[str | None, str | None]:
     """What to say of predicting `run` at `world_sizes` from the commbench file (read once):
     (a warning when it measured another backend than the run uses, a note when the world sizes
-    go beyond the ranks it measured); None for either that does not apply."""
+    go beyond the ranks it measured or it waited for its after-compute all-reduces otherwise
+    than the run does); None for either that does not apply."""
     bench = _read_commbench(path)
     if not isinstance(bench, dict):
         return None, None
     name = Path(path).name
-    return _backend_mismatch(bench, name, run), _beyond_measured(bench, name, world_sizes)
+    notes = [
+        n
+        for n in (_beyond_measured(bench, name, world_sizes), _wait_mismatch(bench, name, run))
+        if n
+    ]
+    return _backend_mismatch(bench, name, run), "; ".join(notes) or None
+
+
+def run_wait(run: Run) -> str:
+    """How `run`'s ranks wait (for a 1-rank run: would wait) for the step's gloo all-reduce:
+    'spin' or 'block'. A multi-rank run records it (`comm.collective_wait`; null when DDP sums
+    every gradient and waits in its own, blocking wait); a 1-rank run's config says it
+    (`distributed.collective_wait`, auto spinning with gloo, the only backend this is asked
+    for; embedding_grad_sync=dense leaves the sum to DDP); configs from before the option
+    blocked."""
+    if run.world_size > 1 and "collective_wait" in run.comm:
+        return "spin" if run.comm["collective_wait"] == "spin" else "block"
+    dist = run.config.get("distributed") or {}
+    if dist.get("embedding_grad_sync") == "dense":
+        return "block"
+    return "spin" if dist.get("collective_wait") in ("auto", "spin") else "block"
+
+
+def _wait_mismatch(bench: dict[str, Any], name: str, run: Run) -> str | None:
+    """CPU (gloo) runs, the only ones the wake-up term (`SyncLatency`) applies to: it comes from
+    all-reduces the commbench waited for one way (files from before its `wait` field blocked),
+    while the run waits the other. None when they agree or the file timed nothing after
+    compute."""
+    lat = bench.get("sync_latency")
+    cpu_gloo = run.summary.get("device_type") == "cpu" and run_backend(run) == "gloo"
+    if not (cpu_gloo and isinstance(lat, dict) and lat.get("median_ms") is not None):
+        return None
+    measured = "spin" if lat.get("wait") == "spin" else "block"
+    wanted = run_wait(run)
+    if measured == wanted:
+        return None
+    how = {"spin": "spinning", "block": "blocking"}
+    return (
+        f"{name} timed its all-reduces after compute {how[measured]}, but run {run.name} waits "
+        f"{how[wanted]} (distributed.collective_wait), so the step's wake-up cost is another "
+        f"wait's: run scalelab commbench --wait {wanted} to measure the run's"
+    )
 
 
 def _backend_mismatch(bench: dict[str, Any], name: str, run: Run) -> str | None:
