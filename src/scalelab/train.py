@@ -89,6 +89,7 @@ from scalelab.timing import (
     Stopwatch,
     arrival_spread,
     merge_phase_means,
+    paired_median_difference,
 )
 
 METRIC_COLUMNS = [
@@ -652,8 +653,9 @@ def measure_communication(
 ) -> dict[str, Any]:
     """Exposed all-reduce per step (calibration), and total all-reduce time of the real buckets.
 
-    Calibration: the same batches run forward+backward with gradient sync and under no_sync
-    (alternating, so drift affects both equally). The median difference is the communication the
+    Calibration: each batch runs forward+backward once with gradient sync and once under
+    no_sync (which of the two first alternates, so drift and warm caches affect both alike).
+    The median of the pairs' differences (`paired_median_difference`) is the communication the
     backward pass could not hide. No optimizer step runs, so the trained weights are untouched.
     The bucket list is what a multi-rank run of this config all-reduces per step (DDP's buckets,
     plus the token-embedding rows when `distributed.embedding_grad_sync` sums them row-wise),
@@ -702,7 +704,8 @@ def measure_communication(
         "compute_ms": None,
         "compute_to_comm_ratio": None,
         "overlap_fraction": None,
-        "method": "calibration: median(fwd+bwd with DDP sync) - median(fwd+bwd under no_sync); "
+        "method": "calibration: median over batches of (fwd+bwd with DDP sync - fwd+bwd under "
+        "no_sync on the same batch); "
         "allreduce_ms: gradient buckets all-reduced back to back"
         + ("" if wire is None else ", at the bytes the comm hook sends")
         + (" (grad_sync=fused: one all-reduce of all of them)" if fused else ""),
@@ -721,7 +724,8 @@ def measure_communication(
     sync_ms, nosync_ms = [], []
     watch = Stopwatch(env.device)
     for i, (idx, global_batch) in enumerate(batches):
-        for use_sync in (True, False):
+        # the pair's order alternates: a pair's second step may find warmer caches
+        for use_sync in (True, False) if i % 2 else (False, True):
             batch = make_batch(data.train, idx, device=env.device, **padding)
             # start aligned, so a late rank's wait is not counted as communication (released
             # as the step's own all-reduce is waited for: a rank woken from a barrier's sleep
@@ -737,11 +741,11 @@ def measure_communication(
             if i > 0:  # the first pair warms up
                 (sync_ms if use_sync else nosync_ms).append(ms)
             model.zero_grad(set_to_none=True)
-    t_sync = float(np.median(sync_ms))
+    t_exposed = paired_median_difference(sync_ms, nosync_ms)
     t_nosync = float(np.median(nosync_ms))
-    (t_sync, t_nosync), _ = D.all_reduce_mean_max([t_sync, t_nosync], env)
+    (t_exposed, t_nosync), _ = D.all_reduce_mean_max([t_exposed, t_nosync], env)
     allreduce_ms = measure_buckets(wire or buckets, env)
-    exposed = max(0.0, t_sync - t_nosync)
+    exposed = max(0.0, t_exposed)
     # against PowerSGD's exposed time, the fp32 buckets' all-reduce time means nothing
     comparable = allreduce_ms > 0 and wire is not None
     comm.update(

@@ -1,8 +1,13 @@
-"""timing.merge_phase_means: one epoch trained in two parts (stopped, resumed)."""
+"""timing.merge_phase_means: one epoch trained in two parts (stopped, resumed); the paired
+calibration estimate."""
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
+
+from scalelab.timing import paired_median_difference
 
 
 def test_phase_means_of_a_stopped_and_resumed_epoch_weigh_both_parts() -> None:
@@ -144,3 +149,16 @@ def test_merged_phases_weigh_the_arrival_spread_of_both_parts() -> None:
     assert merge_phase_means(part(None, 3), part(5.0, 1))[SPREAD_KEY] == 5.0
     assert merge_phase_means(part(float("nan"), 3), part(5.0, 1))[SPREAD_KEY] == 5.0
     assert SPREAD_KEY not in merge_phase_means(part(None, 3), part(None, 1))
+
+
+def test_paired_median_difference_compares_each_batch_with_itself() -> None:
+    # batch A's sync step hit noise (+2.5 ms), B's and C's did not (+0.5): the median over the
+    # pairs is 0.5, while the medians alone would set B's sync step against A's no_sync one
+    sync, nosync = [22.5, 21.5, 10.5], [20.0, 21.0, 10.0]
+    assert paired_median_difference(sync, nosync) == pytest.approx(0.5)
+    assert statistics.median(sync) - statistics.median(nosync) == pytest.approx(1.5)
+    assert paired_median_difference([3.0, 1.0], [4.0, 1.0]) == pytest.approx(-0.5)  # not clipped
+    with pytest.raises(ValueError, match="need pairs"):
+        paired_median_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="need pairs"):
+        paired_median_difference([], [])
