@@ -571,10 +571,12 @@ def test_a_commbench_that_waited_otherwise_than_the_run_is_noted(tmp_path: Path,
     from scalelab.analysis.report import analyse_runs
     from scalelab.cli import main
 
-    spins = write_run(tmp_path / "spin", "base", summary={**_cpu(1), "backend": "none"},
-                      config={"distributed": {"collective_wait": "auto"}})  # fmt: skip
-    blocks = write_run(tmp_path / "block", "base", summary={**_cpu(1), "backend": "none"},
-                       config={"distributed": {"collective_wait": "block"}})  # fmt: skip
+    def cpu_run(name: str, **comm) -> Path:
+        return write_run(tmp_path / name, "base", summary={**_cpu(1), "backend": "none",
+                                                          "comm": comm})  # fmt: skip
+
+    spins = cpu_run("spin", grad_sync="fused", collective_wait="spin")
+    blocks = cpu_run("block", grad_sync="fused", collective_wait="block")
     gpu = write_run(tmp_path / "gpu", "base", config={"distributed": {"backend": "auto"}})
 
     def bench(name: str, **latency) -> str:
@@ -618,9 +620,13 @@ def test_a_commbench_that_waited_otherwise_than_the_run_is_noted(tmp_path: Path,
         "old.json timed its all-reduces after compute blocking" in n
         for n in analysis.bandwidth_notes
     )
-    # a multi-rank run records how it waited: DDP's own wait (collective_wait null) blocks
-    ddp = write_run(tmp_path / "ddp", "two", world_size=2, summary={**_cpu(1), "comm": {"collective_wait": None}},
-                    config={"distributed": {"collective_wait": "spin"}})  # fmt: skip
+    # the step's first all-reduce is DDP's (a blocking wait) where its bucket comes first or it
+    # sums every gradient; summaries from before collective_wait blocked
     from scalelab.analysis.predict import run_wait
 
-    assert run_wait(load_run(ddp)) == "block" and run_wait(load_run(spins)) == "spin"
+    assert run_wait(load_run(spins)) == "spin" and run_wait(load_run(blocks)) == "block"
+    buckets = cpu_run("buckets", grad_sync="buckets", collective_wait="spin")
+    ddp_sums = cpu_run("ddp", grad_sync="buckets", collective_wait=None)
+    older = write_run(tmp_path / "older", "base", summary={**_cpu(1), "backend": "none"})
+    assert {run_wait(load_run(r)) for r in (buckets, ddp_sums, older)} == {"block"}
+    assert "timed its all-reduces" not in note(buckets, old)

@@ -429,18 +429,16 @@ def commbench_caveats(
 
 
 def run_wait(run: Run) -> str:
-    """How `run`'s ranks wait (for a 1-rank run: would wait) for the step's gloo all-reduce:
-    'spin' or 'block'. A multi-rank run records it (`comm.collective_wait`; null when DDP sums
-    every gradient and waits in its own, blocking wait); a 1-rank run's config says it
-    (`distributed.collective_wait`, auto spinning with gloo, the only backend this is asked
-    for; embedding_grad_sync=dense leaves the sum to DDP); configs from before the option
-    blocked."""
-    if run.world_size > 1 and "collective_wait" in run.comm:
-        return "spin" if run.comm["collective_wait"] == "spin" else "block"
-    dist = run.config.get("distributed") or {}
-    if dist.get("embedding_grad_sync") == "dense":
+    """How `run`'s ranks wait for the step's first gloo all-reduce, 'spin' or 'block', from
+    what its summary records (a 1-rank run records what its config would do at several ranks):
+    `comm.collective_wait` for scalelab's own all-reduce (grad_sync=fused, or the embedding
+    rows), but DDP's wait, which blocks, where DDP's bucket comes first (grad_sync=buckets) or
+    DDP sums every gradient (collective_wait null). Summaries from before the option blocked."""
+    if "collective_wait" not in run.comm:
         return "block"
-    return "spin" if dist.get("collective_wait") in ("auto", "spin") else "block"
+    if run.comm.get("grad_sync") == "buckets" or run.comm["collective_wait"] is None:
+        return "block"
+    return "spin" if run.comm["collective_wait"] == "spin" else "block"
 
 
 def _wait_mismatch(bench: dict[str, Any], name: str, run: Run) -> str | None:
