@@ -154,15 +154,21 @@ def arrival_spread(means: list[float], maxes: list[float]) -> float:
     return sum(max(0.0, mx - m) for m, mx in zip(means, maxes, strict=True)) / len(means)
 
 
-def paired_median_difference(a_ms: list[float], b_ms: list[float]) -> float:
-    """The median of a[i] - b[i]: what condition a adds to a step measured under both
-    conditions on the same batch i. Batches differ in length, and so in time, far more than the
-    conditions differ; the difference of the two medians would compare steps of different
-    batches (the exposed-communication calibration on the 2-vCPU test VM, 24 pairs: 2.4 ms that
-    way against 1.7 ms paired)."""
-    if len(a_ms) != len(b_ms) or not a_ms:
-        raise ValueError(f"need pairs: {len(a_ms)} and {len(b_ms)} times")
-    return float(np.median(np.subtract(a_ms, b_ms)))
+def crossover_difference(a_ms: list[float], b_ms: list[float], a_first: list[bool]) -> float:
+    """What condition a adds to a step, from pairs of steps on the same batch i, one under each
+    condition, a first where a_first[i]: the mean of a[i] - b[i] over the a-first pairs and the
+    mean over the b-first pairs, averaged (a 2x2 crossover). A pair's second step runs faster
+    (warm caches), by about as much as the all-reduce takes on the 2-vCPU test VM, so one order
+    alone would read the difference high or near zero; batches differ in time far more than a
+    pair's two steps, so each difference is taken within its pair. Means, not medians: the
+    collective's slow calls are part of what a step pays. One order alone (a single pair) gives
+    its own mean."""
+    if not (len(a_ms) == len(b_ms) == len(a_first)) or not a_ms:
+        raise ValueError(f"need pairs: {len(a_ms)}, {len(b_ms)} times, {len(a_first)} orders")
+    diffs = np.subtract(a_ms, b_ms)
+    first = np.asarray(a_first, dtype=bool)
+    means = [float(diffs[sel].mean()) for sel in (first, ~first) if sel.any()]
+    return sum(means) / len(means)
 
 
 class Stopwatch:

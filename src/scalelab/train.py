@@ -88,8 +88,8 @@ from scalelab.timing import (
     StepTimer,
     Stopwatch,
     arrival_spread,
+    crossover_difference,
     merge_phase_means,
-    paired_median_difference,
 )
 
 METRIC_COLUMNS = [
@@ -654,10 +654,10 @@ def measure_communication(
     """Exposed all-reduce per step (calibration), and total all-reduce time of the real buckets.
 
     Calibration: each batch runs forward+backward once with gradient sync and once under
-    no_sync (which of the two first alternates, so drift and warm caches affect both alike).
-    The median of the pairs' differences (`paired_median_difference`) is the communication the
-    backward pass could not hide. No optimizer step runs, so the trained weights are untouched.
-    The bucket list is what a multi-rank run of this config all-reduces per step (DDP's buckets,
+    no_sync, which of the two first alternating from batch to batch (a pair's second step finds
+    warmer caches). The mean difference within the pairs, each order's mean weighed alike
+    (`crossover_difference`), is the communication the backward pass could not hide. No
+    optimizer step runs, so the trained weights are untouched. The bucket list is what a multi-rank run of this config all-reduces per step (DDP's buckets,
     plus the token-embedding rows when `distributed.embedding_grad_sync` sums them row-wise),
     so a 1-rank run records it too, for predictions.
     """
@@ -704,8 +704,8 @@ def measure_communication(
         "compute_ms": None,
         "compute_to_comm_ratio": None,
         "overlap_fraction": None,
-        "method": "calibration: median over batches of (fwd+bwd with DDP sync - fwd+bwd under "
-        "no_sync on the same batch); "
+        "method": "calibration: mean over batches of (fwd+bwd with DDP sync - fwd+bwd under "
+        "no_sync on the same batch), the two orders weighed alike; "
         "allreduce_ms: gradient buckets all-reduced back to back"
         + ("" if wire is None else ", at the bytes the comm hook sends")
         + (" (grad_sync=fused: one all-reduce of all of them)" if fused else ""),
@@ -721,11 +721,14 @@ def measure_communication(
     if len(batches) < 2:  # the first pair only warms up: nothing would be measured
         comm["method"] += " (not calibrated: fewer than 2 steps per epoch)"
         return comm
-    sync_ms, nosync_ms = [], []
+    sync_ms, nosync_ms, sync_first = [], [], []
     watch = Stopwatch(env.device)
     for i, (idx, global_batch) in enumerate(batches):
-        # the pair's order alternates: a pair's second step may find warmer caches
-        for use_sync in (True, False) if i % 2 else (False, True):
+        # the order alternates: a pair's second step finds warmer caches (crossover_difference)
+        order = (True, False) if i % 2 else (False, True)
+        if i > 0:  # the first pair warms up
+            sync_first.append(order[0])
+        for use_sync in order:
             batch = make_batch(data.train, idx, device=env.device, **padding)
             # start aligned, so a late rank's wait is not counted as communication (released
             # as the step's own all-reduce is waited for: a rank woken from a barrier's sleep
@@ -741,7 +744,7 @@ def measure_communication(
             if i > 0:  # the first pair warms up
                 (sync_ms if use_sync else nosync_ms).append(ms)
             model.zero_grad(set_to_none=True)
-    t_exposed = paired_median_difference(sync_ms, nosync_ms)
+    t_exposed = crossover_difference(sync_ms, nosync_ms, sync_first)
     t_nosync = float(np.median(nosync_ms))
     (t_exposed, t_nosync), _ = D.all_reduce_mean_max([t_exposed, t_nosync], env)
     allreduce_ms = measure_buckets(wire or buckets, env)

@@ -1,13 +1,11 @@
-"""timing.merge_phase_means: one epoch trained in two parts (stopped, resumed); the paired
-calibration estimate."""
+"""timing.merge_phase_means: one epoch trained in two parts (stopped, resumed); the
+calibration's crossover estimate."""
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 
-from scalelab.timing import paired_median_difference
+from scalelab.timing import crossover_difference
 
 
 def test_phase_means_of_a_stopped_and_resumed_epoch_weigh_both_parts() -> None:
@@ -151,14 +149,20 @@ def test_merged_phases_weigh_the_arrival_spread_of_both_parts() -> None:
     assert SPREAD_KEY not in merge_phase_means(part(None, 3), part(None, 1))
 
 
-def test_paired_median_difference_compares_each_batch_with_itself() -> None:
-    # batch A's sync step hit noise (+2.5 ms), B's and C's did not (+0.5): the median over the
-    # pairs is 0.5, while the medians alone would set B's sync step against A's no_sync one
-    sync, nosync = [22.5, 21.5, 10.5], [20.0, 21.0, 10.0]
-    assert paired_median_difference(sync, nosync) == pytest.approx(0.5)
-    assert statistics.median(sync) - statistics.median(nosync) == pytest.approx(1.5)
-    assert paired_median_difference([3.0, 1.0], [4.0, 1.0]) == pytest.approx(-0.5)  # not clipped
-    with pytest.raises(ValueError, match="need pairs"):
-        paired_median_difference([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="need pairs"):
-        paired_median_difference([], [])
+def test_crossover_difference_cancels_the_order_and_the_batches() -> None:
+    # batches of 10 to 30 ms, a 1.5 ms all-reduce, and a pair's second step 1 ms faster (warm
+    # caches): sync first reads 2.5 ms, no_sync first 0.5 ms; the crossover gives the 1.5 ms
+    batch = [10.0, 20.0, 30.0, 20.0]
+    first = [True, False, True, False]  # sync first in pairs 0 and 2
+    sync = [b + 1.5 - (0.0 if f else 1.0) for b, f in zip(batch, first, strict=True)]
+    nosync = [b - (1.0 if f else 0.0) for b, f in zip(batch, first, strict=True)]
+    assert crossover_difference(sync, nosync, first) == pytest.approx(1.5)
+    # one order alone keeps its bias
+    assert crossover_difference(sync[::2], nosync[::2], first[::2]) == pytest.approx(2.5)
+    # unequal groups weigh alike: three sync-first pairs and one no_sync-first pair
+    assert crossover_difference([3.0, 3.0, 3.0, 1.0], [0.0] * 4, [True] * 3 + [False]) == 2.0
+    # a slow call counts (a mean, not a median): it is part of what a step pays
+    assert crossover_difference([1.0, 1.0, 10.0], [0.0] * 3, [True] * 3) == pytest.approx(4.0)
+    for bad in (([1.0, 2.0], [1.0], [True, False]), ([], [], []), ([1.0], [1.0], [])):
+        with pytest.raises(ValueError, match="need pairs"):
+            crossover_difference(*bad)
