@@ -298,6 +298,9 @@ def _run_figures(
         "peak_mem_mb": last["peak_mem_mb"],
         "val_acc": last["val_acc"],
         "exposed_comm_ms": summary["comm"].get("exposed_comm_ms"),
+        # the calibration's figure, and the steps' own timing of a fused all-reduce (or None)
+        "calibrated_exposed_comm_ms": summary["comm"].get("calibrated_exposed_comm_ms"),
+        "step_allreduce_ms": summary["timing"].get("step_allreduce_ms"),
         "allreduce_ms": summary["comm"].get("allreduce_ms"),
         "grad_sync": summary["comm"].get("grad_sync"),  # fused or buckets (distributed.grad_sync)
         "collective_wait": summary["comm"].get("collective_wait"),  # spin, block or None (1 rank)

@@ -563,12 +563,18 @@ class EmbeddingRowGrad:
         # distributed.grad_sync=fused: DDP's buckets, summed here with the rows (`wrap_ddp` sets it)
         self.deferred: DeferredBuckets | None = None
         self._flat = torch.empty(0, device=self.weight.device)  # its one all-reduce's buffer, kept
+        #: ms the last `finish` spent in the step's one all-reduce of every gradient
+        #: (grad_sync=fused), from the call until the sum was in, waiting for the last rank
+        #: included; None where that is not the step's whole gradient communication (DDP's
+        #: buckets all-reduced in the backward) or not a host wait (NCCL returns at once)
+        self.collective_ms: float | None = None
 
     def finish(self, global_batch: np.ndarray, sync: bool = True) -> int:
         """After the last micro-step's backward: make the embedding's gradient dense (and summed
         over ranks unless ``sync`` is False). Returns the bytes all-reduced."""
         rows = to_device(embedding_rows(self.tokens, global_batch), self.weight.device)
         self.rows = rows
+        self.collective_ms = None
         grad = self.weight.grad
         if self.sparse_backward:
             if self._grad is None:
@@ -604,7 +610,10 @@ class EmbeddingRowGrad:
             self._flat = torch.empty(int(total * 1.25), dtype=compact.dtype, device=grad.device)
         flat = self._flat[:total]
         torch.cat([t.reshape(-1) for t in parts], out=flat)
+        t0 = time.perf_counter()
         all_reduce_waiting(flat, self.spin_wait)
+        if self.env.backend == "gloo" and flat.device.type == "cpu":  # back when the sum is in
+            self.collective_ms = (time.perf_counter() - t0) * 1000.0
         flat.div_(self.env.world_size)
         pieces = flat.split(sizes)
         torch._foreach_copy_(grads, [p.view_as(g) for p, g in zip(pieces, grads, strict=False)])

@@ -21,6 +21,8 @@ import torch
 
 PHASES = ("data", "h2d", "forward", "backward", "optimizer")
 SPREAD_KEY = "arrival_spread_ms"
+#: Mean ms per step of the step's one gradient all-reduce, timed in the step (`StepTimer.collective`)
+COLLECTIVE_KEY = "step_allreduce_ms"
 
 
 class StepTimer:
@@ -37,10 +39,12 @@ class StepTimer:
 
     def _reset_epoch(self) -> None:
         self._laps: list[tuple[str, object]] = []  # (phase, event or float), in order
-        # (first lap, last lap, is_warmup, laps before the step's arrive() or -1)
-        self._step_bounds: list[tuple[int, int, bool, int]] = []
+        # (first lap, last lap, is_warmup, laps before the step's arrive() or -1, the step's
+        # `collective` ms or None)
+        self._step_bounds: list[tuple[int, int, bool, int, float | None]] = []
         self._step_first = 0
         self._arrived = -1
+        self._collective_ms: float | None = None
         self._last = self._now()
 
     def _now(self) -> object:
@@ -65,6 +69,13 @@ class StepTimer:
         if self._arrived < 0:
             self._arrived = len(self._laps)
 
+    def collective(self, ms: float | None) -> None:
+        """The step's gradients were summed in one all-reduce, after the backward (so all of
+        it is exposed), that took `ms` from the call until the sum was in (host time: a
+        blocking backend's); None: not measured. Its time stays in the backward phase;
+        `epoch_summary` also reports its mean (COLLECTIVE_KEY)."""
+        self._collective_ms = ms
+
     def untimed(self) -> None:
         """The time since the previous lap belongs to no phase (e.g. writing a profiler trace):
         it counts in no phase mean and not in the next step's data phase."""
@@ -72,9 +83,12 @@ class StepTimer:
 
     def end_step(self) -> None:
         is_warmup = self.steps_seen < self.warmup_steps
-        self._step_bounds.append((self._step_first, len(self._laps), is_warmup, self._arrived))
+        self._step_bounds.append(
+            (self._step_first, len(self._laps), is_warmup, self._arrived, self._collective_ms)
+        )
         self._step_first = len(self._laps)
         self._arrived = -1
+        self._collective_ms = None
         self.steps_seen += 1
 
     def _elapsed_ms(self, a: object, b: object) -> float:
@@ -92,7 +106,8 @@ class StepTimer:
         stamps = [s for _, s in self._laps]
         self.arrivals_ms = []
         previous_optimizer: float | None = None
-        for first, last, is_warmup, arrived in self._step_bounds:
+        collectives: list[float] = []
+        for first, last, is_warmup, arrived, collective_ms in self._step_bounds:
             step_totals: dict[str, float] = defaultdict(float)
             arrival = 0.0
             for i in range(first, last):
@@ -111,9 +126,14 @@ class StepTimer:
             measured += 1
             for k, v in step_totals.items():
                 totals[k] += v
+            if collective_ms is not None:
+                collectives.append(collective_ms)
         out = {f"{p}_ms": (totals[p] / measured if measured else float("nan")) for p in PHASES}
         out["step_ms"] = sum(out[f"{p}_ms"] for p in PHASES)
         out["measured_steps"] = float(measured)
+        # every measured step's, or none: a mean over some steps would not be the steps' mean
+        whole = bool(collectives) and len(collectives) == measured
+        out[COLLECTIVE_KEY] = sum(collectives) / measured if whole else float("nan")
         self._last = stamps[-1] if stamps else self._last
         self._laps, self._step_bounds, self._step_first = [], [], 0
         return out
@@ -131,7 +151,7 @@ def merge_phase_means(before: dict[str, float] | None, after: dict[str, float]) 
     out["step_ms"] = sum(out[f"{p}_ms"] for p in PHASES)
     out["measured_steps"] = na + nb
     # the ranks' arrival spread (`arrival_spread`), where both parts have one (a checkpoint of
-    # an older version has none)
+    # an older version has none); the in-step all-reduce only where both parts measured it
     spreads = [
         (d[SPREAD_KEY], n)
         for d, n in ((before, na), (after, nb))
@@ -139,6 +159,8 @@ def merge_phase_means(before: dict[str, float] | None, after: dict[str, float]) 
     ]
     if spreads:
         out[SPREAD_KEY] = sum(v * n for v, n in spreads) / sum(n for _, n in spreads)
+    a, b = before.get(COLLECTIVE_KEY, math.nan), after.get(COLLECTIVE_KEY, math.nan)
+    out[COLLECTIVE_KEY] = (a * na + b * nb) / (na + nb)  # NaN unless both measured it
     return out
 
 

@@ -83,6 +83,7 @@ from scalelab.resume import (
     warmup_record,
 )
 from scalelab.timing import (
+    COLLECTIVE_KEY,
     PHASES,
     SPREAD_KEY,
     StepTimer,
@@ -96,7 +97,7 @@ METRIC_COLUMNS = [
     "epoch", "world_size", "global_batch", "num_steps", "train_loss", "val_loss", "val_acc",
     "epoch_time_s", "eval_time_s", "samples_per_s", "tokens_per_s", "peak_mem_mb",
     "data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms", "step_ms",
-    "step_ms_max", "data_ms_max", "forward_ms_max", SPREAD_KEY,
+    "step_ms_max", "data_ms_max", "forward_ms_max", SPREAD_KEY, COLLECTIVE_KEY,
 ]  # fmt: skip
 
 
@@ -590,6 +591,8 @@ def train_step(
             timer.arrive()  # all of the step's gradients in one all-reduce, from here
         emb_rows.finish(global_batch)  # may all-reduce (gradient communication): timed as backward
         timer.lap("backward")
+        if fused:
+            timer.collective(emb_rows.collective_ms)  # the step's exposed gradient sync
     if scaler:
         scaler.unscale_(optimizer)
     if cfg.train.max_grad_norm:
@@ -650,6 +653,7 @@ def measure_communication(
     env: D.DistEnv,
     amp: torch.dtype | None,
     emb_rows: D.EmbeddingRowGrad | None = None,
+    in_step_ms: float = math.nan,
 ) -> dict[str, Any]:
     """Exposed all-reduce per step (calibration), and total all-reduce time of the real buckets.
 
@@ -657,7 +661,12 @@ def measure_communication(
     no_sync, which of the two first alternating from batch to batch (a pair's second step finds
     warmer caches). The mean difference within the pairs, each order's mean weighed alike
     (`crossover_difference`), is the communication the backward pass could not hide. No
-    optimizer step runs, so the trained weights are untouched. The bucket list is what a multi-rank run of this config all-reduces per step (DDP's buckets,
+    optimizer step runs, so the trained weights are untouched. Where the training steps timed
+    their one gradient all-reduce themselves (``in_step_ms``, COLLECTIVE_KEY: grad_sync=fused
+    with gloo, whose all-reduce follows the backward, so nothing hides any of it), that mean is
+    the exposed communication, measured in the steps it cost: the calibration's pairs run warm
+    and start together (on the test VM they read about half of it), and are kept as
+    ``calibrated_exposed_comm_ms``. The bucket list is what a multi-rank run of this config all-reduces per step (DDP's buckets,
     plus the token-embedding rows when `distributed.embedding_grad_sync` sums them row-wise),
     so a 1-rank run records it too, for predictions.
     """
@@ -701,6 +710,7 @@ def measure_communication(
         "embedding_rows_per_step": rows_per_step,
         "allreduce_ms": None,
         "exposed_comm_ms": None,
+        "calibrated_exposed_comm_ms": None,
         "compute_ms": None,
         "compute_to_comm_ratio": None,
         "overlap_fraction": None,
@@ -710,6 +720,13 @@ def measure_communication(
         + ("" if wire is None else ", at the bytes the comm hook sends")
         + (" (grad_sync=fused: one all-reduce of all of them)" if fused else ""),
     }
+    in_step = math.isfinite(in_step_ms)
+    if in_step:
+        comm["exposed_comm_ms"] = in_step_ms
+        comm["method"] += (
+            "; exposed_comm_ms: the step's one gradient all-reduce timed in every training "
+            "step (grad_sync=fused), calibrated_exposed_comm_ms: the calibration's"
+        )
     n = cfg.train.comm_calibration_steps
     if not env.is_distributed or n == 0:
         return comm
@@ -748,12 +765,14 @@ def measure_communication(
     t_nosync = float(np.median(nosync_ms))
     (t_exposed, t_nosync), _ = D.all_reduce_mean_max([t_exposed, t_nosync], env)
     allreduce_ms = measure_buckets(wire or buckets, env)
-    exposed = max(0.0, t_exposed)
+    calibrated = max(0.0, t_exposed)
+    exposed = in_step_ms if in_step else calibrated
     # against PowerSGD's exposed time, the fp32 buckets' all-reduce time means nothing
     comparable = allreduce_ms > 0 and wire is not None
     comm.update(
         allreduce_ms=allreduce_ms,
         exposed_comm_ms=exposed,
+        calibrated_exposed_comm_ms=calibrated,
         compute_ms=t_nosync,
         compute_to_comm_ratio=t_nosync / allreduce_ms if comparable else None,
         overlap_fraction=min(1.0, max(0.0, 1.0 - exposed / allreduce_ms)) if comparable else None,
@@ -800,8 +819,8 @@ def _epoch_row(
     `phase`) and peak memory are reduced over the ranks. ``steps_timed``: the steps this
     invocation trained of the epoch's ``steps_done``; ``carried_s``: the epoch's training time
     before a resume (None: unknown)."""
-    keys = [f"{p}_ms" for p in PHASES] + ["step_ms"]
-    means, maxes = D.all_reduce_mean_max([phase[k] for k in keys], env)
+    keys = [f"{p}_ms" for p in PHASES] + ["step_ms", COLLECTIVE_KEY]
+    means, maxes = D.all_reduce_mean_max([phase.get(k, math.nan) for k in keys], env)
     mean_of = dict(zip(keys, means, strict=True))
     max_of = dict(zip(keys, maxes, strict=True))
     return {
@@ -1251,7 +1270,16 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             _stop(env, steps_this_invocation, run_dir, stopped_by, cfg.train.save_checkpoint)
             return run_dir
 
-    comm = measure_communication(model, data, sampler, cfg, env, amp, emb_rows)
+    comm = measure_communication(
+        model,
+        data,
+        sampler,
+        cfg,
+        env,
+        amp,
+        emb_rows,
+        in_step_ms=_mean_excluding_first(state.metrics, COLLECTIVE_KEY),
+    )
     if env.is_main:
         summary = _summary(
             cfg,
@@ -1431,6 +1459,7 @@ def _summary(
         "step_ms", "step_ms_max", "data_ms_max", "forward_ms_max", SPREAD_KEY,
     ]  # fmt: skip
     cuda = env.device.type == "cuda"
+    in_step = _mean_excluding_first(rows, COLLECTIVE_KEY)
     return {
         "run_name": run_dir.name,
         "preset": cfg.name,
@@ -1468,6 +1497,8 @@ def _summary(
             # steps left out as warm-up (capped at half an epoch's), over every invocation
             **_warmup_so_far(warmup_before, timer),
             **{k: _mean_excluding_first(rows, k) for k in timing_keys},
+            # null where the steps did not time it (DDP's buckets, NCCL, one rank)
+            COLLECTIVE_KEY: in_step if math.isfinite(in_step) else None,
         },
         "comm": comm,
         "system": {

@@ -86,7 +86,14 @@ def test_torchrun_two_ranks_writes_every_output(tmp_path: Path, cache_dir: Path)
     # gloo's default: DDP's buckets and the rows go in one all-reduce per step
     assert comm["grad_sync"] == "fused" and comm["bucket_bytes"] == [comm["grad_bytes"]]
     assert 0 < comm["allreduce_ms"] < 1000
-    assert comm["exposed_comm_ms"] >= 0 and comm["compute_ms"] > 0
+    assert comm["calibrated_exposed_comm_ms"] >= 0 and comm["compute_ms"] > 0
+    # that one all-reduce follows the backward: the steps time it, and its mean over the epochs
+    # after the first (as every timing) is the exposed communication, with an epoch column
+    in_step = [float(r["step_allreduce_ms"]) for r in rows]
+    assert all(0 < ms < float(r["backward_ms"]) for ms, r in zip(in_step, rows, strict=True))
+    assert comm["exposed_comm_ms"] == summary["timing"]["step_allreduce_ms"]
+    assert comm["exposed_comm_ms"] == pytest.approx(in_step[1], rel=1e-5)
+    assert "timed in every training step" in comm["method"]
     assert comm["compute_to_comm_ratio"] == pytest.approx(comm["compute_ms"] / comm["allreduce_ms"])
     prof = summary["profile"]
     assert prof["profiled_steps"] == 2 and prof["trace"] == "profile-rank0.json"

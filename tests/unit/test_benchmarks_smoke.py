@@ -87,6 +87,13 @@ def test_run_quick_ddp_section_writes_every_layout(tmp_path: Path) -> None:
     # the default 2x1 fused its gradient all-reduces, the 2x1-buckets run did not
     assert runs["2x1"][0]["grad_sync"] == "fused"
     assert runs["2x1-buckets"][0]["grad_sync"] == "buckets"
+    # the steps time a fused all-reduce themselves: that is the exposed communication; with
+    # DDP's buckets in the backward the calibration's figure is
+    fused_run, buckets_run = runs["2x1"][0], runs["2x1-buckets"][0]
+    assert fused_run["exposed_comm_ms"] == fused_run["step_allreduce_ms"] > 0
+    assert fused_run["calibrated_exposed_comm_ms"] >= 0
+    assert buckets_run["step_allreduce_ms"] is None
+    assert buckets_run["exposed_comm_ms"] == buckets_run["calibrated_exposed_comm_ms"]
     fused = ddp["fused_vs_buckets_2x1"]
     assert fused["per_repeat"] == [pytest.approx(sps["2x1"] / sps["2x1-buckets"])]
     # ... and waited for its all-reduce spinning, the 2x1-block run in gloo's wait()

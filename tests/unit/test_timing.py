@@ -3,6 +3,8 @@ calibration's crossover estimate."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from scalelab.timing import crossover_difference
@@ -166,3 +168,31 @@ def test_crossover_difference_cancels_the_order_and_the_batches() -> None:
     for bad in (([1.0, 2.0], [1.0], [True, False]), ([], [], []), ([1.0], [1.0], [])):
         with pytest.raises(ValueError, match="need pairs"):
             crossover_difference(*bad)
+
+
+def test_the_steps_all_reduce_is_averaged_over_the_measured_steps_only_when_each_has_one() -> None:
+    """StepTimer.collective: the step's one gradient all-reduce (grad_sync=fused), averaged
+    over the measured steps (warm-up excluded), NaN unless every measured step timed it; an
+    epoch in two parts (stopped, resumed) weighs both, and is NaN where a part did not."""
+    import torch
+
+    from scalelab.timing import COLLECTIVE_KEY, StepTimer, merge_phase_means
+
+    def epoch(values: list[float | None], warmup: int = 0) -> dict[str, float]:
+        timer = StepTimer(torch.device("cpu"), warmup_steps=warmup)
+        timer.start_epoch()
+        for ms in values:
+            timer.lap("data")
+            timer.collective(ms)
+            timer.lap("backward")
+            timer.end_step()
+        return timer.epoch_summary()
+
+    assert epoch([50.0, 2.0, 4.0], warmup=1)[COLLECTIVE_KEY] == pytest.approx(3.0)
+    assert math.isnan(epoch([2.0, None, 4.0])[COLLECTIVE_KEY])  # a step without one
+    assert math.isnan(epoch([None, None])[COLLECTIVE_KEY])  # DDP's buckets, NCCL, one rank
+    assert math.isnan(epoch([])[COLLECTIVE_KEY])
+    two_parts = merge_phase_means(epoch([1.0, 1.0, 1.0]), epoch([5.0]))
+    assert two_parts[COLLECTIVE_KEY] == pytest.approx(2.0)
+    older = {k: v for k, v in epoch([1.0]).items() if k != COLLECTIVE_KEY}  # an older checkpoint
+    assert math.isnan(merge_phase_means(older, epoch([5.0]))[COLLECTIVE_KEY])
