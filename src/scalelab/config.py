@@ -164,7 +164,7 @@ class TrainConfig:
     profile_steps: int = 0
     """Run N optimizer steps of the first epoch (right after the timing warm-up; at most half of the epoch's remaining steps, but at least one when more epochs follow) under torch.profiler: each rank writes profile-rank<r>.json (a chrome trace) into the run folder, and summary.json's `profile` holds rank 0's GPU busy/idle time, launches, host syncs and pageable-memory copies inside the steps, and top kernels and host ops. Profiled steps are left out of the phase timing. 0 = off."""
     comm_calibration_steps: int = 16
-    """Batches each timed with and without the gradient all-reduce after training (which first alternates), to measure exposed communication: the mean of the differences, plus one batch that warms up (0 = skip)."""
+    """Batches each timed with and without the gradient all-reduce after training (which first alternates), to measure exposed communication where the steps do not time it themselves (with grad_sync=fused on gloo they do, and this figure is kept as comm.calibrated_exposed_comm_ms): the mean of the differences, plus one batch that warms up (0 = skip)."""
     num_threads: int = 0
     """torch intra-op threads per rank on CPU; 0 = OMP_NUM_THREADS if set (torchrun with >1 rank per node sets 1 when it is unset; scalelab sweep sets cores / ranks), else cores / local ranks."""
     max_steps_per_epoch: int = 0
