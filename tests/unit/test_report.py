@@ -314,3 +314,19 @@ def test_csv_cells_that_start_like_a_formula_stay_text(tmp_path):
         names = sorted(r["run_name"] for r in csv.DictReader(fh))
     assert names == ["'=HYPERLINK(1)", "'@SUM(1)-ws2"]
     assert [csv_cell(v) for v in (-1.5, 3, "ws-2", "-x", None)] == [-1.5, 3, "ws-2", "'-x", None]
+
+
+def test_runs_calibrated_the_old_way_are_named_in_the_method(tmp_path: Path) -> None:
+    """Runs whose exposed communication came from the calibration before 2026-12-07 (the
+    synchronised step first in every pair: it reads high) are named, and only they."""
+    old = "calibration: median(fwd+bwd with DDP sync) - median(fwd+bwd under no_sync); allreduce_ms: x"
+    write_run(tmp_path / "runs", "base", world_size=1)
+    write_run(tmp_path / "runs", "old2", world_size=2, summary={"comm": {"method": old}})
+    write_run(tmp_path / "runs", "new4", world_size=4)
+    text = write_report([tmp_path / "runs"], tmp_path / "out")["markdown"].read_text()
+    assert "The exposed communication of old2 comes from the calibration of scalelab before" in text
+    assert "of new4 comes" not in text and "old2, new4" not in text
+    write_run(tmp_path / "fresh", "base", world_size=1)
+    write_run(tmp_path / "fresh", "new2", world_size=2)
+    text = write_report([tmp_path / "fresh"], tmp_path / "out2")["markdown"].read_text()
+    assert "comes from the calibration of scalelab before" not in text

@@ -732,6 +732,27 @@ def _unique(runs: Sequence[Run], getter: Any) -> str:
     return ", ".join(values) if values else "unknown"
 
 
+#: How scalelab before 2026-12-07 recorded its calibration (`comm.method`): the synchronised
+#: step first in every pair, so a pair's second step, which runs warmer, was always the no_sync
+#: one, and the figure read high (README, "Measured results")
+OLD_CALIBRATION = "median(fwd+bwd with DDP sync) - median(fwd+bwd under no_sync)"
+
+
+def _old_calibration_note(runs: Sequence[Run]) -> str:
+    old = sorted(
+        r.name
+        for r in runs
+        if r.world_size > 1 and OLD_CALIBRATION in str(r.comm.get("method") or "")
+    )
+    if not old:
+        return ""
+    return (
+        f" The exposed communication of {', '.join(old)} comes from the calibration of scalelab "
+        "before 2026-12-07, which ran the synchronised step first in every pair (a pair's second "
+        "step runs warmer) and reads it high: train them again to measure it."
+    )
+
+
 def _method_text(runs: Sequence[Run]) -> str:
     warmup = _unique(runs, lambda r: r.timing.get("warmup_steps"))
     methods = _unique(runs, lambda r: r.comm.get("method") if r.world_size > 1 else None)
@@ -754,7 +775,7 @@ def _method_text(runs: Sequence[Run]) -> str:
         "time. The global batch is fixed across world sizes (strong scaling), and runs are only "
         "compared within a group of the same preset, data, model size, global batch, steps per "
         "epoch, micro-batching, padding, precision, compile mode, comm hook and device, so the runs "
-        "of a group perform the same optimizer steps per epoch."
+        "of a group perform the same optimizer steps per epoch." + _old_calibration_note(runs)
     )
 
 
