@@ -94,6 +94,8 @@ def test_run_quick_ddp_section_writes_every_layout(tmp_path: Path) -> None:
     assert fused_run["calibrated_exposed_comm_ms"] >= 0
     assert buckets_run["step_allreduce_ms"] is None
     assert buckets_run["exposed_comm_ms"] == buckets_run["calibrated_exposed_comm_ms"]
+    assert ddp["exposed_comm_ms_2x1"] == fused_run["exposed_comm_ms"]  # one repeat: its value
+    assert ddp["allreduce_ms_2x1"] == fused_run["allreduce_ms"] > 0
     fused = ddp["fused_vs_buckets_2x1"]
     assert fused["per_repeat"] == [pytest.approx(sps["2x1"] / sps["2x1-buckets"])]
     # ... and waited for its all-reduce spinning, the 2x1-block run in gloo's wait()
