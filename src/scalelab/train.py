@@ -664,11 +664,12 @@ def measure_communication(
     optimizer step runs, so the trained weights are untouched. Where the training steps timed
     their one gradient all-reduce themselves (``in_step_ms``, COLLECTIVE_KEY: grad_sync=fused
     with gloo, whose all-reduce follows the backward, so nothing hides any of it), that mean is
-    the exposed communication, measured in the steps it cost: the calibration's pairs run warm
-    and start together (on the test VM they read about half of it), and are kept as
-    ``calibrated_exposed_comm_ms``. The bucket list is what a multi-rank run of this config all-reduces per step (DDP's buckets,
-    plus the token-embedding rows when `distributed.embedding_grad_sync` sums them row-wise),
-    so a 1-rank run records it too, for predictions.
+    the exposed communication, measured in the steps it cost (the calibration's pairs run warm
+    and start together: on the test VM 1.5-2.6 ms against 2.2-2.5 ms in the steps), and the
+    calibration's figure is kept as ``calibrated_exposed_comm_ms``. The bucket list is what a
+    multi-rank run of this config all-reduces per step (DDP's buckets, plus the token-embedding
+    rows when `distributed.embedding_grad_sync` sums them row-wise), so a 1-rank run records it
+    too, for predictions.
     """
     from scalelab.analysis.predict import wire_bucket_bytes
     from scalelab.commbench import measure_buckets
