@@ -42,6 +42,7 @@ from scalelab.distributed import (
     gather_objects,
     init_distributed,
     is_main_process,
+    waits_spinning,
 )
 
 GB = 1e9  # bandwidths in GB/s with decimal giga, like nccl-tests
@@ -207,7 +208,7 @@ def measure_sync_latency(
     ``wait``: how each rank waits, as the trainer's distributed.collective_wait ('spin' with
     gloo by default: `all_reduce_waiting`; NCCL always blocks here, to time the collective).
     """
-    spin = wait == "spin" and env.backend == "gloo"
+    spin = waits_spinning(wait, env.backend)
     how = "spin" if spin else "block"
     if not env.is_distributed:
         return {"median_ms": 0.0, "p90_ms": 0.0, "busy_ms": busy_ms, "iters": 0, "sizes": [],

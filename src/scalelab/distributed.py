@@ -419,8 +419,14 @@ SPIN_WAIT_S = 0.05
 
 def spins_waiting(cfg: DistributedConfig, backend: str | None = None) -> bool:
     """Whether scalelab's own gradient all-reduce is waited for by spinning
-    (distributed.collective_wait; gloo only: NCCL's collectives do not block the host)."""
-    return (backend or planned_backend(cfg)) == "gloo" and cfg.collective_wait != "block"
+    (distributed.collective_wait, `waits_spinning`)."""
+    return waits_spinning(cfg.collective_wait, backend or planned_backend(cfg))
+
+
+def waits_spinning(wait: str, backend: str) -> bool:
+    """Whether a wait of `wait` ('auto', 'spin' or 'block') spins on `backend`: gloo only,
+    since NCCL's collectives do not block the host."""
+    return backend == "gloo" and wait != "block"
 
 
 def all_reduce_waiting(t: torch.Tensor, spin: bool) -> None:
