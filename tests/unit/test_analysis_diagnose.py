@@ -472,3 +472,10 @@ def test_sync_wait_puts_the_measured_arrival_spread_against_the_wait(tmp_path):
     assert "0.2 ms apart" in together.evidence and "cost 1.5 ms more" in together.evidence
     assert "the remaining 2.3 ms is the all-reduce itself" in together.evidence, together.evidence
     assert together.recommendation.startswith("The ranks arrive together")
+
+    # a spread of a third of the wait is not "together", nor most of it
+    part = finding("part", 1.4)
+    assert part.title.startswith("The all-reduce is slower inside the step than alone")
+    assert part.recommendation.startswith(
+        "A late rank explains less than half of the wait (1.4 ms of 4 ms)"
+    ), part.recommendation

@@ -480,8 +480,16 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
                 "train.grad_accum_steps if the per-rank batch must stay small)."
             )
             if spread is not None and not late:
+                together = (
+                    "The ranks arrive together, so no rank is to blame"
+                    if spread < 0.25 * (exposed - allreduce)
+                    else (
+                        f"A late rank explains less than half of the wait ({_ms(spread)} of "
+                        f"{_ms(exposed - allreduce)})"
+                    )
+                )
                 advice = (
-                    "The ranks arrive together, so no rank is to blame: the collective costs "
+                    together + ": the collective costs "
                     "more between compute than back to back (on CPUs gloo needs cores the "
                     "compute keeps busy, and caches are cold; scalelab commbench's "
                     "sync_latency sizes measure the part a collective reached from compute "
