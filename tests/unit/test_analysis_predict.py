@@ -18,7 +18,7 @@ from scalelab.analysis.predict import (
     load_sync_latency,
     predict_scaling,
 )
-from tests.unit.runfolders import write_run, write_sweep
+from tests.unit.runfolders import _merge, healthy_timing, write_run, write_sweep
 
 BUSBW, ALPHA = 10.0, 0.05  # GB/s, ms
 
@@ -630,3 +630,58 @@ def test_a_commbench_that_waited_otherwise_than_the_run_is_noted(tmp_path: Path,
     older = write_run(tmp_path / "older", "base", summary={**_cpu(1), "backend": "none"})
     assert {run_wait(load_run(r)) for r in (buckets, ddp_sums, older)} == {"block"}
     assert "timed its all-reduces" not in note(buckets, old)
+
+
+def test_repeated_baselines_are_averaged_into_the_prediction_and_not_checked_against_it(
+    tmp_path,
+):
+    """The prediction rests on the mean of the baseline's repeats, as the measured speedups
+    do, not on whichever loads first; and a 1-rank repeat is no check of the 1-rank base."""
+    from scalelab.analysis.report import analyse_runs
+
+    slow = {k: 1.5 * v for k, v in healthy_timing(1).items()}
+    write_run(tmp_path / "runs", "a-ws1", timing=slow)
+    write_run(tmp_path / "runs", "b-ws1")
+    write_run(tmp_path / "runs", "c-ws2", world_size=2)
+    analysis = analyse_runs(load_runs([tmp_path / "runs"]), busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    (preds,) = analysis.predictions.values()
+    one = next(p for p in preds if p.world_size == 1)
+    assert one.step_ms == pytest.approx(1.25 * healthy_timing(1)["step_ms"])
+    assert one.base_run == "mean of a-ws1, b-ws1"
+    assert [c.run_name for c in analysis.comparisons] == ["c-ws2"]
+    assert "prediction" not in {f.rule for f in analysis.findings if f.subject.endswith("ws1")}
+
+
+def test_a_run_that_sent_other_collectives_is_not_checked_against_the_prediction(tmp_path):
+    """The model prices the base run's gradient traffic: a multi-rank run that synced the
+    embedding densely (7x the bytes) or fused is no check of it; the report says so."""
+    from scalelab.analysis.report import analyse_runs
+
+    rows = {"comm": {"embedding_grad_sync": "rows", "grad_sync": "fused",
+                     "bucket_bytes": [1_500_000], "wire_bucket_bytes": [1_500_000]}}  # fmt: skip
+    write_run(tmp_path / "runs", "ws1", summary=rows)
+    write_run(tmp_path / "runs", "ws2", world_size=2, summary=rows)
+    dense = {"comm": {"embedding_grad_sync": "dense", "grad_sync": "buckets",
+                      "bucket_bytes": [11_368_464], "wire_bucket_bytes": [11_368_464]}}  # fmt: skip
+    write_run(tmp_path / "runs", "ws2-dense", world_size=2, summary=dense)
+    near = {"comm": {"bucket_bytes": [1_560_000], "wire_bucket_bytes": [1_560_000]}}
+    write_run(tmp_path / "runs", "ws4", world_size=4, summary=_merge(rows, near))
+    analysis = analyse_runs(load_runs([tmp_path / "runs"]), busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    # a few % more embedding rows is the same traffic
+    assert sorted(c.run_name for c in analysis.comparisons) == ["ws2", "ws4"]
+    (note,) = [n for n in analysis.bandwidth_notes if "Not checked" in n]
+    assert "Not checked against the predictions: ws2-dense," in note
+
+
+def test_the_report_warns_where_cpu_predictions_oversubscribe_the_base_runs_cpus(tmp_path):
+    """As `scalelab predict` warns: 4 ranks x 1 thread on a 2-CPU host would time-slice."""
+    from scalelab.analysis.report import analyse_runs
+
+    cpu = {"device_type": "cpu", "device_name": "AMD EPYC", "backend": "gloo",
+           "system": {"num_cpus": 2, "num_threads_per_rank": 1}}  # fmt: skip
+    write_run(tmp_path / "runs", "ws1", summary=cpu)
+    write_run(tmp_path / "runs", "ws2", world_size=2, summary=cpu)
+    analysis = analyse_runs(load_runs([tmp_path / "runs"]), busbw_gbps=BUSBW, alpha_ms=ALPHA)
+    (note,) = analysis.bandwidth_notes
+    assert "Optimistic at 4 x 1, 8 x 1 (ranks x threads)" in note, note
+    assert "2 CPUs" in note and "2 x 1" not in note

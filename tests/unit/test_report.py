@@ -144,6 +144,9 @@ def test_tex_escape():
     assert tex_escape("GPU™ x→y") == r"GPUTM x$\rightarrow$y"
     # accents go; a character with no ASCII form is a ? (was dropped: 实验1 read as 1)
     assert tex_escape("café 实验1") == "cafe ??1"
+    # full-width specials normalise to ASCII ones, which are then escaped (a bare % would
+    # comment out the rest of a table row)
+    assert tex_escape("ws2％fast＿run＆＄") == r"ws2\%fast\_run\&$\$$"
 
 
 @pytest.mark.slow
@@ -330,3 +333,21 @@ def test_runs_calibrated_the_old_way_are_named_in_the_method(tmp_path: Path) -> 
     write_run(tmp_path / "fresh", "new2", world_size=2)
     text = write_report([tmp_path / "fresh"], tmp_path / "out2")["markdown"].read_text()
     assert "comes from the calibration of scalelab before" not in text
+
+
+def test_an_unmeasured_exposed_communication_shows_as_unknown_not_0(tmp_path):
+    """train.comm_calibration_steps=0: the lost-efficiency table and the time breakdown keep
+    the backward whole (marked) instead of calling all of it compute."""
+    from scalelab.analysis.plots import breakdown_ms
+
+    write_run(tmp_path / "runs", "ws1")
+    write_run(tmp_path / "runs", "ws2", world_size=2, summary={"comm": {"exposed_comm_ms": None}})
+    outputs = write_report([tmp_path / "runs"], tmp_path / "report", busbw_gbps=10.0)
+    (row,) = [line for line in outputs["markdown"].read_text().splitlines() if "| ws2 | 2 | " in line
+              and "incl. comm" in line]  # fmt: skip
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "-" and cells[8] == "+1.00 (incl. comm)", cells  # exposed, backward
+    (ws2,) = [r for r in load_runs([tmp_path / "runs" / "ws2"])]
+    parts = breakdown_ms(ws2)
+    assert parts["exposed_comm_ms"] == 0 and parts["backward_compute_ms"] == 0
+    assert parts["backward_incl_comm_ms"] == pytest.approx(31.0)

@@ -74,6 +74,7 @@ PHASE_LABELS = {
     "optimizer_ms": "optimizer",
     "other_ms": "other (un-timed host work)",
     "exposed_comm_ms": "exposed communication",
+    "backward_incl_comm_ms": "backward incl. exposed communication (not measured apart)",
 }
 
 
@@ -109,7 +110,10 @@ def excess_breakdown(
     """Per phase: (measured at n, ideal = baseline x n0/n, i.e. perfect linear scaling).
 
     Exposed communication is split out of backward (its ideal is 0), so the phase that keeps
-    the step from shrinking linearly (data wait, optimizer, comm, ...) can be named.
+    the step from shrinking linearly (data wait, optimizer, comm, ...) can be named. A
+    multi-rank run without that figure (train.comm_calibration_steps=0 and no all-reduce timed
+    in its steps) has "backward_incl_comm_ms" instead of backward and exposed communication:
+    an unmeasured figure is not 0.
     """
     base = group.baseline_runs()
     runs = [point.run, *base]
@@ -129,7 +133,12 @@ def excess_breakdown(
     base_split = [split(b) for b in base]
     ideal = {k: _mean([b[k] for b in base_split]) * scale for k in measured}
     ideal["exposed_comm_ms"] = 0.0
-    return {k: (measured[k], ideal[k]) for k in measured}
+    out = {k: (measured[k], ideal[k]) for k in measured}
+    if point.world_size > 1 and point.run.comm_value("exposed_comm_ms") is None:
+        backward, ideal_backward = out.pop("backward_ms")
+        del out["exposed_comm_ms"]
+        out["backward_incl_comm_ms"] = (backward, ideal_backward)
+    return out
 
 
 def _largest_key(breakdown: dict[str, tuple[float, float]]) -> str:
@@ -276,17 +285,35 @@ def _forward_shrink_rule(group: ScalingGroup) -> list[Finding]:
             per_rank is not None and per_rank <= SMALL_PER_RANK_BATCH
         ):
             continue  # healthy, or already reported by the small-batch rule
+        overhead = (
+            "raise the global batch (gradient accumulation at the same global batch would make "
+            "each micro-batch smaller still), or compile the step (train.compile = true; "
+            "on GPUs train.compile_mode = reduce-overhead for CUDA graphs, with "
+            "data.pad_multiple = 16 so few batch shapes need a graph)."
+        )
+        if run.summary.get("device_type") == "cpu":
+            # CPU ranks share the host's cores: a flat forward can also be the ranks slowing
+            # each other down (the compute_contention rule's cause, which it leaves to this one)
+            advice = (
+                "Either fixed per-step overhead (Python, operator dispatch) dominates, or the "
+                "ranks slow each other down on the cores they share (SMT siblings, memory "
+                "bandwidth, caches, clock). A 1-rank run at the per-rank batch "
+                + (f"(train.batch_size={per_rank}, same threads)" if per_rank else "(same threads)")
+                + " tells which: a forward near "
+                f"{_ms(f_large)} means overhead: " + overhead + " A forward near "
+                f"{_ms(f_small * ideal_ratio)} means contention: pin the ranks to distinct "
+                "physical cores (distributed.pin_cpus = true) and compare with one rank using "
+                "all the threads."
+            )
+        else:
+            advice = "Fixed per-step overhead (kernel launches, Python) dominates: " + overhead
         findings.append(
             Finding(
                 "warning",
                 f"Compute does not shrink with the per-rank batch ({small} -> {large} ranks)",
                 f"forward time {_ms(f_small)} at {small} ranks -> {_ms(f_large)} at {large} "
                 f"ranks (ideal {_ms(f_small * ideal_ratio)}); per-rank batch {per_rank}",
-                "Fixed per-step overhead (kernel launches, Python) dominates: raise the global "
-                "batch (gradient accumulation at the same global batch would make each "
-                "micro-batch smaller still), or compile the step (train.compile = true; "
-                "on GPUs train.compile_mode = reduce-overhead for CUDA graphs, with "
-                "data.pad_multiple = 16 so few batch shapes need a graph).",
+                advice,
                 "launch_bound",
                 run.name,
             )
@@ -316,8 +343,8 @@ def _compute_contention_rule(group: ScalingGroup) -> list[Finding]:
             continue
         breakdown = excess_breakdown(group, point)
         fwd = run.phase("forward_ms")
-        if breakdown is None or not fwd or not base_fwd:
-            continue
+        if breakdown is None or "exposed_comm_ms" not in breakdown or not fwd or not base_fwd:
+            continue  # (without the exposed figure, backward compute is not known)
         shrink = (1 - fwd / base_fwd) / (1 - n0 / n)
         if shrink < FORWARD_SHRINK_MIN_FRACTION and fwd <= FORWARD_GROWTH_MAX * base_fwd:
             continue  # launch-bound: that rule explains it

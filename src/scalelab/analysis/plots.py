@@ -28,6 +28,8 @@ BREAKDOWN = (
     ("forward_ms", "forward", "#1f77b4"),
     ("backward_compute_ms", "backward (compute)", "#ff7f0e"),
     ("exposed_comm_ms", "exposed all-reduce (in backward)", "#d62728"),
+    # runs of several ranks whose exposed communication was not measured (an unknown is not 0)
+    ("backward_incl_comm_ms", "backward incl. all-reduce (not measured apart)", "#ffbb78"),
     ("optimizer_ms", "optimizer", "#2ca02c"),
     ("other_ms", "other", "#7f7f7f"),
 )
@@ -210,14 +212,17 @@ def breakdown_ms(run: Run) -> dict[str, float]:
         k: run.phase(k) or 0.0
         for k in ("data_ms", "h2d_ms", "forward_ms", "backward_ms", "optimizer_ms")
     }
-    exposed = run.comm_value("exposed_comm_ms") or 0.0
+    exposed = run.comm_value("exposed_comm_ms")
+    unknown = exposed is None and run.world_size > 1
+    exposed = exposed or 0.0
     step = run.phase("step_ms") or sum(phase.values())
     return {
         "data_ms": phase["data_ms"],
         "h2d_ms": phase["h2d_ms"],
         "forward_ms": phase["forward_ms"],
-        "backward_compute_ms": max(0.0, phase["backward_ms"] - exposed),
-        "exposed_comm_ms": min(exposed, phase["backward_ms"]),
+        "backward_compute_ms": 0.0 if unknown else max(0.0, phase["backward_ms"] - exposed),
+        "exposed_comm_ms": 0.0 if unknown else min(exposed, phase["backward_ms"]),
+        "backward_incl_comm_ms": phase["backward_ms"] if unknown else 0.0,
         "optimizer_ms": phase["optimizer_ms"],
         "other_ms": max(0.0, step - sum(phase.values())),
     }
@@ -239,6 +244,8 @@ def plot_time_breakdown(runs: Sequence[Run], out_dir: Path) -> Path:
     bottom = np.zeros(len(ordered))
     for key, label, color in BREAKDOWN:
         values = np.array([p[key] for p in parts])
+        if key == "backward_incl_comm_ms" and not values.any():
+            continue  # every run measured its exposed communication (or has one rank)
         ax.bar(
             x,
             values,
@@ -246,7 +253,7 @@ def plot_time_breakdown(runs: Sequence[Run], out_dir: Path) -> Path:
             color=color,
             label=label,
             width=0.6,
-            hatch="//" if key == "exposed_comm_ms" else None,
+            hatch={"exposed_comm_ms": "//", "backward_incl_comm_ms": ".."}.get(key),
         )
         bottom += values
     ax.set_xticks(x)

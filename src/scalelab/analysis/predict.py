@@ -98,8 +98,11 @@ class Prediction:
     """scaling.group_key of the base run: predictions are only compared with that group."""
     threads_per_rank: float | None = None
     """CPU runs: the threads per rank this prediction assumes (None off CPU or not recorded)."""
-    base_summary_id: int = field(default=0, compare=False, repr=False)
-    """id() of the base run's summary dict: `compare` skips the base run itself."""
+    base_summary_ids: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    """id() of the base runs' summary dicts: `compare` skips the base runs themselves."""
+    wire_layout: tuple[Any, ...] = ()
+    """`comm_layout` of the base run: predictions are only compared with runs that sent the
+    same collectives (the prediction models the base run's buckets, not the measured run's)."""
 
 
 def _bucket_bytes(summary: dict[str, Any]) -> list[int]:
@@ -147,8 +150,51 @@ def _wire_bytes(summary: dict[str, Any]) -> list[int]:
     return wire
 
 
+#: relative difference in bytes per step beyond which two runs' gradient traffic is not alike
+#: (the embedding rows a global batch uses vary by a few % from run to run)
+LAYOUT_BYTES_TOLERANCE = 0.25
+
+
+def comm_layout(summary: dict[str, Any]) -> tuple[Any, ...]:
+    """How a run's gradients cross the wire: (grad_sync, embedding_grad_sync, comm hook,
+    bytes sent per step); () when not recorded."""
+    comm = summary.get("comm") or {}
+    wire = comm.get("wire_bucket_bytes") or comm.get("bucket_bytes")
+    if not wire:
+        return ()
+    return (
+        comm.get("grad_sync") or "buckets",
+        comm.get("embedding_grad_sync") or "dense",
+        comm.get("comm_hook") or "none",
+        float(sum(wire)),
+    )
+
+
+def same_layout(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether two `comm_layout`s send alike (either unknown: assumed so)."""
+    if not a or not b:
+        return True
+    return a[:3] == b[:3] and abs(a[3] - b[3]) <= LAYOUT_BYTES_TOLERANCE * max(a[3], b[3])
+
+
+def mean_base(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One base record from repeated 1-rank runs of a group (the scaling baseline's runs): the
+    first's summary with each timed phase and the step the mean over the repeats (NaN where a
+    repeat has none), so the prediction rests on the same runs as the measured speedups."""
+    if len(summaries) == 1:
+        return summaries[0]
+    timings = [s.get("timing") or {} for s in summaries]
+    timing = dict(timings[0])
+    for key in (*PHASES, "step_ms"):
+        values = [t.get(key) for t in timings]
+        ok = all(is_number(v) and math.isfinite(v) for v in values)
+        timing[key] = sum(values) / len(values) if ok else float("nan")
+    names = ", ".join(str(s.get("run_name")) for s in summaries)
+    return {**summaries[0], "timing": timing, "run_name": f"mean of {names}"}
+
+
 def predict_scaling(
-    summary_1rank: dict[str, Any],
+    summary_1rank: dict[str, Any] | Sequence[dict[str, Any]],
     world_sizes: Sequence[int],
     *,
     busbw_gbps: float,
@@ -161,8 +207,13 @@ def predict_scaling(
 
     ``sync_latency``: the commbench's all-reduce times after compute (`load_sync_latency`);
     applied to CPU runs only, where nothing overlaps the all-reduce. ``threads_per_rank``: CPU
-    threads per rank at some world sizes (the others keep the base run's).
+    threads per rank at some world sizes (the others keep the base run's). ``summary_1rank``
+    may be several repeats of one 1-rank run: their mean timings are the base (`mean_base`).
     """
+    repeats = [summary_1rank] if isinstance(summary_1rank, Mapping) else list(summary_1rank)
+    if not repeats:
+        raise AnalysisError("prediction needs a 1-rank run as its base, got none")
+    summary_1rank = mean_base(repeats)
     name = summary_1rank.get("run_name")
     if int(summary_1rank.get("world_size") or 1) != 1:
         raise AnalysisError(f"run {name}: prediction needs a 1-rank run as its base")
@@ -252,7 +303,8 @@ def predict_scaling(
                 base_run=str(name or ""),
                 group=group_key(summary_1rank),
                 threads_per_rank=threads,
-                base_summary_id=id(summary_1rank),
+                base_summary_ids=tuple(id(r) for r in repeats),
+                wire_layout=comm_layout(summary_1rank),
             )
         )
     return out
@@ -276,9 +328,10 @@ class Comparison:
 def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comparison]:
     """Measured vs predicted step_ms for every run whose world size was predicted.
 
-    Predictions carrying a group key are only matched with runs of that group (same work), CPU
-    predictions only with runs of the threads per rank they assume, and never with their own base
-    run (a prediction from a run is no check of it).
+    Predictions carrying a group key are only matched with runs of that group (same work) whose
+    gradients crossed the wire as the base run's would (`comm_layout`: the model prices the base
+    run's buckets), CPU predictions only with runs of the threads per rank they assume, and never
+    with their own base runs (a prediction from a run is no check of it).
     """
     out = []
     for pred in predictions:
@@ -287,7 +340,9 @@ def compare(predictions: Sequence[Prediction], runs: Sequence[Run]) -> list[Comp
                 continue
             if pred.group and group_key(run.summary) != pred.group:
                 continue
-            if pred.base_summary_id == id(run.summary):
+            if id(run.summary) in pred.base_summary_ids:
+                continue
+            if not same_layout(pred.wire_layout, comm_layout(run.summary)):
                 continue
             threads = cpu_threads_per_rank(run.summary)
             if pred.threads_per_rank and threads and threads != pred.threads_per_rank:

@@ -30,11 +30,13 @@ from scalelab.analysis.predict import (
     Prediction,
     SyncLatency,
     bandwidth_from_run,
+    comm_layout,
     commbench_caveats,
     compare,
     load_commbench,
     load_sync_latency,
     predict_scaling,
+    same_layout,
 )
 from scalelab.analysis.scaling import ScalingGroup, analyse, cpu_threads_per_rank, find_point
 from scalelab.config import is_number, not_a_folder
@@ -228,6 +230,38 @@ def _thread_layouts(group: ScalingGroup) -> list[dict[int, float]]:
     return [layouts[0], *(m for m in layouts[1:] if m)]
 
 
+def _unlike_traffic_note(group: ScalingGroup, base: dict[str, Any]) -> str:
+    """Runs of the group whose gradients crossed the wire otherwise than the base run's (another
+    grad_sync, embedding_grad_sync or volume): `compare` leaves them unchecked; say so."""
+    layout = comm_layout(base)
+    unlike = [
+        r.name
+        for r in sorted(group.runs, key=lambda r: (r.world_size, r.name))
+        if r.world_size > 1 and not same_layout(layout, comm_layout(r.summary))
+    ]
+    if not unlike:
+        return ""
+    return (
+        f" Not checked against the predictions: {', '.join(unlike)}, whose gradients crossed "
+        "the wire otherwise than the base run's (distributed.grad_sync, embedding_grad_sync or "
+        "bytes per step), which the predictions price."
+    )
+
+
+def _oversubscribed_note(base: dict[str, Any], preds: Sequence[Prediction]) -> str:
+    """CPU predictions whose ranks x threads exceed the base run's CPUs (as `scalelab predict`
+    warns): there the ranks would time-slice, which the model leaves out."""
+    busy = oversubscribed(base, preds)
+    if not busy:
+        return ""
+    layouts = ", ".join(f"{p.world_size} x {p.threads_per_rank:g}" for p, _ in busy)
+    cpus = busy[0][1]
+    return (
+        f" Optimistic at {layouts} (ranks x threads): more busy threads than the base run's "
+        f"{cpus:g} CPUs, whose time-slicing the model leaves out."
+    )
+
+
 def _overlap_note(group: ScalingGroup) -> str:
     """On CPU the cost model assumes no overlap: set it beside what the group's runs measured."""
     base = group.baseline_runs()[0]
@@ -289,7 +323,8 @@ def analyse_runs(
         alpha, busbw, source, source_run = bandwidth
         if source_run is not None:
             bandwidth_runs.append(source_run)
-        base = group.baseline_runs()[0].summary
+        # the baseline's repeats, averaged as for the measured speedups
+        base = [r.summary for r in group.baseline_runs()]
         try:
             layouts = _thread_layouts(group)
             preds = []
@@ -313,6 +348,8 @@ def analyse_runs(
         notes.append(
             f"{group.label}: bus bandwidth {busbw:.3g} GB/s, alpha {alpha:.3g} ms{wake}, {source}."
             + _overlap_note(group)
+            + _unlike_traffic_note(group, base[0])
+            + _oversubscribed_note(base[0], predictions[group.label])
         )
     all_predictions = [p for preds in predictions.values() for p in preds]
     comparisons = compare(all_predictions, runs)
@@ -499,6 +536,18 @@ _LOST_COLUMNS = {
 }  # fmt: skip
 
 
+def _lost_cell(breakdown: dict[str, tuple[float, float]], key: str) -> str:
+    """A phase's excess over its ideal; without a measured exposed communication the
+    backward cell holds both (marked) and the exposed cell is "-"."""
+    if key == "backward_ms" and "backward_incl_comm_ms" in breakdown:
+        measured, ideal = breakdown["backward_incl_comm_ms"]
+        return f"{measured - ideal:+.2f} (incl. comm)"
+    if key not in breakdown:
+        return "-"
+    measured, ideal = breakdown[key]
+    return f"{measured - ideal:+.2f}"
+
+
 def _lost_efficiency_table(groups: Sequence[ScalingGroup]) -> Table | None:
     """Per multi-rank run: step vs ideal and each phase's excess over its ideal (ms per step)."""
     rows = []
@@ -518,7 +567,7 @@ def _lost_efficiency_table(groups: Sequence[ScalingGroup]) -> Table | None:
                     _f(ideal),
                     _f(measured),
                     _f(measured - ideal),
-                    *(f"{breakdown[k][0] - breakdown[k][1]:+.2f}" for k in _LOST_COLUMNS),
+                    *(_lost_cell(breakdown, k) for k in _LOST_COLUMNS),
                 ]
             )
     if not rows:
@@ -712,18 +761,28 @@ def cpu_prediction_notes(
         f"CPU: forward, backward and h2d scaled by the threads per rank, {source}; the "
         "optimizer and data phases are not scaled."
     ]
-    cpus = (summary_1rank.get("system") or {}).get("num_cpus")
-    if is_number(cpus) and cpus > 0:
-        for p in predictions:
-            busy = p.world_size * (p.threads_per_rank or 0)
-            if busy > cpus:
-                lines.append(
-                    f"warning: {p.world_size} ranks x {p.threads_per_rank:g} thread(s) = {busy:g} "
-                    f"busy threads, more than the base run's {cpus:g} CPUs: ranks sharing such "
-                    "a host time-slice, which the model leaves out (the prediction is "
-                    "optimistic there); --threads-per-rank sets the threads"
-                )
+    for p, cpus in oversubscribed(summary_1rank, predictions):
+        busy = p.world_size * (p.threads_per_rank or 0)
+        lines.append(
+            f"warning: {p.world_size} ranks x {p.threads_per_rank:g} thread(s) = {busy:g} "
+            f"busy threads, more than the base run's {cpus:g} CPUs: ranks sharing such "
+            "a host time-slice, which the model leaves out (the prediction is "
+            "optimistic there); --threads-per-rank sets the threads"
+        )
     return lines
+
+
+def oversubscribed(
+    summary_1rank: dict[str, Any], predictions: Sequence[Prediction]
+) -> list[tuple[Prediction, float]]:
+    """(prediction, the base run's CPUs) for each CPU prediction whose ranks x threads per rank
+    exceed the CPUs the base run had."""
+    cpus = (summary_1rank.get("system") or {}).get("num_cpus")
+    if not (is_number(cpus) and cpus > 0):
+        return []
+    return [
+        (p, float(cpus)) for p in predictions if p.world_size * (p.threads_per_rank or 0) > cpus
+    ]
 
 
 # ----------------------------------------------------------------------------- document
@@ -1099,8 +1158,11 @@ def tex_escape(text: str) -> str:
     """Escape user strings for LaTeX; other non-ASCII is transliterated (pdflatex, OT1 fonts):
     accents dropped (é -> e), a character with no ASCII form shown as ? (was dropped, so runs
     named 实验1 and 1 read alike)."""
-    escaped = _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group()], str(text))
-    return "".join(_ascii_char(c) for c in unicodedata.normalize("NFKD", escaped))
+    # normalised first: NFKD maps full-width ％＿＄ and the like to the ASCII specials
+    ascii_text = "".join(
+        c if c in _TEX_SPECIAL else _ascii_char(c) for c in unicodedata.normalize("NFKD", str(text))
+    )
+    return _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group()], ascii_text)
 
 
 def _ascii_char(c: str) -> str:
