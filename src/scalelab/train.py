@@ -995,14 +995,16 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         summary_to_move, summarised = has_summary, recorded
         # after the refusals above: a refused resume re-plans nothing
         saved_epochs = ((resume_state.get("config") or {}).get("train") or {}).get("epochs")
-        if saved_epochs not in (None, cfg.train.epochs) and cfg.train.lr_schedule != "constant":
-            log(
-                env,
-                f"note: train.epochs {saved_epochs} -> {cfg.train.epochs} re-plans the "
-                f"{cfg.train.lr_schedule} learning-rate schedule over {total_steps} steps: from "
-                f"step {resume_state['global_step']} the learning rate follows the new plan "
-                "(higher than where the old one ended)",
-            )
+        if saved_epochs not in (None, cfg.train.epochs):
+            if cfg.train.lr_schedule != "constant":
+                log(
+                    env,
+                    f"note: train.epochs {saved_epochs} -> {cfg.train.epochs} re-plans the "
+                    f"{cfg.train.lr_schedule} learning-rate schedule over {total_steps} steps: "
+                    f"from step {resume_state['global_step']} the learning rate follows the new "
+                    "plan (higher than where the old one ended)",
+                )
+            # a constant schedule too: its warm-up is a share of all steps (warmup_ratio)
             _replan_lr(optimizer, scheduler)
         log(env, f"resumed {resume_from} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
 
@@ -1093,6 +1095,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             log(env, f"note: train.profile_steps: {steps_per_epoch} steps are too few to profile "
                 "and still time one; not profiled")  # fmt: skip
     profiler = StepProfiler(n_profile, warmup, env.device, run_dir / f"profile-rank{env.rank}.json")
+    spin_wait = D.spins_waiting(cfg.distributed, env.backend)  # for the ranks' meetings below
     if resume_state is not None and resume_state.get("profile"):
         profiler.result = resume_state["profile"]  # profiled before the run was stopped
     timer = StepTimer(env.device, warmup_steps=warmup + n_profile)
@@ -1152,7 +1155,12 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             )
             timer.end_step()
             if profiler.after_step():
-                watch.exclude(profiler.export_s)  # writing the trace is not training time
+                # every rank writes its own trace, some slower: they meet before the next step,
+                # whose all-reduce would otherwise time a slow writer as the others' wait
+                t_met = time.perf_counter()
+                D.barrier(env, spin=spin_wait)
+                # writing the trace, and waiting for a peer's, is not training time
+                watch.exclude(profiler.export_s + time.perf_counter() - t_met)
                 timer.untimed()  # nor the next step's data time
             num_tokens += int(sum(train_split_lengths[mb].sum() for mb in micro_batches))
             state.step_in_epoch += 1
@@ -1184,6 +1192,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                 # it after a crash keeps them (the epoch's end merges the rest)
                 state.epoch_phases = _epoch_phases(state.epoch_phases, timer, env)
                 checkpoint(state, loss_sum)
+                # rank 0 writes it while the others would go on to the next step's all-reduce
+                # and count the write as their wait there: every rank waits it out paused
+                D.barrier(env, spin=spin_wait)
                 watch.resume()
                 timer.untimed()  # nor the next step's data time
             if cfg.train.stop_after_steps and steps_this_invocation >= cfg.train.stop_after_steps:

@@ -688,6 +688,39 @@ def test_a_replanned_schedule_sets_the_next_steps_learning_rate() -> None:
         assert opt2.param_groups[0]["lr"] == pytest.approx(fresh.param_groups[0]["lr"])
 
 
+def test_a_resume_with_more_epochs_replans_a_constant_schedules_warm_up(
+    tiny: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm-up is a share of all steps, so more epochs lengthen it even on a constant
+    schedule: the first resumed step runs at the new plan's rate, not the old plan's 1.0 x lr."""
+    import torch
+
+    import scalelab.train as train
+    from scalelab.config import load_config
+
+    used: list[float] = []
+    real = train._make_scheduler
+
+    def recording(opt: torch.optim.Optimizer, cfg, total_steps: int):
+        opt.register_step_pre_hook(lambda o, *_: used.append(o.param_groups[0]["lr"]))
+        return real(opt, cfg, total_steps)
+
+    monkeypatch.setattr(train, "_make_scheduler", recording)
+    plan = ["train.lr_schedule=constant", "train.warmup_ratio=0.5", "train.lr=0.01"]
+    assert main(tiny("r", "train.epochs=1", *plan)) == 0  # 2 steps, warm-up 1
+    used.clear()
+    assert main(tiny("r", "train.epochs=4", "train.resume=auto", *plan)) == 0  # 8, warm-up 4
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    ref = real(ref_opt, load_config(None, plan), 8)
+    expected = []
+    for _ in range(8):
+        expected.append(ref_opt.param_groups[0]["lr"])
+        ref_opt.step()
+        ref.step()
+    assert used == pytest.approx(expected[2:]), (used, expected)
+    assert used[0] < 0.01  # still warming up
+
+
 @pytest.mark.parametrize(
     ("damage", "says"),
     [
