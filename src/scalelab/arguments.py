@@ -23,3 +23,14 @@ class ArgumentParser(argparse.ArgumentParser):
         if message:
             sys.stderr.write(message)
         sys.exit(status)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        """As argparse, except that config overrides may stand on both sides of the flags
+        (`train a.b=1 --config p c.d=2`): argparse takes only the first run of positionals of
+        an nargs="*" argument, so later ones join `overrides` (any other leftover is an error)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra and hasattr(parsed, "overrides") and not any(e.startswith("-") for e in extra):
+            parsed.overrides = [*(parsed.overrides or []), *extra]
+        elif extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed

@@ -82,7 +82,7 @@ def _train_interrupted(cfg: Any, started: float) -> str:
     checkpoint = sys.modules.get("scalelab.checkpoint")
     if checkpoint is None:  # interrupted while importing torch: no run folder yet
         return ""
-    name, out = checkpoint.CHECKPOINT_NAME, Path(cfg.output.dir)
+    name, out = checkpoint.CHECKPOINT_NAME, Path(cfg.output.dir).expanduser()
     try:
         if cfg.output.run_name:
             run_dir: Path | None = out / cfg.output.run_name
@@ -514,7 +514,7 @@ def _run(argv: list[str] | None) -> int:
     if argv and argv[0] in PASSTHROUGH:
         args = argparse.Namespace(fn=PASSTHROUGH[argv[0]], rest=argv[1:])
     else:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)  # overrides on both sides of the flags
     try:
         return args.fn(args)
     # first: the clauses after it import torch, which a second Ctrl-C would interrupt

@@ -25,6 +25,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 _MAX_INT = 2**31 - 1
+_MAX_DELAY_S = 86_400.0  # data.delay_per_batch_s: a simulated loader, not a sleep of years
 _MAX_THREADS = 1024
 _MAX_NAME_BYTES = 255  # a file name's limit on Linux and macOS file systems
 
@@ -323,6 +324,11 @@ class Config:
         ):
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        if d.delay_per_batch_s > _MAX_DELAY_S:  # 1e300 overflowed time.sleep mid-training
+            raise ConfigError(
+                f"data.delay_per_batch_s must be at most {_MAX_DELAY_S:g} s (a day), got "
+                f"{d.delay_per_batch_s}"
+            )
         if t.num_threads > _MAX_THREADS:  # 10,000 crashed torch (a segfault, no message)
             raise ConfigError(
                 f"train.num_threads must be at most {_MAX_THREADS}, got {t.num_threads}"
@@ -367,7 +373,7 @@ class Config:
                 "train.stop_after_steps needs train.save_checkpoint=true: a stopped run without a "
                 "checkpoint cannot be continued"
             )
-        if t.resume not in ("", "auto") and not Path(t.resume).is_file():
+        if t.resume not in ("", "auto") and not Path(t.resume).expanduser().is_file():
             raise ConfigError(f"train.resume: checkpoint file not found: {t.resume}")
         if world_size is not None:
             per_step = world_size * t.grad_accum_steps

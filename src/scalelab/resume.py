@@ -46,7 +46,7 @@ def resume_source(cfg: Config, env: D.DistEnv, run_dir: Path) -> tuple[Path | No
     if cfg.train.resume == "auto":
         resume_from = ckpt_path if ckpt_path.exists() else None  # a folder: load says so
     elif cfg.train.resume:
-        resume_from = Path(cfg.train.resume)
+        resume_from = Path(cfg.train.resume).expanduser()
     # Every rank decides alike, or all stop with one line: a run folder that the nodes do not
     # share would make one node resume and another start afresh.
     check_same_resume(

@@ -285,7 +285,7 @@ def _run_dir(cfg: Config, env: D.DistEnv) -> Path:
     name = D.broadcast_object(
         name, env
     )  # ranks may start a second apart; rank 0's clock names the run
-    return Path(cfg.output.dir) / name
+    return Path(cfg.output.dir).expanduser() / name
 
 
 class Progress:

@@ -72,3 +72,15 @@ def test_a_report_into_a_run_folder_is_refused_and_writes_nothing(tmp_path, caps
     (line,) = capsys.readouterr().err.splitlines()
     assert f"--out {run} is a run folder (it holds summary.json)" in line
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_overrides_may_stand_on_both_sides_of_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """`scalelab config a=1 --config p b=2` takes both (argparse alone refused b=2)."""
+    import yaml
+
+    assert main(["config", "train.epochs=1", "--config", "ag_news_small", "train.lr=0.001"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["train"]["epochs"] == 1 and cfg["train"]["lr"] == 0.001
+    with pytest.raises(SystemExit):  # a flag left over is still refused
+        main(["config", "train.epochs=1", "--config", "ag_news_small", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -73,6 +73,8 @@ def test_overrides_are_typed() -> None:
         # sizes past int32 overflowed the tokenizer (a traceback); 10,000 threads crashed torch
         ("model.vocab_size=99999999999999999999", "model.vocab_size must be at most 2147483647"),
         ("train.num_threads=10000", "train.num_threads must be at most 1024"),
+        # overflowed time.sleep in the first batch (a traceback after config.yaml was written)
+        ("data.delay_per_batch_s=1e300", "data.delay_per_batch_s must be at most 86400 s"),
         ("output.run_name=" + "a" * 300, "output.run_name is 300 bytes long; at most 255"),
         ("output.run_name=a\nb", "no control characters"),
         ("name=", "name must not be empty"),
@@ -484,3 +486,10 @@ def test_cuda_graphs_with_unbounded_batch_widths_get_a_note() -> None:
         (graphs[1:], cuda),  # compile off
     ):
         assert cuda_graph_note(load_config(None, overrides), device) is None, overrides
+
+
+def test_a_home_relative_checkpoint_is_found(tmp_path, monkeypatch) -> None:
+    """~ in train.resume means the home folder, as in the data paths (was: not found)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ck.pt").write_bytes(b"x")
+    assert load_config(None, ["train.resume=~/ck.pt"]).train.resume == "~/ck.pt"

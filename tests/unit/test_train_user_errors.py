@@ -764,3 +764,14 @@ def test_fp16_on_a_cpu_is_one_line_naming_what_runs_there(
         "scalelab: error: train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU\n"
     )
     assert not (tmp_path / "exp").exists()
+
+
+def test_a_home_relative_output_dir_is_the_home_folder(
+    tiny: Callable[..., list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """output.dir=~/exp writes under $HOME, as the data paths read from it (was: ./~/exp)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(tiny("r", "train.epochs=1", "output.dir=~/exp")) == 0
+    assert (tmp_path / "home" / "exp" / "r" / "summary.json").is_file()
+    assert not (tmp_path / "~").exists()
