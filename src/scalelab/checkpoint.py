@@ -88,6 +88,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def _free_space(folder: Path) -> str:
+    try:
+        return f"; {shutil.disk_usage(folder).free / 1e9:.2f} GB free there"
+    except OSError:
+        return ""
+
+
+def write_run_file(path: Path, text: str) -> None:
+    """A run folder's text file (config.yaml, metrics.csv, summary.json) written atomically; a
+    failed write (a full disk, a read-only folder) is one line and leaves the old file whole."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot write it ({first_line(exc)}){_free_space(path.parent)}; the "
+            "previous file, if any, is unchanged"
+        ) from None
+
+
 def numpy_rng_plain(state: tuple[Any, ...]) -> tuple[Any, ...]:
     """`np.random.get_state()` with its key array as a tensor: a checkpoint then holds only
     tensors and plain values, which `torch.load(weights_only=True)` reads without running code."""
@@ -160,13 +179,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except (OSError, RuntimeError) as exc:  # torch.save reports a short write as RuntimeError
         if len(ctrl_c) > 1:  # a second Ctrl-C, raised inside the writer: an interrupt
             raise KeyboardInterrupt from None
-        try:
-            free = f"; {shutil.disk_usage(path.parent).free / 1e9:.2f} GB free there"
-        except OSError:
-            free = ""
         raise CheckpointError(
             f"{path}: cannot write the checkpoint ({first_line(exc)})"
-            f"{free}; the previous checkpoint, if any, is unchanged"
+            f"{_free_space(path.parent)}; the previous checkpoint, if any, is unchanged"
         ) from None
 
 

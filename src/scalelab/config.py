@@ -704,9 +704,9 @@ def load_config(
 def save_config(cfg: Config, path: Path) -> None:
     """Write cfg as YAML atomically: config.yaml is rewritten on every resume, and a crash must
     leave the old file or the new one, never half of one."""
-    from scalelab.checkpoint import atomic_write_text  # imports torch: only when saving
+    from scalelab.checkpoint import write_run_file  # imports torch: only when saving
 
-    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_run_file(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def describe() -> str:

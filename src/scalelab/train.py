@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -54,13 +55,13 @@ from scalelab.checkpoint import (
     CheckpointError,
     StopSignals,
     TrainingStopped,
-    atomic_write_text,
     load_checkpoint,
     load_error,
     move_aside,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_run_file,
 )
 from scalelab.config import Config, ConfigError, first_line, not_a_folder, save_config
 from scalelab.data import (
@@ -862,7 +863,26 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    write_run_file(path, buf.getvalue())
+
+
+def _on_rank0(env: D.DistEnv, write: Callable[[], None]) -> None:
+    """Run rank 0's writes into the run folder (`write`), and tell every rank whether they
+    failed: each rank then raises the same one-line error (ConfigError, CheckpointError), where
+    the others would otherwise die in their next collective with a traceback ("Connection closed
+    by peer"). Collective (one small broadcast)."""
+    failure: tuple[str, str] | None = None
+    if env.is_main:
+        try:
+            write()
+        except (CheckpointError, ConfigError) as exc:
+            if not env.is_distributed:
+                raise
+            failure = (type(exc).__name__, str(exc))
+    failure = D.broadcast_object(failure, env)
+    if failure is not None:
+        kind = {"CheckpointError": CheckpointError, "ConfigError": ConfigError}[failure[0]]
+        raise kind(failure[1])
 
 
 def _epoch_phases(
@@ -1014,7 +1034,13 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         skips it) until this run writes its own summary."""
         nonlocal summary_to_move
         if summary_to_move and env.is_main and (run_dir / "summary.json").is_file():
-            move_aside(run_dir / "summary.json", run_dir / "summary.prev.json")
+            try:
+                move_aside(run_dir / "summary.json", run_dir / "summary.prev.json")
+            except OSError as exc:  # a read-only folder
+                raise CheckpointError(
+                    f"{run_dir}/summary.json: cannot move it aside to summary.prev.json "
+                    f"({first_line(exc)}); it is unchanged"
+                ) from None
             log(
                 env,
                 f"moved {run_dir}/summary.json aside to summary.prev.json: the run now trains "
@@ -1023,13 +1049,15 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             )
         summary_to_move = False
 
-    if env.is_main:
+    def open_folder() -> None:
         _open_run_folder(run_dir, cfg)
         if recorded < len(state.metrics):
             # stopped between an epoch's checkpoint and its metrics.csv row: the row is in the
             # checkpoint (and no epoch may be left to write it)
             move_summary_aside()
             _write_metrics(run_dir / "metrics.csv", state.metrics)
+
+    _on_rank0(env, open_folder)
     log(
         env,
         f"run {run_dir} | {cfg.name}: {num_params:,} parameters | world size {env.world_size} "
@@ -1041,7 +1069,6 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     def checkpoint(st: TrainState, loss_sum_dev: torch.Tensor) -> None:
         if not cfg.train.save_checkpoint:
             return
-        move_summary_aside()
         # host-device sync + one collective (every rank's own state): only at checkpoint time
         hook_state = D.comm_hook_state(_ddp(model))  # PowerSGD: per-rank error feedback
         mine = (
@@ -1054,7 +1081,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         every = D.gather_objects(mine, env)
         rngs, sums, tokens, phases, hooks = (list(col) for col in zip(*every, strict=True))
         hook_states = hooks if hook_state is not None else None
-        if env.is_main:
+
+        def write() -> None:
+            move_summary_aside()
             save_checkpoint(
                 ckpt_path,
                 {
@@ -1081,6 +1110,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                     "data_key": data.cache_path.name,
                 },
             )
+
+        _on_rank0(env, write)
 
     # Warm-up is excluded from timing, but never more than half of the first epoch (of what is
     # left of it, when resumed mid-epoch).
@@ -1272,9 +1303,12 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         # metrics.csv ahead of the checkpoint means epochs trained without checkpoints, which a
         # resume refuses to overwrite (resume_is_finished).
         checkpoint(state, torch.zeros((), device=env.device))
-        if env.is_main:
+
+        def write_metrics(rows: list[dict[str, Any]] = state.metrics) -> None:
             move_summary_aside()
-            _write_metrics(run_dir / "metrics.csv", state.metrics)
+            _write_metrics(run_dir / "metrics.csv", rows)
+
+        _on_rank0(env, write_metrics)
         if not stop_requested:
             stopped_by = stops.agreed(max_over_ranks)  # collective, once per epoch
             stop_requested = stopped_by is not None
@@ -1292,7 +1326,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         emb_rows,
         in_step_ms=_mean_excluding_first(state.metrics, COLLECTIVE_KEY),
     )
-    if env.is_main:
+
+    def write_summary() -> None:
         summary = _summary(
             cfg,
             env,
@@ -1309,11 +1344,13 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         )
         if profiler.result is not None:
             summary["profile"] = profiler.result
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_run_file(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         # what the folder holds (profile traces, summary.prev.json, a checkpoint from before
         # train.save_checkpoint was turned off), not what this invocation meant to write
         held = sorted(f.name for f in run_dir.iterdir() if f.is_file() and f.name[0] != ".")
         log(env, f"wrote {run_dir}/ ({', '.join(held)})")
+
+    _on_rank0(env, write_summary)
     D.barrier(env)
     return run_dir
 

@@ -268,7 +268,7 @@ def test_a_slow_periodic_checkpoint_is_in_no_ranks_step_time(tmp_path: Path, cac
     """Rank 0 writes the checkpoint every 4 steps, 0.5 s each time: the other rank waits for it
     paused, not in the next step's all-reduce (before: a backward of 58-61 ms per step on average,
     against 5.6 ms with the wait paused, 2026-12-07)."""
-    script = Path(__file__).parent / "scripts" / "slow_save_train.py"
+    script = Path(__file__).parent / "scripts" / "faulty_disk_train.py"
     res = torchrun(
         [str(script), "train", *common(tmp_path, cache_dir), "train.epochs=1",
          "train.max_steps_per_epoch=24", "train.checkpoint_every_steps=4",
@@ -280,6 +280,24 @@ def test_a_slow_periodic_checkpoint_is_in_no_ranks_step_time(tmp_path: Path, cac
     timing = json.loads((tmp_path / "exp" / "r" / "summary.json").read_text())["timing"]
     for key in ("backward_ms", "step_ms_max"):
         assert timing[key] < 40.0, (key, timing)
+
+
+def test_rank_0s_failed_write_is_every_ranks_one_line_error(tmp_path: Path, cache_dir: Path):
+    """summary.json cannot be written (a full disk): rank 0 says so in one line and both ranks
+    exit 2; rank 1 died in its next collective with a traceback before (exit 1)."""
+    script = Path(__file__).parent / "scripts" / "faulty_disk_train.py"
+    res = torchrun(
+        [str(script), "train", *common(tmp_path, cache_dir), "train.epochs=1",
+         "train.max_steps_per_epoch=3", "train.comm_calibration_steps=0", "output.run_name=r"],
+        nproc=2,
+        env={"FULL_DISK": "summary.json"},
+    )  # fmt: skip
+    assert res.returncode != 0
+    (error,) = [ln for ln in res.stderr.splitlines() if "scalelab: error:" in ln]
+    assert "summary.json: cannot write it ([Errno 28]" in error, error
+    assert res.stderr.count("exitcode  : 2 ") == 2, res.stderr[-3000:]  # torchrun's summary
+    assert "[rank1]" not in res.stderr, res.stderr[-3000:]
+    assert (tmp_path / "exp" / "r" / "checkpoint.pt").is_file()  # resumable
 
 
 def test_sigterm_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_run(

@@ -775,3 +775,38 @@ def test_a_home_relative_output_dir_is_the_home_folder(
     assert main(tiny("r", "train.epochs=1", "output.dir=~/exp")) == 0
     assert (tmp_path / "home" / "exp" / "r" / "summary.json").is_file()
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("file", ["config.yaml", "metrics.csv", "summary.json"])
+def test_a_full_disk_at_any_run_file_is_one_line_and_keeps_the_old_file(
+    file: str,
+    tiny: Callable[..., list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only the checkpoint's write was caught: config.yaml, metrics.csv and summary.json on a
+    full disk were a traceback (OSError: [Errno 28])."""
+    import errno
+
+    import scalelab.checkpoint as ckpt
+
+    run = tmp_path / "exp" / "r"
+    assert main(tiny("r", "train.epochs=1")) == 0
+    before = (run / file).read_bytes()
+    real = ckpt.atomic_write_text
+
+    def full(path: Path, text: str) -> None:
+        if path.name == file:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(ckpt, "atomic_write_text", full)
+    capsys.readouterr()
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scalelab: error: "), err
+    assert f"{run / file}: cannot write it ([Errno 28] No space left on device)" in err[0]
+    assert "GB free there" in err[0] and "unchanged" in err[0]
+    if file != "summary.json":  # (a run trained on moves its summary aside first: kept whole)
+        assert (run / file).read_bytes() == before
