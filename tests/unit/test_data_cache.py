@@ -517,6 +517,59 @@ def test_a_tokenizer_json_keeps_its_own_padding_token(cfg, tmp_path):
     assert (data.train.tokens[short, data.train.lengths[short] :] == 3).all()
 
 
+def _word_level_json(path, vocab, *, pad_id=None, cls_sep=None, unk="[UNK]"):
+    """A tokenizers tokenizer.json of a WordLevel model, optionally padding with `pad_id` and
+    wrapping texts in ("[CLS]", id), ("[SEP]", id) by a TemplateProcessing post-processor."""
+    import json
+
+    post = None
+    if cls_sep is not None:
+        (c, cid), (s_, sid) = cls_sep
+        post = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": c, "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": s_, "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {c: {"id": c, "ids": [cid], "tokens": [c]},
+                               s_: {"id": s_, "ids": [sid], "tokens": [s_]}},
+        }  # fmt: skip
+    padding = None
+    if pad_id is not None:
+        padding = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None,
+                   "pad_id": pad_id, "pad_type_id": 0, "pad_token": "[PAD]"}  # fmt: skip
+    spec = {"version": "1.0", "truncation": None, "padding": padding, "added_tokens": [],
+            "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": post, "decoder": None,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": unk}}  # fmt: skip
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        # pad id 99999 of a 5-id vocabulary: an IndexError in the embedding, mid-training
+        ({"pad_id": 99999}, "its padding id 99999 is beyond the tokenizer's vocabulary of 5 ids"),
+        # a post-processor wrapping texts in BERT's [CLS]=101/[SEP]=102
+        ({"pad_id": 0, "cls_sep": (("[CLS]", 101), ("[SEP]", 102))},
+         "an encoded text's id 102 is beyond the tokenizer's vocabulary of 5 ids"),
+        # "Missing [UNK] token from the vocabulary", raised by the Rust encoder: a traceback
+        ({"pad_id": 0, "unk": "[MISSING]"},
+         "its unknown token '[MISSING]' is not in its vocabulary"),
+    ],
+)  # fmt: skip
+def test_a_tokenizer_json_whose_ids_do_not_fit_its_vocabulary_is_one_line(
+    cfg, tmp_path, kwargs, says
+):
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "the": 4}
+    cfg.data.vocab_path = _word_level_json(tmp_path / "tok.json", vocab, **kwargs)
+    with pytest.raises(DataError) as err:
+        prepare_data(cfg)
+    assert says in str(err.value) and str(tmp_path / "tok.json") in str(err.value), err.value
+
+
 @pytest.mark.parametrize("action", ["--list", "--clear"])
 def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path, capsys, action):
     # was "0 cache file(s)" / "removed 0 file(s)" and exit 0, as if the folder were empty

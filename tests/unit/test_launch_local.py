@@ -228,6 +228,18 @@ def test_sigusr1_reaches_a_torchrun_child_as_sigterm(torchrun: bool, child_gets:
     assert code == base + getattr(signal, child_gets)
 
 
+def test_the_sweeps_commbench_is_a_torchrun_child_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its SIGUSR1 goes to torchrun as SIGTERM, as the runs' does (it killed torchrun, and the
+    ranks ran on as orphans)."""
+    seen: list[dict] = []
+    monkeypatch.setattr(
+        local, "_run_child", lambda argv, env, **kw: (seen.append(kw), (0, None))[1]
+    )
+    local.run_commbench(2, "/nonexistent/cb")
+    local.run_commbench(1, "/nonexistent/cb")
+    assert seen == [{"torchrun": True}, {"torchrun": False}]
+
+
 def test_sweep_children_get_time_to_checkpoint_before_torchrun_kills_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

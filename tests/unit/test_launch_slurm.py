@@ -37,6 +37,9 @@ def test_script_is_valid_bash_with_rendezvous_requeue_and_resume(tmp_path: Path)
                  '--rdzv-endpoint="$head_addr:$port"', f"output.dir={tmp_path}",
                  "output.run_name=r", "train.resume=auto", "train.epochs=5"):  # fmt: skip
         assert part in srun, part
+    # the script's exports (OMP_NUM_THREADS, torchrun's shutdown timeout) reach the ranks of a
+    # job submitted with --export=NONE too
+    assert srun.startswith("srun --kill-on-bad-exit=1 --export=ALL "), srun
     assert 'scancel --signal=TERM "$SLURM_JOB_ID"' in text
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text
 
@@ -74,6 +77,9 @@ def test_no_submit_writes_only_the_script(tmp_path: Path, capsys: pytest.Capture
         (["--sbatch-arg=--nodes=4"], "the script sets --nodes itself (use scalelab's --nodes)"),
         (["--sbatch-arg", "-o /tmp/x.log"], "the script sets -o itself (it would break the job)"),
         (["--sbatch-arg=--signal=B:USR1@5"], "use scalelab's --signal-seconds"),
+        # every array task trained into the one run folder at once
+        (["--sbatch-arg=--array=0-1"], "every task of the array would train into the one run"),
+        (["--sbatch-arg", "-a 0-3"], "every task of the array would train into the one run"),
         (["--python", ""], "--python is empty"),
     ],
 )
@@ -147,6 +153,30 @@ def test_user_values_are_never_expanded_by_the_batch_shell(tmp_path: Path) -> No
     assert "--rdzv-endpoint=h:1" in args and "--rdzv-id=7" in args and "--nnodes=1" in args
     assert not (tmp_path / "PWNED").exists()
     assert "export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=120" in text.splitlines()
+
+
+def test_a_step_that_ends_while_the_signal_trap_runs_keeps_its_exit_code(tmp_path: Path) -> None:
+    """srun ends (exit 3) while the USR1 trap still runs: the script's code was the interrupted
+    wait's 138, not the step's, so a finished job was requeued once more."""
+    text = render_sbatch(SlurmJob(config=SMALL, run_name="r", out_dir=tmp_path))
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("srun "))
+    end = next(i for i, ln in enumerate(lines) if ln == 'preempted=""')
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/bash\nsleep 1\nexit 3\n")
+    (fake / "srun").chmod(0o755)
+    harness = "\n".join([
+        "on_signal() { sleep 2; }",  # the trap is still running when the step ends
+        "trap 'on_signal USR1' USR1",
+        "( sleep 0.3; kill -USR1 $$ ) &",
+        *lines[start:end],
+        'echo "code=$code"',
+    ])  # fmt: skip
+    res = subprocess.run(["bash", "-c", harness], capture_output=True, text=True, timeout=30,
+                         env={"PATH": f"{fake}:/usr/bin:/bin", "SLURM_CPUS_PER_TASK": "1",
+                              "SLURM_NNODES": "1", "SLURM_JOB_ID": "7"})  # fmt: skip
+    assert res.stdout.strip().splitlines()[-1] == "code=3", res.stdout + res.stderr
 
 
 @pytest.mark.parametrize(

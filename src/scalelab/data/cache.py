@@ -48,6 +48,7 @@ from scalelab.data.sources import (
 )
 from scalelab.data.tokenizer import (
     NOT_PLAIN_CHAR,
+    check_ids,
     id_space,
     split_not_plain,
     tokenizer_and_pad_id,
@@ -368,9 +369,12 @@ def _build(cfg: Config, raw: RawData) -> dict[str, np.ndarray]:
     (tr_tokens, tr_len), (te_tokens, te_len) = _encode_splits(
         tok, raw.train_texts, raw.test_texts, pad
     )
+    space = id_space(tok)  # ids run 0..space-1 (a vocab.txt may repeat lines)
+    largest = max((int(t.max()) for t in (tr_tokens, te_tokens) if t.size), default=0)
+    check_ids(space, pad, largest, cfg.data.vocab_path or "the trained tokenizer")
     meta = {
         "num_classes": raw.num_classes,
-        "vocab_size": id_space(tok),  # ids run 0..vocab_size-1 (a vocab.txt may repeat lines)
+        "vocab_size": space,
         "pad_id": pad,
         "description": raw.description,
         "max_seq_len": cfg.model.max_seq_len,

@@ -226,6 +226,7 @@ def tokenizer_and_pad_id(
                 raise DataError(f"{path}: not a tokenizers tokenizer.json ({exc})") from None
             if tok.post_processor is None:
                 _add_cls_sep(tok, where)
+            _check_unknown_token(tok, where)
         else:
             tok = _from_vocab_txt(path, cfg.lowercase)
     tok.decoder = tok.decoder or decoders.WordPiece(prefix="##")
@@ -234,6 +235,29 @@ def tokenizer_and_pad_id(
     if max_seq_len is not None:
         tok.enable_truncation(max_length=max_seq_len)
     return tok, pad
+
+
+def _check_unknown_token(tok: Tokenizer, where: str) -> None:
+    """A tokenizer.json whose model names an unknown token its vocabulary lacks fails on the
+    first word it does not know, deep inside encoding: say so before."""
+    unk = getattr(tok.model, "unk_token", None)
+    if isinstance(unk, str) and unk and tok.token_to_id(unk) is None:
+        raise DataError(
+            f"{where}: its unknown token {unk!r} is not in its vocabulary (words it does not "
+            "know could not be encoded)"
+        )
+
+
+def check_ids(space: int, pad: int, largest: int, where: str) -> None:
+    """Every id the encoded data holds (the padding id among them) must have an embedding row:
+    a tokenizer.json may pad with, or wrap texts in, ids beyond its vocabulary."""
+    bad = max(pad, largest)
+    if bad >= space:
+        what = "its padding id" if pad >= space else "an encoded text's id"
+        raise DataError(
+            f"{where}: {what} {bad} is beyond the tokenizer's vocabulary of {space} ids "
+            f"(0..{space - 1}; check its padding and post-processor's special tokens)"
+        )
 
 
 def id_space(tokenizer: Tokenizer) -> int:

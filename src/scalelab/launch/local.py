@@ -315,7 +315,7 @@ def run_commbench(
     )
     env = _child_env(rank_threads(nproc), cpu_only)
     print(f"[sweep] all-reduce bandwidth on {nproc} ranks: {shlex.join(argv)}", flush=True)
-    code, stopped_by = _run_child(argv, env)
+    code, stopped_by = _run_child(argv, env, torchrun=nproc > 1)
     if stopped_by:  # nothing to checkpoint: the finished runs stay, the measurement reruns
         raise SweepStopped(
             f"sweep stopped by {stopped_by} during the all-reduce measurement on {nproc} ranks "

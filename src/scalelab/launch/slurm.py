@@ -54,6 +54,12 @@ _SCRIPT_OPTIONS = {
     "-D": None, "--time": "--time", "-t": "--time", "--partition": "--partition",
     "-p": "--partition", "--account": "--account", "-A": "--account",
 }  # fmt: skip
+# options no job of one run may take, and why
+_REFUSED_OPTIONS = {
+    "--array": "every task of the array would train into the one run folder at once; submit "
+    "one job per run (scalelab slurm --run-name)",
+}
+_REFUSED_OPTIONS["-a"] = _REFUSED_OPTIONS["--array"]
 
 
 def time_limit_s(text: str) -> float | None:
@@ -201,11 +207,16 @@ def render_sbatch(job: SlurmJob) -> str:
         "trap 'on_signal TERM' TERM",
         "",
         # srun no longer passes --cpus-per-task on (SLURM >= 22.05): give it explicitly
-        f'srun --kill-on-bad-exit=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" {train_cmd} &',
+        "# --export=ALL: this script's own exports reach the ranks even when the job was",
+        "# submitted with --export=NONE (SBATCH_EXPORT=NONE), which srun would inherit",
+        f'srun --kill-on-bad-exit=1 --export=ALL --cpus-per-task="$SLURM_CPUS_PER_TASK" {train_cmd} &',
         "step=$!",
         'wait "$step"; code=$?',
         "# a trapped signal interrupts wait: wait again until the step has really ended",
         'while kill -0 "$step" 2>/dev/null; do wait "$step"; code=$?; done',
+        "# the step may have ended while a trap ran: the interrupted wait's code (128 + the",
+        "# signal) is then not the step's, which bash keeps for one more wait",
+        'if [ "$code" -gt 128 ]; then wait "$step" 2>/dev/null; last=$?; [ "$last" -eq 127 ] || code=$last; fi',
         "# SLURM preempting the job (PreemptTime set; under a GraceTime it signals only the step,",
         "# and a job that then exits is FAILED, not requeued) and the time limit requeue it. Other",
         "# SIGTERMs do not (the user's scancel: a requeue would undo it), nor a finished step.",
@@ -281,6 +292,8 @@ def check_job(job: SlurmJob) -> None:
         name = _option_name(arg.strip())
         if not name.startswith("-") or name in ("-", "--"):
             raise SlurmError(f"--sbatch-arg {arg!r}: not an sbatch option (e.g. --mem=16G)")
+        if name in _REFUSED_OPTIONS:
+            raise SlurmError(f"--sbatch-arg {arg!r}: {_REFUSED_OPTIONS[name]}")
         if name in _SCRIPT_OPTIONS:
             flag = _SCRIPT_OPTIONS[name]
             instead = f"use scalelab's {flag}" if flag else "it would break the job"
