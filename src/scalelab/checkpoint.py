@@ -4,6 +4,7 @@ cleanly on a preemption signal so that a resumed run continues where it stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -333,6 +334,9 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
             if not (is_number(value) and value >= 0):
                 raise bad(f"timing_warmup.{key}", value, "a number >= 0")
     metrics = state.get("metrics")
+    if metrics is None and state["epoch"] > 0:
+        # the resume rewrites metrics.csv from these rows: without them it would lose its rows
+        raise bad("metrics", metrics, f"a list of {state['epoch']} per-epoch rows")
     if metrics is not None:
         if not isinstance(metrics, list):
             raise bad("metrics", metrics, "a list of per-epoch rows (dicts)")
@@ -363,6 +367,11 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
     for key, want in (("profile", dict), ("data_key", str)):
         if state.get(key) is not None and not isinstance(state[key], want):
             raise bad(key, state[key], f"{'a dict' if want is dict else 'text'} or None")
+    if state.get("profile") is not None:
+        try:  # it goes into summary.json as it is
+            json.dumps(state["profile"], allow_nan=True)
+        except (TypeError, ValueError):
+            raise bad("profile", state["profile"], "a dict of plain values (JSON)") from None
 
 
 def load_error(exc: BaseException) -> str:

@@ -63,7 +63,14 @@ from scalelab.checkpoint import (
     set_rng_state,
     write_run_file,
 )
-from scalelab.config import Config, ConfigError, first_line, not_a_folder, save_config
+from scalelab.config import (
+    Config,
+    ConfigError,
+    first_line,
+    is_number,
+    not_a_folder,
+    save_config,
+)
 from scalelab.data import (
     EncodedData,
     TrainBatchSampler,
@@ -866,6 +873,19 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     write_run_file(path, buf.getvalue())
 
 
+def _check_metric_columns(rows: list[dict[str, Any]], path: Path | None) -> None:
+    """A checkpoint's metrics rows go back into metrics.csv: a column scalelab does not write
+    (a hand-edited or foreign checkpoint) is refused before anything is written. Missing ones,
+    from a version that did not record them yet, stay empty."""
+    known = set(METRIC_COLUMNS)
+    for i, row in enumerate(rows):
+        if unknown := sorted(set(row) - known):
+            raise CheckpointError(
+                f"{path}: checkpoint field metrics[{i}] has columns metrics.csv does not: "
+                f"{', '.join(unknown)}"
+            )
+
+
 def _on_rank0(env: D.DistEnv, write: Callable[[], None]) -> None:
     """Run rank 0's writes into the run folder (`write`), and tell every rank whether they
     failed: each rank then raises the same one-line error (ConfigError, CheckpointError), where
@@ -949,6 +969,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     ckpt_path = run_dir / CHECKPOINT_NAME
     resume_from, elsewhere = resume_source(cfg, env, run_dir)
     resume_state = load_checkpoint(resume_from) if resume_from else None
+    if resume_state is not None:
+        _check_metric_columns(resume_state.get("metrics") or [], resume_from)
 
     # Data first: a bad data file must fail before anything is written.
     data, host_train_tokens, cpus = _load_data(cfg, env, num_threads)
@@ -1407,17 +1429,22 @@ def _restore(
                     f"{resume_from}: its distributed.comm_hook={cfg.distributed.comm_hook} "
                     f"state of rank {env.rank} does not load ({load_error(exc)})"
                 ) from None
+    # a per-rank field absent or None: saved by a version that did not record it
+    per_rank = {
+        key: resume_state.get(key) or [default] * env.world_size
+        for key, default in (("epoch_loss_sums", 0.0), ("epoch_tokens", 0), ("epoch_phases", None))
+    }
     return TrainState(
         epoch=resume_state["epoch"],
         step_in_epoch=resume_state["step_in_epoch"],
         global_step=resume_state["global_step"],
-        epoch_loss_sum=resume_state.get("epoch_loss_sums", [0.0] * env.world_size)[env.rank],
-        metrics=resume_state.get("metrics", []),
+        epoch_loss_sum=per_rank["epoch_loss_sums"][env.rank],
+        metrics=resume_state.get("metrics") or [],
         epoch_elapsed_s=resume_state.get(
             "epoch_elapsed_s", None if resume_state["step_in_epoch"] else 0.0
         ),
-        epoch_tokens=resume_state.get("epoch_tokens", [0] * env.world_size)[env.rank],
-        epoch_phases=resume_state.get("epoch_phases", [None] * env.world_size)[env.rank],
+        epoch_tokens=per_rank["epoch_tokens"][env.rank],
+        epoch_phases=per_rank["epoch_phases"][env.rank],
     )
 
 
@@ -1541,7 +1568,9 @@ def _summary(
         "mean_epoch_time_s": _mean_excluding_first(rows, "epoch_time_s"),
         "samples_per_s": _mean_excluding_first(rows, "samples_per_s"),
         "tokens_per_s": _mean_excluding_first(rows, "tokens_per_s"),
-        "peak_mem_mb": max((r["peak_mem_mb"] for r in rows), default=None),
+        "peak_mem_mb": max(
+            (r["peak_mem_mb"] for r in rows if is_number(r.get("peak_mem_mb"))), default=None
+        ),
         "timing": {
             # steps left out as warm-up (capped at half an epoch's), over every invocation
             **_warmup_so_far(warmup_before, timer),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -394,8 +395,17 @@ def _meta_without_fields(p: Path) -> None:
         np.savez(f, **arrays)
 
 
+def _meta_with_a_bad_field(p: Path) -> None:  # was a ValueError from int("x") on loading
+    arrays = dict(np.load(p))
+    meta = json.loads(arrays["meta_json"].tobytes().decode())
+    arrays["meta_json"] = np.frombuffer(json.dumps({**meta, "pad_id": "x"}).encode(), np.uint8)
+    with p.open("wb") as f:
+        np.savez(f, **arrays)
+
+
 @pytest.mark.parametrize(
-    "damage", [_truncate, _flip_a_byte, _empty, _foreign_npz, _meta_without_fields]
+    "damage",
+    [_truncate, _flip_a_byte, _empty, _foreign_npz, _meta_without_fields, _meta_with_a_bad_field],
 )
 def test_a_damaged_cache_file_is_rebuilt_listed_and_named(cfg, damage, capsys):
     from scalelab.cli import main

@@ -450,6 +450,11 @@ def _corrupt_model_shape(ckpt: dict) -> None:
             "checkpoint field epoch_phases[0].data_ms is 'x', expected a number >= 0",
         ),
         (lambda c: c.update(epoch_elapsed_s=float("inf")), "field epoch_elapsed_s is inf"),
+        # a ValueError from csv.DictWriter; a TypeError writing summary.json after training
+        (lambda c: c["metrics"][0].update(bogus=1.0), "metrics[0] has columns metrics.csv does"),
+        # the resume would rewrite metrics.csv without epoch 1's row (was a TypeError)
+        (lambda c: c.update(metrics=None), "field metrics is None, expected a list of 1 per-epoch"),
+        (lambda c: c.update(profile={"x": torch.zeros(2)}), "field profile is a dict, expected"),
         (_corrupt_model_key, 'model weights (Missing key(s) in state_dict: "head.bias")'),
         (_corrupt_model_shape, "model weights (size mismatch for blocks.0.ff1.weight: copying"),
     ],
@@ -476,6 +481,36 @@ def test_a_malformed_checkpoint_is_one_line_at_resume_and_changes_nothing(
     assert line.startswith(f"scalelab: error: {run / 'checkpoint.pt'}: ") and says in line, line
     assert len(line) < 400, line
     assert _files(run) == before
+
+
+@pytest.mark.parametrize("field", ["epoch_loss_sums", "epoch_tokens", "epoch_phases"])
+def test_a_checkpoint_field_left_none_reads_as_not_recorded(
+    field: str, tiny: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """None where a version that did not record the field would leave it out (was a TypeError:
+    'NoneType' object is not subscriptable)."""
+    assert main(tiny("r", "train.epochs=2", "train.stop_after_steps=3")) == 0
+    run = tmp_path / "exp" / "r"
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    saved[field] = None
+    torch.save(saved, run / "checkpoint.pt")
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 0
+    assert json.loads((run / "summary.json").read_text())["num_epochs"] == 2
+
+
+def test_a_metrics_row_of_an_older_version_lacking_a_column_still_summarises(
+    tiny: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """A column added since (peak_mem_mb here) is missing from the rows before: summary.json was
+    a KeyError after the whole epoch had trained."""
+    assert main(tiny("r", "train.epochs=2", "train.stop_after_steps=3")) == 0
+    run = tmp_path / "exp" / "r"
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    del saved["metrics"][0]["peak_mem_mb"]
+    torch.save(saved, run / "checkpoint.pt")
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_epochs"] == 2 and summary["peak_mem_mb"] > 0
 
 
 def test_resume_with_another_schedule_warmup_or_dropout_is_refused_and_keeps_config_yaml(

@@ -435,6 +435,13 @@ def _read_meta(z: np.lib.npyio.NpzFile) -> dict:
     meta = json.loads(z["meta_json"].tobytes().decode())
     if not isinstance(meta, dict) or not meta.keys() >= _META:
         raise ValueError("not a scalelab cache file (meta_json lacks its fields)")
+    # counts and ids are whole numbers >= 0 (a hand-made file: read as unreadable, rebuilt)
+    if bad := [
+        k
+        for k in sorted(_META)
+        if not (type(meta[k]) is int and meta[k] >= 0)  # noqa: E721
+    ]:
+        raise ValueError(f"not a scalelab cache file (meta_json {', '.join(bad)} not counts)")
     return meta
 
 
