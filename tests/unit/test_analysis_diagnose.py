@@ -448,6 +448,9 @@ def test_comm_bound_gloo_run_with_two_collectives_suggests_fusing(tmp_path, grad
     assert ("grad_sync=fused: one all-reduce per step instead of 2" in f.recommendation) is (
         grad_sync == "buckets" and not unused
     )
+    # nor told that a hook simply halves its bytes: a hook ends the fused all-reduce
+    assert "not the embedding rows, which go unhooked" in f.recommendation
+    assert ("ends the one fused all-reduce" in f.recommendation) is (grad_sync == "fused")
 
 
 def test_sync_wait_puts_the_measured_arrival_spread_against_the_wait(tmp_path):

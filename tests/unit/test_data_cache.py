@@ -662,3 +662,22 @@ def test_a_cache_file_that_cannot_be_deleted_is_one_line(cfg, capsys, monkeypatc
     assert main(["data", "--clear", f"data.cache_dir={folder}"]) == 0
     assert "removed 1 file(s)" in capsys.readouterr().out
     assert odd.is_dir() and not data.cache_path.exists()
+
+
+def test_an_unreadable_vocab_file_is_one_line(cfg, tmp_path, monkeypatch):
+    """No permission to read it (or an I/O error): was a PermissionError traceback."""
+    from pathlib import Path as P
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    cfg.data.vocab_path = str(vocab)
+    real = P.read_bytes
+
+    def denied(self):
+        if self == vocab:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(P, "read_bytes", denied)
+    with pytest.raises(DataError, match=r"vocab\.txt: cannot read it \(\[Errno 13\] Permission"):
+        prepare_data(cfg)

@@ -351,3 +351,16 @@ def test_an_unmeasured_exposed_communication_shows_as_unknown_not_0(tmp_path):
     parts = breakdown_ms(ws2)
     assert parts["exposed_comm_ms"] == 0 and parts["backward_compute_ms"] == 0
     assert parts["backward_incl_comm_ms"] == pytest.approx(31.0)
+
+
+def test_a_run_compared_with_none_has_no_speedup(tmp_path):
+    """Alone at its world size in its group (each run of a weak-scaling sweep): blank, not 1x
+    and 100 % against itself; the runs of a sweep keep theirs."""
+    from scalelab.analysis.report import analyse_runs, csv_rows
+
+    write_sweep(tmp_path / "runs", [1, 2])
+    write_run(tmp_path / "runs", "alone-ws2", world_size=2, summary={"global_batch": 128})
+    rows = {r["run_name"]: r for r in csv_rows(analyse_runs(load_runs([tmp_path / "runs"])))}
+    assert rows["alone-ws2"]["speedup"] is None and rows["alone-ws2"]["efficiency"] is None
+    assert rows["ag_news_small-ws1"]["speedup"] == pytest.approx(1.0)
+    assert rows["ag_news_small-ws2"]["speedup"] > 1.5

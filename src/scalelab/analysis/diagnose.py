@@ -565,7 +565,16 @@ def _run_rules(run: Run, wake_ms: float | None = None) -> list[Finding]:
                 )
             if hook == "none":
                 kind = "fp16" if run.summary.get("backend") == "gloo" else "bf16 or fp16"
-                tips.append(f"an {kind} comm hook (distributed.comm_hook) halves the bytes sent")
+                tip = f"an {kind} comm hook (distributed.comm_hook) halves the bytes sent"
+                if run.comm.get("embedding_grad_sync") == "rows":
+                    tip += " by DDP's buckets (not the embedding rows, which go unhooked)"
+                if run.comm.get("grad_sync") == "fused":
+                    # grad_sync=fused needs comm_hook=none: 'auto' falls back to two collectives
+                    tip += (
+                        ", but ends the one fused all-reduce (grad_sync=fused takes no hook): "
+                        "the step then sends two collectives, so time both ways"
+                    )
+                tips.append(tip)
             # the step's all-reduces; DDP's own buckets are one fewer when the embedding rows
             # are summed row-wise (as one more)
             collectives = int(run.comm_value("num_buckets") or 0)

@@ -374,6 +374,12 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
+def _compared(groups: Sequence[ScalingGroup], point: Any) -> bool:
+    """Whether the point's group holds another world size to compare it with."""
+    group = next(g for g in groups if any(p is point for p in g.points))
+    return len({p.world_size for p in group.points}) > 1
+
+
 def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
     """One row per run with the columns of comprehensive_summary.csv."""
     # by the run itself: sweeps name their runs <preset>-ws<n>, so names repeat across sweeps
@@ -382,6 +388,9 @@ def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
     # by world size, not folder name (ws10 would come before ws2)
     for run in sorted(analysis.runs, key=lambda r: (r.preset, r.world_size, r.name)):
         point = find_point(analysis.groups, run)
+        # a run compared with none (alone at its world size in its group, as each run of a
+        # weak-scaling sweep is): no speedup, not 1x against itself
+        scaled = point if point and _compared(analysis.groups, point) else None
         cmp = by_run.get(id(run))
         s = run.summary
         rows.append(
@@ -395,9 +404,9 @@ def csv_rows(analysis: Analysis) -> list[dict[str, Any]]:
                 "per_rank_batch": s.get("per_rank_batch"),
                 "epoch_time_s": run.epoch_time_s,
                 "samples_per_s": s.get("samples_per_s"),
-                "speedup": point.speedup if point else None,
-                "efficiency": point.efficiency if point else None,
-                "karp_flatt": point.karp_flatt if point else None,
+                "speedup": scaled.speedup if scaled else None,
+                "efficiency": scaled.efficiency if scaled else None,
+                "karp_flatt": scaled.karp_flatt if scaled else None,
                 "final_val_acc": s.get("final_val_acc"),
                 **{
                     k: run.phase(k)

@@ -18,7 +18,7 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 from tokenizers.processors import TemplateProcessing
 from tokenizers.trainers import WordPieceTrainer
 
-from scalelab.config import DataConfig
+from scalelab.config import DataConfig, first_line
 from scalelab.data.sources import DataError, resolve_path
 
 #: Special tokens of a trained tokenizer, in id order ([PAD] must be 0).
@@ -122,7 +122,10 @@ def vocab_fingerprint(cfg: DataConfig) -> str:
     if not cfg.vocab_path:
         return ""
     path = _vocab_file(cfg)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:  # no permission, an I/O error
+        raise DataError(f"{path}: cannot read it ({first_line(exc)}) (data.vocab_path)") from None
 
 
 def _vocab_file(cfg: DataConfig) -> Path:
@@ -282,6 +285,8 @@ def _from_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not part of [PAD]
     except UnicodeDecodeError:
         raise DataError(f"{path}: vocab.txt is not valid UTF-8") from None
+    except OSError as exc:  # no permission, an I/O error
+        raise DataError(f"{path}: cannot read it ({first_line(exc)}) (data.vocab_path)") from None
     if not lines:
         raise DataError(f"{path}: vocab.txt is empty")
     # Build the dict ourselves rather than WordPiece.from_file so duplicate lines keep the
