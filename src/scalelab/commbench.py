@@ -459,7 +459,9 @@ def save_commbench(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, P
         fit_t,
         "--",
         color="gray",
-        label=f"fit: {fit['alpha_ms']:.3g} ms + bytes/{fit['busbw_gbps']:.3g} GB/s",
+        label=(
+            f"fit: {fit['alpha_ms']:.3g} ms + {factor:.3g} x bytes / {fit['busbw_gbps']:.3g} GB/s"
+        ),
     )
     after = [r for r in (result.get("sync_latency") or {}).get("sizes") or [] if r["bytes"] > 4]
     if after:  # reached from compute: what a training step's gradient all-reduce meets

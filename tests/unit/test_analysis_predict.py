@@ -279,7 +279,7 @@ def test_the_report_states_the_after_compute_times_it_predicted_with(tmp_path):
     analysis = analyse_runs(load_runs([tmp_path / "runs"]), commbench=bench)
     assert analysis.predictions, analysis.bandwidth_notes
     assert any(
-        "all-reduce after compute (CPU runs) 4 B 0.5 ms, 64 KB 1.7 ms" in n
+        "all-reduce after compute (CPU runs) 4 B 0.5 ms, 64 KiB 1.7 ms" in n
         for n in analysis.bandwidth_notes
     ), analysis.bandwidth_notes
 

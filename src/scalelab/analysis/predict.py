@@ -560,8 +560,8 @@ class SyncLatency:
 
     def wake_ms(self, nbytes: float, *, busbw_gbps: float, alpha_ms: float) -> float:
         """What an all-reduce of `nbytes` reached from compute costs beyond its back-to-back
-        time (alpha + bytes/busbw at the commbench's world size), at least 0: interpolated in
-        log(bytes) between the measured sizes, the nearest one's beyond them."""
+        time (alpha + 2(n-1)/n x bytes / busbw at the commbench's world size n), at least 0:
+        interpolated in log(bytes) between the measured sizes, the nearest one's beyond them."""
         pts = sorted(self.points)
         ranks = max(2, self.world_size)
         b2b = [allreduce_ms(b, ranks, busbw_gbps=busbw_gbps, alpha_ms=alpha_ms) for b, _ in pts]

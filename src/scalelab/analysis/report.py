@@ -280,12 +280,12 @@ def _after_compute_note(sync: SyncLatency) -> str:
     """The commbench's after-compute all-reduce times (each size's mean; older files: the
     4-byte median), as the prediction notes give them."""
 
-    def size(b: float) -> str:  # binary units, as commbench prints them
-        for unit in ("B", "KB", "MB"):
+    def size(b: float) -> str:  # binary units, as commbench prints them (KiB, MiB)
+        for unit in ("B", "KiB", "MiB"):
             if b < 1024:
                 return f"{b:g} {unit}"
             b /= 1024
-        return f"{b:g} GB"
+        return f"{b:g} GiB"
 
     sizes = ", ".join(f"{size(b)} {t:.3g} ms" for b, t in sorted(sync.points))
     return f"all-reduce after compute (CPU runs) {sizes}"
