@@ -151,6 +151,18 @@ def _slurm_step() -> dict[str, int]:
     }
 
 
+def _num_nodes(world_size: int, local_world_size: int) -> int:
+    """Nodes of the job: torchrun's agents (one per node, GROUP_WORLD_SIZE) or a plain srun
+    step's nodes. Nodes may run unequal numbers of ranks ("2(x2),1"), which world_size //
+    local_world_size, the fallback, would miscount."""
+    nodes = _env_int("GROUP_WORLD_SIZE", default=0)
+    if not nodes and os.environ.get("SLURM_STEP_NUM_TASKS") and "LOCAL_RANK" not in os.environ:
+        nodes = _env_int("SLURM_STEP_NUM_NODES", default=0)
+    if 1 <= nodes <= world_size:
+        return nodes
+    return max(1, world_size // max(1, local_world_size))
+
+
 def init_distributed(cfg: DistributedConfig) -> DistEnv:
     """Join the process group described by torchrun's (or SLURM's) environment; single process otherwise.
 
@@ -159,7 +171,7 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     """
     world_size, rank, local_rank, local_world_size = _layout()
     _check_layout(world_size, rank, local_rank, local_world_size)
-    num_nodes = max(1, world_size // max(1, local_world_size))
+    num_nodes = _num_nodes(world_size, local_world_size)
     use_cuda = torch.cuda.is_available()
 
     num_gpus = torch.cuda.device_count() if use_cuda else 0

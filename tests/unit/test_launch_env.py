@@ -11,7 +11,8 @@ from scalelab.config import DistributedConfig
 
 _VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
          "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE",
-         "SLURM_STEP_NUM_TASKS", "SLURM_STEP_TASKS_PER_NODE")  # fmt: skip
+         "SLURM_STEP_NUM_TASKS", "SLURM_STEP_TASKS_PER_NODE", "SLURM_STEP_NUM_NODES",
+         "GROUP_WORLD_SIZE")  # fmt: skip
 
 
 @pytest.fixture
@@ -90,3 +91,17 @@ def test_an_uneven_srun_step_takes_this_nodes_task_count(clean_env: pytest.Monke
     assert D._slurm_step()["local_world_size"] == 1
     clean_env.setenv("SLURM_NODEID", "2")
     assert D._slurm_step()["local_world_size"] == 2
+
+
+def test_nodes_running_unequal_numbers_of_ranks_are_counted(clean_env: pytest.MonkeyPatch) -> None:
+    """srun -n5 over 3 nodes ("2(x2),1"): world_size // local_world_size said 2 (or 5 on the
+    one-task node); the step's own count, or torchrun's agents, say 3."""
+    for var, value in (("SLURM_STEP_NUM_TASKS", "5"), ("SLURM_STEP_TASKS_PER_NODE", "2(x2),1"),
+                       ("SLURM_STEP_NUM_NODES", "3")):  # fmt: skip
+        clean_env.setenv(var, value)
+    assert D._num_nodes(5, 2) == 3 and D._num_nodes(5, 1) == 3
+    clean_env.setenv("LOCAL_RANK", "0")  # torchrun in that step: its agents count
+    clean_env.setenv("GROUP_WORLD_SIZE", "2")
+    assert D._num_nodes(8, 4) == 2
+    clean_env.delenv("GROUP_WORLD_SIZE")
+    assert D._num_nodes(8, 4) == 2  # neither: the even layout's quotient
