@@ -331,8 +331,10 @@ def test_save_config_is_atomic_and_round_trips(tmp_path: Path, monkeypatch) -> N
     def crash(src, dst):
         raise OSError("disk gone")
 
+    from scalelab.checkpoint import CheckpointError
+
     monkeypatch.setattr(os, "replace", crash)  # a crash before the rename: the old file stays
-    with pytest.raises(OSError, match="disk gone"):
+    with pytest.raises(CheckpointError, match=r"config\.yaml: cannot write it \(disk gone\)"):
         save_config(load_config(None, ["train.lr=2e-3"]), path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temp file left
