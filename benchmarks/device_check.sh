@@ -79,7 +79,9 @@ EOF
 say "2. scalelab train, 1 epoch on the bundled sample, 5 steps profiled (${train_over[*]})"
 run_dir=$OUT/train-run
 rm -rf "$run_dir"
-timeout "$(upto 240)" "$PY" -m scalelab train --config ag_news_small train.epochs=1 \
+# capped so that gpu.py, the measurement, keeps most of the deadline; -k: a rank stuck in a CUDA
+# call ignores the TERM its stop handler takes
+timeout -k 10 "$(upto 150)" "$PY" -m scalelab train --config ag_news_small train.epochs=1 \
   "${train_over[@]}" output.dir="$OUT" output.run_name=train-run output.progress=plain \
   train.save_checkpoint=false train.profile_steps=5 >>"$LOG" 2>&1
 rc=$?
@@ -104,7 +106,7 @@ rm -rf "$run_dir"
 
 if [ "$MODE" = gpu ]; then
   say "3. two ranks on one GPU must stop with one line"
-  if timeout "$(upto 120)" "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 \
+  if timeout -k 10 "$(upto 60)" "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 \
     -m scalelab train --config ag_news_small train.epochs=1 output.dir=/tmp/dc-share \
     output.progress=none >"$OUT/share.txt" 2>&1; then
     echo "share check: FAILED (two ranks on one GPU trained)" | tee -a "$LOG"
@@ -131,7 +133,7 @@ fi
 # New variants start until 120 s before the deadline; the last one may still run that long.
 budget=$(($(left) - 120))
 [ "$budget" -lt 30 ] && budget=30
-timeout "$(left)" "$PY" "${bench[@]}" --budget-s "$budget" 2>&1 | grep --line-buffered -v '^USDT' |
+timeout -k 10 "$(left)" "$PY" "${bench[@]}" --budget-s "$budget" 2>&1 | grep --line-buffered -v '^USDT' |
   tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpu.py: FAILED or cut short" | tee -a "$LOG"; fails=$((fails + 1)); }
 

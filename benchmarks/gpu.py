@@ -323,7 +323,11 @@ def warm_every_width(stepper: ScalelabStepper, repeats: int) -> int:
     the first step of a shape warms up, the second records its graph, the third replays it.
     """
     steps = 0
-    for idx in width_batches(stepper).values():
+    batches = list(width_batches(stepper).values())
+    # The first width compiles a static-shape graph, the second a dynamic one that then serves
+    # every width, the first too: the first width runs again at the end so that its steps on
+    # the dynamic graph (with CUDA graphs: its warm-up and recording) happen here, not timed.
+    for idx in [*batches, *batches[:1]] if len(batches) > 1 else batches:
         micro = [idx] * stepper.cfg.train.grad_accum_steps
         for _ in range(repeats):
             stepper.step(micro)
@@ -426,14 +430,18 @@ def bench_variant(
     if full_epoch:
         n = EPOCH_SAMPLES // cfg.train.batch_size  # the sampler drops an epoch's incomplete tail
         seen = set(stepper.width_steps)
-        ep = stepper.run(n, warmup_steps=0)
-        ep_flops = train_flops(shape, ep["real_tokens"], ep["real_tokens_sq"], ep["samples"])
-        out["epoch_time_s_measured"] = ep["elapsed_s"]
-        out["epoch_steps"] = n
-        out["epoch_samples_measured"] = ep["samples"]
-        if v.compile:
-            out["epoch_new_widths"] = sorted(set(ep["widths"]) - seen)
-        out["epoch_mfu"] = ep_flops / ep["elapsed_s"] / (peak * 1e12) if peak else None
+        try:  # an epoch that fails (out of memory, a graph) must not lose the timed block
+            ep = stepper.run(n, warmup_steps=0)
+        except Exception as exc:
+            out["epoch_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            ep_flops = train_flops(shape, ep["real_tokens"], ep["real_tokens_sq"], ep["samples"])
+            out["epoch_time_s_measured"] = ep["elapsed_s"]
+            out["epoch_steps"] = n
+            out["epoch_samples_measured"] = ep["samples"]
+            if v.compile:
+                out["epoch_new_widths"] = sorted(set(ep["widths"]) - seen)
+            out["epoch_mfu"] = ep_flops / ep["elapsed_s"] / (peak * 1e12) if peak else None
         if publish is not None and profile:
             publish({**out, "partial": "no profile: the run ended inside this variant's profile"})
     if profile:
@@ -650,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
             print(f"{key}: {r['samples_per_s']:,.0f} samples/s, epoch {epoch:.2f} s", flush=True)
-        error = r.get("error") or (r.get("profile") or {}).get("error") or ""
+        error = (
+            r.get("error") or r.get("epoch_error") or (r.get("profile") or {}).get("error") or ""
+        )
         if sticky_cuda_error(error):  # the context is broken: stop here (the JSON is written)
             result["aborted"] = f"{key}: {error[:500]}"
             for later, *_, lv in jobs[i + 1 :]:

@@ -128,8 +128,12 @@ def test_compiled_warmup_runs_every_width_any_epoch_can_have(cache_dir: Path) ->
             assert set(batches) == {64}
     stepper = _stepper(cfg, data, "multiple")
     gpu.warm_every_width(stepper, repeats=2)
-    assert set(stepper.width_steps) == set(gpu.width_batches(stepper))
-    assert all(c == 2 for c in stepper.width_steps.values())
+    widths = list(gpu.width_batches(stepper))
+    assert set(stepper.width_steps) == set(widths) and len(widths) > 1
+    # the first width again at the end: after the second width, the dynamic-shape graph serves
+    # it too, and its first steps there (CUDA graphs: warm-up, recording) must not be timed
+    assert stepper.width_steps[widths[0]] == 4
+    assert all(stepper.width_steps[w] == 2 for w in widths[1:])
     warmed = set(stepper.width_steps)
     res = stepper.run(3, warmup_steps=0)  # sampler steps afterwards: no width is new
     assert res["widths"] and set(res["widths"]) <= warmed
@@ -285,3 +289,26 @@ def test_a_run_killed_inside_a_variant_keeps_its_timed_block(
     ((row,),) = res["cases"].values()
     assert row["partial"].startswith("timed block only") and row["samples_per_s"] > 0
     assert row["timed_steps"] > 0 and "profile" not in row
+
+
+def test_a_failing_epoch_keeps_the_variants_timed_block(cache_dir: Path, monkeypatch) -> None:
+    """The 120k-sample epoch runs after the timed block (priority-0 variants on a GPU): its
+    failure (out of memory, say) is recorded beside the timed figures, which it used to erase."""
+    from common import ScalelabStepper
+
+    cfg, data = _tiny(cache_dir)
+    real_run = ScalelabStepper.run
+    calls = []
+
+    def run(self, num_steps, warmup_steps=3):
+        calls.append(num_steps)
+        if len(calls) > 1:  # the timed block first, then the epoch
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_run(self, num_steps, warmup_steps)
+
+    monkeypatch.setattr(ScalelabStepper, "run", run)
+    v = gpu.Variant("fp32", "", "longest", 0)
+    out = gpu.bench_variant(cfg, data, v, steps=3, seconds=1.0, warmup=1, profile=0,
+                            full_epoch=True)  # fmt: skip
+    assert out["samples_per_s"] > 0 and "epoch_time_s_measured" not in out
+    assert out["epoch_error"] == "RuntimeError: CUDA out of memory (simulated)"
