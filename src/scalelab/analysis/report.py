@@ -71,13 +71,15 @@ CSV_COLUMNS = [
 
 COST_MODEL_TEXT = """\
 T_ar(n)    = sum_b [ alpha + 2(n-1)/n * bytes_b / busbw ]              (ring all-reduce, per bucket b)
-exposed(n) = t_last + max(0, T_ar - t_last - bwd(n)/k * (1 - 1/N_b))     (DDP bucket overlap)
+exposed(n) = t_last + max(0, T_ar - t_last - bwd(n)/k * (1 - 1/N_b))     (GPUs: DDP bucket overlap)
+exposed(n) = T_ar                   (CPUs: nothing hidden; T_ar holds the after-compute extra)
 step(n)    = (data + h2d + fwd + bwd)_1 / n + opt_1 + other_1 + exposed(n)
 speedup(n) = step(1) / step(n),  efficiency(n) = speedup(n) / n"""
 
 COST_MODEL_LATEX = r"""\begin{align*}
 T_{\mathrm{ar}}(n) &= \sum_{b=1}^{N_b} \Big[\alpha + \frac{2(n-1)}{n}\,\frac{B_b}{\beta_{\mathrm{bus}}}\Big] \\
-t_{\mathrm{exp}}(n) &= t_{\mathrm{last}} + \max\Big(0,\; T_{\mathrm{ar}}(n) - t_{\mathrm{last}} - \frac{t_{\mathrm{bwd}}(n)}{k}\Big(1 - \frac{1}{N_b}\Big)\Big) \\
+t_{\mathrm{exp}}(n) &= t_{\mathrm{last}} + \max\Big(0,\; T_{\mathrm{ar}}(n) - t_{\mathrm{last}} - \frac{t_{\mathrm{bwd}}(n)}{k}\Big(1 - \frac{1}{N_b}\Big)\Big) && \text{(GPUs)} \\
+t_{\mathrm{exp}}(n) &= T_{\mathrm{ar}}(n) && \text{(CPUs)} \\
 t_{\mathrm{step}}(n) &= \frac{t_{\mathrm{data}} + t_{\mathrm{h2d}} + t_{\mathrm{fwd}} + t_{\mathrm{bwd}}}{n} + t_{\mathrm{opt}} + t_{\mathrm{other}} + t_{\mathrm{exp}}(n) \\
 S(n) &= t_{\mathrm{step}}(1) / t_{\mathrm{step}}(n), \qquad E(n) = S(n)/n
 \end{align*}"""
