@@ -4,17 +4,19 @@ cleanly on a preemption signal so that a resumed run continues where it stopped.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import random
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -22,6 +24,8 @@ import torch
 from scalelab.config import first_line, is_number
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The run folder's lock file (`lock_run_folder`): who trains into the folder now.
+LOCK_NAME = ".lock"
 FORMAT_VERSION = 1
 
 
@@ -35,6 +39,41 @@ def holds_run(folder: Path) -> bool:
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (one clear line for the user)."""
+
+
+def lock_run_folder(folder: Path) -> IO[str] | None:
+    """Hold `folder` for this process's run: an exclusive lock (flock) on its LOCK_NAME file,
+    released when the returned file is closed or this process ends, however it ends (a killed
+    run leaves no stale lock). Refuses, with one line naming the holder, a second run into a
+    folder another run trains into now: two jobs with one output.run_name, or a job resubmitted
+    while the first still runs, would resume from each other's checkpoints and interleave their
+    files. None (no lock) where the file system does not lock (some network mounts)."""
+    path = folder / LOCK_NAME
+    try:
+        f = path.open("a+", encoding="utf-8")
+    except OSError as exc:  # a read-only folder
+        raise CheckpointError(f"{path}: cannot open it ({first_line(exc)})") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = (f.read().strip().splitlines() or ["a process that did not say"])[0][:200]
+        f.close()
+        raise CheckpointError(
+            f"run folder {folder} is in use by another run ({holder}): wait until it stops, "
+            "or choose another output.run_name"
+        ) from None
+    except OSError:  # ENOLCK and the like: train unlocked, as before
+        f.close()
+        return None
+    try:  # who holds it, for the refusal above (the lock, not this text, decides)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+    except OSError:
+        pass
+    return f
 
 
 def _read_umask() -> int:
@@ -333,6 +372,20 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
         for key, value in warmup.items():  # steps, seconds and invocations left out of timing
             if not (is_number(value) and value >= 0):
                 raise bad(f"timing_warmup.{key}", value, "a number >= 0")
+    changes = state.get("config_changes")  # absent in checkpoints from before they were kept
+    if changes is not None:
+        if not isinstance(changes, list):
+            raise bad("config_changes", changes, "a list")
+        for i, change in enumerate(changes):
+            if not (
+                isinstance(change, dict)
+                and isinstance(change.get("key"), str)
+                and is_count(change.get("epoch"))
+                and is_count(change.get("step"))
+            ):
+                raise bad(
+                    f"config_changes[{i}]", change, "a dict of key, epoch, step, before, after"
+                )
     metrics = state.get("metrics")
     if metrics is None and state["epoch"] > 0:
         # the resume rewrites metrics.csv from these rows: without them it would lose its rows

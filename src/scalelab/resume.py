@@ -104,6 +104,25 @@ _RECORDED_KEYS = (
     ("train", "lr_schedule"), ("train", "warmup_ratio"), ("train", "max_grad_norm"),
     ("train", "batch_size"), ("train", "max_steps_per_epoch"), ("train", "seed"),
     ("train", "precision"), ("model", "dropout"),
+    # the micro-batches a global batch splits into (each draws its own dropout masks), and the
+    # gradients' compression: the arithmetic of the steps to come
+    ("train", "grad_accum_steps"), ("distributed", "comm_hook"),
+)  # fmt: skip
+
+# How the steps run and what they send, not what they compute: a resume may change them (a
+# compiled run resumed where compile fails, a simulated loader delay dropped), but the epochs
+# before were timed with the saved value, so `timed_changes` lists each change for the log,
+# the checkpoint and summary.json's `config_changes` (the report names such runs).
+_TIMED_KEYS = (
+    ("train", "compile"), ("train", "compile_mode"), ("train", "embedding_grad"),
+    ("train", "num_threads"),
+    ("data", "pad_to_max_len"), ("data", "pad_multiple"), ("data", "on_device"),
+    ("data", "delay_per_batch_s"),
+    ("distributed", "backend"), ("distributed", "bucket_cap_mb"),
+    ("distributed", "static_graph"), ("distributed", "gradient_as_bucket_view"),
+    ("distributed", "find_unused_parameters"), ("distributed", "embedding_grad_sync"),
+    ("distributed", "grad_sync"), ("distributed", "collective_wait"),
+    ("distributed", "pin_cpus"),
 )  # fmt: skip
 
 #: What a load_state_dict (or an RNG restore) raises on a state of the wrong shape or type.
@@ -364,6 +383,19 @@ def warmup_record(saved: Any) -> dict[str, float]:
             value = saved.get(key)
             if is_number(value) and math.isfinite(value) and value >= 0:
                 out[key] = type(default)(value)
+    return out
+
+
+def timed_changes(saved: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
+    """The _TIMED_KEYS whose value this resume changes: {"key", "before", "after"} each."""
+    saved_cfg = saved.get("config") or {}
+    now = cfg.to_dict()
+    out = []
+    for section, key in _TIMED_KEYS:
+        saved_section = saved_cfg.get(section)
+        before = saved_section.get(key) if isinstance(saved_section, dict) else None
+        if before is not None and before != now[section][key]:
+            out.append({"key": f"{section}.{key}", "before": before, "after": now[section][key]})
     return out
 
 

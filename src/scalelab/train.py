@@ -57,6 +57,7 @@ from scalelab.checkpoint import (
     TrainingStopped,
     load_checkpoint,
     load_error,
+    lock_run_folder,
     move_aside,
     rng_state,
     save_checkpoint,
@@ -88,6 +89,7 @@ from scalelab.resume import (
     resume_is_finished,
     resume_source,
     run_record,
+    timed_changes,
     warmup_record,
 )
 from scalelab.timing import (
@@ -794,13 +796,17 @@ def measure_communication(
 # ----------------------------------------------------------------------------- outputs
 
 
-def _open_run_folder(run_dir: Path, cfg: Config) -> None:
-    """Create the run folder (rank 0), clear what a killed process left half-written, and
-    write config.yaml."""
+def _open_run_folder(run_dir: Path, cfg: Config, held: contextlib.ExitStack) -> None:
+    """Create the run folder (rank 0), lock it for this run (held in `held`: a second run into
+    it is refused before it changes a file), clear what a killed process left half-written,
+    and write config.yaml."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. no permission to create it
         raise ConfigError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
+    lock = lock_run_folder(run_dir)
+    if lock is not None:
+        held.enter_context(lock)
     # temp files of a process killed while writing (each file is written aside, renamed)
     for name in (CHECKPOINT_NAME, "config.yaml", "metrics.csv", "summary.json"):
         for stale in run_dir.glob(f".{name}.*"):
@@ -939,13 +945,14 @@ def fit(cfg: Config) -> Path:
     """Train per `cfg` (in this process and any torchrun peers) and return the run folder."""
     env = D.init_distributed(cfg.distributed)
     try:
-        with StopSignals() as stops:
-            return _fit(cfg, env, stops)
+        with StopSignals() as stops, contextlib.ExitStack() as held:
+            return _fit(cfg, env, stops, held)
     finally:
         D.cleanup()
 
 
-def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
+def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals, held: contextlib.ExitStack) -> Path:
+    """`held`: what the run holds until it ends (rank 0's lock on the run folder)."""
     cfg.validate(env.world_size)
     # Here, not in Config.validate: sweep and slurm validate the user's overrides before they add
     # output.run_name themselves.
@@ -988,6 +995,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     state = TrainState()
+    config_changes: list[dict[str, Any]] = []  # timed settings resumes changed (timed_changes)
     summary_to_move, summarised = False, 0  # a finished run's summary.json, of that many epochs
     recorded: int | str = 0  # the epoch rows of the run folder's metrics.csv
     if resume_state is not None:
@@ -1049,6 +1057,17 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             # a constant schedule too: its warm-up is a share of all steps (warmup_ratio)
             _replan_lr(optimizer, scheduler)
         log(env, f"resumed {resume_from} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+        # settings of how the steps run that this resume changes: the steps before were timed
+        # with the saved values (summary.json's config_changes keeps every resume's)
+        config_changes = list(resume_state.get("config_changes") or [])
+        for change in timed_changes(resume_state, cfg):
+            config_changes.append({"epoch": state.epoch + 1, "step": state.step_in_epoch, **change})
+            log(
+                env,
+                f"note: {change['key']} {change['before']} -> {change['after']} from epoch "
+                f"{state.epoch + 1}, step {state.step_in_epoch}: the steps before were timed with "
+                f"{change['before']}, so this run's timings mix both (summary.json: config_changes)",
+            )
 
     def move_summary_aside() -> None:
         """Before the first write that records training beyond a finished run's summary.json,
@@ -1072,7 +1091,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
         summary_to_move = False
 
     def open_folder() -> None:
-        _open_run_folder(run_dir, cfg)
+        _open_run_folder(run_dir, cfg, held)
         if recorded < len(state.metrics):
             # stopped between an epoch's checkpoint and its metrics.csv row: the row is in the
             # checkpoint (and no epoch may be left to write it)
@@ -1128,6 +1147,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
                     "timing_warmup": _warmup_so_far(warmup_before, timer),
                     "world_size": env.world_size,
                     "config": cfg.to_dict(),
+                    "config_changes": config_changes,
                     # the encoded data's cache key: its files, tokenizer and max_seq_len
                     "data_key": data.cache_path.name,
                 },
@@ -1364,6 +1384,8 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals) -> Path:
             cpus=cpus,
             warmup_before=warmup_before,
         )
+        # timed settings a resume changed: the epochs before were timed with the old values
+        summary["config_changes"] = config_changes
         if profiler.result is not None:
             summary["profile"] = profiler.result
         write_run_file(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

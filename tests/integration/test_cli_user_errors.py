@@ -116,7 +116,7 @@ def test_ctrl_c_during_training_is_one_line_naming_how_to_continue(
         f"with train.resume=auto output.dir={exp} output.run_name=r"
     ]
     # the advice works: the run continues from that checkpoint and finishes
-    done = scalelab(["train", *args, "train.resume=auto", "data.delay_per_batch_s=0"])
+    done = scalelab(["train", *args, "train.resume=auto"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert (exp / "r" / "summary.json").is_file()
 

@@ -192,6 +192,20 @@ def test_texts_holding_an_added_token_use_the_tokenizer(tmp_path):
     assert tok.token_to_id("[CLS]") in tokens[0, 1 : lengths[0] - 1].tolist()
 
 
+def test_texts_holding_a_normalized_added_token_in_another_case_use_the_tokenizer():
+    """add_tokens' tokens match the normalised text: 'COVID_19' is 'covid_19' to a lowercasing
+    tokenizer, and the word path split it into four pieces the tokenizer itself never makes."""
+    from tokenizers import AddedToken
+
+    tok = build_tokenizer(DataConfig(vocab_path="bundled:bert-base-uncased-vocab.txt"), 0, [], 16)
+    tok.add_tokens([AddedToken("covid_19", normalized=True)])
+    texts = ["COVID_19 cases rise", "Covid_19 again", "plain text here"]
+    tokens, lengths = encode_texts(tok, texts, 0)
+    for row, n, enc in zip(tokens, lengths, tok.encode_batch(texts), strict=True):
+        assert row[:n].tolist() == enc.ids
+    assert tokens[0, 1] == tokens[1, 1] == tok.token_to_id("covid_19")
+
+
 def test_trained_ids_are_deterministic():
     texts = load_raw(DataConfig(dataset="ag_news")).train_texts[:500]
     a = build_tokenizer(DataConfig(), 500, texts)
@@ -681,3 +695,21 @@ def test_an_unreadable_vocab_file_is_one_line(cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(P, "read_bytes", denied)
     with pytest.raises(DataError, match=r"vocab\.txt: cannot read it \(\[Errno 13\] Permission"):
         prepare_data(cfg)
+
+
+def test_a_data_file_changed_while_it_is_read_is_not_cached_under_the_old_key(cfg, monkeypatch):
+    # The key hashes the files before they are parsed: content B was stored under A's key, and
+    # a later run on A read B's examples as a cache hit.
+    train = Path(cfg.data.train_path)
+    real_load = cache.load_raw
+
+    def rewritten_meanwhile(data_cfg):
+        write_imdb(train, seed=7)  # another download finishing, an editor saving
+        return real_load(data_cfg)
+
+    monkeypatch.setattr(cache, "load_raw", rewritten_meanwhile)
+    with pytest.raises(DataError, match=r"changed while they were read .*train\.csv"):
+        prepare_data(cfg)
+    assert not any(Path(cfg.data.cache_dir).glob("*.npz"))
+    monkeypatch.setattr(cache, "load_raw", real_load)
+    assert not prepare_data(cfg).cache_hit  # the files as they are now: built afresh

@@ -548,3 +548,47 @@ def test_an_imdb_file_without_a_header_names_it_without_echoing_a_review(tmp_pat
     assert len(
         str(info.value)
     ) < 300 and "['a long review a long review a long re...', '1']" in str(info.value)
+
+
+def test_a_gzip_file_with_damaged_deflate_data_is_one_line(tmp_path):
+    # zlib.error is no OSError: it escaped as a traceback (exit 1)
+    data = bytearray(gzip.compress((AG_ROWS * 1000).encode()))
+    data[12] ^= 0xFF  # inside the first deflate block's header
+    path = write(tmp_path / "ag.csv.gz", bytes(data))
+    with pytest.raises(DataError, match=r"ag\.csv\.gz: corrupt gzip file"):
+        read_ag_news_csv(path)
+
+
+def test_a_gzip_file_of_other_text_says_its_content_is_not_utf8(tmp_path):
+    path = write(tmp_path / "latin1.csv.gz", '"1","caf\xe9","d"\n'.encode("latin-1"), gz=True)
+    with pytest.raises(DataError, match=r"latin1\.csv\.gz: its gzip content is not UTF-8 text"):
+        read_ag_news_csv(path)
+
+
+def test_a_path_that_cannot_be_looked_at_is_one_line(tmp_path):
+    # Path.exists() and is_dir() raise ENAMETOOLONG and EACCES (Python 3.11): tracebacks
+    from scalelab.data.sources import file_fingerprint, read_split
+
+    long = tmp_path / ("x" * 300 + ".csv")
+    good = write(tmp_path / "ok.csv", AG_ROWS)
+    for call in (lambda: read_split("ag_news", long), lambda: file_fingerprint(long),
+                 lambda: load_raw(files_cfg("ag_news", good, long)),
+                 lambda: source_fingerprint(files_cfg("ag_news", long, good)),
+                 lambda: build_tokenizer(DataConfig(vocab_path=str(long)), 0, [])):  # fmt: skip
+        with pytest.raises(
+            DataError, match=r"x{300}\.csv: cannot access it \(File name too long\)"
+        ):
+            call()
+
+
+def test_a_vocab_token_holding_a_unicode_line_separator_keeps_the_later_ids(tmp_path):
+    # str.splitlines() split the token "x\u2028y" in two: every later id was off by one
+    lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "x\u2028y", "a\x1cb", "hello", "world"]
+    (tmp_path / "v.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tok = build_tokenizer(DataConfig(vocab_path=str(tmp_path / "v.txt")), 0, [], max_seq_len=8)
+    assert tok.token_to_id("hello") == 7 and tok.token_to_id("world") == 8
+    assert tok.get_vocab_size() == len(lines)
+
+
+def test_imdb_line_breaks_in_any_case_are_spaces():
+    assert clean_imdb("a<Br />b<bR>c") == "a b c"

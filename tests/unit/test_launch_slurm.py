@@ -44,6 +44,42 @@ def test_script_is_valid_bash_with_rendezvous_requeue_and_resume(tmp_path: Path)
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text
 
 
+def _script_port(text: str, job_id: int, node: str) -> int:
+    """The rendezvous port the script's head lines choose for job `job_id` run on `node`
+    (scontrol faked: the allocation's first node is "n1")."""
+    lines = text.splitlines()
+    head = lines[lines.index("head_addr=${head_addr:-$head_node}") + 1 :]
+    head = head[: next(i for i, ln in enumerate(head) if ln.startswith("export "))]
+    script = "\n".join(["head_node=n1", *head, 'echo "$port"'])
+    env = {**os.environ, "SLURM_JOB_ID": str(job_id), "SLURMD_NODENAME": node}
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def test_rendezvous_port_skips_a_port_another_process_holds(tmp_path: Path) -> None:
+    import socket
+
+    text = render_sbatch(SlurmJob(config=SMALL, run_name="r", out_dir=tmp_path, nodes=2))
+    with socket.socket() as held:
+        for taken in range(24000, 24100):  # a free port of the scheme's range
+            try:
+                held.bind(("", taken))
+                break
+            except OSError:
+                continue
+        held.listen()
+        job_id = taken - 20000  # the job whose first choice it is
+        # where the script runs on the head node it takes the next free port; elsewhere (a batch
+        # host that is not the rendezvous node) it cannot probe and keeps the job's own
+        chosen = _script_port(text, job_id, "n1")
+        assert chosen != taken and 20000 <= chosen < 32000
+        with socket.socket() as probe:
+            probe.bind(("", chosen))  # free indeed
+        assert _script_port(text, job_id, "n2") == taken
+    assert _script_port(text, job_id, "n1") == taken  # free again: the job's own port
+
+
 def test_no_submit_writes_only_the_script(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = slurm_main(["--config", "ag_news_small", "--procs-per-node", "2", "--out",
                        str(tmp_path), "--no-submit"])  # fmt: skip

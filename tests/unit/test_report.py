@@ -335,6 +335,25 @@ def test_runs_calibrated_the_old_way_are_named_in_the_method(tmp_path: Path) -> 
     assert "comes from the calibration of scalelab before" not in text
 
 
+def test_runs_resumed_with_other_timed_settings_are_named_in_the_method(tmp_path: Path) -> None:
+    """summary.json's config_changes (a resume changed how the steps run): the run's timings
+    mix both settings, and the report says so for that run only."""
+    change = {"epoch": 3, "step": 0, "key": "train.compile", "before": False, "after": True}
+    write_run(tmp_path / "runs", "base", world_size=1)
+    write_run(tmp_path / "runs", "mixed2", world_size=2, summary={"config_changes": [change]})
+    write_run(tmp_path / "runs", "clean4", world_size=4, summary={"config_changes": []})
+    text = write_report([tmp_path / "runs"], tmp_path / "out")["markdown"].read_text()
+    assert (
+        "Resumed with other settings: mixed2 (train.compile False, then True from epoch 3); the "
+        "epochs before each change were timed with the old value" in text
+    )
+    said = text.split("Resumed with other settings: ", 1)[1].split("; the epochs", 1)[0]
+    assert said == "mixed2 (train.compile False, then True from epoch 3)"
+    write_run(tmp_path / "fresh", "base", world_size=1)
+    text = write_report([tmp_path / "fresh"], tmp_path / "out2")["markdown"].read_text()
+    assert "Resumed with other settings" not in text
+
+
 def test_an_unmeasured_exposed_communication_shows_as_unknown_not_0(tmp_path):
     """train.comm_calibration_steps=0: the lost-efficiency table and the time breakdown keep
     the backward whole (marked) instead of calling all of it compute."""

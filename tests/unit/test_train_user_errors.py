@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,8 +55,8 @@ def test_mid_epoch_resume_with_other_batching_is_refused_not_a_traceback() -> No
         check_resume_config(_saved(2, batch_size=64, seed=1), now, ckpt, epoch_steps=4)
     with pytest.raises(CheckpointError, match="only 4 steps"):
         check_resume_config(_saved(10, batch_size=64), now, ckpt, epoch_steps=4)
-    # fine: same batching mid-epoch; accumulation may change
-    check_resume_config(_saved(3, batch_size=64, grad_accum_steps=2), now, ckpt, epoch_steps=4)
+    # fine: same batching mid-epoch (accumulation may not change: the test below)
+    check_resume_config(_saved(3, batch_size=64), now, ckpt, epoch_steps=4)
     # at an epoch boundary too: the new batch re-sized the schedule under the restored step
     # (a larger one trained the remaining epochs at learning rate 0)
     with pytest.raises(CheckpointError, match="train.batch_size=16, resumed with 64"):
@@ -94,6 +95,8 @@ def test_resume_with_another_model_shape_or_powersgd_rank_is_refused() -> None:
         check_resume_config(
             saved, load_config(None, [*psgd, "distributed.powersgd_rank=2"]), ckpt, 4
         )
+    # without PowerSGD the rank is not used
+    saved = {"step_in_epoch": 0, "config": load_config(None, []).to_dict()}
     check_resume_config(saved, load_config(None, ["distributed.powersgd_rank=2"]), ckpt, 4)
 
 
@@ -123,6 +126,61 @@ def test_resume_with_another_lr_schedule_warmup_or_dropout_is_refused() -> None:
     # an older checkpoint's config without a section or key: nothing to compare
     check_resume_config({"step_in_epoch": 0, "config": {"train": {}}}, load_config(None, []),
                          ckpt, 4)  # fmt: skip
+
+
+def test_resume_with_other_micro_batches_or_gradient_compression_is_refused() -> None:
+    from scalelab.checkpoint import CheckpointError
+    from scalelab.config import load_config
+    from scalelab.resume import check_resume_config, timed_changes
+
+    ckpt = Path("run/checkpoint.pt")
+    saved = {"step_in_epoch": 0, "config": load_config(None, []).to_dict()}
+    # the arithmetic of the steps to come: other micro-batches draw other dropout masks, a hook
+    # compresses the gradients (config.yaml recorded the new value for the whole run)
+    for override, says in (
+        ("train.grad_accum_steps=2", r"train\.grad_accum_steps=1, resumed with 2"),
+        ("distributed.comm_hook=fp16", r"distributed\.comm_hook=none, resumed with fp16"),
+    ):
+        with pytest.raises(CheckpointError, match=says + ".*resume with the saved value"):
+            check_resume_config(saved, load_config(None, [override]), ckpt, 4)
+    # how the steps run may change; each change is listed (the log, summary.json)
+    now = load_config(None, ["train.compile=true", "distributed.grad_sync=buckets",
+                             "data.delay_per_batch_s=0.5", "distributed.timeout_s=60"])  # fmt: skip
+    check_resume_config(saved, now, ckpt, 4)
+    assert timed_changes(saved, now) == [
+        {"key": "train.compile", "before": False, "after": True},
+        {"key": "data.delay_per_batch_s", "before": 0.0, "after": 0.5},
+        {"key": "distributed.grad_sync", "before": "auto", "after": "buckets"},
+    ]
+    assert timed_changes(saved, load_config(None, ["train.log_every_steps=5"])) == []
+    assert timed_changes({"config": {"train": {}}}, now) == []  # an older checkpoint's config
+
+
+def test_a_resume_that_changes_how_steps_run_says_so_and_the_summary_keeps_it(
+    tiny: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(tiny("r", "train.epochs=1", "train.embedding_grad=dense")) == 0
+    capsys.readouterr()
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto", "train.embedding_grad=rows")) == 0
+    assert "note: train.embedding_grad dense -> rows from epoch 2, step 0: the steps before " \
+        "were timed with dense" in capsys.readouterr().out  # fmt: skip
+    change = {"epoch": 2, "step": 0, "key": "train.embedding_grad", "before": "dense",
+              "after": "rows"}  # fmt: skip
+    summary = json.loads((tmp_path / "exp" / "r" / "summary.json").read_text())
+    assert summary["config_changes"] == [change]
+    # a later resume keeps the earlier change (the checkpoint carries it)
+    assert main(tiny("r", "train.epochs=3", "train.resume=auto", "train.embedding_grad=rows",
+                     "data.pad_multiple=8")) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "exp" / "r" / "summary.json").read_text())
+    assert summary["config_changes"] == [
+        change,
+        {"epoch": 3, "step": 0, "key": "data.pad_multiple", "before": 1, "after": 8},
+    ]
+    # a run resumed unchanged has none
+    assert main(tiny("u", "train.epochs=1")) == 0
+    assert main(tiny("u", "train.epochs=2", "train.resume=auto")) == 0
+    summary = json.loads((tmp_path / "exp" / "u" / "summary.json").read_text())
+    assert summary["config_changes"] == []
 
 
 def test_stop_after_steps_without_checkpoints_is_refused() -> None:
@@ -386,6 +444,8 @@ def _corrupt_model_shape(ckpt: dict) -> None:
         (lambda c: c.update(epoch="1"), "checkpoint field epoch is '1', expected a whole number"),
         (lambda c: c.update(global_step=-5), "checkpoint field global_step is -5"),
         (lambda c: c["config"].update(train="x"), "checkpoint field config.train is 'x'"),
+        (lambda c: c.update(config_changes="x"), "checkpoint field config_changes is 'x'"),
+        (lambda c: c.update(config_changes=[{"key": 3}]), "field config_changes[0] is a dict"),
         (lambda c: c["metrics"][0].update(peak_mem_mb="big"), "field metrics[0].peak_mem_mb"),
         (lambda c: c.update(rng={}), "checkpoint field rng is a dict, expected a list"),
         (lambda c: c["rng"][0].update(python="x"), "its RNG state of rank 0 does not load"),
@@ -845,3 +905,43 @@ def test_a_full_disk_at_any_run_file_is_one_line_and_keeps_the_old_file(
     assert "GB free there" in err[0] and "unchanged" in err[0]
     if file != "summary.json":  # (a run trained on moves its summary aside first: kept whole)
         assert (run / file).read_bytes() == before
+
+
+def test_a_second_run_into_a_folder_another_run_trains_into_is_refused(
+    tiny: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fcntl
+
+    from scalelab.checkpoint import LOCK_NAME, lock_run_folder
+
+    assert main(tiny("r", "train.epochs=1")) == 0
+    run = tmp_path / "exp" / "r"
+    before = {k: v for k, v in _files(run).items() if k != LOCK_NAME}
+    # another process trains into the folder (a job resubmitted while the first still runs):
+    # the resume would have continued from its checkpoint and interleaved both runs' files
+    with (run / LOCK_NAME).open("a+") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.truncate(0)
+        other.write("pid 4242 on node7\n")
+        other.flush()
+        assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 2
+        assert _error_line(capsys).endswith(
+            f"run folder {run} is in use by another run (pid 4242 on node7): wait until it "
+            "stops, or choose another output.run_name"
+        )
+        assert {k: v for k, v in _files(run).items() if k != LOCK_NAME} == before
+        # a fresh folder of the same name as well (two jobs started at once)
+        fresh = tmp_path / "exp" / "new"
+        fresh.mkdir()
+        with (fresh / LOCK_NAME).open("a+") as twin:
+            fcntl.flock(twin, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert main(tiny("new", "train.epochs=1")) == 2
+            assert "is in use by another run (a process that did not say)" in _error_line(capsys)
+        assert sorted(p.name for p in fresh.iterdir()) == [LOCK_NAME]
+    # the lock goes with its holder, however it ended: the resume now trains
+    assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 0
+    assert len(_rows(run)) == 2
+    # and a finished run released its own: the folder locks again at once
+    lock = lock_run_folder(run)
+    assert lock is not None and f"pid {os.getpid()} on " in (run / LOCK_NAME).read_text()
+    lock.close()

@@ -823,6 +823,30 @@ def _old_calibration_note(runs: Sequence[Run]) -> str:
     )
 
 
+def _config_changes_note(runs: Sequence[Run]) -> str:
+    """Runs a resume trained on with other settings of how the steps run (summary.json's
+    config_changes): their timings mix the settings before and after."""
+    parts = []
+    for run in sorted(runs, key=lambda r: r.name):
+        changes = run.summary.get("config_changes")
+        if not isinstance(changes, list):
+            continue
+        said = [
+            f"{c.get('key')} {c.get('before')}, then {c.get('after')} from epoch {c.get('epoch')}"
+            for c in changes
+            if isinstance(c, dict)
+        ]
+        if said:
+            parts.append(f"{run.name} ({'; '.join(said)})")
+    if not parts:
+        return ""
+    return (
+        f" Resumed with other settings: {', '.join(parts)}; the epochs before each change were "
+        "timed with the old value, so these runs' timings mix both: train them again unchanged "
+        "to compare them."
+    )
+
+
 def _method_text(runs: Sequence[Run]) -> str:
     warmup = _unique(runs, lambda r: r.timing.get("warmup_steps"))
     methods = _unique(runs, lambda r: r.comm.get("method") if r.world_size > 1 else None)
@@ -846,7 +870,9 @@ def _method_text(runs: Sequence[Run]) -> str:
         "time. The global batch is fixed across world sizes (strong scaling), and runs are only "
         "compared within a group of the same preset, data, model size, global batch, steps per "
         "epoch, micro-batching, padding, precision, compile mode, comm hook and device, so the runs "
-        "of a group perform the same optimizer steps per epoch." + _old_calibration_note(runs)
+        "of a group perform the same optimizer steps per epoch."
+        + _old_calibration_note(runs)
+        + _config_changes_note(runs)
     )
 
 

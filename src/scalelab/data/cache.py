@@ -45,6 +45,7 @@ from scalelab.data.sources import (
     describe,
     load_raw,
     source_fingerprint,
+    split_paths,
 )
 from scalelab.data.tokenizer import (
     NOT_PLAIN_CHAR,
@@ -321,8 +322,19 @@ def encode_texts(tok: Tokenizer, texts: list[str], pad: int) -> tuple[np.ndarray
     by_words: list[int] = []
     path = _word_path(tok)
     if path is not None:
-        added = [a.content for a in tok.get_added_tokens_decoder().values()]
-        by_words = [i for i, t in enumerate(texts) if not any(a in t for a in added)]
+        tokens = list(tok.get_added_tokens_decoder().values())
+        added = [a.content for a in tokens]
+        # a normalized added token (add_tokens' default) is matched in the normalised text:
+        # "COVID_19" finds "covid_19" under a lowercasing normalizer
+        norm = tok.normalizer
+        normed = [norm.normalize_str(a.content) for a in tokens if a.normalized] if norm else []
+
+        def plain(t: str) -> bool:
+            if any(a in t for a in added):
+                return False
+            return not normed or not any(a in norm.normalize_str(t) for a in normed)
+
+        by_words = [i for i, t in enumerate(texts) if plain(t)]
     chosen = np.zeros(len(texts), bool)
     chosen[by_words] = True
     rest = np.flatnonzero(~chosen).tolist()
@@ -640,8 +652,16 @@ def prepare_data(
                 arrays = None
         hit = arrays is not None
         if arrays is None:
+            if raw is None:
+                raw = load_raw(cfg.data)
+                if raw.fingerprint != fingerprint:  # stored under the key of other content
+                    raise DataError(
+                        f"the data files of {cfg.data.dataset} changed while they were read "
+                        f"({', '.join(map(str, split_paths(cfg.data)))}); run again once "
+                        "they are complete"
+                    )
             with _gc_paused():
-                arrays = _build(cfg, raw or load_raw(cfg.data))
+                arrays = _build(cfg, raw)
             _write_atomic(path, arrays)
     except BaseException:
         barrier()  # release the other ranks; they find no cache and raise instead of hanging

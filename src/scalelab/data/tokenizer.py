@@ -19,7 +19,7 @@ from tokenizers.processors import TemplateProcessing
 from tokenizers.trainers import WordPieceTrainer
 
 from scalelab.config import DataConfig, first_line
-from scalelab.data.sources import DataError, resolve_path
+from scalelab.data.sources import DataError, path_kind, resolve_path
 
 #: Special tokens of a trained tokenizer, in id order ([PAD] must be 0).
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -131,13 +131,14 @@ def vocab_fingerprint(cfg: DataConfig) -> str:
 def _vocab_file(cfg: DataConfig) -> Path:
     """data.vocab_path as a file, or one line saying what it is instead."""
     path = resolve_path(cfg.vocab_path)
-    if path.is_dir():
+    kind = path_kind(path)
+    if kind == "folder":
         raise DataError(
             f"{path}: is a folder; data.vocab_path names a file, a WordPiece vocab.txt or a "
             "tokenizers tokenizer.json"
         )
-    if not path.is_file():
-        what = "not a regular file" if path.exists() else "vocab file not found"
+    if kind != "file":
+        what = "not a regular file" if kind == "other" else "vocab file not found"
         raise DataError(f"{path}: {what} (data.vocab_path)")
     return path
 
@@ -282,7 +283,11 @@ def _canonical_ids(vocab: dict[str, int]) -> WordPiece:
 
 def _from_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not part of [PAD]
+        # a BOM is not part of [PAD]; lines end at "\n" only, as BERT's load_vocab reads them
+        # (splitlines() also splits at \x0b, \x1c, \u2028 ...: every later id would shift)
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
+        if lines[-1] == "":
+            lines.pop()
     except UnicodeDecodeError:
         raise DataError(f"{path}: vocab.txt is not valid UTF-8") from None
     except OSError as exc:  # no permission, an I/O error

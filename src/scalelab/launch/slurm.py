@@ -134,6 +134,23 @@ class SlurmJob:
         return self.out_dir / "slurm" / f"{self.run_name}-{job_id}.out"
 
 
+# The batch script's port probe: the first port from argv[1] on (wrapping within 20000-31999,
+# 64 tries) that this host can bind; argv[1] itself when none can.
+_FREE_PORT = """import socket, sys
+first = int(sys.argv[1])
+for i in range(64):
+    port = 20000 + (first - 20000 + i) % 12000
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    print(first)"""
+
+
 def render_sbatch(job: SlurmJob) -> str:
     """The batch script for `job` (bash; every line explained in the script's comments)."""
     q = shlex.quote
@@ -181,8 +198,13 @@ def render_sbatch(job: SlurmJob) -> str:
         "# the address SLURM itself reaches that node by: a node name need not resolve as a host",
         'head_addr=$(scontrol -o show node "$head_node" 2>/dev/null | tr " " "\\n" | sed -n "s/^NodeAddr=//p")',
         "head_addr=${head_addr:-$head_node}",
-        "# rendezvous port, distinct per job, below Linux's ephemeral ports (32768 and up)",
+        "# rendezvous port, distinct per job, below Linux's ephemeral ports (32768 and up); on the",
+        "# head node, where this script runs, the first of it and the next 63 that is free: torchrun",
+        "# would take a port another process holds for a rendezvous host it could join as a client",
         "port=$((20000 + SLURM_JOB_ID % 12000))",
+        'if [ "${SLURMD_NODENAME:-}" = "$head_node" ]; then',
+        f'    port=$({q(job.python)} -c {q(_FREE_PORT)} "$port" 2>/dev/null || echo "$port")',
+        "fi",
         f"export OMP_NUM_THREADS={threads}",
         "# torchrun kills its ranks this long after passing them a SIGTERM (its default: 30 s);",
         "# they poll for a stop every few seconds and then checkpoint",
