@@ -6,6 +6,7 @@ the git commit and every measured figure, so a number can always be traced back 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -99,9 +100,12 @@ def run_header(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def default_out(suffix: str = "") -> Path:
-    """benchmarks/results/<date>-<hostname><suffix>.json"""
-    day = datetime.now().strftime("%Y-%m-%d")
-    return RESULTS_DIR / f"{day}-{socket.gethostname()}{suffix}.json"
+    """benchmarks/results/<date>-<hostname><suffix>.json, or with the time of day added
+    (<date>-<hostname><suffix>-<HHMMSS>.json) where that file exists: a second run on the same
+    day (this VM's hosts are all named alike) must not replace the first."""
+    now = datetime.now()
+    path = RESULTS_DIR / f"{now:%Y-%m-%d}-{socket.gethostname()}{suffix}.json"
+    return path.with_name(f"{path.stem}-{now:%H%M%S}.json") if path.exists() else path
 
 
 def _jsonable(obj: Any) -> Any:
@@ -354,6 +358,12 @@ def background_busy(interval_s: float = 1.0) -> float | None:
     return 1.0 - (b[1] - a[1]) / (b[0] - a[0])
 
 
+def busy_text(quiet: dict[str, Any]) -> str:
+    """A `wait_for_quiet` result for a progress line ("n/a" where /proc/stat was unreadable)."""
+    busy = quiet.get("background_busy")
+    return "n/a" if busy is None else f"{busy:.0%}"
+
+
 def wait_for_quiet(threshold: float = 0.25, max_wait_s: float = 30.0) -> dict[str, Any]:
     """Wait (bounded) until other processes use < `threshold` of the cores; report what was seen.
 
@@ -371,10 +381,23 @@ def wait_for_quiet(threshold: float = 0.25, max_wait_s: float = 30.0) -> dict[st
 # ----------------------------------------------------------------------------- paired A/B rounds
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 rounds or steps divided by zero later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_round_arguments(p: Any, rounds: int, steps: int) -> None:
     """The flags of a paired A/B benchmark (`paired_rounds`): rounds, steps, --quick, --out."""
-    p.add_argument("--rounds", type=int, default=rounds)
-    p.add_argument("--steps", type=int, default=steps, help="timed steps per side per round")
+    p.add_argument("--rounds", type=positive_int, default=rounds)
+    p.add_argument(
+        "--steps", type=positive_int, default=steps, help="timed steps per side per round"
+    )
     p.add_argument("--quick", action="store_true", help="2 short rounds: a smoke run")
     p.add_argument("--max-quiet-wait", type=float, default=30.0)
     p.add_argument("--out", type=Path, default=None)

@@ -30,6 +30,7 @@ from common import (  # noqa: E402
     load_preset,
     median,
     paired_rounds,
+    positive_int,
     run_header,
     spread,
     write_result,
@@ -78,7 +79,9 @@ def measure_preset(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="ag_news_small,ag_news_large")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: both cores)")
+    p.add_argument(
+        "--threads", type=positive_int, default=2, help="torch threads (default: both cores)"
+    )
     add_round_arguments(p, rounds=5, steps=20)
     args = p.parse_args(argv)
     rounds, steps = (2, 3) if args.quick else (args.rounds, args.steps)

@@ -37,9 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import load_preset, run_header  # noqa: E402
+from common import load_preset, positive_int, run_header  # noqa: E402
 
 MODES = ("plain", "independent", "lock_step", "ddp")
+
+
+def at_least_2(text: str) -> int:
+    """--blocks: the first block is warm-up, so one block would time nothing (NaN figures)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 (the first block is warm-up), got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="result JSON (written by rank 0)")
-    p.add_argument("--blocks", type=int, default=30, help="rounds over the modes (first: warm-up)")
-    p.add_argument("--steps", type=int, default=5, help="steps per mode per round")
+    p.add_argument("--blocks", type=at_least_2, default=30,
+                   help="rounds over the modes (first: warm-up)")  # fmt: skip
+    p.add_argument("--steps", type=positive_int, default=5, help="steps per mode per round")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = p.parse_args(argv)
 

@@ -26,6 +26,7 @@ from common import (  # noqa: E402
     load_preset,
     median,
     paired_rounds,
+    positive_int,
     run_header,
     spread,
     write_result,
@@ -35,7 +36,9 @@ from common import (  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="ag_news_small")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 = one rank's share)")
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads (1 = one rank's share)"
+    )
     add_round_arguments(p, rounds=7, steps=30)
     args = p.parse_args(argv)
     rounds, steps = (2, 4) if args.quick else (args.rounds, args.steps)

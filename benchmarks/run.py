@@ -26,10 +26,12 @@ Figures, each printed with PASS/FAIL against its target and written to one JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,7 @@ from common import (  # noqa: E402
     DEFAULT_SHARED_DATA,
     REPO,
     ScalelabStepper,
+    busy_text,
     default_out,
     load_preset,
     median,
@@ -71,6 +74,9 @@ QUIET_WAIT_S = 30.0
 
 # (timed steps per round, rounds, warm-up steps per round) per preset, full and --quick.
 # The large preset's study-way step takes tens of seconds on 2 cores, hence few steps.
+#: The sections `--skip` names.
+SECTIONS = ("throughput", "prep", "ddp")
+
 THROUGHPUT_PLAN = {
     False: {"ag_news_small": (40, 5, 3), "ag_news_large": (2, 3, 1)},
     True: {"ag_news_small": (8, 2, 2), "ag_news_large": (1, 1, 1)},
@@ -115,7 +121,7 @@ def bench_throughput(
             f"  {preset} round {r + 1}/{rounds}: scalelab {sps['scalelab']:,.1f} samples/s, "
             f"study {sps['study']:,.1f} (ratio {ratios[-1]:.2f}), study loop on scalelab's "
             f"kernels {sps['pipeline']:,.1f} (ratio {pipeline_ratios[-1]:.2f}) "
-            f"(background busy before: {quiet[-1]['background_busy']:.0%}, waited {quiet[-1]['waited_s']} s)",
+            f"(background busy before: {busy_text(quiet[-1])}, waited {quiet[-1]['waited_s']} s)",
             flush=True,
         )
     sl_runs, st_runs = runs["scalelab"], runs["study"]
@@ -180,8 +186,9 @@ def bench_data_prep(shared: Path, quick: bool) -> dict[str, Any]:
         ("ag_news_small", "ag_news"),  # 10,429 + 7,600 rows
     ]
     cold_repeats = 1 if quick else 2
-    cold_totals, warm_totals, per_job = [], [], {}
+    cold_totals, warm_totals, per_job, quiet = [], [], {}, []
     for rep in range(cold_repeats):
+        quiet.append(wait_for_quiet(max_wait_s=QUIET_WAIT_S))
         cache = Path(tempfile.mkdtemp(prefix="scalelab-bench-prep-"))
         try:
             cold_total = 0.0
@@ -213,7 +220,8 @@ def bench_data_prep(shared: Path, quick: bool) -> dict[str, Any]:
             shutil.rmtree(cache, ignore_errors=True)
         print(
             f"  data prep repeat {rep + 1}/{cold_repeats}: cold {cold_totals[-1]:.2f} s, "
-            f"warm {median(warm_totals[-3:]):.3f} s",
+            f"warm {median(warm_totals[-3:]):.3f} s (background busy before: "
+            f"{busy_text(quiet[-1])}, waited {quiet[-1]['waited_s']} s)",
             flush=True,
         )
     return {
@@ -223,6 +231,7 @@ def bench_data_prep(shared: Path, quick: bool) -> dict[str, Any]:
         "cold_s": spread(cold_totals),
         "warm_s": spread(warm_totals),
         "per_preset": per_job,
+        "background_load_before_repeats": quiet,
     }
 
 
@@ -265,15 +274,26 @@ def _train_runs(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: torchrun and its ranks with it
         )
         started.append((nproc, threads, name, argv, proc, time.perf_counter()))
     results = []
-    for nproc, threads, name, argv, proc, t0 in started:
-        out, err = proc.communicate(timeout=1800)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed ({proc.returncode}): {(err or out)[-2000:]}")
-        results.append(_run_figures(out_dir / name, nproc, threads, wall, argv))
+    try:
+        for nproc, threads, name, argv, proc, t0 in started:
+            out, err = proc.communicate(timeout=1800)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name} failed ({proc.returncode}): {(err or out)[-2000:]}")
+            results.append(_run_figures(out_dir / name, nproc, threads, wall, argv))
+    except BaseException:
+        # a failed, hung or interrupted run: stop the others (and their ranks) before the
+        # caller removes the folder they write into
+        for *_, proc, _ in started:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
     return results
 
 
@@ -349,6 +369,7 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in layouts}
     per_rank_batch = 32 // 2
     ceiling: list[float] = []  # samples/s of two independent runs side by side, per repeat
+    ceiling_quiet: list[dict[str, Any]] = []  # the background load before each pair
     try:
         for rep in range(repeats):
             for k in range(len(layouts)):
@@ -361,7 +382,7 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
                     f"  ddp {key} (ranks x threads) repeat {rep + 1}/{repeats}: epoch {r['epoch']} "
                     f"{r['samples_per_s']:,.1f} samples/s, epoch {r['epoch_time_s']:.2f} s, "
                     f"peak {r['peak_mem_mb']:.0f} MB (background busy before: "
-                    f"{quiet['background_busy']:.0%}, waited {quiet['waited_s']} s)",
+                    f"{busy_text(quiet)}, waited {quiet['waited_s']} s)",
                     flush=True,
                 )
             # The ceiling: two independent 1-thread runs at the per-rank batch, side by side. What
@@ -373,11 +394,12 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
                 [*overrides, f"train.batch_size={per_rank_batch}"],
             )
             ceiling.append(sum(r["samples_per_s"] for r in pair))
+            ceiling_quiet.append(quiet)
             each = " + ".join(f"{r['samples_per_s']:,.1f}" for r in pair)
             print(
                 f"  2 independent 1-thread runs at batch {per_rank_batch}, side by side, repeat "
                 f"{rep + 1}/{repeats}: {each} "
-                f"samples/s (background busy before: {quiet['background_busy']:.0%})",
+                f"samples/s (background busy before: {busy_text(quiet)})",
                 flush=True,
             )
         decomposition = _lockstep(overrides, out_dir, quick)
@@ -429,6 +451,7 @@ def bench_ddp(cache_dir: Path, data_overrides: list[str], quick: bool) -> dict[s
             "samples_per_s": ceiling,
             "ceiling_vs_1x1": median(ceiling) / sps["1x1"],
             "speedup_2x1_of_ceiling": sps["2x1"] / median(ceiling),
+            "background_load_before": ceiling_quiet,
         },
         "ratio_2x1_vs_1x2": sps["2x1"] / sps["1x2"],
         "pinned_vs_unpinned_2x1": {
@@ -468,7 +491,7 @@ def _lockstep(overrides: list[str], out_dir: Path, quick: bool) -> dict[str, Any
     keep = [o for o in overrides if o.startswith(("data.", "train.batch_size"))]
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             script, "--out", str(out), *plan, "train.num_threads=1", *keep]  # fmt: skip
-    wait_for_quiet(max_wait_s=QUIET_WAIT_S)
+    quiet = wait_for_quiet(max_wait_s=QUIET_WAIT_S)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0 or not out.is_file():
@@ -477,6 +500,7 @@ def _lockstep(overrides: list[str], out_dir: Path, quick: bool) -> dict[str, Any
     print("  2x1 " + proc.stdout.strip().splitlines()[-1], flush=True)
     result = json.loads(out.read_text())
     result["command"] = " ".join(argv)
+    result["background_load_before"] = quiet
     return result
 
 
@@ -518,6 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     QUIET_WAIT_S = args.max_quiet_wait
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if unknown := sorted(skip - set(SECTIONS)):  # a typo would run the section anyway
+        p.error(f"--skip: no section {', '.join(unknown)} (sections: {', '.join(SECTIONS)})")
+    presets = [x.strip() for x in args.presets.split(",") if x.strip()]
+    if unknown := [x for x in presets if x not in THROUGHPUT_PLAN[args.quick]]:
+        p.error(
+            f"--presets: no throughput plan for {', '.join(unknown)} "
+            f"(benchmarked presets: {', '.join(THROUGHPUT_PLAN[args.quick])})"
+        )
+    if args.data_dir is not None and not (args.data_dir / "ag_news").is_dir():
+        p.error(f"--data-dir {args.data_dir}: no ag_news folder in it (see ../shared/data)")
     out = args.out or default_out("-quick" if args.quick else "")
     header = run_header(None if argv is None else [sys.argv[0], *argv])
     data_overrides = (
@@ -535,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" not in skip:
             print("[1/3] training throughput: scalelab vs the study's way", flush=True)
             result["throughput"] = {}
-            for preset in [x.strip() for x in args.presets.split(",") if x.strip()]:
+            for preset in presets:
                 tp = bench_throughput(preset, data_overrides, cache_dir, args.quick)
                 result["throughput"][preset] = tp
                 target = TARGETS.get(f"speedup_{preset}", float("nan"))

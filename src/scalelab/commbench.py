@@ -235,7 +235,9 @@ def measure_sync_latency(
     per_size = [
         {
             "bytes": int(b),
-            "median_ms": float(row.median()),
+            # the mean of the middle two for an even count, as statistics.median (the sweep's);
+            # Tensor.median() takes the lower one, low for this long-tailed distribution
+            "median_ms": float(torch.quantile(row, 0.5)),
             "mean_ms": float(row.mean()),
             "p90_ms": float(torch.quantile(row, 0.9)),
         }
@@ -391,6 +393,10 @@ def parse_bytes(text: str) -> int:
     value = float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")
     if value < 1 or not value.is_integer():
         raise argparse.ArgumentTypeError(f"size must be a whole number of bytes >= 1, got {text!r}")
+    if value % 4:  # the buffers are float32: 6 bytes would send 4 and report 6
+        raise argparse.ArgumentTypeError(
+            f"size must be a multiple of 4 bytes (float32 elements), got {text!r}"
+        )
     return int(value)
 
 

@@ -104,6 +104,9 @@ def test_run_quick_ddp_section_writes_every_layout(tmp_path: Path) -> None:
     spin = ddp["spin_vs_block_2x1"]
     assert spin["per_repeat"] == [pytest.approx(sps["2x1"] / sps["2x1-block"])]
     assert len(ddp["two_independent_runs"]["samples_per_s"]) == 1
+    # every timed block records the background load before it (the README says so)
+    assert len(ddp["two_independent_runs"]["background_load_before"]) == 1
+    assert "background_busy" in ddp["step_decomposition_2x1"]["background_load_before"]
     assert set(ddp["step_decomposition_2x1"]["step_ms"]) == {
         "plain",
         "independent",
@@ -183,3 +186,64 @@ def test_device_check_smoke_runs_every_step_on_cpu(tmp_path: Path) -> None:
     bench = json.loads((out / "gpu.json").read_text())
     assert bench["smoke_test"] is True and bench["complete"] is True and bench["cases"]
     assert not (out / "train-run").exists()  # the run folder is removed, its summary kept
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--skip", "ddp,perp"], "--skip: no section perp (sections: throughput, prep, ddp)"),
+        (["--presets", "imdb_small"], "--presets: no throughput plan for imdb_small"),
+        (["--data-dir", "/nonexistent"], "--data-dir /nonexistent: no ag_news folder in it"),
+    ],
+)
+def test_run_arguments_that_cannot_run_are_one_usage_line(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    # a typo in --skip ran the section anyway; a preset without a plan was a KeyError traceback
+    out = tmp_path / "run.json"
+    res = subprocess.run([sys.executable, str(BENCH / "run.py"), *args, "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert says in res.stderr.strip().splitlines()[-1]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "says"),
+    [
+        ("embedding_grad.py", ["--steps", "0"], "argument --steps: must be >= 1, got 0"),
+        ("cpu_precision.py", ["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+        ("embedding_grad.py", ["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+        (
+            "ddp_lockstep.py",
+            ["--out", "x.json", "--blocks", "1"],
+            "argument --blocks: must be >= 2 (the first block is warm-up), got 1",
+        ),
+    ],
+)
+def test_benchmark_counts_below_one_are_usage_errors(
+    script: str, args: list[str], says: str
+) -> None:
+    # a ZeroDivisionError, an IndexError, torch's RuntimeError, or NaN in the JSON
+    res = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].endswith(says)
+
+
+def test_default_result_name_does_not_replace_an_earlier_run_of_the_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    first = common.default_out("-quick")
+    assert first.parent == tmp_path and first.name.endswith("-quick.json")
+    first.write_text("{}")
+    second = common.default_out("-quick")
+    assert second != first and second.name.startswith(first.stem + "-")
+    assert common.busy_text({"background_busy": None}) == "n/a"  # /proc/stat unreadable
+    assert common.busy_text({"background_busy": 0.25}) == "25%"

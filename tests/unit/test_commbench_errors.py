@@ -62,6 +62,9 @@ def test_commbench_out_that_is_a_file_is_refused_before_the_benchmark(
         ("nan", "not a size: 'nan'"),
         ("inf", "not a size: 'inf'"),
         ("1.3K", "size must be a whole number of bytes >= 1"),  # 1331.2 bytes
+        # float32 buffers: 6 bytes sent 4 and were reported as 6 (algbw, busbw and the fit)
+        ("6", "size must be a multiple of 4 bytes (float32 elements), got '6'"),
+        ("1", "size must be a multiple of 4 bytes"),
     ],
 )
 def test_sizes_that_are_not_sizes_are_argparse_errors(
