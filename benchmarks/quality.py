@@ -28,6 +28,7 @@ from common import (  # noqa: E402
     DEFAULT_SHARED_DATA,
     default_out,
     load_preset,
+    positive_int,
     print_table,
     run_header,
     shared_data_overrides,
@@ -93,12 +94,15 @@ def compare(
             "train_loss_per_epoch": [float(r["train_loss"]) for r in rows],
             "samples_per_s": summary["samples_per_s"],
             "wall_s": scalelab_wall,
+            "wall_includes": f"scalelab.train.fit: training, a test-split evaluation after each "
+            f"of the {epochs} epochs, the communication calibration, the run folder's files",
             "recipe": "AdamW (no decay on bias/norm/emb), warm-up + cosine schedule, grad clip 1.0, "
             "length-bucketed batches padded to the batch's longest",
         },
         "study": {
             **study,
             "wall_s": study_wall,
+            "wall_includes": "training and one test-split evaluation after the last epoch",
             "recipe": "default AdamW, constant lr, no clipping, shuffled batches padded to max_seq_len",
         },
         "acc_difference": float(rows[-1]["val_acc"]) - study["test_acc"],
@@ -107,7 +111,7 @@ def compare(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument(
         "--imdb",
         action="store_true",
@@ -185,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             "difference",
             "wall s (scalelab / study)",
         ],
+    )
+    print(
+        "(wall s: scalelab's includes an evaluation after every epoch, the study's one after the "
+        "last: accuracy is compared here, speed by run.py)"
     )
     out = args.out or default_out("-quality")
     write_result(out, result)
