@@ -247,3 +247,21 @@ def test_default_result_name_does_not_replace_an_earlier_run_of_the_day(
     assert second != first and second.name.startswith(first.stem + "-")
     assert common.busy_text({"background_busy": None}) == "n/a"  # /proc/stat unreadable
     assert common.busy_text({"background_busy": 0.25}) == "25%"
+
+
+@pytest.mark.slow
+def test_quality_tiny_writes_both_accuracies(tmp_path: Path) -> None:
+    shared = REPO.parent / "shared" / "data"  # beside the checkout, as in CI
+    if not (shared / "ag_news" / "train.csv.gz").is_file():
+        pytest.skip(f"no shared data at {shared}")
+    out = tmp_path / "quality.json"
+    _run([str(BENCH / "quality.py"), "--epochs", "1", "--max-train-samples", "96",
+          "--max-test-samples", "64", "--shared-data", str(shared), "--out", str(out)])  # fmt: skip
+    res = json.loads(out.read_text())["results"]["ag_news_small"]
+    assert res["num_train"] == 96 and res["num_test"] == 64 and res["epochs"] == 1
+    for side in ("scalelab", "study"):
+        assert 0.0 <= res[side]["test_acc"] <= 1.0 and res[side]["wall_s"] > 0
+        assert res[side]["wall_includes"]
+    assert res["acc_difference"] == pytest.approx(
+        res["scalelab"]["test_acc"] - res["study"]["test_acc"]
+    )
