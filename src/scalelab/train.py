@@ -1012,6 +1012,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals, held: contextlib.ExitS
             env=env,
             amp=amp,
             steps_per_epoch=steps_per_epoch,
+            emb_rows=emb_rows,
         )
         # What the run folder already records (rank 0 reads it; every rank decides alike)
         recorded, has_summary = D.broadcast_object(
@@ -1413,6 +1414,7 @@ def _restore(
     env: D.DistEnv,
     amp: torch.dtype | None,
     steps_per_epoch: int,
+    emb_rows: D.EmbeddingRowGrad | None = None,
 ) -> TrainState:
     """Load a checkpoint's states (model, optimizer, schedule, scaler, this rank's RNG and
     comm-hook state) and return where the run stands; refuses, with one line, a checkpoint this
@@ -1427,7 +1429,7 @@ def _restore(
         )
     check_resume_config(resume_state, cfg, resume_from, steps_per_epoch, data.cache_path.name)
     # before the checkpoint's RNG and comm-hook state are restored: its draws do not count
-    _settle_ddp_buckets(model, data, sampler, cfg, env, amp)
+    _settle_ddp_buckets(model, data, sampler, cfg, env, amp, emb_rows)
     load_states(resume_state, resume_from, _unwrap(model), optimizer, scheduler, scaler)
     try:
         set_rng_state(rngs[env.rank])
@@ -1477,6 +1479,7 @@ def _settle_ddp_buckets(
     cfg: Config,
     env: D.DistEnv,
     amp: torch.dtype | None,
+    emb_rows: D.EmbeddingRowGrad | None = None,
 ) -> None:
     """Let DDP rebuild its buckets before a resumed run's first step, so it is exact.
 
@@ -1496,6 +1499,10 @@ def _settle_ddp_buckets(
     model.train()
     _forward_loss(model, batch, amp, env.device).backward()
     model.zero_grad(set_to_none=True)
+    if emb_rows is not None and emb_rows.deferred is not None:
+        # grad_sync=fused: the buckets DDP handed over in the first layout; kept, the first
+        # step's all-reduce would send them once more beside the rebuilt layout's
+        emb_rows.deferred.discard()
 
 
 def _keep_position(

@@ -113,6 +113,25 @@ def test_arrival_spread_shows_a_rank_that_reaches_the_all_reduce_late(
     assert together[0]["arrival_spread_ms"] < 8.0, together[0]["arrival_spread_ms"]
 
 
+def test_settling_the_buckets_before_a_resume_leaves_no_bucket_to_send_twice(
+    tmp_path: Path, cache_dir: Path, monkeypatch
+) -> None:
+    """A resume's settling backward (train._settle_ddp_buckets) hands DDP's first-layout buckets
+    to grad_sync=fused and takes no step: kept, the first step's one all-reduce sent them again
+    beside the rebuilt layout's (their gradients twice)."""
+    fused = ["distributed.grad_sync=fused", "distributed.bucket_cap_mb=0.01"]  # a few buckets
+    monkeypatch.setenv("SETTLE", "1")
+    settled = run_worker(tmp_path, "settled", 2, cache_dir, *fused)
+    monkeypatch.delenv("SETTLE")
+    plain = run_worker(tmp_path, "plain", 2, cache_dir, *fused)
+    for r in settled:
+        assert r["fused"] and r["num_buckets"] > 1
+        assert r["buckets_left_after_settling"] == 0
+        # every step hands over the rebuilt layout's buckets, the first one too
+        assert r["calls_per_step"] == [plain[0]["calls_per_step"][-1]] * STEPS
+    assert_params_close(plain[0]["params"], settled[0]["params"])
+
+
 def test_row_sparse_embedding_gradient_gives_the_dense_update(
     tmp_path: Path, cache_dir: Path
 ) -> None:

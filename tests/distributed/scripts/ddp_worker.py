@@ -70,6 +70,13 @@ def main() -> None:
             cfg.train.seed,
             cfg.data.bucket_multiplier,
         )
+        # SETTLE=1: first the resume's bucket-settling backward (train._settle_ddp_buckets)
+        settled_left = None
+        if os.environ.get("SETTLE") == "1":
+            train._settle_ddp_buckets(model, data, sampler, cfg, env, None, emb_rows)
+            settled_left = len(deferred.buckets) if deferred else None
+            if deferred:
+                deferred.calls = 0  # count the steps' hand-overs only
         steps = cfg.train.max_steps_per_epoch
         opt = _make_optimizer(model, cfg, env.device)
         sched = _make_scheduler(opt, cfg, steps)
@@ -119,6 +126,7 @@ def main() -> None:
             "allreduce_calls": hook_calls(),
             "calls_per_step": calls,
             "fused": deferred is not None,
+            "buckets_left_after_settling": settled_left,
             "row_sync": row_sync,
             "spin_wait": emb_rows is not None and emb_rows.spin_wait,
             "sparse_backward": emb_rows is not None and emb_rows.sparse_backward,
