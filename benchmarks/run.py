@@ -72,11 +72,11 @@ TARGETS = {
 # Longest wait for other users' load to drop before a timed block (--max-quiet-wait).
 QUIET_WAIT_S = 30.0
 
-# (timed steps per round, rounds, warm-up steps per round) per preset, full and --quick.
-# The large preset's study-way step takes tens of seconds on 2 cores, hence few steps.
 #: The sections `--skip` names.
 SECTIONS = ("throughput", "prep", "ddp")
 
+# (timed steps per round, rounds, warm-up steps per round) per preset, full and --quick.
+# The large preset's study-way step takes tens of seconds on 2 cores, hence few steps.
 THROUGHPUT_PLAN = {
     False: {"ag_news_small": (40, 5, 3), "ag_news_large": (2, 3, 1)},
     True: {"ag_news_small": (8, 2, 2), "ag_news_large": (1, 1, 1)},

@@ -47,12 +47,13 @@ def lock_run_folder(folder: Path) -> IO[str] | None:
     run leaves no stale lock). Refuses, with one line naming the holder, a second run into a
     folder another run trains into now: two jobs with one output.run_name, or a job resubmitted
     while the first still runs, would resume from each other's checkpoints and interleave their
-    files. None (no lock) where the file system does not lock (some network mounts)."""
+    files. None (no lock) where the file system does not lock (some network mounts) or the
+    lock file cannot be made (a read-only folder: its writes then fail with their own line)."""
     path = folder / LOCK_NAME
     try:
-        f = path.open("a+", encoding="utf-8")
-    except OSError as exc:  # a read-only folder
-        raise CheckpointError(f"{path}: cannot open it ({first_line(exc)})") from None
+        f = path.open("a+", encoding="utf-8", errors="replace")
+    except OSError:
+        return None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -274,6 +275,11 @@ def _describe(value: Any) -> str:
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
+def _plain(value: Any) -> bool:
+    """A config value as YAML holds it: None, a bool, a number or text."""
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def is_count(value: Any) -> bool:
     """A whole number >= 0 (not a bool)."""
     return is_number(value) and isinstance(value, int) and value >= 0
@@ -386,6 +392,12 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
                 raise bad(
                     f"config_changes[{i}]", change, "a dict of key, epoch, step, before, after"
                 )
+    settings = state.get("timed_settings")  # absent in checkpoints from before they were kept
+    if settings is not None and not (
+        isinstance(settings, dict)
+        and all(isinstance(k, str) and _plain(v) for k, v in settings.items())
+    ):
+        raise bad("timed_settings", settings, "a dict of setting names to plain values")
     metrics = state.get("metrics")
     if metrics is None and state["epoch"] > 0:
         # the resume rewrites metrics.csv from these rows: without them it would lose its rows

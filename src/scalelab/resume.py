@@ -113,7 +113,7 @@ _RECORDED_KEYS = (
 # compiled run resumed where compile fails, a simulated loader delay dropped), but the epochs
 # before were timed with the saved value, so `timed_changes` lists each change for the log,
 # the checkpoint and summary.json's `config_changes` (the report names such runs).
-_TIMED_KEYS = (
+TIMED_KEYS = (
     ("train", "compile"), ("train", "compile_mode"), ("train", "embedding_grad"),
     ("train", "num_threads"),
     ("data", "pad_to_max_len"), ("data", "pad_multiple"), ("data", "on_device"),
@@ -386,12 +386,25 @@ def warmup_record(saved: Any) -> dict[str, float]:
     return out
 
 
-def timed_changes(saved: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
-    """The _TIMED_KEYS whose value this resume changes: {"key", "before", "after"} each."""
+def timed_changes(
+    saved: dict[str, Any], cfg: Config, now: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The TIMED_KEYS whose value this resume changes: {"key", "before", "after"} each.
+
+    `now`: this invocation's settings as they run (train._timed_settings: 'auto' resolved);
+    compared with the checkpoint's `timed_settings` where it has them, else (a checkpoint of
+    an older version) the two configs' values are."""
+    before = saved.get("timed_settings")
+    if isinstance(before, dict) and now is not None:
+        return [
+            {"key": key, "before": before[key], "after": value}
+            for key, value in now.items()
+            if key in before and before[key] != value
+        ]
     saved_cfg = saved.get("config") or {}
     now = cfg.to_dict()
     out = []
-    for section, key in _TIMED_KEYS:
+    for section, key in TIMED_KEYS:
         saved_section = saved_cfg.get(section)
         before = saved_section.get(key) if isinstance(saved_section, dict) else None
         if before is not None and before != now[section][key]:

@@ -55,6 +55,7 @@ from scalelab.checkpoint import (
     CheckpointError,
     StopSignals,
     TrainingStopped,
+    holds_run,
     load_checkpoint,
     load_error,
     lock_run_folder,
@@ -84,6 +85,7 @@ from scalelab.models import build_model, count_parameters
 from scalelab.profiling import StepProfiler
 from scalelab.resume import (
     LOAD_ERRORS,
+    TIMED_KEYS,
     check_resume_config,
     load_states,
     resume_is_finished,
@@ -369,6 +371,28 @@ def clip_grad_norm(
     torch._foreach_mul_(grads, coef)
     emb.grad.index_copy_(0, rows, compact)
     return total
+
+
+def _timed_settings(
+    cfg: Config, env: D.DistEnv, num_threads: int, emb_rows: D.EmbeddingRowGrad | None
+) -> dict[str, Any]:
+    """How this invocation's steps run: the values of resume.TIMED_KEYS as resolved ('auto'
+    and 0 as what they chose, a key that does nothing here as None), so that a resume which
+    only spells a setting otherwise records no change (checkpoints keep these)."""
+    raw = cfg.to_dict()
+    out: dict[str, Any] = {f"{s}.{k}": raw[s][k] for s, k in TIMED_KEYS}
+    out["train.compile_mode"] = cfg.train.compile_mode if cfg.train.compile else None
+    out["train.num_threads"] = num_threads
+    out["train.embedding_grad"] = "rows" if emb_rows and emb_rows.sparse_backward else "dense"
+    out["data.on_device"] = bool(cfg.data.on_device and env.device.type == "cuda")
+    if not env.is_distributed:  # one process: no DDP, no collective
+        return {k: None if k.startswith("distributed.") else v for k, v in out.items()}
+    out["distributed.backend"] = env.backend
+    out["distributed.embedding_grad_sync"] = "rows" if emb_rows and emb_rows.sync_rows else "dense"
+    out["distributed.grad_sync"] = "fused" if emb_rows and emb_rows.deferred else "buckets"
+    waits = D.spins_waiting(cfg.distributed, env.backend)
+    out["distributed.collective_wait"] = "spin" if waits else "block"
+    return out
 
 
 def make_embedding_rows(
@@ -796,17 +820,39 @@ def measure_communication(
 # ----------------------------------------------------------------------------- outputs
 
 
-def _open_run_folder(run_dir: Path, cfg: Config, held: contextlib.ExitStack) -> None:
-    """Create the run folder (rank 0), lock it for this run (held in `held`: a second run into
-    it is refused before it changes a file), clear what a killed process left half-written,
-    and write config.yaml."""
+class _FolderLock:
+    """Rank 0's hold on the run folder (`lock_run_folder`, kept in `held` until the run ends),
+    taken once: before anything in the folder is read when it exists (what a resume decides
+    from must not be another run's files in the making), else when `_open_run_folder` makes it."""
+
+    def __init__(self, run_dir: Path, held: contextlib.ExitStack) -> None:
+        self.run_dir, self.held, self.taken = run_dir, held, False
+
+    def take(self) -> None:
+        if not self.taken:
+            lock = lock_run_folder(self.run_dir)
+            if lock is not None:
+                self.held.enter_context(lock)
+            self.taken = True
+
+
+def _open_run_folder(run_dir: Path, cfg: Config, folder_lock: _FolderLock) -> None:
+    """Create the run folder (rank 0), lock it for this run unless that was done before the
+    resume read it (a second run into it is refused before it changes a file), clear what a
+    killed process left half-written, and write config.yaml."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. no permission to create it
         raise ConfigError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
-    lock = lock_run_folder(run_dir)
-    if lock is not None:
-        held.enter_context(lock)
+    if not folder_lock.taken:
+        folder_lock.take()
+        # the folder did not exist when this run decided to start afresh: another run of the
+        # same output.run_name may have made and finished it meanwhile
+        if holds_run(run_dir):
+            raise ConfigError(
+                f"output folder {run_dir} came to hold another run while this one started (the "
+                "same output.run_name); choose another output.run_name"
+            )
     # temp files of a process killed while writing (each file is written aside, renamed)
     for name in (CHECKPOINT_NAME, "config.yaml", "metrics.csv", "summary.json"):
         for stale in run_dir.glob(f".{name}.*"):
@@ -974,6 +1020,9 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals, held: contextlib.ExitS
         if why:
             raise ConfigError(f"{what} {folder}: {why}")
     ckpt_path = run_dir / CHECKPOINT_NAME
+    folder_lock = _FolderLock(run_dir, held)
+    # a run training into the folder now is refused before its files decide how this one starts
+    _on_rank0(env, lambda: folder_lock.take() if run_dir.is_dir() else None)
     resume_from, elsewhere = resume_source(cfg, env, run_dir)
     resume_state = load_checkpoint(resume_from) if resume_from else None
     if resume_state is not None:
@@ -995,6 +1044,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals, held: contextlib.ExitS
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     state = TrainState()
+    settings = _timed_settings(cfg, env, num_threads, emb_rows)  # how the steps run
     config_changes: list[dict[str, Any]] = []  # timed settings resumes changed (timed_changes)
     summary_to_move, summarised = False, 0  # a finished run's summary.json, of that many epochs
     recorded: int | str = 0  # the epoch rows of the run folder's metrics.csv
@@ -1061,7 +1111,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals, held: contextlib.ExitS
         # settings of how the steps run that this resume changes: the steps before were timed
         # with the saved values (summary.json's config_changes keeps every resume's)
         config_changes = list(resume_state.get("config_changes") or [])
-        for change in timed_changes(resume_state, cfg):
+        for change in timed_changes(resume_state, cfg, settings):
             config_changes.append({"epoch": state.epoch + 1, "step": state.step_in_epoch, **change})
             log(
                 env,
@@ -1092,7 +1142,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals, held: contextlib.ExitS
         summary_to_move = False
 
     def open_folder() -> None:
-        _open_run_folder(run_dir, cfg, held)
+        _open_run_folder(run_dir, cfg, folder_lock)
         if recorded < len(state.metrics):
             # stopped between an epoch's checkpoint and its metrics.csv row: the row is in the
             # checkpoint (and no epoch may be left to write it)
@@ -1149,6 +1199,7 @@ def _fit(cfg: Config, env: D.DistEnv, stops: StopSignals, held: contextlib.ExitS
                     "world_size": env.world_size,
                     "config": cfg.to_dict(),
                     "config_changes": config_changes,
+                    "timed_settings": settings,
                     # the encoded data's cache key: its files, tokenizer and max_seq_len
                     "data_key": data.cache_path.name,
                 },

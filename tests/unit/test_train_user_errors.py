@@ -176,11 +176,39 @@ def test_a_resume_that_changes_how_steps_run_says_so_and_the_summary_keeps_it(
         change,
         {"epoch": 3, "step": 0, "key": "data.pad_multiple", "before": 1, "after": 8},
     ]
-    # a run resumed unchanged has none
+    # a run resumed unchanged has none, nor one whose settings only read otherwise: 'auto'
+    # chose rows here (one CPU process), and compile_mode does nothing without compile
     assert main(tiny("u", "train.epochs=1")) == 0
-    assert main(tiny("u", "train.epochs=2", "train.resume=auto")) == 0
+    assert main(tiny("u", "train.epochs=2", "train.resume=auto", "train.embedding_grad=rows",
+                     "train.compile_mode=max-autotune")) == 0  # fmt: skip
     summary = json.loads((tmp_path / "exp" / "u" / "summary.json").read_text())
     assert summary["config_changes"] == []
+
+
+def test_a_fresh_run_whose_folder_another_run_made_meanwhile_is_refused(
+    tiny: Callable[..., list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scalelab import train
+
+    run = tmp_path / "exp" / "r"
+    load_data = train._load_data
+
+    def another_run_finishes_meanwhile(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        out = load_data(*args, **kwargs)
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text("{}")  # the twin with the same run_name, done
+        return out
+
+    monkeypatch.setattr(train, "_load_data", another_run_finishes_meanwhile)
+    assert main(tiny("r", "train.epochs=1")) == 2
+    assert _error_line(capsys).endswith(
+        f"output folder {run} came to hold another run while this one started (the same "
+        "output.run_name); choose another output.run_name"
+    )
+    assert (run / "summary.json").read_text() == "{}" and not (run / "config.yaml").exists()
 
 
 def test_stop_after_steps_without_checkpoints_is_refused() -> None:
@@ -446,6 +474,7 @@ def _corrupt_model_shape(ckpt: dict) -> None:
         (lambda c: c["config"].update(train="x"), "checkpoint field config.train is 'x'"),
         (lambda c: c.update(config_changes="x"), "checkpoint field config_changes is 'x'"),
         (lambda c: c.update(config_changes=[{"key": 3}]), "field config_changes[0] is a dict"),
+        (lambda c: c.update(timed_settings={"a": [1]}), "field timed_settings is a dict, expec"),
         (lambda c: c["metrics"][0].update(peak_mem_mb="big"), "field metrics[0].peak_mem_mb"),
         (lambda c: c.update(rng={}), "checkpoint field rng is a dict, expected a list"),
         (lambda c: c["rng"][0].update(python="x"), "its RNG state of rank 0 does not load"),
@@ -930,6 +959,12 @@ def test_a_second_run_into_a_folder_another_run_trains_into_is_refused(
             "stops, or choose another output.run_name"
         )
         assert {k: v for k, v in _files(run).items() if k != LOCK_NAME} == before
+        # locked before the resume reads the folder: a checkpoint the other run is writing
+        # now is not this run's to judge (it said "unreadable", or "older than metrics.csv")
+        (run / "checkpoint.pt").write_bytes(b"half a checkpoint")
+        assert main(tiny("r", "train.epochs=2", "train.resume=auto")) == 2
+        assert "is in use by another run (pid 4242 on node7)" in _error_line(capsys)
+        (run / "checkpoint.pt").write_bytes(before["checkpoint.pt"])
         # a fresh folder of the same name as well (two jobs started at once)
         fresh = tmp_path / "exp" / "new"
         fresh.mkdir()

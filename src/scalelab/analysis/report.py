@@ -833,6 +833,7 @@ def _config_changes_note(runs: Sequence[Run]) -> str:
             continue
         said = [
             f"{c.get('key')} {c.get('before')}, then {c.get('after')} from epoch {c.get('epoch')}"
+            + (f" step {c['step']}" if c.get("step") else "")
             for c in changes
             if isinstance(c, dict)
         ]
@@ -841,7 +842,7 @@ def _config_changes_note(runs: Sequence[Run]) -> str:
     if not parts:
         return ""
     return (
-        f" Resumed with other settings: {', '.join(parts)}; the epochs before each change were "
+        f" Resumed with other settings: {', '.join(parts)}; the steps before each change were "
         "timed with the old value, so these runs' timings mix both: train them again unchanged "
         "to compare them."
     )

@@ -57,7 +57,8 @@ from scalelab.data.tokenizer import (
 )
 
 #: Bump when the cached arrays or the cleaning/tokenisation change meaning.
-CACHE_VERSION = 3  # 3: trained vocabularies no longer vary between builds
+CACHE_VERSION = 4  # 3: trained vocabularies no longer vary between builds; 4: vocab.txt split
+# at "\n" only, normalized added tokens, <br> in any case (the encoded ids of older caches differ)
 
 
 @dataclass
