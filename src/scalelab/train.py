@@ -382,6 +382,7 @@ def _timed_settings(
     raw = cfg.to_dict()
     out: dict[str, Any] = {f"{s}.{k}": raw[s][k] for s, k in TIMED_KEYS}
     out["train.compile_mode"] = cfg.train.compile_mode if cfg.train.compile else None
+    out["data.pad_multiple"] = None if cfg.data.pad_to_max_len else cfg.data.pad_multiple
     out["train.num_threads"] = num_threads
     out["train.embedding_grad"] = "rows" if emb_rows and emb_rows.sparse_backward else "dense"
     out["data.on_device"] = bool(cfg.data.on_device and env.device.type == "cuda")

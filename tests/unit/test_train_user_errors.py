@@ -177,10 +177,12 @@ def test_a_resume_that_changes_how_steps_run_says_so_and_the_summary_keeps_it(
         {"epoch": 3, "step": 0, "key": "data.pad_multiple", "before": 1, "after": 8},
     ]
     # a run resumed unchanged has none, nor one whose settings only read otherwise: 'auto'
-    # chose rows here (one CPU process), and compile_mode does nothing without compile
-    assert main(tiny("u", "train.epochs=1")) == 0
+    # chose rows here (one CPU process), compile_mode does nothing without compile, nor
+    # pad_multiple where every batch is padded to max_seq_len
+    assert main(tiny("u", "train.epochs=1", "data.pad_to_max_len=true")) == 0
     assert main(tiny("u", "train.epochs=2", "train.resume=auto", "train.embedding_grad=rows",
-                     "train.compile_mode=max-autotune")) == 0  # fmt: skip
+                     "train.compile_mode=max-autotune", "data.pad_to_max_len=true",
+                     "data.pad_multiple=8")) == 0  # fmt: skip
     summary = json.loads((tmp_path / "exp" / "u" / "summary.json").read_text())
     assert summary["config_changes"] == []
 
