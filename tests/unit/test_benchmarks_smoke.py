@@ -5,6 +5,7 @@ These check the plumbing (scripts start, measure something, write every key), no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -265,3 +266,54 @@ def test_quality_tiny_writes_both_accuracies(tmp_path: Path) -> None:
     assert res["acc_difference"] == pytest.approx(
         res["scalelab"]["test_acc"] - res["study"]["test_acc"]
     )
+
+
+def test_a_failed_side_by_side_run_stops_its_peer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.py's _train_runs starts runs together: when one fails, the others (and the ranks
+    under their torchrun) were left running while the caller removed their folder."""
+    import signal
+    import time
+
+    from scalelab.launch import local
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run as bench_run
+    finally:
+        sys.path.remove(str(BENCH))
+    pid_file = tmp_path / "peer.pid"
+
+    def fake_torchrun(nproc: int, module_args: list[str]) -> list[str]:
+        if "output.run_name=fails" in module_args:  # once its peer's rank runs
+            wait = f"import os, sys, time\nwhile not os.path.exists({str(pid_file)!r}): time.sleep(0.05)"
+            return [sys.executable, "-c", wait + "\nsys.exit(3)"]
+        # a rank under torchrun: a grandchild of the benchmark's trampoline process
+        code = (f"import os, subprocess, sys, time; open({str(pid_file)!r}, 'w').write("
+                "str(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])"
+                ".pid)); time.sleep(120)")  # fmt: skip
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(local, "torchrun_argv", fake_torchrun)
+    with pytest.raises(RuntimeError, match="fails failed"):
+        bench_run._train_runs([(1, 1, "fails"), (1, 1, "hangs")], tmp_path, [])
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rank = int(pid_file.read_text()) if pid_file.exists() else None
+    try:
+        alive = rank is not None
+        while alive and time.monotonic() < deadline:
+            try:
+                os.kill(rank, 0)
+                state = Path(f"/proc/{rank}/stat").read_text().split(") ")[-1][:1]
+                alive = state != "Z"  # killed, not yet reaped by its new parent
+            except (ProcessLookupError, FileNotFoundError):
+                alive = False
+            time.sleep(0.1)
+        assert rank is not None and not alive, "the hanging run's rank still runs"
+    finally:
+        if rank is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rank, signal.SIGKILL)
