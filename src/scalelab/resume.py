@@ -401,14 +401,25 @@ def timed_changes(
             for key, value in now.items()
             if key in before and before[key] != value
         ]
+    return [
+        {"key": key, "before": old, "after": new}
+        for key, old, new in _config_diffs(saved, cfg, TIMED_KEYS)
+    ]
+
+
+def _config_diffs(
+    saved: dict[str, Any], cfg: Config, keys: tuple[tuple[str, str], ...]
+) -> list[tuple[str, Any, Any]]:
+    """("section.key", saved value, this config's value) of each of `keys` the checkpoint's
+    config records with another value (a key an older checkpoint lacks is not compared)."""
     saved_cfg = saved.get("config") or {}
     now = cfg.to_dict()
     out = []
-    for section, key in TIMED_KEYS:
+    for section, key in keys:
         saved_section = saved_cfg.get(section)
         before = saved_section.get(key) if isinstance(saved_section, dict) else None
         if before is not None and before != now[section][key]:
-            out.append({"key": f"{section}.{key}", "before": before, "after": now[section][key]})
+            out.append((f"{section}.{key}", before, now[section][key]))
     return out
 
 
@@ -420,16 +431,9 @@ def check_resume_config(
     learning-rate schedule, warm-up or dropout (config.yaml would misdescribe the epochs before),
     other encoded data (`data_key` is the cache file's name), or mid-epoch, a config that draws
     other batches (other batching keys). train.epochs may change: that trains a run further."""
-    saved_cfg = saved.get("config") or {}
-    now = cfg.to_dict()
 
     def changed(keys: tuple[tuple[str, str], ...]) -> tuple[str, Any, Any] | None:
-        for section, key in keys:
-            saved_section = saved_cfg.get(section)
-            before = saved_section.get(key) if isinstance(saved_section, dict) else None
-            if before is not None and before != now[section][key]:
-                return f"{section}.{key}", before, now[section][key]
-        return None
+        return next(iter(_config_diffs(saved, cfg, keys)), None)
 
     if diff := changed(_OPTIMIZER_KEYS):
         raise CheckpointError(
