@@ -158,8 +158,7 @@ class TrainConfig:
     save_checkpoint: bool = True
     """Write checkpoints at all."""
     log_every_steps: int = 50
-    """Update the progress line every N steps; each update is a host-device sync for the loss.
-    (Whether any rank got SIGTERM/SIGUSR1 the ranks agree about every 5 s of training, one tiny all-reduce, and stop together.)"""
+    """Update the progress line every N steps; each update is a host-device sync for the loss. (Whether any rank got SIGTERM/SIGUSR1 the ranks agree about every ~5 s of training, one tiny all-reduce, and stop together: every N steps, N set from the step time measured at the previous poll.)"""
     timing_warmup_steps: int = 5
     """First optimizer steps of each invocation excluded from the per-phase timing (warm-up, compile); a resumed run warms up again, over at most half of the epoch's steps left."""
     profile_steps: int = 0
@@ -200,7 +199,7 @@ class DistributedConfig:
     grad_sync: str = "auto"
     """When ranks sum gradients: 'buckets' (DDP all-reduces each bucket as it fills, overlapping the backward; the embedding rows follow in one more all-reduce), 'fused' (one all-reduce per step after the backward: DDP's buckets and the embedding rows together, one collective's latency instead of one per bucket plus one; needs embedding_grad_sync=rows, comm_hook=none, find_unused_parameters=false) or 'auto' (fused with gloo when those hold, else buckets)."""
     collective_wait: str = "auto"
-    """How a gloo rank waits for the gradient all-reduce scalelab itself issues (distributed.grad_sync=fused, or the embedding rows' own), and the barrier before each step of the exposed-communication calibration: 'spin' (yield the CPU in a loop, for up to 50 ms, then block: the rank goes on as soon as the sum is in instead of being woken from sleep; 1.02x and 1.07x samples/s over block at the median of 3 paired 2-rank runs in two full benchmark runs on the 2-vCPU test VM: benchmarks/run.py), 'block' (gloo's wait()) or 'auto' (spin). DDP's own bucket all-reduces wait inside DDP; NCCL's run on the GPU's stream (no host wait)."""
+    """How a gloo rank waits for the gradient all-reduce scalelab itself issues (distributed.grad_sync=fused, or the embedding rows' own), and the barrier before each step of the exposed-communication calibration: 'spin' (yield the CPU in a loop, for up to 50 ms, then block: the rank goes on as soon as the sum is in instead of being woken from sleep; measured in README Performance's 'DDP 2x1 spinning vs blocking wait' row), 'block' (gloo's wait()) or 'auto' (spin). DDP's own bucket all-reduces wait inside DDP; NCCL's run on the GPU's stream (no host wait)."""
     timeout_s: int = 600
     """Collective timeout in seconds."""
     pin_cpus: bool = False
@@ -728,5 +727,6 @@ def describe() -> str:
         lines.append(f"[{sec_name}]")
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else ""
-            lines.append(f"  {sec_name}.{f.name} = {default!r}\n      {docs.get(f.name, '')}")
+            meaning = " ".join(docs.get(f.name, "").split())  # one line, however wrapped
+            lines.append(f"  {sec_name}.{f.name} = {default!r}\n      {meaning}")
     return "\n".join(lines)

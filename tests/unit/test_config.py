@@ -495,3 +495,22 @@ def test_a_home_relative_checkpoint_is_found(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "ck.pt").write_bytes(b"x")
     assert load_config(None, ["train.resume=~/ck.pt"]).train.resume == "~/ck.pt"
+
+
+def test_config_reference_gives_each_key_its_default_and_one_line_meaning() -> None:
+    # a docstring wrapped over lines in config.py must not break the reference's layout
+    from scalelab.config import all_keys, describe
+
+    lines = describe().splitlines()
+    keyed = {}
+    for i, line in enumerate(lines):
+        if line.startswith("[") and line.endswith("]"):
+            continue
+        if line.startswith("  ") and not line.startswith("   ") and " = " in line:
+            meaning = lines[i + 1]
+            assert meaning.startswith("      ") and meaning.strip(), (line, meaning)
+            keyed[line.split(" = ")[0].strip()] = meaning
+        else:
+            assert line.startswith("      ") and lines[i - 1].startswith("  "), line
+    assert sorted(keyed) == sorted(k for k in all_keys() if k != "name")
+    assert "stop together" in keyed["train.log_every_steps"]
