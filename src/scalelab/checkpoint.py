@@ -262,6 +262,8 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "g
 
 #: The config sections a checkpoint's `config` holds (Config.to_dict); each must be a mapping.
 _CONFIG_SECTIONS = ("model", "data", "train", "distributed", "output")
+#: metrics.csv columns every version of the trainer wrote into an epoch's row
+_METRIC_CORE = ("epoch", "train_loss", "val_loss", "val_acc", "epoch_time_s", "samples_per_s")
 
 
 def _describe(value: Any) -> str:
@@ -271,6 +273,11 @@ def _describe(value: Any) -> str:
         return text if len(text) <= 40 else text[:37] + "..."
     if isinstance(value, torch.Tensor):
         return "a tensor"
+    if isinstance(value, (list, tuple)):  # the length is what a per-rank field gets wrong
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, dict):  # the keys are what a row or record gets wrong
+        keys = ", ".join(str(k) for k in list(value)[:6]) + (", ..." if len(value) > 6 else "")
+        return f"a dict of {keys}" if value else "an empty dict"
     name = type(value).__name__
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
@@ -422,6 +429,16 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
                 f"{path}: checkpoint field metrics has {len(metrics)} rows, expected one per "
                 f"finished epoch ({state['epoch']})"
             )
+        # rows that replace metrics.csv's: epoch i + 1's, with the figures every version of the
+        # trainer recorded
+        for i, row in enumerate(metrics):
+            if row.get("epoch") != i + 1:
+                raise bad(f"metrics[{i}].epoch", row.get("epoch"), f"{i + 1} (rows in epoch order)")
+            if missing := [k for k in _METRIC_CORE if k not in row]:
+                raise CheckpointError(
+                    f"{path}: checkpoint field metrics[{i}] lacks {', '.join(missing)} (every "
+                    "epoch's row records them)"
+                )
     config = state.get("config")
     if config is not None:
         if not isinstance(config, dict):

@@ -584,6 +584,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = _load_scalar(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except (ValueError, RecursionError):  # int() of over 4300 digits; brackets nested 1000 deep
+        shown = raw if len(raw) <= 40 else f"{raw[:37]}..."
+        raise ConfigError(
+            f"override {key}={shown}: not a usable value ({len(raw)} characters)"
+        ) from None
     if isinstance(value, (dict, list)):
         value = raw
     return key, value
@@ -665,6 +670,14 @@ def _read_yaml(p: Path) -> Any:
     try:
         node = loader.get_single_node()
         raw = loader.construct_document(node) if node is not None else None
+        _keep_plain_strings(raw, node)
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid YAML for a config: nested too deeply") from None
+    except ValueError as exc:  # int() of a number of over 4300 digits
+        why = first_line(exc).split(":")[0]  # without Python's hint about its own limit
+        raise ConfigError(
+            f"{p}: not valid YAML for a config: a number it cannot read ({why})"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None)
@@ -677,7 +690,6 @@ def _read_yaml(p: Path) -> Any:
         raise ConfigError(f"{p}: not valid YAML: {first_line(exc)}") from None
     finally:
         loader.dispose()
-    _keep_plain_strings(raw, node)
     return raw
 
 

@@ -4,6 +4,7 @@ tips rest on, and bad run folders or commbench files as one-line errors (not tra
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,17 @@ def _break_summary(folder: Path, **fields: object) -> None:
         ({"timing": {"step_ms": "slow"}}, "field 'timing.step_ms' should be a number"),
         ({"comm": {"allreduce_ms": "1 ms"}}, "field 'comm.allreduce_ms' should be a number"),
         ({"comm": {"bucket_bytes": ["a"]}}, "field 'comm.bucket_bytes' should be a list"),
+        # each was a traceback in predict or report (int(nan), sum([None]), hash of a list)
+        ({"comm": {"bucket_bytes": [float("nan")]}}, "'comm.bucket_bytes' should be a list of"),
+        ({"comm": {"wire_bucket_bytes": [None]}}, "'comm.wire_bucket_bytes' should be a list"),
+        ({"comm": {"wire_bucket_bytes": 5}}, "'comm.wire_bucket_bytes' should be a list of byte"),
+        ({"comm": {"comm_hook": ["none"]}}, "'comm.comm_hook' should be one of none, fp16, bf16"),
+        ({"comm": {"grad_sync": "sometimes"}}, "'comm.grad_sync' should be one of fused, buckets"),
+        ({"grad_accum_steps": float("nan")}, "field 'grad_accum_steps' should be a whole number"),
+        ({"local_world_size": float("nan")}, "field 'local_world_size' should be a whole number"),
+        ({"world_size": 2.5}, "field 'world_size' should be a whole number"),
+        ({"steps_per_epoch": [3]}, "field 'steps_per_epoch' should be a number"),
+        ({"compile": {"mode": "default"}}, "field 'compile' should be text"),
         # numbers no run can record: predict printed a speedup from a negative forward
         ({"timing": {"forward_ms": -3}}, "field 'timing.forward_ms' should be a number >= 0"),
         ({"global_batch": 0}, "field 'global_batch' should be at least 1"),
@@ -233,11 +245,23 @@ def test_a_cut_off_or_mismatched_metrics_csv_is_one_line(tmp_path: Path) -> None
     with pytest.raises(AnalysisError, match=r"metrics.csv: no 'val_acc' column in the header"):
         load_run(tmp_path / "ws1")
     # rows lost (header only) or added after summary.json was written (a run continued)
-    for text in (lines[0] + "\n", "\n".join(lines[:3]) + "\n", good + lines[-1] + "\n"):
+    fourth = ",".join(["4", *lines[-1].split(",")[1:]])
+    for text in (lines[0] + "\n", "\n".join(lines[:3]) + "\n", good + fourth + "\n"):
         path.write_text(text)
         with pytest.raises(
             AnalysisError, match=r"epoch row\(s\), but summary.json is of a run of 3"
         ):
+            load_run(tmp_path / "ws1")
+    # a row copied twice, an emptied row, rows out of order: the tables index rows by epoch
+    rows = lines[1:]
+    blank = ",".join([""] * len(table[0]))
+    for body, says in (
+        ([*rows[:2], rows[1]], "line 4: epoch 2, expected 3"),
+        ([rows[0], blank, rows[2]], "line 3: epoch None, expected 2"),
+        ([rows[1], rows[0], rows[2]], "line 2: epoch 2, expected 1"),
+    ):
+        path.write_text("\n".join([lines[0], *body]) + "\n")
+        with pytest.raises(AnalysisError, match=re.escape(f"metrics.csv: {says} (one row per")):
             load_run(tmp_path / "ws1")
     path.write_text(good + "\n")  # a trailing blank line is harmless
     assert len(load_run(tmp_path / "ws1").metrics) == 3

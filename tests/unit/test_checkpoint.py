@@ -164,7 +164,7 @@ def test_ctrl_c_while_writing_finishes_the_checkpoint_then_interrupts(
         ("step_in_epoch", "3", "field step_in_epoch is '3', expected a whole number"),
         ("global_step", True, "field global_step is True, expected a whole number"),
         ("global_step", 1.5, "field global_step is 1.5, expected a whole number"),
-        ("scheduler", [1, 2], "field scheduler is a list, expected a dict"),
+        ("scheduler", [1, 2], "field scheduler is a list of 2, expected a dict"),
         ("model", "weights", "field model is 'weights', expected a dict"),
         ("optimizer", None, "field optimizer is None, expected a dict"),
         ("optimizer", {"state": {}}, "field optimizer lacks param_groups"),
@@ -173,7 +173,7 @@ def test_ctrl_c_while_writing_finishes_the_checkpoint_then_interrupts(
             {"state": {}, "param_groups": "x"},
             "optimizer.param_groups is 'x', expected",
         ),
-        ("config", ["train"], "field config is a list, expected a dict of config sections"),
+        ("config", ["train"], "field config is a list of 1, expected a dict of config sections"),
         ("config", {"train": "fast"}, "field config.train is 'fast', expected a dict"),
         ("metrics", "rows", "field metrics is 'rows', expected a list"),
         ("metrics", [{"epoch": 1}, 7], r"field metrics\[1\] is 7, expected a dict"),
@@ -195,13 +195,17 @@ def test_ctrl_c_while_writing_finishes_the_checkpoint_then_interrupts(
             {"warmup_steps": -3},
             r"timing_warmup.warmup_steps is -3, expected a number",
         ),
-        ("timing_warmup", [1], r"field timing_warmup is a list, expected a dict"),
+        ("timing_warmup", [1], r"field timing_warmup is a list of 1, expected a dict"),
         # a row per finished epoch (0 here): a resume rewrites metrics.csv from them
         ("metrics", [{"epoch": 1}], r"field metrics has 1 rows, expected one per finished epoch"),
-        ("rng", {"python": 1}, "field rng is a dict, expected a list"),
-        ("rng", [], "field rng is a list, expected a list with one RNG state per rank"),
+        ("rng", {"python": 1}, "field rng is a dict of python, expected a list"),
+        ("rng", [], "field rng is a list of 0, expected a list with one RNG state per rank"),
         ("rng", ["seed"], r"field rng\[0\] is 'seed', expected a dict"),
-        ("epoch_loss_sums", [0.0, 1.0], "field epoch_loss_sums is a list, expected a list of 1"),
+        (
+            "epoch_loss_sums",
+            [0.0, 1.0],
+            "field epoch_loss_sums is a list of 2, expected a list of 1",
+        ),
         ("epoch_tokens", [-3], r"field epoch_tokens\[0\] is -3, expected a whole number"),
     ],
 )
@@ -215,6 +219,34 @@ def test_a_field_of_the_wrong_type_is_one_line_naming_file_and_field(
         load_checkpoint(path)
     assert str(info.value).startswith(f"{path}: checkpoint field {field}"), info.value
     assert "\n" not in str(info.value)
+
+
+_ROW = {"epoch": 1, "train_loss": 1.2, "val_loss": 1.1, "val_acc": 0.5, "epoch_time_s": 3.0,
+        "samples_per_s": 90.0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "says"),
+    [
+        ([{}], r"field metrics\[0\].epoch is None, expected 1 \(rows in epoch order\)"),
+        ([{**_ROW, "epoch": 5}], r"field metrics\[0\].epoch is 5, expected 1"),
+        ([{**_ROW, "epoch": 2}, _ROW], r"field metrics\[0\].epoch is 2, expected 1"),
+        ([_ROW, _ROW], r"field metrics\[1\].epoch is 1, expected 2"),
+        ([{"epoch": 1, "val_acc": 0.5}], r"field metrics\[0\] lacks train_loss, val_loss, epoch_t"),
+    ],
+)
+def test_metrics_rows_a_resume_would_write_over_metrics_csv_are_whole_epochs_in_order(
+    tmp_path: Path, rows: list, says: str
+) -> None:
+    # the resume rewrote metrics.csv from them: a good epoch row became ",,,," or epoch 5's
+    path = tmp_path / "c.pt"
+    epochs = len(rows)
+    torch.save({**_state(), "format_version": 1, "epoch": epochs, "metrics": rows}, path)
+    with pytest.raises(CheckpointError, match=says):
+        load_checkpoint(path)
+    good = [{**_ROW, "epoch": i + 1} for i in range(epochs)]
+    torch.save({**_state(), "format_version": 1, "epoch": epochs, "metrics": good}, path)
+    assert load_checkpoint(path)["metrics"] == good
 
 
 @pytest.mark.parametrize(
@@ -239,7 +271,7 @@ def test_a_checkpoint_of_another_format_is_one_line(tmp_path: Path, extra: dict,
 def test_a_well_formed_checkpoint_with_every_optional_field_loads(tmp_path: Path) -> None:
     full = {**_state(), "epoch": 1, "scaler": None, "epoch_loss_sums": [1.5], "epoch_elapsed_s": None,
             "epoch_tokens": [12], "epoch_phases": [None], "comm_hook_state": None,
-            "metrics": [{"epoch": 1, "val_acc": 0.5, "tokens_per_s": float("nan")}],
+            "metrics": [{**_ROW, "tokens_per_s": float("nan")}],
             "profile": None, "world_size": 1, "config": {"name": "x", "train": {"lr": 1e-3}},
             "data_key": "ag_news-1.npz"}  # fmt: skip
     save_checkpoint(tmp_path / "c.pt", full)

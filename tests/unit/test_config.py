@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -514,3 +515,30 @@ def test_config_reference_gives_each_key_its_default_and_one_line_meaning() -> N
             assert line.startswith("      ") and lines[i - 1].startswith("  "), line
     assert sorted(keyed) == sorted(k for k in all_keys() if k != "name")
     assert "stop together" in keyed["train.log_every_steps"]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("a: " + "[" * 1000 + "]" * 1000, "not valid YAML for a config: nested too deeply"),
+        (
+            "train:\n  epochs: " + "9" * 5000,
+            "not valid YAML for a config: a number it cannot read (Exceeds the",
+        ),
+    ],
+)
+def test_a_config_file_python_cannot_read_is_one_line(tmp_path: Path, text: str, says: str) -> None:
+    # were a RecursionError of ~3,000 lines and a ValueError traceback
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {says}")) as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "[" * 1000])
+def test_an_override_python_cannot_read_is_one_short_line(value: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"^override train\.epochs=.{37}\.\.\.: not a usable value"
+    ):
+        load_config(None, [f"train.epochs={value}"])

@@ -469,18 +469,27 @@ def _corrupt_model_shape(ckpt: dict) -> None:
         (lambda c: c["scheduler"].update(base_lrs=[1.0]), "base_lrs is not a list of 2 learning"),
         (
             lambda c: c.update(scheduler=[0]),
-            "checkpoint field scheduler is a list, expected a dict",
+            "checkpoint field scheduler is a list of 1, expected a dict",
         ),
         (lambda c: c.update(epoch="1"), "checkpoint field epoch is '1', expected a whole number"),
         (lambda c: c.update(global_step=-5), "checkpoint field global_step is -5"),
         (lambda c: c["config"].update(train="x"), "checkpoint field config.train is 'x'"),
         (lambda c: c.update(config_changes="x"), "checkpoint field config_changes is 'x'"),
-        (lambda c: c.update(config_changes=[{"key": 3}]), "field config_changes[0] is a dict"),
-        (lambda c: c.update(timed_settings={"a": [1]}), "field timed_settings is a dict, expec"),
+        (
+            lambda c: c.update(config_changes=[{"key": 3}]),
+            "field config_changes[0] is a dict of key, expected",
+        ),
+        (
+            lambda c: c.update(timed_settings={"a": [1]}),
+            "field timed_settings is a dict of a, expec",
+        ),
         (lambda c: c["metrics"][0].update(peak_mem_mb="big"), "field metrics[0].peak_mem_mb"),
-        (lambda c: c.update(rng={}), "checkpoint field rng is a dict, expected a list"),
+        (lambda c: c.update(rng={}), "checkpoint field rng is an empty dict, expected a list"),
         (lambda c: c["rng"][0].update(python="x"), "its RNG state of rank 0 does not load"),
-        (lambda c: c.update(optimizer=[]), "checkpoint field optimizer is a list, expected a dict"),
+        (
+            lambda c: c.update(optimizer=[]),
+            "checkpoint field optimizer is a list of 0, expected a dict",
+        ),
         # AdamW read these unchecked: a segfault in the fused step, a KeyError, a generator
         (
             lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
@@ -545,7 +554,10 @@ def _corrupt_model_shape(ckpt: dict) -> None:
         (lambda c: c["metrics"][0].update(bogus=1.0), "metrics[0] has columns metrics.csv does"),
         # the resume would rewrite metrics.csv without epoch 1's row (was a TypeError)
         (lambda c: c.update(metrics=None), "field metrics is None, expected a list of 1 per-epoch"),
-        (lambda c: c.update(profile={"x": torch.zeros(2)}), "field profile is a dict, expected"),
+        (
+            lambda c: c.update(profile={"x": torch.zeros(2)}),
+            "field profile is a dict of x, expected",
+        ),
         (_corrupt_model_key, 'model weights (Missing key(s) in state_dict: "head.bias")'),
         (_corrupt_model_shape, "model weights (size mismatch for blocks.0.ff1.weight: copying"),
     ],

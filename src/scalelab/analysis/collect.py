@@ -201,7 +201,7 @@ def load_run(path: str | Path) -> Run:
 # the file and field named, not as a traceback deep inside a table or plot.
 _TEXT_FIELDS = (
     "run_name", "preset", "dataset", "model_arch", "torch_version", "python_version",
-    "device_type", "device_name", "backend", "git_commit", "precision",
+    "device_type", "device_name", "backend", "git_commit", "precision", "compile",
 )  # fmt: skip
 # the text fields the analysis branches on, and every value the trainer writes there
 _TEXT_CHOICES = {
@@ -213,7 +213,13 @@ _NUMBER_FIELDS = (
     "world_size", "num_nodes", "local_world_size", "device_count", "num_params", "global_batch",
     "per_rank_batch", "grad_accum_steps", "num_epochs", "num_train_samples", "num_test_samples",
     "mean_tokens_per_sample", "final_val_acc", "final_val_loss", "mean_epoch_time_s",
-    "samples_per_s", "tokens_per_s", "peak_mem_mb",
+    "samples_per_s", "tokens_per_s", "peak_mem_mb", "steps_per_epoch",
+)  # fmt: skip
+# the fields of _NUMBER_FIELDS that count something: whole numbers (groups and tables key on them)
+_COUNT_FIELDS = (
+    "world_size", "num_nodes", "local_world_size", "device_count", "num_params", "global_batch",
+    "per_rank_batch", "grad_accum_steps", "num_epochs", "num_train_samples", "num_test_samples",
+    "steps_per_epoch",
 )  # fmt: skip
 # the fields of _NUMBER_FIELDS that are at least 1 (the others are at least 0)
 _LEAST = dict.fromkeys(
@@ -227,6 +233,16 @@ _COMM_NUMBERS = (
     "embedding_rows_per_step", "allreduce_ms", "exposed_comm_ms", "compute_ms",
     "compute_to_comm_ratio", "overlap_fraction",
 )  # fmt: skip
+
+
+# comm's text fields the analysis branches on, and every value the trainer writes there
+_COMM_CHOICES = {
+    "comm_hook": ("none", "fp16", "bf16", "powersgd"),
+    "embedding_grad_sync": ("rows", "dense"),
+    "grad_sync": ("fused", "buckets"),
+    "collective_wait": ("spin", "block"),
+    "embedding_grad": ("rows", "dense"),
+}
 
 
 def _whole(value: Any) -> bool:
@@ -280,6 +296,9 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
     for key in _NUMBER_FIELDS:  # NaN counts as a number: a diverged run's loss is one
         if summary.get(key) is not None and not is_number(summary[key]):
             raise bad(key, "a number")
+    for key in _COUNT_FIELDS:  # NaN, 2.5 or 1e300 is no count of ranks, steps or examples
+        if summary.get(key) is not None and not _whole(summary[key]):
+            raise bad(key, "a whole number")
     for key in _NUMBER_FIELDS:  # counts, sizes, times, rates, losses: none is negative
         if is_number(summary.get(key)) and summary[key] < _LEAST.get(key, 0):
             raise bad(key, f"at least {_LEAST.get(key, 0)}")
@@ -298,11 +317,15 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
     for key in _COMM_NUMBERS:
         if comm.get(key) is not None and not is_number(comm[key]):
             raise bad(f"comm.{key}", "a number")
-    buckets = comm.get("bucket_bytes")
-    if buckets is not None and not (
-        isinstance(buckets, list) and all(is_number(v) for v in buckets)
-    ):
-        raise bad("comm.bucket_bytes", "a list of numbers")
+    for key in ("bucket_bytes", "wire_bucket_bytes"):  # the prediction sums and models them
+        buckets = comm.get(key)
+        if buckets is not None and not (
+            isinstance(buckets, list) and all(_whole(v) and v >= 0 for v in buckets)
+        ):
+            raise bad(f"comm.{key}", "a list of byte counts")
+    for key, allowed in _COMM_CHOICES.items():  # the analysis branches on them
+        if comm.get(key) is not None and comm[key] not in allowed:
+            raise bad(f"comm.{key}", "one of " + ", ".join(allowed))
     for (section, key), (ok, want) in _SECTION_FIELDS.items():
         value = (summary.get(section) or {}).get(key)
         if value is not None and not ok(value):
@@ -310,8 +333,14 @@ def _check_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def _check_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Every metrics.csv cell the trainer writes is a number >= 0 (or empty)."""
+    """Every metrics.csv cell the trainer writes is a number >= 0 (or empty), and the rows are
+    epochs 1, 2, ... in order (one row per epoch: the tables and plots index them so)."""
     for i, row in enumerate(rows, start=2):  # line 1 is the header
+        if row.get("epoch") != i - 1:
+            raise AnalysisError(
+                f"{path}: line {i}: epoch {row.get('epoch')!r}, expected {i - 1} (one row per "
+                "epoch, in order)"
+            )
         for key, value in row.items():
             if value is not None and not is_number(value):
                 raise AnalysisError(f"{path}: line {i}, column {key!r} is not a number: {value!r}")
