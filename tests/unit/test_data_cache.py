@@ -450,6 +450,38 @@ def test_a_damaged_cache_file_is_rebuilt_listed_and_named(cfg, damage, capsys):
     assert not good.cache_path.exists()
 
 
+def _rewrite_array(p: Path, name: str, change) -> None:
+    arrays = dict(np.load(p))
+    arrays[name] = change(arrays[name])
+    with p.open("wb") as f:
+        np.savez(f, **arrays)  # valid CRCs: only the contents disagree
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("train_labels", lambda a: a[:10]),  # was an IndexError mid-training
+        ("test_lengths", lambda a: a[:-1]),
+        ("train_lengths", lambda a: a + 10_000),  # past the tokens' width
+        ("train_labels", lambda a: a + 100),  # past num_classes
+        ("test_tokens", lambda a: a + 1_000_000),  # past the vocabulary
+        ("train_tokens", lambda a: a[:, :, None]),
+        ("train_labels", lambda a: a.astype(np.float32)),
+    ],
+)
+def test_a_cache_file_whose_arrays_do_not_fit_together_is_rebuilt(cfg, name, change):
+    good = prepare_data(cfg)
+    _rewrite_array(good.cache_path, name, change)
+    with pytest.raises(DataError, match="data cache unreadable") as err:
+        prepare_data(cfg, is_main=False)
+    assert "not a scalelab cache file" in str(err.value)
+    rebuilt = prepare_data(cfg)
+    assert not rebuilt.cache_hit
+    assert torch.equal(rebuilt.train.tokens, good.train.tokens)
+    assert torch.equal(rebuilt.train.labels, good.train.labels)
+    assert prepare_data(cfg).cache_hit
+
+
 def test_cache_and_run_files_get_the_permissions_the_umask_gives(cfg, tmp_path):
     import subprocess
     import sys

@@ -464,8 +464,32 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         missing = _ARRAYS - set(z.files)
         if missing:
             raise KeyError(f"not a scalelab cache file (no {', '.join(sorted(missing))})")
-        _read_meta(z)
-        return {k: z[k] for k in z.files}  # reading checks each array's CRC
+        meta = _read_meta(z)
+        arrays = {k: z[k] for k in z.files}  # reading checks each array's CRC
+    _check_arrays(arrays, meta)
+    return arrays
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """The splits' arrays fit together as `_build` writes them (raises ValueError: rebuilt);
+    a file whose labels or lengths are not its tokens' would index past them mid-training."""
+    for split in ("train", "test"):
+        tokens, lengths, labels = (arrays[f"{split}_{p}"] for p in ("tokens", "lengths", "labels"))
+        n = len(lengths)
+        if not (
+            tokens.ndim == 2 and lengths.ndim == 1 and labels.ndim == 1
+            and all(a.dtype.kind in "iu" for a in (tokens, lengths, labels))
+            and tokens.shape[0] == n == len(labels) and tokens.shape[1] <= meta["max_seq_len"]
+        ):  # fmt: skip
+            raise ValueError(f"not a scalelab cache file ({split} arrays do not fit together)")
+        if n and not (
+            lengths.min() >= 0 and lengths.max() <= tokens.shape[1]
+            and labels.min() >= 0 and labels.max() < meta["num_classes"]
+            and (not tokens.size or (tokens.min() >= 0 and tokens.max() < meta["vocab_size"]))
+        ):  # fmt: skip
+            raise ValueError(
+                f"not a scalelab cache file ({split} lengths, labels or ids out of range)"
+            )
 
 
 def _split(arrays: dict[str, np.ndarray], name: str, pad: int) -> EncodedSplit:
