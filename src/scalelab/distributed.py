@@ -27,6 +27,8 @@ from scalelab.data.batching import to_device
 class LaunchError(RuntimeError):
     """The distributed environment cannot run this job (one clear line for the user)."""
 
+    every_rank = False  # printed by rank 0 only, unless each rank has its own to say
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -208,7 +210,24 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     maybe_shared = use_cuda and local_world_size > num_gpus
     if backend == "nccl" and not maybe_shared:
         kwargs["device_id"] = device  # binds the communicator to our GPU eagerly
-    dist.init_process_group(**kwargs)
+    try:
+        dist.init_process_group(**kwargs)
+    except dist.DistError as exc:  # the store's timeout, or an address that cannot be used
+        what = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        where = f"{os.environ['MASTER_ADDR']}:{port}"
+        if isinstance(exc, dist.DistStoreError) or rank:  # a client: rank 0 never came
+            err = LaunchError(
+                f"rank {rank} of {world_size}: the other ranks did not join at {where} within "
+                f"distributed.timeout_s={cfg.timeout_s:g} s ({what}); start all {world_size} with "
+                "torchrun, or unset a WORLD_SIZE/RANK left in the environment"
+            )
+        else:
+            err = LaunchError(
+                f"rank {rank} of {world_size}: cannot meet the other ranks at {where} ({what}); "
+                "check MASTER_ADDR/MASTER_PORT (a port another job holds?)"
+            )
+        err.every_rank = True  # no process group: each rank says what it saw
+        raise err from None
     global _joined_process_group
     _joined_process_group = True
     env = DistEnv(rank, local_rank, world_size, local_world_size, num_nodes, backend, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 
@@ -105,3 +106,33 @@ def test_nodes_running_unequal_numbers_of_ranks_are_counted(clean_env: pytest.Mo
     assert D._num_nodes(8, 4) == 2
     clean_env.delenv("GROUP_WORLD_SIZE")
     assert D._num_nodes(8, 4) == 2  # neither: the even layout's quotient
+
+
+def _rank0_of_2(env: pytest.MonkeyPatch, port: int) -> None:
+    for var, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):  # fmt: skip
+        env.setenv(var, value)
+
+
+def test_a_rank_whose_peers_never_come_is_one_line(clean_env: pytest.MonkeyPatch) -> None:
+    # a WORLD_SIZE left in the shell: waited distributed.timeout_s, then a DistStoreError traceback
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _rank0_of_2(clean_env, port)
+    with pytest.raises(D.LaunchError, match=r"^rank 0 of 2: the other ranks did not join at "
+                       rf"127\.0\.0\.1:{port} within distributed\.timeout_s=2 s") as info:  # fmt: skip
+        D.init_distributed(DistributedConfig(backend="gloo", timeout_s=2))
+    assert info.value.every_rank and "\n" not in str(info.value)
+    assert "unset a WORLD_SIZE/RANK left in the environment" in str(info.value)
+
+
+def test_a_rendezvous_port_another_process_holds_is_one_line(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        _rank0_of_2(clean_env, held.getsockname()[1])
+        with pytest.raises(D.LaunchError, match=r"^rank 0 of 2: cannot meet the other ranks at"):
+            D.init_distributed(DistributedConfig(backend="gloo", timeout_s=2))
