@@ -373,6 +373,12 @@ class Config:
                 "checkpoint cannot be continued"
             )
         if t.resume not in ("", "auto") and not Path(t.resume).expanduser().is_file():
+            found = Path(t.resume).expanduser()
+            if found.is_dir():  # a run folder: its checkpoint, or resume=auto with its name
+                raise ConfigError(
+                    f"train.resume: {t.resume} is a folder; give its {found / 'checkpoint.pt'}, "
+                    "or train.resume=auto with output.run_name naming the run"
+                )
             raise ConfigError(f"train.resume: checkpoint file not found: {t.resume}")
         if world_size is not None:
             per_step = world_size * t.grad_accum_steps

@@ -542,3 +542,11 @@ def test_an_override_python_cannot_read_is_one_short_line(value: str) -> None:
         ConfigError, match=r"^override train\.epochs=.{37}\.\.\.: not a usable value"
     ):
         load_config(None, [f"train.epochs={value}"])
+
+
+def test_a_resume_given_a_run_folder_says_what_to_give_instead(tmp_path: Path) -> None:
+    # said "checkpoint file not found" of a folder that exists
+    with pytest.raises(
+        ConfigError, match=re.escape(f"train.resume: {tmp_path} is a folder; give its")
+    ):
+        load_config(None, [f"train.resume={tmp_path}"])

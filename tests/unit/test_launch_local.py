@@ -85,6 +85,20 @@ def test_missing_config_is_one_line_error(tmp_path: Path, capsys: pytest.Capture
     assert len(err) == 1 and "not found" in err[0] and "nope.yaml" in err[0]
 
 
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_one_line_error_and_trains_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, out: str
+) -> None:
+    # trained into the current folder, silently
+    monkeypatch.chdir(tmp_path)
+    code = sweep_main(["--config", str(SMALL), "--world-sizes", "1", "--out", out])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "scalelab: error: --out is empty: give the folder the sweep's runs go into"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sweep_checks_every_world_size_before_running(tmp_path: Path) -> None:
     assert issubclass(SweepError, LaunchError)  # the CLI prints LaunchErrors as one line, exit 2
     # batch 30 runs on 1 and 2 ranks but not on 4: refuse before spending time on the first runs

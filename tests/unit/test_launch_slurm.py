@@ -116,6 +116,9 @@ def test_no_submit_writes_only_the_script(tmp_path: Path, capsys: pytest.Capture
         # every array task trained into the one run folder at once
         (["--sbatch-arg=--array=0-1"], "every task of the array would train into the one run"),
         (["--sbatch-arg", "-a 0-3"], "every task of the array would train into the one run"),
+        # sbatch reads every word: "--nodes=9" rode in unchecked behind an allowed option
+        (["--sbatch-arg=--mem=1G --nodes=9"], "one sbatch option per --sbatch-arg"),
+        (["--sbatch-arg", "-J x -N 9"], "'-J x -N 9': one sbatch option per --sbatch-arg"),
         (["--python", ""], "--python is empty"),
     ],
 )

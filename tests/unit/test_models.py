@@ -109,6 +109,10 @@ def test_distilbert_pretrained_path_that_does_not_exist_is_a_config_error(tmp_pa
     cfg = ModelConfig(arch="distilbert", max_seq_len=32, pretrained=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match=r"^model\.pretrained: no such folder: .*nope"):
         build_model(cfg, 500, 4)
+    (tmp_path / "weights.bin").write_bytes(b"x")  # a file, not the folder it belongs in
+    cfg.pretrained = str(tmp_path / "weights.bin")
+    with pytest.raises(ConfigError, match=r"^model\.pretrained: not a folder: .*weights\.bin"):
+        build_model(cfg, 500, 4)
     # a folder without weights: transformers' OSError becomes one line naming the key
     (tmp_path / "empty").mkdir()
     cfg.pretrained = str(tmp_path / "empty")

@@ -380,6 +380,8 @@ def sweep_main(argv: list[str]) -> int:
     try:
         if args.threads_per_rank is not None and args.threads_per_rank < 1:
             raise SweepError(f"--threads-per-rank must be >= 1, got {args.threads_per_rank}")
+        if not args.out.strip():  # was the current folder, silently
+            raise SweepError("--out is empty: give the folder the sweep's runs go into")
         runs = run_sweep(
             args.config,
             args.world_sizes,

@@ -314,6 +314,11 @@ def check_job(job: SlurmJob) -> None:
         name = _option_name(arg.strip())
         if not name.startswith("-") or name in ("-", "--"):
             raise SlurmError(f"--sbatch-arg {arg!r}: not an sbatch option (e.g. --mem=16G)")
+        # sbatch reads every word of an #SBATCH line: a second option would pass unchecked
+        if any(word.startswith("-") for word in arg.split()[1:]):
+            raise SlurmError(
+                f"--sbatch-arg {arg!r}: one sbatch option per --sbatch-arg (repeat the flag)"
+            )
         if name in _REFUSED_OPTIONS:
             raise SlurmError(f"--sbatch-arg {arg!r}: {_REFUSED_OPTIONS[name]}")
         if name in _SCRIPT_OPTIONS:
@@ -485,7 +490,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="output.run_name (default: <preset>-ws<ranks>)")
     p.add_argument("--python", default=sys.executable, help="python on the compute nodes")
     p.add_argument(
-        "--sbatch-arg", action="append", default=[], help="extra #SBATCH option, repeatable"
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        help="one extra #SBATCH option, repeatable; write it with '=' as the option starts with "
+        "'-': --sbatch-arg=--mem=16G",
     )
     p.add_argument("--no-submit", action="store_true", help="only write the script")
     p.add_argument(

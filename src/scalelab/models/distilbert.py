@@ -64,8 +64,9 @@ class DistilBertClassifier(nn.Module):
             # Local files only: no downloads at run time. transformers would take a missing path
             # for a Hub repo id and say so in a traceback.
             if not Path(pretrained).is_dir():
+                what = "not a folder" if Path(pretrained).exists() else "no such folder"
                 raise ConfigError(
-                    f"model.pretrained: no such folder: {pretrained} (give a local folder saved "
+                    f"model.pretrained: {what}: {pretrained} (give a local folder saved "
                     "with save_pretrained: config.json and the weights; nothing is downloaded)"
                 )
             where = f"model.pretrained={pretrained}"
