@@ -34,3 +34,11 @@ class ArgumentParser(argparse.ArgumentParser):
         elif extra:
             self.error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed
+
+
+def folder(text: str) -> str:
+    """An argparse type for an output folder: an empty one (`--out "$DIR"` with DIR unset) would
+    write into the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give the folder to write into")
+    return text

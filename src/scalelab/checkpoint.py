@@ -276,7 +276,10 @@ def _describe(value: Any) -> str:
     if isinstance(value, (list, tuple)):  # the length is what a per-rank field gets wrong
         return f"a {type(value).__name__} of {len(value)}"
     if isinstance(value, dict):  # the keys are what a row or record gets wrong
-        keys = ", ".join(str(k) for k in list(value)[:6]) + (", ..." if len(value) > 6 else "")
+        keys = ", ".join(
+            _describe(k) if not isinstance(k, str) else k[:20] for k in list(value)[:6]
+        )
+        keys = " ".join(keys.split()) + (", ..." if len(value) > 6 else "")  # one line
         return f"a dict of {keys}" if value else "an empty dict"
     name = type(value).__name__
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
@@ -397,7 +400,9 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
                 and is_count(change.get("step"))
             ):
                 raise bad(
-                    f"config_changes[{i}]", change, "a dict of key, epoch, step, before, after"
+                    f"config_changes[{i}]",
+                    change,
+                    "a dict of key (text), epoch and step (whole numbers >= 0), before, after",
                 )
     settings = state.get("timed_settings")  # absent in checkpoints from before they were kept
     if settings is not None and not (

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from scalelab.analysis.predict import AnalysisError, fit_alpha_beta, ring_factor
-from scalelab.arguments import ArgumentParser
+from scalelab.arguments import ArgumentParser, folder
 from scalelab.checkpoint import atomic_write_text
 from scalelab.config import DistributedConfig, first_line, not_a_folder
 from scalelab.distributed import (
@@ -527,7 +527,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="timed iterations per size (default: adapts to the size)",
     )
-    p.add_argument("--out", default="experiments/commbench", help="output folder")
+    p.add_argument("--out", type=folder, default="experiments/commbench", help="output folder")
     p.add_argument(
         "--wait",
         choices=("spin", "block"),

@@ -633,7 +633,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 # YAML 1.1 (PyYAML) reads 017 as octal 15, 1:30 as sexagesimal 90, 0x10 as 16 and 1_000 as
 # 1000: in a config file or an override each is a surprise, so numbers are read as YAML 1.2's
 # core schema and JSON read them (decimal only); anything else stays text for _coerce to judge.
-_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+# Dates too (2024-02-03 was a datetime.date, 2024-02-30 a ValueError): no key takes one.
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
 _UniqueKeyLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER_TAGS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -680,10 +681,10 @@ def _read_yaml(p: Path) -> Any:
     except RecursionError:
         raise ConfigError(f"{p}: not valid YAML for a config: nested too deeply") from None
     except ValueError as exc:  # int() of a number of over 4300 digits
-        why = first_line(exc).split(":")[0]  # without Python's hint about its own limit
-        raise ConfigError(
-            f"{p}: not valid YAML for a config: a number it cannot read ({why})"
-        ) from None
+        why = first_line(exc)
+        if "Exceeds the limit" in why:  # without Python's hint about its own limit
+            why = f"a number it cannot read ({why.split(':')[0]})"
+        raise ConfigError(f"{p}: not valid YAML for a config: {why}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None)

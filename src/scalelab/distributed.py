@@ -212,18 +212,25 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
         kwargs["device_id"] = device  # binds the communicator to our GPU eagerly
     try:
         dist.init_process_group(**kwargs)
-    except dist.DistError as exc:  # the store's timeout, or an address that cannot be used
+    # the rendezvous store's: its timeout, or an address it cannot use (a backend's own errors,
+    # e.g. NCCL's, stay tracebacks: they are not about the launch)
+    except (dist.DistStoreError, dist.DistNetworkError) as exc:
         what = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         where = f"{os.environ['MASTER_ADDR']}:{port}"
-        if isinstance(exc, dist.DistStoreError) or rank:  # a client: rank 0 never came
+        fix = f"start all {world_size} with torchrun, or unset a WORLD_SIZE/RANK left in the shell"
+        if isinstance(exc, dist.DistStoreError):  # rank 0's store waited for the others
             err = LaunchError(
                 f"rank {rank} of {world_size}: the other ranks did not join at {where} within "
-                f"distributed.timeout_s={cfg.timeout_s:g} s ({what}); start all {world_size} with "
-                "torchrun, or unset a WORLD_SIZE/RANK left in the environment"
+                f"distributed.timeout_s={cfg.timeout_s:g} s ({what}); {fix}"
             )
-        else:
+        elif rank:  # a client that could not reach rank 0's store
             err = LaunchError(
-                f"rank {rank} of {world_size}: cannot meet the other ranks at {where} ({what}); "
+                f"rank {rank} of {world_size}: cannot reach rank 0 at {where} within "
+                f"distributed.timeout_s={cfg.timeout_s:g} s ({what}); {fix}"
+            )
+        else:  # rank 0 could not open its store there
+            err = LaunchError(
+                f"rank {rank} of {world_size}: cannot open the rendezvous at {where} ({what}); "
                 "check MASTER_ADDR/MASTER_PORT (a port another job holds?)"
             )
         err.every_rank = True  # no process group: each rank says what it saw

@@ -550,3 +550,13 @@ def test_a_resume_given_a_run_folder_says_what_to_give_instead(tmp_path: Path) -
         ConfigError, match=re.escape(f"train.resume: {tmp_path} is a folder; give its")
     ):
         load_config(None, [f"train.resume={tmp_path}"])
+
+
+def test_a_date_in_a_config_file_is_text(tmp_path: Path) -> None:
+    # PyYAML read 2024-02-03 as a date and 2024-02-30 raised a ValueError: no key takes a date
+    path = tmp_path / "c.yaml"
+    path.write_text("output:\n  run_name: 2024-02-30\n")
+    assert load_config(path).output.run_name == "2024-02-30"
+    path.write_text("train:\n  epochs: 2024-02-03\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs must be an integer, got '2024-02-03'"):
+        load_config(path)

@@ -124,7 +124,13 @@ def test_a_rank_whose_peers_never_come_is_one_line(clean_env: pytest.MonkeyPatch
                        rf"127\.0\.0\.1:{port} within distributed\.timeout_s=2 s") as info:  # fmt: skip
         D.init_distributed(DistributedConfig(backend="gloo", timeout_s=2))
     assert info.value.every_rank and "\n" not in str(info.value)
-    assert "unset a WORLD_SIZE/RANK left in the environment" in str(info.value)
+    assert "unset a WORLD_SIZE/RANK left in the shell" in str(info.value)
+    # rank 1 alone: rank 0's store is not there to reach (was silent: only rank 0 printed)
+    clean_env.setenv("RANK", "1")
+    clean_env.setenv("LOCAL_RANK", "1")
+    with pytest.raises(D.LaunchError, match=r"^rank 1 of 2: cannot reach rank 0 at ") as info:
+        D.init_distributed(DistributedConfig(backend="gloo", timeout_s=2))
+    assert info.value.every_rank and "\n" not in str(info.value)
 
 
 def test_a_rendezvous_port_another_process_holds_is_one_line(
@@ -134,5 +140,5 @@ def test_a_rendezvous_port_another_process_holds_is_one_line(
         held.bind(("127.0.0.1", 0))
         held.listen()
         _rank0_of_2(clean_env, held.getsockname()[1])
-        with pytest.raises(D.LaunchError, match=r"^rank 0 of 2: cannot meet the other ranks at"):
+        with pytest.raises(D.LaunchError, match=r"^rank 0 of 2: cannot open the rendezvous at "):
             D.init_distributed(DistributedConfig(backend="gloo", timeout_s=2))

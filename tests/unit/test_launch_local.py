@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from scalelab.cli import main as cli_main
 from scalelab.distributed import LaunchError
 from scalelab.launch import local
 from scalelab.launch.local import SweepError, rank_threads, run_sweep, sweep_main, torchrun_argv
@@ -86,16 +87,23 @@ def test_missing_config_is_one_line_error(tmp_path: Path, capsys: pytest.Capture
 
 
 @pytest.mark.parametrize("out", ["", "  "])
-def test_an_empty_out_is_one_line_error_and_trains_nothing(
+def test_an_empty_out_is_one_line_error_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, out: str
 ) -> None:
     # trained into the current folder, silently
     monkeypatch.chdir(tmp_path)
-    code = sweep_main(["--config", str(SMALL), "--world-sizes", "1", "--out", out])
-    assert code == 2
-    assert capsys.readouterr().err.strip() == (
-        "scalelab: error: --out is empty: give the folder the sweep's runs go into"
-    )
+    for command in (
+        ["sweep", "--config", str(SMALL), "--world-sizes", "1"],
+        ["slurm", "--config", str(SMALL), "--no-submit"],  # the run folder and script went there
+        ["commbench"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            cli_main([*command, "--out", out])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.strip() == (
+            f"scalelab: error: argument --out: is empty: give the folder to write into (see "
+            f"scalelab {command[0]} --help)"
+        )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from scalelab.arguments import ArgumentParser
+from scalelab.arguments import ArgumentParser, folder
 from scalelab.config import Config, ConfigError, load_config, not_a_folder
 from scalelab.distributed import LaunchError, available_cpus
 
@@ -361,7 +361,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="YAML preset, e.g. configs/ag_news_small.yaml")
     p.add_argument("--world-sizes", type=parse_world_sizes, default=[1, 2], help="e.g. 1,2,4 (1,2)")
-    p.add_argument("--out", default="experiments/sweep", help="parent folder of the run folders")
+    p.add_argument(
+        "--out", type=folder, default="experiments/sweep", help="parent folder of the run folders"
+    )
     p.add_argument(
         "--threads-per-rank", type=int, default=None, help="OMP threads per rank (CPUs / ranks)"
     )
@@ -380,8 +382,6 @@ def sweep_main(argv: list[str]) -> int:
     try:
         if args.threads_per_rank is not None and args.threads_per_rank < 1:
             raise SweepError(f"--threads-per-rank must be >= 1, got {args.threads_per_rank}")
-        if not args.out.strip():  # was the current folder, silently
-            raise SweepError("--out is empty: give the folder the sweep's runs go into")
         runs = run_sweep(
             args.config,
             args.world_sizes,

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scalelab.arguments import ArgumentParser
+from scalelab.arguments import ArgumentParser, folder
 from scalelab.config import ConfigError, load_config
 from scalelab.distributed import LaunchError
 
@@ -486,7 +486,7 @@ def _parser() -> argparse.ArgumentParser:
         "--signal-seconds", type=int, default=120, help="SIGUSR1 this long before the time limit"
     )
     p.add_argument("--max-requeues", type=int, default=3)
-    p.add_argument("--out", default="experiments", help="output.dir of the run")
+    p.add_argument("--out", type=folder, default="experiments", help="output.dir of the run")
     p.add_argument("--run-name", help="output.run_name (default: <preset>-ws<ranks>)")
     p.add_argument("--python", default=sys.executable, help="python on the compute nodes")
     p.add_argument(
