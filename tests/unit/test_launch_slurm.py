@@ -146,6 +146,10 @@ def test_sbatch_options_of_the_users_own_go_into_the_script(tmp_path: Path) -> N
     assert slurm_main([*argv, "--sbatch-arg=--mem=16G", "--sbatch-arg", "-J mine"]) == 0
     text = (tmp_path / "slurm" / "ag_news_small-ws1.sbatch").read_text()
     assert "#SBATCH --mem=16G\n#SBATCH -J mine\n" in text and "#SBATCH --time=1-0\n" in text
+    # a value that starts with '-' or holds " -" is no second option
+    assert slurm_main([*argv, "--sbatch-arg", "--nice -5", '--sbatch-arg=--comment="a -b"']) == 0
+    text = (tmp_path / "slurm" / "ag_news_small-ws1.sbatch").read_text()
+    assert '#SBATCH --nice -5\n#SBATCH --comment="a -b"\n' in text
 
 
 def test_out_below_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

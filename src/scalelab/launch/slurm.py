@@ -315,7 +315,12 @@ def check_job(job: SlurmJob) -> None:
         if not name.startswith("-") or name in ("-", "--"):
             raise SlurmError(f"--sbatch-arg {arg!r}: not an sbatch option (e.g. --mem=16G)")
         # sbatch reads every word of an #SBATCH line: a second option would pass unchecked
-        if any(word.startswith("-") for word in arg.split()[1:]):
+        # ("--nice -5" and --comment="a -b" hold none)
+        try:
+            words = shlex.split(arg)
+        except ValueError:  # an unclosed quote
+            words = arg.split()
+        if any(re.match(r"--?[A-Za-z]", word) for word in words[1:]):
             raise SlurmError(
                 f"--sbatch-arg {arg!r}: one sbatch option per --sbatch-arg (repeat the flag)"
             )
