@@ -28,7 +28,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from scalelab.checkpoint import CheckpointError
     from scalelab.config import ConfigError
     from scalelab.data import DataError
-    from scalelab.distributed import LaunchError
+    from scalelab.host import LaunchError
 
     return (ConfigError, DataError, CheckpointError, LaunchError, AnalysisError)
 

@@ -23,11 +23,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from scalelab.config import DistributedConfig
 from scalelab.data.batching import to_device
 
-
-class LaunchError(RuntimeError):
-    """The distributed environment cannot run this job (one clear line for the user)."""
-
-    every_rank = False  # printed by rank 0 only, unless each rank has its own to say
+# defined without torch for the CLI and launchers; D.LaunchError and D.available_cpus as before
+from scalelab.host import LaunchError, available_cpus  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -47,14 +44,6 @@ class DistEnv:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS/Windows have no sched_getaffinity
-        return os.cpu_count() or 1
 
 
 def bind_cpus(env: DistEnv, threads: int) -> list[int] | None:

@@ -84,3 +84,22 @@ def test_overrides_may_stand_on_both_sides_of_the_flags(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):  # a flag left over is still refused
         main(["config", "train.epochs=1", "--config", "ag_news_small", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["config"], ["report", "--help"], ["predict", "--help"], ["data", "--help"]]
+)
+def test_commands_that_need_no_torch_do_not_import_it(argv: list[str]) -> None:
+    # every command paid torch's ~1.3 s import: the parser imported the launchers, which
+    # imported scalelab.distributed for its LaunchError
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom scalelab.cli import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.stderr.strip().splitlines()[-1] == "False", done.stderr

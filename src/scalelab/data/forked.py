@@ -27,7 +27,7 @@ def fork_context() -> multiprocessing.context.BaseContext | None:
         return None
     if multiprocessing.current_process().daemon:
         return None
-    from scalelab.distributed import available_cpus
+    from scalelab.host import available_cpus
 
     return multiprocessing.get_context("fork") if available_cpus() > 1 else None
 

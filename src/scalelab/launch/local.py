@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scalelab.arguments import ArgumentParser, folder
 from scalelab.config import Config, ConfigError, load_config, not_a_folder
-from scalelab.distributed import LaunchError, available_cpus
+from scalelab.host import LaunchError, available_cpus
 
 # run_sweep sets these itself; a user override would make the returned run folders wrong
 _RESERVED_OVERRIDES = ("output.dir", "output.run_name")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from scalelab.arguments import ArgumentParser, folder
 from scalelab.config import ConfigError, load_config
-from scalelab.distributed import LaunchError
+from scalelab.host import LaunchError
 
 # set by the script itself: a user value would point the job at another run folder
 _RESERVED_OVERRIDES = ("output.dir", "output.run_name", "train.resume")
