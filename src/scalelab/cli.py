@@ -23,14 +23,23 @@ from typing import Any
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from scalelab.analysis import AnalysisError
-    from scalelab.checkpoint import CheckpointError
-    from scalelab.config import ConfigError
-    from scalelab.data import DataError
-    from scalelab.host import LaunchError
+#: where each user-error class lives: one a command raised was imported with its module
+_USER_ERRORS = (
+    ("scalelab.config", "ConfigError"),
+    ("scalelab.data.sources", "DataError"),
+    ("scalelab.checkpoint", "CheckpointError"),
+    ("scalelab.host", "LaunchError"),
+    ("scalelab.analysis.collect", "AnalysisError"),
+)
 
-    return (ConfigError, DataError, CheckpointError, LaunchError, AnalysisError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The user-error classes of the modules this command imported: importing the others (torch,
+    via checkpoint) would cost seconds, and libgomp would print its complaint about a bad
+    OMP_NUM_THREADS before the error line."""
+    return tuple(
+        getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules
+    )
 
 
 def find_config(name: str) -> Path:
@@ -66,6 +75,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
 
     cfg = _load_config(args)
+    from scalelab.host import omp_threads_error
+
+    # before torch's import, at which libgomp would print its own line about the variable
+    if (why := omp_threads_error(cfg.train.num_threads)) is not None:
+        from scalelab.config import ConfigError
+
+        raise ConfigError(why)
     started = time.time()
     try:
         from scalelab.train import fit
@@ -503,10 +519,11 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     return 130
 
 
-def _training_stopped() -> type[Exception]:
-    from scalelab.checkpoint import TrainingStopped  # imported only when something was raised
-
-    return TrainingStopped
+def _training_stopped() -> tuple[type[BaseException], ...]:
+    """TrainingStopped, where a command imported checkpoint (only a training run raises it; the
+    import would cost torch's, see `_user_errors`)."""
+    checkpoint = sys.modules.get("scalelab.checkpoint")
+    return (checkpoint.TrainingStopped,) if checkpoint else ()
 
 
 def _run(argv: list[str] | None) -> int:
@@ -523,9 +540,9 @@ def _run(argv: list[str] | None) -> int:
     except _training_stopped() as exc:  # checkpointed; rank 0 said how to resume
         return exc.exit_code
     except _user_errors() as exc:
-        from scalelab.distributed import is_main_process
-
-        if is_main_process() or getattr(exc, "every_rank", False):
+        distributed = sys.modules.get("scalelab.distributed")  # loaded: it read the launch
+        main_rank = distributed.is_main_process() if distributed else _rank0()
+        if main_rank or getattr(exc, "every_rank", False):
             print(f"scalelab: error: {exc}", file=sys.stderr, flush=True)
         # a sweep a signal stopped (demo's runs): 128 + the signal, as `scalelab sweep` exits
         return getattr(exc, "exit_code", 2)

@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import random
-import re
 import resource
 import signal
 import socket
@@ -81,6 +80,7 @@ from scalelab.data import (
     prepare_data,
     to_device,
 )
+from scalelab.host import omp_threads_error
 from scalelab.models import build_model, count_parameters
 from scalelab.profiling import StepProfiler
 from scalelab.resume import (
@@ -164,14 +164,8 @@ def _set_threads(cfg: Config, env: D.DistEnv) -> int:
     if env.device.type != "cpu":
         return torch.get_num_threads()
     n = cfg.train.num_threads
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    # a count, or OpenMP's list of counts per nesting level ("4,2")
-    if not n and omp and not re.fullmatch(r"\s*[1-9][0-9]*(\s*,\s*[1-9][0-9]*)*\s*", omp):
-        # libgomp only warns and torch then takes every core: the run would not be the one asked
-        raise ConfigError(
-            f"OMP_NUM_THREADS={omp!r} is not a whole number >= 1: set it to the threads per "
-            "rank, or unset it (or set train.num_threads)"
-        )
+    if why := omp_threads_error(n):  # `scalelab train` checked before importing torch
+        raise ConfigError(why)
     if not n:
         # An explicit OMP_NUM_THREADS (torchrun sets 1, sweeps set cores / ranks) already sized the
         # pool; otherwise split the cores between this node's ranks so they do not oversubscribe.

@@ -345,6 +345,28 @@ def test_an_omp_num_threads_that_is_no_count_is_one_line(
     assert not (tmp_path / "exp").exists()
 
 
+def test_a_bad_omp_num_threads_is_refused_before_libgomp_complains(tmp_path: Path) -> None:
+    # libgomp prints its own "Invalid value" line when torch loads: the check runs before that,
+    # and the error path imports no torch either
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    done = subprocess.run(
+        [sys.executable, "-m", "scalelab", "train", f"output.dir={tmp_path / 'exp'}"],
+        env={**env, "OMP_NUM_THREADS": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "scalelab: error: OMP_NUM_THREADS='abc' is not a whole number >= 1: set it to the threads "
+        "per rank, or unset it (or set train.num_threads)"
+    ]
+    assert not (tmp_path / "exp").exists()
+
+
 def test_a_folder_named_checkpoint_pt_is_named_as_such_at_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
