@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import glob
 import math
-import os
 import sys
 import traceback
 import warnings
@@ -75,10 +74,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
 
     cfg = _load_config(args)
-    from scalelab.host import omp_threads_error
+    from scalelab.host import no_gpu_visible, omp_threads_error
 
-    # before torch's import, at which libgomp would print its own line about the variable
-    if (why := omp_threads_error(cfg.train.num_threads)) is not None:
+    # before torch's import, at which libgomp would print its own line about the variable (a CPU
+    # run only: a GPU run ignores it, and train._set_threads checks it once the device is known)
+    if no_gpu_visible() and (why := omp_threads_error(cfg.train.num_threads)) is not None:
         from scalelab.config import ConfigError
 
         raise ConfigError(why)
@@ -501,18 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     return distributed.exit_process(code) if distributed else code
 
 
-def _rank0() -> bool:
-    """As distributed.is_main_process, without importing torch (Ctrl-C may have interrupted
-    that import): every rank of a torchrun or srun job gets the terminal's SIGINT."""
-    rank = os.environ.get("RANK") or (
-        os.environ.get("SLURM_PROCID") if os.environ.get("SLURM_STEP_NUM_TASKS") else None
-    )
-    return rank in (None, "", "0")
-
-
 def _interrupted(exc: KeyboardInterrupt) -> int:
     """One line for Ctrl-C (a command's KeyboardInterrupt may carry what to do next); exit 130."""
-    if _rank0():
+    from scalelab.host import is_main_process  # torch-free: Ctrl-C may have cut its import
+
+    # every rank of a torchrun or srun job gets the terminal's SIGINT: one line, from rank 0
+    if is_main_process():
         how = str(exc)
         with contextlib.suppress(OSError, ValueError):  # stderr closed
             print(f"scalelab: interrupted{'; ' + how if how else ''}", file=sys.stderr, flush=True)
@@ -540,9 +534,9 @@ def _run(argv: list[str] | None) -> int:
     except _training_stopped() as exc:  # checkpointed; rank 0 said how to resume
         return exc.exit_code
     except _user_errors() as exc:
-        distributed = sys.modules.get("scalelab.distributed")  # loaded: it read the launch
-        main_rank = distributed.is_main_process() if distributed else _rank0()
-        if main_rank or getattr(exc, "every_rank", False):
+        from scalelab.host import is_main_process  # torch-free: the error may come before torch
+
+        if is_main_process() or getattr(exc, "every_rank", False):
             print(f"scalelab: error: {exc}", file=sys.stderr, flush=True)
         # a sweep a signal stopped (demo's runs): 128 + the signal, as `scalelab sweep` exits
         return getattr(exc, "exit_code", 2)

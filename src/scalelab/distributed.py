@@ -1,11 +1,10 @@
-"""The one place that reads RANK/LOCAL_RANK/WORLD_SIZE/SLURM_*, owns the process group and wraps DDP."""
+"""Joins the process group that `scalelab.host` reads from RANK/WORLD_SIZE/SLURM_*, owns it, wraps DDP."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
 import os
-import re
 import socket
 import sys
 import time
@@ -23,8 +22,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from scalelab.config import DistributedConfig
 from scalelab.data.batching import to_device
 
-# defined without torch for the CLI and launchers; D.LaunchError and D.available_cpus as before
-from scalelab.host import LaunchError, available_cpus  # noqa: F401
+# read without torch (for the CLI and launchers); D.LaunchError and the others as before
+from scalelab.host import (  # noqa: F401
+    LaunchError,
+    available_cpus,
+    check_layout,
+    count_nodes,
+    env_int,
+    is_main_process,
+    launch_layout,
+)
 
 
 @dataclass(frozen=True)
@@ -70,99 +77,15 @@ def bind_cpus(env: DistEnv, threads: int) -> list[int] | None:
     return mine
 
 
-def _env_int(*names: str, default: int) -> int:
-    for name in names:
-        value = os.environ.get(name)
-        if value not in (None, ""):
-            try:
-                return int(value)
-            except ValueError:
-                raise LaunchError(
-                    f"environment variable {name}={value!r} is not a whole number (set by "
-                    "torchrun or SLURM; unset it to run one process)"
-                ) from None
-    return default
-
-
-def _check_layout(world_size: int, rank: int, local_rank: int, local_world_size: int) -> None:
-    """The launcher's numbers must describe a layout that exists, or the rendezvous would wait
-    for a rank that never comes (a timeout after minutes) or index past the world."""
-    if world_size < 1 or local_world_size < 1:
-        raise LaunchError(
-            f"world size {world_size}, {local_world_size} on this node: both must be >= 1 "
-            "(WORLD_SIZE and LOCAL_WORLD_SIZE, or SLURM's task counts)"
-        )
-    if not 0 <= rank < world_size or not 0 <= local_rank < local_world_size:
-        raise LaunchError(
-            f"rank {rank} (local rank {local_rank}) is outside world size {world_size} "
-            f"({local_world_size} on this node): ranks run 0..size-1 (RANK/LOCAL_RANK, or "
-            "SLURM_PROCID/SLURM_LOCALID)"
-        )
-
-
-def _tasks_on_this_node(spec: str) -> int | None:
-    """This node's entry of SLURM_STEP_TASKS_PER_NODE ("2(x3),1": 2 on nodes 0-2, 1 on node 3),
-    by SLURM_NODEID; None when the spec does not parse."""
-    counts: list[int] = []
-    for part in spec.split(","):
-        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
-        if not match:
-            return None
-        counts += [int(match.group(1))] * int(match.group(2) or 1)
-    node = _env_int("SLURM_NODEID", default=0)
-    return counts[node] if 0 <= node < len(counts) else counts[0]
-
-
-def _layout() -> tuple[int, int, int, int]:
-    """(world size, rank, local rank, local world size) from torchrun's variables, else a plain
-    srun step's; one process otherwise."""
-    slurm = _slurm_step()
-    world_size = _env_int("WORLD_SIZE", default=slurm.get("world_size", 1))
-    rank = _env_int("RANK", default=slurm.get("rank", 0))
-    local_rank = _env_int("LOCAL_RANK", default=slurm.get("local_rank", 0))
-    local_world_size = _env_int(
-        "LOCAL_WORLD_SIZE", default=slurm.get("local_world_size", world_size)
-    )
-    return world_size, rank, local_rank, local_world_size
-
-
-def _slurm_step() -> dict[str, int]:
-    """World size, rank, local rank and local world size of a task that plain `srun` started;
-    {} elsewhere. Only a job step has SLURM_STEP_NUM_TASKS: an sbatch or salloc shell also has
-    SLURM_NTASKS and SLURM_PROCID, but it is one process, not one rank of many."""
-    if not os.environ.get("SLURM_STEP_NUM_TASKS"):
-        return {}
-    per_node = _tasks_on_this_node(os.environ.get("SLURM_STEP_TASKS_PER_NODE", ""))
-    world = _env_int("SLURM_STEP_NUM_TASKS", default=1)
-    return {
-        "world_size": world,
-        "rank": _env_int("SLURM_PROCID", default=0),
-        "local_rank": _env_int("SLURM_LOCALID", default=0),
-        "local_world_size": per_node if per_node is not None else world,
-    }
-
-
-def _num_nodes(world_size: int, local_world_size: int) -> int:
-    """Nodes of the job: torchrun's agents (one per node, GROUP_WORLD_SIZE) or a plain srun
-    step's nodes. Nodes may run unequal numbers of ranks ("2(x2),1"), which world_size //
-    local_world_size, the fallback, would miscount."""
-    nodes = _env_int("GROUP_WORLD_SIZE", default=0)
-    if not nodes and os.environ.get("SLURM_STEP_NUM_TASKS") and "LOCAL_RANK" not in os.environ:
-        nodes = _env_int("SLURM_STEP_NUM_NODES", default=0)
-    if 1 <= nodes <= world_size:
-        return nodes
-    return max(1, world_size // max(1, local_world_size))
-
-
 def init_distributed(cfg: DistributedConfig) -> DistEnv:
     """Join the process group described by torchrun's (or SLURM's) environment; single process otherwise.
 
     torchrun sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; under plain `srun` we map the
     SLURM_* variables instead so one task per GPU works without torchrun.
     """
-    world_size, rank, local_rank, local_world_size = _layout()
-    _check_layout(world_size, rank, local_rank, local_world_size)
-    num_nodes = _num_nodes(world_size, local_world_size)
+    world_size, rank, local_rank, local_world_size = launch_layout()
+    check_layout(world_size, rank, local_rank, local_world_size)
+    num_nodes = count_nodes(world_size, local_world_size)
     use_cuda = torch.cuda.is_available()
 
     num_gpus = torch.cuda.device_count() if use_cuda else 0
@@ -186,7 +109,7 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
                 f"WORLD_SIZE > 1 but {var} is not set: start with torchrun (or srun under "
                 "scalelab's sbatch)"
             )
-    port = _env_int("MASTER_PORT", default=0)
+    port = env_int("MASTER_PORT", default=0)
     if not 1 <= port <= 65535:
         raise LaunchError(f"MASTER_PORT={port} is not a TCP port (1..65535)")
     os.environ.setdefault("RANK", str(rank))
@@ -725,14 +648,3 @@ def ddp_bucket_sizes(model: nn.Module) -> list[int] | None:
     if not raw:
         return None
     return [int(x) for x in str(raw).split(",") if x.strip()]
-
-
-def is_main_process() -> bool:
-    """Rank 0 (or no launcher); usable before the process group exists, e.g. to print errors once
-    (and every process, when the launcher's variables are broken, to say so)."""
-    try:
-        layout = _layout()
-        _check_layout(*layout)
-    except LaunchError:  # not a number, or a rank outside the world
-        return True
-    return layout[1] == 0

@@ -103,3 +103,22 @@ def test_commands_that_need_no_torch_do_not_import_it(argv: list[str]) -> None:
         [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120
     )
     assert done.stderr.strip().splitlines()[-1] == "False", done.stderr
+
+
+def test_an_error_before_torch_is_printed_by_a_process_whose_rank_variables_are_stray() -> None:
+    # RANK=1 left in the shell, no WORLD_SIZE: is_main_process says every such process prints;
+    # the torch-free check that replaced it first printed nothing
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run(
+        [sys.executable, "-m", "scalelab", "config", "--config", "nope"],
+        env={**env, "RANK": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("scalelab: error: "), done.stderr

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from scalelab import distributed as D
+from scalelab import host as H
 from scalelab.config import DistributedConfig
 
 _VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -37,7 +38,7 @@ def test_a_plain_srun_task_is_a_rank_of_its_step(clean_env: pytest.MonkeyPatch) 
     for var, value in (("SLURM_STEP_NUM_TASKS", "4"), ("SLURM_PROCID", "3"),
                        ("SLURM_LOCALID", "1"), ("SLURM_STEP_TASKS_PER_NODE", "2(x2)")):  # fmt: skip
         clean_env.setenv(var, value)
-    assert D._slurm_step() == {"world_size": 4, "rank": 3, "local_rank": 1, "local_world_size": 2}
+    assert H.slurm_step() == {"world_size": 4, "rank": 3, "local_rank": 1, "local_world_size": 2}
     assert not D.is_main_process()
     # without a rendezvous address it cannot join: one line naming the variable
     with pytest.raises(D.LaunchError, match="MASTER_ADDR is not set"):
@@ -84,14 +85,14 @@ def test_an_uneven_srun_step_takes_this_nodes_task_count(clean_env: pytest.Monke
     for var, value in (("SLURM_STEP_NUM_TASKS", "5"), ("SLURM_STEP_TASKS_PER_NODE", "2,3"),
                        ("SLURM_PROCID", "4"), ("SLURM_LOCALID", "2"), ("SLURM_NODEID", "1")):  # fmt: skip
         clean_env.setenv(var, value)
-    assert D._slurm_step() == {"world_size": 5, "rank": 4, "local_rank": 2, "local_world_size": 3}
-    D._check_layout(*D._layout())  # a layout that exists
+    assert H.slurm_step() == {"world_size": 5, "rank": 4, "local_rank": 2, "local_world_size": 3}
+    H.check_layout(*H.launch_layout())  # a layout that exists
     assert not D.is_main_process()
     clean_env.setenv("SLURM_STEP_TASKS_PER_NODE", "2(x3),1")
     clean_env.setenv("SLURM_NODEID", "3")
-    assert D._slurm_step()["local_world_size"] == 1
+    assert H.slurm_step()["local_world_size"] == 1
     clean_env.setenv("SLURM_NODEID", "2")
-    assert D._slurm_step()["local_world_size"] == 2
+    assert H.slurm_step()["local_world_size"] == 2
 
 
 def test_nodes_running_unequal_numbers_of_ranks_are_counted(clean_env: pytest.MonkeyPatch) -> None:
@@ -100,12 +101,12 @@ def test_nodes_running_unequal_numbers_of_ranks_are_counted(clean_env: pytest.Mo
     for var, value in (("SLURM_STEP_NUM_TASKS", "5"), ("SLURM_STEP_TASKS_PER_NODE", "2(x2),1"),
                        ("SLURM_STEP_NUM_NODES", "3")):  # fmt: skip
         clean_env.setenv(var, value)
-    assert D._num_nodes(5, 2) == 3 and D._num_nodes(5, 1) == 3
+    assert H.count_nodes(5, 2) == 3 and H.count_nodes(5, 1) == 3
     clean_env.setenv("LOCAL_RANK", "0")  # torchrun in that step: its agents count
     clean_env.setenv("GROUP_WORLD_SIZE", "2")
-    assert D._num_nodes(8, 4) == 2
+    assert H.count_nodes(8, 4) == 2
     clean_env.delenv("GROUP_WORLD_SIZE")
-    assert D._num_nodes(8, 4) == 2  # neither: the even layout's quotient
+    assert H.count_nodes(8, 4) == 2  # neither: the even layout's quotient
 
 
 def _rank0_of_2(env: pytest.MonkeyPatch, port: int) -> None:
