@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scalelab.launch.slurm import SlurmJob, render_sbatch, slurm_main, time_limit_s
+from scalelab.launch.slurm import SlurmJob, job_name, render_sbatch, slurm_main, time_limit_s
 from tests.slurm_cluster import LocalSlurm, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -477,3 +477,18 @@ def test_the_batch_shell_requeues_after_the_time_limit_signal_or_a_preemption_on
         assert "requeue" not in res.stdout and "SIGTERM" not in res.stdout, res.stdout
     # SIGUSR1 asks the step to checkpoint (scancel --signal=TERM), whatever follows
     assert ("scancel --signal=TERM 7" in calls) is bool(signals), calls
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        ([], "scalelab-r"),
+        (["--job-name=mine"], "mine"),
+        (["-J mine", "--job-name x"], "x"),  # the last one, as sbatch
+        (['-J "a -b"'], "a -b"),  # squeue lists the name sbatch read: without the quotes
+        (["--job-name='my run'"], "my run"),
+    ],
+)
+def test_the_job_is_looked_for_under_the_name_sbatch_gives_it(args: list[str], name: str) -> None:
+    job = SlurmJob(config=SMALL, run_name="r", out_dir=Path("x"), sbatch_args=args)
+    assert job_name(job) == name

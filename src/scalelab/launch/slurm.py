@@ -363,7 +363,10 @@ def job_name(job: SlurmJob) -> str:
     name = f"scalelab-{job.run_name}"
     for arg in job.sbatch_args:  # "--job-name=x", "--job-name x", "-J x", "-Jx"
         if m := re.fullmatch(r"\s*(?:--job-name(?:=|\s+)|-J\s*)(\S.*?)\s*", arg):
-            name = m.group(1)
+            try:  # sbatch takes -J "a b" as the name a b: squeue lists it without the quotes
+                name = " ".join(shlex.split(m.group(1)))
+            except ValueError:  # an unclosed quote: as written
+                name = m.group(1)
     return name
 
 
