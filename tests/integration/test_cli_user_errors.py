@@ -135,8 +135,12 @@ def test_ctrl_c_before_any_command_ran_is_one_line(
     assert _main_catching(["report", "runs", "--out", "r"]) == 130
     assert capsys.readouterr().err.splitlines() == ["scalelab: interrupted"]
     monkeypatch.setenv("RANK", "1")  # under torchrun every rank gets SIGINT: rank 0 says it
+    monkeypatch.setenv("WORLD_SIZE", "2")
     assert _main_catching(["report", "runs", "--out", "r"]) == 130
     assert capsys.readouterr().err == ""
+    monkeypatch.delenv("WORLD_SIZE")  # a RANK=1 left in a shell of one process: it says it
+    assert _main_catching(["report", "runs", "--out", "r"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["scalelab: interrupted"]
 
 
 def _main_catching(argv: list[str]) -> int:
