@@ -634,9 +634,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 # 1000: in a config file or an override each is a surprise, so numbers are read as YAML 1.2's
 # core schema and JSON read them (decimal only); anything else stays text for _coerce to judge.
 # Dates too (2024-02-03 was a datetime.date, 2024-02-30 a ValueError): no key takes one.
-_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
+_REPLACED_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
 _UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER_TAGS]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED_TAGS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _UniqueKeyLoader.add_implicit_resolver(

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from scalelab.config import DistributedConfig
+from scalelab.config import DistributedConfig, first_line
 from scalelab.data.batching import to_device
 
 # read without torch (for the CLI and launchers); D.LaunchError and the others as before
@@ -127,7 +127,7 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     # the rendezvous store's: its timeout, or an address it cannot use (a backend's own errors,
     # e.g. NCCL's, stay tracebacks: they are not about the launch)
     except (dist.DistStoreError, dist.DistNetworkError) as exc:
-        what = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        what = first_line(exc)[:200]
         where = f"{os.environ['MASTER_ADDR']}:{port}"
         fix = f"start all {world_size} with torchrun, or unset a WORLD_SIZE/RANK left in the shell"
         if isinstance(exc, dist.DistStoreError):  # rank 0's store waited for the others

@@ -215,18 +215,14 @@ _NUMBER_FIELDS = (
     "mean_tokens_per_sample", "final_val_acc", "final_val_loss", "mean_epoch_time_s",
     "samples_per_s", "tokens_per_s", "peak_mem_mb", "steps_per_epoch",
 )  # fmt: skip
-# the fields of _NUMBER_FIELDS that count something: whole numbers (groups and tables key on them)
-_COUNT_FIELDS = (
-    "world_size", "num_nodes", "local_world_size", "device_count", "num_params", "global_batch",
-    "per_rank_batch", "grad_accum_steps", "num_epochs", "num_train_samples", "num_test_samples",
-    "steps_per_epoch",
-)  # fmt: skip
 # the fields of _NUMBER_FIELDS that are at least 1 (the others are at least 0)
 _LEAST = dict.fromkeys(
     ("world_size", "num_nodes", "local_world_size", "global_batch", "per_rank_batch",
      "grad_accum_steps", "num_epochs", "num_train_samples", "num_test_samples"),
     1,
 )  # fmt: skip
+# the fields of _NUMBER_FIELDS that count something: whole numbers (groups and tables key on them)
+_COUNT_FIELDS = (*_LEAST, "device_count", "num_params", "steps_per_epoch")
 _SECTIONS = ("timing", "comm", "system", "data", "profile")
 _COMM_NUMBERS = (
     "grad_bytes", "num_buckets", "bucket_cap_mb", "embedding_grad_bytes",
